@@ -1,0 +1,43 @@
+"""attnlab: observe, store, compare and edit the temporal attention of text-to-video diffusion models.
+
+Implements the analysis and methods of VSTAR (Li et al., ICLR 2025): temporal attention maps of
+real and synthetic videos, replacement probes, temporal attention regularization (TAR),
+reference-dynamics transfer and video synopsis prompting, on diffusers pipelines.
+
+Quick start::
+
+    import attnlab
+    print(attnlab.sites(pipe))                       # where temporal attention lives
+    with attnlab.record(pipe, levels=[0]) as rec:    # record it
+        pipe(prompt, num_frames=16)
+    rec.save("run.zarr"); ds = attnlab.load("run.zarr")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import edit, hooks, record
+from .control import CallContext, Controller, RunInfo
+from .selection import Layers, SelectionError, Steps
+from .sites import Site, SiteTable, UnsupportedModelError, sites
+from .store import StoreError, load
+
+__all__ = [
+    "CallContext",
+    "Controller",
+    "Layers",
+    "RunInfo",
+    "SelectionError",
+    "Site",
+    "SiteTable",
+    "Steps",
+    "StoreError",
+    "UnsupportedModelError",
+    "__version__",
+    "edit",
+    "hooks",
+    "load",
+    "record",
+    "sites",
+]

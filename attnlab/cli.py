@@ -1,0 +1,212 @@
+"""The ``attnlab`` command line. Every command is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id, local folder or embedded name (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--prompt", default="a polar bear playing drums in Times Square")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--frames", type=int, default=frames)
+    p.add_argument("--steps", type=int, default=steps, help="sampler steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+
+
+def _add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--levels",
+        type=int,
+        nargs="*",
+        default=None,
+        help="resolution levels to record (default all)",
+    )
+    p.add_argument("--blocks", nargs="*", default=None, help="in / down / mid / up")
+    p.add_argument("--names", nargs="*", default=None, help="regexes on module paths")
+    p.add_argument(
+        "--record-steps",
+        default=None,
+        help="step indices to record, e.g. '0,5,10' or '0:14' (default all)",
+    )
+    p.add_argument("--cfg", default="both", choices=["both", "cond", "uncond"])
+    p.add_argument("--reduce", default="mean", choices=["mean", "head", "spatial"])
+    p.add_argument("--logits", action="store_true", help="also record pre-softmax logits")
+
+
+def parse_steps(text: str | None):
+    """'0,3,5' -> [0, 3, 5]; '0:14' -> slice(0, 14); None -> None."""
+    if text is None:
+        return None
+    text = text.strip()
+    if ":" in text:
+        parts = [int(p) if p else None for p in text.split(":")]
+        return slice(*parts)
+    return [int(p) for p in text.split(",") if p]
+
+
+def _pipe(args: argparse.Namespace):
+    import torch
+
+    from .models import default_device, load_pipeline
+
+    dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+    return load_pipeline(args.model, device=args.device or default_device(), dtype=dtype)
+
+
+def _record_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        levels=args.levels,
+        blocks=args.blocks,
+        names=args.names,
+        steps=parse_steps(args.record_steps),
+        cfg=args.cfg,
+        reduce=args.reduce,
+        logits=args.logits,
+    )
+
+
+def _generate(pipe, args: argparse.Namespace):
+    from .models import generate
+
+    return generate(
+        pipe,
+        args.prompt,
+        frames=args.frames,
+        steps=args.steps,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+@command("sites")
+def cmd_sites(args: argparse.Namespace) -> int:
+    """Print the temporal self-attention sites of a model."""
+    from . import sites
+    from .models import resolve_model
+
+    latent = tuple(args.latent) if args.latent else None
+    table = sites(resolve_model(args.model), latent=latent, height=args.height, width=args.width)
+    if args.json:
+        print(table.to_dataframe().to_json(orient="records", indent=1))
+    else:
+        print(table)
+    return 0
+
+
+@command("record")
+def cmd_record(args: argparse.Namespace) -> int:
+    """Generate one video and stream its temporal attention to a zarr store."""
+    from . import record
+
+    pipe = _pipe(args)
+    with record(pipe, store=args.out, **_record_kwargs(args)) as rec:
+        video = _generate(pipe, args)
+    run = rec.runs[-1]
+    print(f"recorded run {run.id} ({video.shape[0]} frames) into {args.out}")
+    if args.video:
+        from .video import write_video
+
+        write_video(video, args.video)
+        print(f"video written to {args.video}")
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole story on the embedded default model, offline (see attnlab.demo)."""
+    from .demo import run_demo
+
+    run_demo(Path(args.out), model=args.model, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("sites", help="list the temporal self-attention layers of a model")
+    p.add_argument(
+        "model",
+        help="hub id, local pipeline folder or embedded name (tiny-modelscope, tiny-animatediff)",
+    )
+    p.add_argument(
+        "--latent", type=int, nargs=2, metavar=("H", "W"), help="latent size for feature sizes"
+    )
+    p.add_argument("--height", type=int, help="video height (with --width; uses the VAE factor 8)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON records")
+
+    p = sub.add_parser("record", help="generate a video and record its temporal attention")
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
+    p.add_argument("--video", default=None, help="also write the video (.mp4 or .gif)")
+
+    p = sub.add_parser("demo", help="run the short version of the whole analysis offline")
+    p.add_argument("--out", default="attnlab-demo", help="output folder")
+    p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
+    p.add_argument("--quick", action="store_true", help="fewer frames and steps")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        # user errors: one clear line, no traceback (set ATTNLAB_DEBUG=1 for one)
+        import os
+
+        if os.environ.get("ATTNLAB_DEBUG"):
+            raise
+        print(f"attnlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

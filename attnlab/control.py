@@ -1,0 +1,399 @@
+"""The controller: installs attnlab's processors on a denoiser while clients are active.
+
+One :class:`Controller` per denoiser module, shared by every active recorder and edit (they
+nest in any combination). It
+
+* swaps :class:`~attnlab.processor.TemporalAttnProcessor` onto the temporal sites only, and
+  attaches the ``hook_logits`` / ``hook_probs`` hook points;
+* counts denoiser calls (one per sampler step) with a forward pre-hook, reading the timestep,
+  batch, frame count and latent size of each call into a :class:`CallContext`;
+* delimits *runs* (one pipeline call, or an explicit :meth:`Controller.run` block) by wrapping
+  the pipeline's ``__call__`` (through a per-instance subclass) and the scheduler's
+  ``set_timesteps``, capturing prompt, seed, size, steps and guidance for provenance.
+
+Everything is undone when the last client leaves, also after an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .processor import HOOK_NAMES, HookPoint, TemporalAttnProcessor
+from .sites import Site, SiteTable, denoiser_of, sites
+
+# call arguments kept as provenance when a pipeline call is captured
+_CALL_KEYS = (
+    "prompt",
+    "negative_prompt",
+    "num_frames",
+    "height",
+    "width",
+    "num_inference_steps",
+    "guidance_scale",
+    "min_guidance_scale",
+    "max_guidance_scale",
+    "eta",
+    "fps",
+    "num_videos_per_prompt",
+    "strength",
+)
+
+
+@dataclass
+class RunInfo:
+    """One run: a pipeline call or an explicit ``Controller.run`` block."""
+
+    index: int
+    cfg: bool = False
+    source: str = "synthetic"
+    meta: dict[str, Any] = field(default_factory=dict)
+    timesteps: list[float] | None = None
+    calls: int = 0
+
+    @property
+    def num_steps(self) -> int | None:
+        return len(self.timesteps) if self.timesteps is not None else None
+
+
+@dataclass
+class CallContext:
+    """What is known about the current denoiser call, shared by all sites during it."""
+
+    run: RunInfo
+    step: int
+    timestep: float | None
+    num_train_timesteps: int
+    batch: int
+    frames: int
+    latent: tuple[int, int]
+
+    @property
+    def cfg(self) -> bool:
+        return self.run.cfg
+
+    @property
+    def t_frac(self) -> float | None:
+        """Timestep as a fraction of the training horizon T (1.0 = pure noise)."""
+        return None if self.timestep is None else self.timestep / self.num_train_timesteps
+
+    def halves(self) -> list[str]:
+        """Names of the batch halves, in batch order."""
+        return ["uncond", "cond"] if self.cfg else ["cond"]
+
+
+@dataclass
+class Plan:
+    """Which clients act on one site during one call, by stage."""
+
+    bias: list[Any] = field(default_factory=list)
+    replace: list[Any] = field(default_factory=list)
+    observe: list[Any] = field(default_factory=list)
+
+
+class Client:
+    """Base of recorders and edits: the controller calls these at run, call and layer level."""
+
+    #: bias edits act on logits before softmax; replacements on probabilities after it
+    stage: str = "observe"
+
+    def bind(self, controller: Controller) -> None:
+        """Validate against the model's site table when attached (raise on bad selections)."""
+
+    def wants(self, site: Site, ctx: CallContext) -> bool:
+        return False
+
+    def on_run_start(self, run: RunInfo) -> None: ...
+
+    def on_steps_known(self, run: RunInfo) -> None: ...
+
+    def on_call(self, ctx: CallContext) -> None: ...
+
+    def on_run_end(self, run: RunInfo, ok: bool) -> None: ...
+
+    def spec(self) -> dict[str, Any] | None:
+        """JSON-able description written into the provenance of recorded runs (edits only)."""
+        return None
+
+
+_controllers: weakref.WeakKeyDictionary[torch.nn.Module, Controller] = weakref.WeakKeyDictionary()
+
+
+class Controller:
+    """Owns attnlab's instrumentation of one denoiser; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, pipe: Any | None):
+        self.model = model
+        self.pipe = pipe
+        self.table: SiteTable = sites(model)
+        self.clients: list[Client] = []
+        self.run_info: RunInfo | None = None
+        self.ctx: CallContext | None = None
+        self._runs = 0
+        self._plans: dict[str, Plan | None] = {}
+        self._undo: list[Any] = []
+        self._in_pipe_call = False
+
+    # ---- attaching -----------------------------------------------------------------------
+    @classmethod
+    def of(cls, obj: Any) -> Controller:
+        model = denoiser_of(obj)
+        ctrl = _controllers.get(model)
+        if ctrl is None:
+            ctrl = _controllers[model] = cls(model, None if obj is model else obj)
+        elif ctrl.pipe is None and obj is not model:
+            ctrl.pipe = obj
+        return ctrl
+
+    @contextlib.contextmanager
+    def attached(self, client: Client) -> Iterator[Client]:
+        """Attach ``client`` for the duration of the block; install/uninstall as needed."""
+        client.bind(self)
+        if not self.clients:
+            self._install()
+        self.clients.append(client)
+        self._plans.clear()
+        try:
+            yield client
+        finally:
+            self.clients.remove(client)
+            self._plans.clear()
+            if not self.clients:
+                self._uninstall()
+
+    def _install(self) -> None:
+        undo = self._undo
+        modules = dict(self.model.named_modules())
+        for site in self.table:
+            attn = modules[site.name]
+            original = attn.processor
+            attn.set_processor(TemporalAttnProcessor(self, site, original))
+            undo.append(lambda a=attn, p=original: a.set_processor(p))
+            for hook_name in HOOK_NAMES:
+                if not hasattr(attn, hook_name):
+                    attn.add_module(hook_name, HookPoint())
+                    undo.append(lambda a=attn, n=hook_name: delattr(a, n))
+        handle = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        undo.append(handle.remove)
+        self._forward_sig = inspect.signature(self.model.forward)
+        if self.pipe is not None:
+            self._wrap_pipeline(self.pipe)
+
+    def _uninstall(self) -> None:
+        errors = []
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except Exception as err:
+                errors.append(err)
+        self.run_info = None
+        self.ctx = None
+        if errors:
+            raise RuntimeError(f"attnlab could not fully restore the model: {errors}")
+
+    def _wrap_pipeline(self, pipe: Any) -> None:
+        original_cls = type(pipe)
+        call = original_cls.__call__
+        signature = inspect.signature(call)
+        controller = self
+
+        def __call__(self_, *args, **kwargs):
+            if controller._in_pipe_call:  # a pipeline calling itself: one run
+                return call(self_, *args, **kwargs)
+            bound = signature.bind(self_, *args, **kwargs)
+            bound.apply_defaults()
+            meta = controller._call_meta(self_, bound.arguments)
+            controller._in_pipe_call = True
+            try:
+                with controller.run(cfg=meta.pop("_cfg"), source="synthetic", meta=meta):
+                    return call(self_, *args, **kwargs)
+            finally:
+                controller._in_pipe_call = False
+
+        __call__.__signature__ = signature  # type: ignore[attr-defined]
+        __call__.__doc__ = call.__doc__
+        wrapped = type(
+            original_cls.__name__,
+            (original_cls,),
+            {"__call__": __call__, "__module__": original_cls.__module__},
+        )
+        wrapped.__qualname__ = original_cls.__qualname__
+        pipe.__class__ = wrapped
+
+        def restore(p=pipe, cls=original_cls):
+            p.__class__ = cls
+
+        self._undo.append(restore)
+        scheduler = getattr(pipe, "scheduler", None)
+        if scheduler is not None and hasattr(scheduler, "set_timesteps"):
+            set_timesteps = scheduler.set_timesteps
+
+            def wrapped_set_timesteps(*args, **kwargs):
+                out = set_timesteps(*args, **kwargs)
+                if controller.run_info is not None:
+                    controller.steps_known([float(t) for t in scheduler.timesteps])
+                return out
+
+            scheduler.set_timesteps = wrapped_set_timesteps
+            self._undo.append(lambda s=scheduler: delattr(s, "set_timesteps"))
+
+    def _call_meta(self, pipe: Any, args: dict[str, Any]) -> dict[str, Any]:
+        meta: dict[str, Any] = {k: _jsonable(args[k]) for k in _CALL_KEYS if k in args}
+        generator = args.get("generator")
+        if isinstance(generator, list):
+            meta["seed"] = [g.initial_seed() for g in generator]
+        elif isinstance(generator, torch.Generator):
+            meta["seed"] = generator.initial_seed()
+        meta["model"] = str(getattr(pipe, "name_or_path", None) or "")
+        meta["pipeline"] = type(pipe).__name__
+        meta["scheduler"] = type(getattr(pipe, "scheduler", None)).__name__
+        guidance = args.get("guidance_scale", args.get("max_guidance_scale"))
+        meta["_cfg"] = bool(guidance is not None and guidance > 1.0)
+        return meta
+
+    # ---- runs and calls ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(
+        self,
+        *,
+        cfg: bool = False,
+        source: str = "synthetic",
+        meta: dict[str, Any] | None = None,
+        timesteps: list[float] | None = None,
+    ) -> Iterator[RunInfo]:
+        """Delimit one run of denoiser calls (pipeline calls do this automatically).
+
+        ``cfg``: the batch is ``[uncond, cond]``. ``timesteps``: the steps this run will take,
+        when known in advance (lets selections be validated before any work).
+        """
+        if self.run_info is not None:
+            self.end_run(ok=True)
+        info = self.begin_run(cfg=cfg, source=source, meta=meta)
+        ok = False
+        try:
+            if timesteps is not None:
+                self.steps_known([float(t) for t in timesteps])
+            yield info
+            ok = True
+        finally:
+            if self.run_info is info:
+                self.end_run(ok=ok)
+
+    def begin_run(
+        self, *, cfg: bool = False, source: str = "synthetic", meta: dict[str, Any] | None = None
+    ) -> RunInfo:
+        info = RunInfo(index=self._runs, cfg=cfg, source=source, meta=dict(meta or {}))
+        self._runs += 1
+        self.run_info = info
+        for client in list(self.clients):
+            client.on_run_start(info)
+        return info
+
+    def steps_known(self, timesteps: list[float]) -> None:
+        assert self.run_info is not None
+        self.run_info.timesteps = timesteps
+        for client in list(self.clients):
+            client.on_steps_known(self.run_info)
+
+    def end_run(self, ok: bool) -> None:
+        info, self.run_info, self.ctx = self.run_info, None, None
+        if info is None:
+            return
+        first_error = None
+        for client in list(self.clients):
+            try:
+                client.on_run_end(info, ok)
+            except Exception as err:
+                first_error = first_error or err
+        if first_error is not None and ok:
+            raise first_error
+
+    def _pre_forward(self, module, args, kwargs):
+        bound = self._forward_sig.bind_partial(*args, **kwargs).arguments
+        sample = next(iter(bound.values()))  # first argument: the noisy latents
+        layout = self.table.family.sample_layout
+        if sample.ndim != 5:
+            raise RuntimeError(f"attnlab expects 5D video latents, got {tuple(sample.shape)}")
+        dims = dict(zip(layout, sample.shape))
+        t = bound.get("timestep")
+        timestep = None
+        if t is not None:
+            timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+        if self.run_info is None:  # a bare denoiser call outside any delimited run
+            self.begin_run(cfg=False, source="synthetic", meta={})
+        run = self.run_info
+        assert run is not None
+        if run.cfg and dims["B"] % 2:
+            raise RuntimeError(f"classifier-free guidance run with odd batch {dims['B']}")
+        scheduler = getattr(self.pipe, "scheduler", None)
+        horizon = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None) or 1000
+        self.ctx = CallContext(
+            run=run,
+            step=run.calls,
+            timestep=timestep,
+            num_train_timesteps=int(horizon),
+            batch=int(dims["B"]),
+            frames=int(dims["F"]),
+            latent=(int(dims["H"]), int(dims["W"])),
+        )
+        run.calls += 1
+        self._plans.clear()
+        for client in list(self.clients):
+            client.on_call(self.ctx)
+
+    def plan(self, name: str) -> Plan | None:
+        """The clients acting on site ``name`` in the current call (None: fast path)."""
+        try:
+            return self._plans[name]
+        except KeyError:
+            pass
+        ctx = self.ctx
+        plan = None
+        if ctx is not None:
+            site = self.table.get(name)
+            wanted = [c for c in self.clients if c.wants(site, ctx)]
+            if wanted:
+                plan = Plan()
+                for c in wanted:
+                    getattr(plan, c.stage).append(c)
+        self._plans[name] = plan
+        return plan
+
+    def check_rows(self, site: Site, rows: int, frames: int) -> CallContext:
+        """Check the run-time shape against the site table (level by shape == level by name)."""
+        ctx = self.ctx
+        if ctx is None:
+            raise RuntimeError(f"{site.name} called outside a denoiser forward")
+        level = self.table.level_from_rows(rows, ctx.batch, ctx.latent)
+        if level != site.level or frames != ctx.frames:
+            raise RuntimeError(
+                f"{site.name}: run-time shape ({rows} rows, {frames} frames) does not match level "
+                f"{site.level} of the site table for batch {ctx.batch}, latent {ctx.latent}, "
+                f"{ctx.frames} frames (shape says level {level})"
+            )
+        return ctx
+
+
+def split_batch(x: torch.Tensor, ctx: CallContext, site: Site) -> torch.Tensor:
+    """View ``[B*h*w, heads, F, F]`` as ``[halves, n, h*w, heads, F, F]`` (batch is [uncond, cond])."""
+    halves = 2 if ctx.cfg else 1
+    return x.view(halves, ctx.batch // halves, -1, *x.shape[1:])
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return f"<tensor {tuple(value.shape)}>"
+    return str(value)

@@ -1,0 +1,65 @@
+"""One vocabulary of dimension and coordinate names, from tensors to zarr to plots.
+
+Every array attnlab produces uses these names; import them rather than spelling strings.
+
+Attention maps (``probs`` and ``logits`` variables) have dimensions, in this order::
+
+    run, step, layer, cfg, sample, [head], query_frame, key_frame, [y, x]
+
+``head`` is present for per-head reductions, ``y``/``x`` for subsampled spatial maps.
+Videos use ``frame, channel, height, width``.
+"""
+
+from __future__ import annotations
+
+# dimensions of attention arrays
+RUN = "run"
+STEP = "step"
+LAYER = "layer"
+CFG = "cfg"
+SAMPLE = "sample"
+HEAD = "head"
+QUERY = "query_frame"
+KEY = "key_frame"
+Y = "y"
+X = "x"
+
+# dimensions of videos and similarity matrices
+FRAME = "frame"
+CHANNEL = "channel"
+HEIGHT = "height"
+WIDTH = "width"
+# a second frame axis, for frame-by-frame similarity matrices (frame x frame2)
+FRAME2 = "frame2"
+# the frame offset |i - j| for band-decay profiles and similarity-vs-interval data
+OFFSET = "offset"
+
+# coordinates along `step`
+TIMESTEP = "timestep"
+# coordinates along `layer`
+LEVEL = "level"
+BLOCK = "block"
+LAYER_H = "h"
+LAYER_W = "w"
+PE = "pe"
+PE_MAX_LEN = "pe_max_len"
+HEADS = "heads"
+HEAD_DIM = "head_dim"
+# coordinates along `run`
+SOURCE = "source"  # "synthetic" | "real"
+MODEL = "model"
+PROMPT = "prompt"
+SEED = "seed"
+FRAMES = "frames"
+VIDEO = "video"  # real-video id (file name or DAVIS sequence)
+EDITS = "edits"  # JSON list of edit specs
+
+# values of the `cfg` dimension: pipelines batch [uncond, cond]
+UNCOND = "uncond"
+COND = "cond"
+
+# names of data variables
+PROBS = "probs"
+LOGITS = "logits"
+
+MAP_DIMS = (RUN, STEP, LAYER, CFG, SAMPLE, HEAD, QUERY, KEY, Y, X)

@@ -1,0 +1,101 @@
+"""Loading pipelines by name: attnlab's embedded models, local folders and hub ids."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .tiny import TINY_MODELS, tiny_path
+
+DEFAULT_MODEL = "tiny-modelscope"
+
+
+def builtin_models() -> tuple[str, ...]:
+    return TINY_MODELS
+
+
+def resolve_model(model: str) -> str:
+    """A loadable reference: embedded names become their saved folder; others pass through."""
+    if model in TINY_MODELS:
+        return str(tiny_path(model))
+    return model
+
+
+def load_pipeline(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+):
+    """Load a diffusers video pipeline from an embedded name, a local folder or a hub id."""
+    from diffusers import DiffusionPipeline
+
+    ref = resolve_model(str(model))
+    path = Path(ref)
+    if not path.exists() and (
+        ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").split("/", 1)[-1]
+    ):
+        raise FileNotFoundError(
+            f"model {str(model)!r} not found: not an existing folder, not a hub id "
+            f"(owner/name), not an embedded model ({', '.join(TINY_MODELS)})"
+        )
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        pipe = DiffusionPipeline.from_pretrained(ref, **kwargs)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load model {str(model)!r}: {err}") from err
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    if hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_slicing"):
+        pipe.vae.enable_slicing()
+    return pipe
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate(
+    pipe: Any,
+    prompt: str | list[str],
+    *,
+    frames: int = 16,
+    steps: int = 25,
+    seed: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float = 7.5,
+    negative_prompt: str | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Run a text-to-video pipeline with a seeded generator; frames ``[F, H, W, 3]`` in [0, 1].
+
+    Only this helper's arguments differ between pipelines; extra ``kwargs`` go to the pipeline.
+    """
+    device = getattr(pipe, "_execution_device", None) or "cpu"
+    generator = torch.Generator(device="cpu" if str(device) == "mps" else device).manual_seed(seed)
+    out = pipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        generator=generator,
+        output_type="pt",
+        **kwargs,
+    )
+    video = out.frames
+    video = video[0] if isinstance(video, (list, tuple)) or video.ndim == 5 else video
+    # pipelines disagree on [F, C, H, W] vs [F, H, W, C]; normalise to channels last
+    if video.shape[1] in (1, 3) and video.shape[-1] not in (1, 3):
+        video = video.permute(0, 2, 3, 1)
+    return video.float().clamp(0, 1).cpu()

@@ -1,0 +1,193 @@
+"""Site tables: every temporal self-attention module of a diffusers video model.
+
+``attnlab.sites(model_or_pipe)`` returns a :class:`SiteTable`. Support for a model family is a
+data module beside this one; models whose attention is full 3D attention over space and time
+get a clear :class:`UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import i2vgenxl, latte, motion, svd, unet3d
+from .base import (
+    BLOCK_NAMES,
+    BLOCKS,
+    PE_KINDS,
+    Family,
+    PositionalEncoding,
+    Site,
+    SiteTable,
+    build_table,
+)
+
+FAMILIES: tuple[Family, ...] = (
+    unet3d.FAMILY,
+    motion.FAMILY,
+    svd.FAMILY,
+    i2vgenxl.FAMILY,
+    latte.FAMILY,
+)
+
+# Models with only joint space-time attention: there is no N x N frame attention to read or edit.
+FULL_3D_ATTENTION = {
+    "CogVideoXTransformer3DModel": "CogVideoX",
+    "AllegroTransformer3DModel": "Allegro",
+    "MochiTransformer3DModel": "Mochi",
+    "HunyuanVideoTransformer3DModel": "HunyuanVideo",
+    "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
+    "LTXVideoTransformer3DModel": "LTX-Video",
+    "WanTransformer3DModel": "Wan",
+    "WanVACETransformer3DModel": "Wan VACE",
+    "SkyReelsV2Transformer3DModel": "SkyReels-V2",
+    "ConsisIDTransformer3DModel": "ConsisID",
+    "EasyAnimateTransformer3DModel": "EasyAnimate",
+    "CosmosTransformer3DModel": "Cosmos",
+}
+
+__all__ = [
+    "BLOCKS",
+    "BLOCK_NAMES",
+    "FAMILIES",
+    "PE_KINDS",
+    "Family",
+    "PositionalEncoding",
+    "Site",
+    "SiteTable",
+    "UnsupportedModelError",
+    "denoiser_of",
+    "family_of",
+    "sites",
+]
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no separate temporal (frame-axis) self-attention."""
+
+
+def family_of(model: torch.nn.Module | str) -> Family:
+    """The family of a denoiser (module or class name), or a clear error saying why not."""
+    name = model if isinstance(model, str) else type(model).__name__
+    for fam in FAMILIES:
+        if name in fam.model_classes:
+            return fam
+    # subclasses of a supported class (e.g. attnlab's organisms) belong to its family
+    if not isinstance(model, str):
+        for cls in type(model).__mro__:
+            for fam in FAMILIES:
+                if cls.__name__ in fam.model_classes:
+                    return fam
+    if name in FULL_3D_ATTENTION:
+        raise UnsupportedModelError(
+            f"{FULL_3D_ATTENTION[name]} ({name}) uses full 3D attention over space and time jointly; "
+            "it has no separate temporal self-attention with N x N frame maps, so temporal attention "
+            "analysis, replacement probes and TAR do not apply. Supported: "
+            + ", ".join(c for f in FAMILIES for c in f.model_classes)
+        )
+    raise UnsupportedModelError(
+        f"{name} has no temporal attention that attnlab knows of. Supported denoisers: "
+        + ", ".join(c for f in FAMILIES for c in f.model_classes)
+    )
+
+
+def denoiser_of(obj: Any) -> torch.nn.Module:
+    """The denoiser module of a pipeline (``unet`` or ``transformer``), or ``obj`` itself."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    for attr in ("unet", "transformer"):
+        model = getattr(obj, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    raise TypeError(
+        f"expected a diffusers pipeline (with .unet or .transformer) or a denoiser module, "
+        f"got {type(obj).__name__}"
+    )
+
+
+def sites(
+    model_or_pipe: Any,
+    latent: tuple[int, int] | None = None,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+) -> SiteTable:
+    """The temporal self-attention sites of a pipeline, denoiser, local directory or hub id.
+
+    Give ``latent=(H, W)`` (latent size) or ``height``/``width`` (video size, with a pipeline's
+    VAE scale factor) to get each site's feature size ``h x w``.
+    """
+    pipe = model_or_pipe
+    if isinstance(model_or_pipe, (str, os.PathLike)):
+        pipe = _meta_model(str(model_or_pipe))
+    model = denoiser_of(pipe)
+    fam = family_of(model)
+    if latent is None and height is not None and width is not None:
+        scale = getattr(pipe, "vae_scale_factor", None) or 8
+        latent = (-(-height // scale), -(-width // scale))
+    table = build_table(model, fam, latent)
+    if not table.sites:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no temporal self-attention module found"
+        )
+    return table
+
+
+def _meta_model(ref: str) -> torch.nn.Module:
+    """Instantiate only the denoiser of a local dir or hub id on the meta device (no weights)."""
+    import diffusers
+
+    path = Path(ref)
+    for sub in ("unet", "transformer"):
+        try:
+            if path.is_dir():
+                if not (path / sub / "config.json").exists():
+                    continue
+                config = json.loads((path / sub / "config.json").read_text())
+            else:
+                from huggingface_hub import hf_hub_download
+
+                config = json.loads(Path(hf_hub_download(ref, f"{sub}/config.json")).read_text())
+        except Exception as err:
+            if sub == "transformer":
+                raise FileNotFoundError(
+                    f"cannot read a denoiser config from {ref!r}: expected unet/config.json or "
+                    f"transformer/config.json in a local directory or on the Hugging Face Hub ({err})"
+                ) from err
+            continue
+        cls_name = config.get("_class_name", "")
+        if cls_name == "UNet2DConditionModel":
+            return _meta_motion(ref, path, config)
+        family_of(cls_name)  # clear error for unsupported models before building anything
+        cls = getattr(diffusers, cls_name)
+        with torch.device("meta"):
+            return cls.from_config(config)
+    raise FileNotFoundError(
+        f"no unet/config.json or transformer/config.json under {ref!r}: not a diffusers pipeline"
+    )
+
+
+def _meta_motion(ref: str, path: Path, unet_config: dict) -> torch.nn.Module:
+    """AnimateDiff folders hold a 2D UNet plus a motion adapter: combine them as diffusers does."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    if path.is_dir():
+        cfg_file = path / "motion_adapter" / "config.json"
+        if not cfg_file.exists():
+            raise UnsupportedModelError(
+                f"{ref}: a 2D image UNet without a motion adapter has no temporal attention"
+            )
+        adapter_config = json.loads(cfg_file.read_text())
+    else:
+        from huggingface_hub import hf_hub_download
+
+        adapter_config = json.loads(
+            Path(hf_hub_download(ref, "motion_adapter/config.json")).read_text()
+        )
+    unet2d = UNet2DConditionModel.from_config(unet_config)
+    adapter = MotionAdapter.from_config(adapter_config)
+    return UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)

@@ -1,0 +1,263 @@
+"""The zarr (v3) store of recorded attention, written and read through xarray.
+
+Layout (see docs/store-schema.md)::
+
+    run.zarr/                 root group; attrs["attnlab"] = {"schema", "reduction", "grid", "variables"}
+    run.zarr/runs/<run_id>/   one xarray Dataset per run; attrs = provenance, "complete"
+
+Each run is its own group, so runs with different frame or step counts coexist, writers never
+touch each other's arrays, and a run interrupted half way is visible as ``complete=False`` and
+skipped by :func:`load`. :func:`load` concatenates runs along ``run`` (NaN-padded where frame,
+step or layer sets differ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from . import dims as D
+
+SCHEMA_VERSION = 1
+RUNS_GROUP = "runs"
+# run-level provenance keys lifted into `run` coordinates on load (attr name -> coord name)
+RUN_COORDS = {
+    "source": D.SOURCE,
+    "model": D.MODEL,
+    "prompt": D.PROMPT,
+    "seed": D.SEED,
+    "frames": D.FRAMES,
+    "video": D.VIDEO,
+    "pe": D.PE,
+    "pe_max_len": D.PE_MAX_LEN,
+}
+# per-layer coordinates that depend on the model or latent size: (run, layer) after load
+RUN_LAYER_COORDS = (D.LAYER_H, D.LAYER_W, D.HEADS, D.HEAD_DIM)
+# per-layer coordinates fixed by the module path: 1D along `layer`
+LAYER_COORDS = (D.LEVEL, D.BLOCK)
+
+
+class StoreError(ValueError):
+    """A store that cannot be read or appended to as asked (nothing was modified)."""
+
+
+def new_run_id() -> str:
+    """Sortable, collision-safe id: UTC time plus random hex (safe for concurrent writers)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _open_root(path: Path, mode: str):
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except Exception as err:
+        raise StoreError(f"{path} is not a readable zarr v3 group: {err}") from err
+
+
+def layout_of(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The attnlab layout of an existing store (None if ``path`` does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    root = _open_root(path, "r")
+    layout = root.attrs.get("attnlab")
+    if layout is None:
+        raise StoreError(
+            f"{path} exists but is not an attnlab store (no 'attnlab' attribute); choose another path"
+        )
+    return dict(layout)
+
+
+def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
+    """Create a store with ``layout`` or check that an existing one has the same layout."""
+    path = Path(path)
+    existing = layout_of(path)
+    if existing is None:
+        root = _open_root(path, "w-")
+        root.attrs["attnlab"] = {"schema": SCHEMA_VERSION, **layout}
+        root.create_group(RUNS_GROUP)
+        return path
+    if existing.get("schema") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has attnlab store schema {existing.get('schema')}, this attnlab writes schema "
+            f"{SCHEMA_VERSION}; write to a new store"
+        )
+    theirs = {k: existing.get(k) for k in layout}
+    if theirs != layout:
+        raise StoreError(
+            f"cannot append to {path}: it holds {theirs}, this recording is {layout}; "
+            "record with the same reduction/variables or write to a new store"
+        )
+    return path
+
+
+def _group(run_id: str) -> str:
+    return f"{RUNS_GROUP}/{run_id}"
+
+
+class RunWriter:
+    """Writes one run into a store step by step (streaming) and marks it complete at the end."""
+
+    def __init__(self, path: Path, run_id: str, attrs: dict[str, Any]):
+        self.path = path
+        self.run_id = run_id
+        self.attrs = attrs
+        self.steps = 0
+        root = _open_root(path, "r+")
+        if run_id in root[RUNS_GROUP]:
+            raise StoreError(f"run {run_id!r} already exists in {path}")
+
+    def append(self, ds: xr.Dataset) -> None:
+        """Append the steps in ``ds`` (a Dataset with a ``step`` dimension)."""
+        # xarray rewrites the group's attributes on every append: always send the provenance
+        ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False})
+        if self.steps == 0:
+            encoding = {v: {"chunks": _step_chunks(ds[v])} for v in ds.data_vars}
+            ds.to_zarr(
+                self.path,
+                group=_group(self.run_id),
+                mode="w-",
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+            )
+        else:
+            ds.to_zarr(
+                self.path,
+                group=_group(self.run_id),
+                append_dim=D.STEP,
+                zarr_format=3,
+                consolidated=False,
+            )
+        self.steps += ds.sizes[D.STEP]
+
+    def finish(self, complete: bool, extra: dict[str, Any] | None = None) -> None:
+        if self.steps == 0:
+            return
+        group = _open_root(self.path, "r+")[_group(self.run_id)]
+        group.attrs.update({**_attrs_for_zarr(extra or {}), "complete": bool(complete)})
+
+
+def _step_chunks(da: xr.DataArray) -> tuple[int, ...]:
+    # one chunk = every map of one step: whole N x N maps are never split
+    return tuple(1 if d == D.STEP else n for d, n in zip(da.dims, da.shape))
+
+
+def _attrs_for_zarr(attrs: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(attrs, default=str))
+
+
+def write_run(
+    path: str | os.PathLike, ds: xr.Dataset, layout: dict[str, Any], run_id: str | None = None
+) -> str:
+    """Write one complete run (a per-run Dataset with provenance attrs) into a store."""
+    path = prepare_store(path, layout)
+    run_id = run_id or ds.attrs.get("run_id") or new_run_id()
+    writer = RunWriter(path, run_id, dict(ds.attrs))
+    writer.append(ds.drop_attrs() if hasattr(ds, "drop_attrs") else ds.assign_attrs({}))
+    writer.finish(True)
+    return run_id
+
+
+def list_runs(path: str | os.PathLike, include_incomplete: bool = False) -> list[str]:
+    """Run ids in a store, oldest first."""
+    path = Path(path)
+    if layout_of(path) is None:
+        raise StoreError(f"no attnlab store at {path}")
+    runs = _open_root(path, "r")[RUNS_GROUP]
+    out = []
+    for name, group in runs.groups():
+        if include_incomplete or group.attrs.get("complete", False):
+            out.append(name)
+    return sorted(out)
+
+
+def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:
+    """One run of a store, lazily, as written (no ``run`` dimension)."""
+    chunks = None
+    try:
+        import dask  # noqa: F401
+
+        chunks = {}
+    except ImportError:
+        pass
+    try:
+        return xr.open_zarr(
+            Path(path), group=_group(run_id), consolidated=False, zarr_format=3, chunks=chunks
+        )
+    except Exception as err:
+        raise StoreError(f"cannot read run {run_id!r} of {path}: {err}") from err
+
+
+def load(
+    path: str | os.PathLike,
+    runs: Iterable[str] | None = None,
+    *,
+    include_incomplete: bool = False,
+) -> xr.Dataset:
+    """Open an attnlab store as one Dataset with a ``run`` dimension (lazy where dask is present)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no store at {path}")
+    layout = layout_of(path)
+    ids = list(runs) if runs is not None else list_runs(path, include_incomplete)
+    if not ids:
+        raise StoreError(f"{path} holds no {'' if include_incomplete else 'complete '}runs")
+    ds = concat_runs([open_run(path, r) for r in ids], ids)
+    ds.attrs["attnlab"] = layout
+    ds.attrs["store"] = str(path)
+    return ds
+
+
+def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
+    """Concatenate per-run Datasets along ``run`` (outer join: NaN where sizes differ)."""
+    layer_static: dict[str, dict[str, Any]] = {c: {} for c in LAYER_COORDS}
+    prepared = []
+    for rid, ds in zip(ids, parts):
+        attrs = {k: v for k, v in ds.attrs.items() if k != "complete"}
+        for c in LAYER_COORDS:
+            for name, value in zip(ds[D.LAYER].values, ds[c].values):
+                layer_static[c].setdefault(
+                    str(name), value.item() if hasattr(value, "item") else value
+                )
+        ds = ds.drop_vars(list(LAYER_COORDS)).drop_attrs() if hasattr(ds, "drop_attrs") else ds
+        ds = ds.expand_dims({D.RUN: [rid]})
+        ds = ds.assign_coords({D.TIMESTEP: ((D.RUN, D.STEP), ds[D.TIMESTEP].values[None])})
+        ds = ds.assign_coords(
+            {c: ((D.RUN, D.LAYER), ds[c].values[None]) for c in RUN_LAYER_COORDS if c in ds.coords}
+        )
+        run_coords = {
+            coord: (D.RUN, [_coord_value(attrs.get(key))]) for key, coord in RUN_COORDS.items()
+        }
+        run_coords[D.EDITS] = (D.RUN, [json.dumps(attrs.get("edits", []))])
+        run_coords["provenance"] = (D.RUN, [json.dumps(attrs, default=str)])
+        prepared.append(ds.assign_coords(run_coords))
+    out = xr.concat(
+        prepared,
+        dim=D.RUN,
+        join="outer",
+        coords="different",
+        compat="equals",
+        combine_attrs="drop",
+        data_vars="all",
+    )
+    layers = [str(v) for v in out[D.LAYER].values]
+    return out.assign_coords(
+        {c: (D.LAYER, [layer_static[c][n] for n in layers]) for c in LAYER_COORDS}
+    )
+
+
+def _coord_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny pipelines saved with save_pretrained and loaded with from_pretrained."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", message=".*deprecated.*")
+
+# CPU tests: small latents (8x6), 2 steps, 8 frames
+GEN = dict(
+    prompt="a polar bear playing drums", num_frames=8, height=64, width=48, num_inference_steps=2
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Both tiny pipelines built from configs and saved to disk once per session."""
+    from attnlab.tiny import TINY_MODELS, tiny_path
+
+    root = tmp_path_factory.mktemp("models")
+    return {kind: tiny_path(kind, root / kind) for kind in TINY_MODELS}
+
+
+def _load(path):
+    from attnlab.models import load_pipeline
+
+    return load_pipeline(str(path), progress=False)
+
+
+@pytest.fixture(scope="session")
+def ms_pipe(tiny_dirs):
+    """ModelScope-layout pipeline (UNet3DConditionModel), loaded with from_pretrained."""
+    return _load(tiny_dirs["tiny-modelscope"])
+
+
+@pytest.fixture(scope="session")
+def ad_pipe(tiny_dirs):
+    """AnimateDiff-layout pipeline (UNetMotionModel)."""
+    return _load(tiny_dirs["tiny-animatediff"])
+
+
+@pytest.fixture(params=["ms", "ad"])
+def pipe(request, ms_pipe, ad_pipe):
+    return {"ms": ms_pipe, "ad": ad_pipe}[request.param]
+
+
+def generate(pipe, seed: int = 0, **overrides) -> torch.Tensor:
+    """One seeded run of a tiny pipeline; returns the decoded frames tensor."""
+    kw = {**GEN, **overrides}
+    out = pipe(**kw, generator=torch.Generator().manual_seed(seed), output_type="pt")
+    return out.frames
+
+
+@pytest.fixture
+def gen():
+    return generate
+
+
+def capture(seen: dict, key: str, arg: bool = False):
+    """A forward hook (or pre-hook with ``arg=True``) storing a detached copy; returns None."""
+
+    def hook(module, args, output=None):
+        value = args[0] if arg else output
+        seen.setdefault(key, value.detach().clone())
+
+    return hook
