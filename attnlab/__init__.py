@@ -19,25 +19,36 @@ __version__ = "0.1.0"
 
 from .api import edit, hooks, record
 from .control import CallContext, Controller, RunInfo
+from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
 from .selection import Layers, SelectionError, Steps
 from .sites import Site, SiteTable, UnsupportedModelError, sites
 from .store import StoreError, load
+from .synopsis import Synopsis, key_states_from_llm
 
 __all__ = [
+    "PRESETS",
+    "TAR",
     "CallContext",
     "Controller",
+    "Edit",
+    "EditError",
     "Layers",
+    "Replace",
     "RunInfo",
     "SelectionError",
     "Site",
     "SiteTable",
     "Steps",
     "StoreError",
+    "Synopsis",
+    "Transfer",
     "UnsupportedModelError",
     "__version__",
     "edit",
     "hooks",
+    "key_states_from_llm",
     "load",
+    "parse_edit",
     "record",
     "sites",
 ]

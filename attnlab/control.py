@@ -57,6 +57,7 @@ class RunInfo:
     meta: dict[str, Any] = field(default_factory=dict)
     timesteps: list[float] | None = None
     calls: int = 0
+    implicit: bool = False  # begun by a denoiser call outside any pipeline call or run block
 
     @property
     def num_steps(self) -> int | None:
@@ -118,6 +119,9 @@ class Client:
 
     def on_run_end(self, run: RunInfo, ok: bool) -> None: ...
 
+    def release(self) -> None:
+        """Undo what ``bind`` installed (called when the client leaves, also after errors)."""
+
     def spec(self) -> dict[str, Any] | None:
         """JSON-able description written into the provenance of recorded runs (edits only)."""
         return None
@@ -160,13 +164,21 @@ class Controller:
             self._install()
         self.clients.append(client)
         self._plans.clear()
+        ok = False
         try:
             yield client
+            ok = True
         finally:
+            if self.run_info is not None and self.run_info.implicit:
+                # bare denoiser calls without a delimited run: the block is the run
+                self.end_run(ok=ok)
             self.clients.remove(client)
             self._plans.clear()
-            if not self.clients:
-                self._uninstall()
+            try:
+                client.release()
+            finally:
+                if not self.clients:
+                    self._uninstall()
 
     def _install(self) -> None:
         undo = self._undo
@@ -182,7 +194,8 @@ class Controller:
                     undo.append(lambda a=attn, n=hook_name: delattr(a, n))
         handle = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         undo.append(handle.remove)
-        self._forward_sig = inspect.signature(self.model.forward)
+        # the class's forward: instance-level wrappers (nnsight leaves one) may change the signature
+        self._forward_sig = inspect.signature(type(self.model).forward)
         if self.pipe is not None:
             self._wrap_pipeline(self.pipe)
 
@@ -316,7 +329,8 @@ class Controller:
             raise first_error
 
     def _pre_forward(self, module, args, kwargs):
-        bound = self._forward_sig.bind_partial(*args, **kwargs).arguments
+        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments
+        bound.pop(next(iter(bound)))  # self
         sample = next(iter(bound.values()))  # first argument: the noisy latents
         layout = self.table.family.sample_layout
         if sample.ndim != 5:
@@ -327,7 +341,7 @@ class Controller:
         if t is not None:
             timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
         if self.run_info is None:  # a bare denoiser call outside any delimited run
-            self.begin_run(cfg=False, source="synthetic", meta={})
+            self.begin_run(cfg=False, source="synthetic", meta={}).implicit = True
         run = self.run_info
         assert run is not None
         if run.cfg and dims["B"] % 2:

@@ -50,7 +50,9 @@ class StoreError(ValueError):
 
 def new_run_id() -> str:
     """Sortable, collision-safe id: UTC time plus random hex (safe for concurrent writers)."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9))
+    return f"{stamp}.{ns % 10**9:09d}-{secrets.token_hex(3)}"
 
 
 def _open_root(path: Path, mode: str):

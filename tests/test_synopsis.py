@@ -1,0 +1,116 @@
+"""Video synopsis prompting: per-frame text, exact identity for a constant synopsis, blending."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import attnlab
+from attnlab.edits import EditError
+from attnlab.synopsis import VSP_TEMPLATE, default_key_frames, frame_weights, key_states_from_llm
+
+PROMPT = "a polar bear playing drums"
+
+
+def test_key_frames_and_weights():
+    assert default_key_frames(3, 16).tolist() == [0, 7, 15]
+    kf = default_key_frames(5, 200)  # past 127 frames: the reference code's int8 cast overflowed
+    assert kf.tolist() == [0, 49, 99, 149, 199] and kf.dtype == np.int64
+    w = frame_weights([0, 4, 8], 9, "linear")
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    np.testing.assert_allclose(w[2], [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(w[6], [0.0, 0.5, 0.5])
+    same = frame_weights([0, 4, 8], 9, "same")
+    assert (
+        same[3].tolist() == [1, 0, 0]
+        and same[4].tolist() == [0, 1, 0]
+        and same[8].tolist() == [0, 0, 1]
+    )
+    # custom key frames: frames before the first / after the last hold the end states
+    w = frame_weights([2, 5], 8, "linear")
+    assert w[0].tolist() == [1, 0] and w[7].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("mode", ["linear", "same"])
+def test_constant_synopsis_equals_the_plain_prompt_exactly(pipe, gen, mode):
+    ref = gen(pipe, prompt=PROMPT)
+    with attnlab.edit(pipe, attnlab.Synopsis([PROMPT, PROMPT, PROMPT], mode=mode)):
+        same = gen(pipe, prompt=PROMPT)
+    assert torch.equal(same, ref)
+
+
+def test_blending_changes_late_frames_more_than_early(pipe, gen):
+    ref = gen(pipe, prompt=PROMPT)
+    with attnlab.edit(
+        pipe, attnlab.Synopsis([PROMPT, "a red sports car driving through snow at night"])
+    ):
+        video = gen(pipe, prompt=PROMPT)
+    frames = video[0] if video.ndim == 5 else video
+    base = ref[0] if ref.ndim == 5 else ref
+    diff = (frames - base).abs().flatten(1).mean(1)  # per frame
+    assert diff[-2:].mean() > 2 * diff[:2].mean()
+    assert torch.equal(gen(pipe, prompt=PROMPT), ref)  # restored
+
+
+def test_synopsis_leaves_unconditional_text_alone(ms_pipe):
+    """What the spatial cross-attention receives: uncond rows = empty prompt, cond rows blended."""
+    seen = []
+    cross = dict(ms_pipe.unet.named_modules())[
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    ]
+
+    def grab(module, args, kwargs):
+        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    h = cross.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        syn = attnlab.Synopsis(["a young boy", "an old man"])
+        with attnlab.edit(ms_pipe, syn):
+            ms_pipe(
+                prompt=PROMPT,
+                num_frames=6,
+                height=64,
+                width=48,
+                num_inference_steps=1,
+                output_type="pt",
+            )
+    finally:
+        h.remove()
+    context = seen[0].view(2, 6, 77, -1)  # [uncond, cond] x frames
+    uncond = ms_pipe.encode_prompt("", "cpu", 1, False)[0]
+    torch.testing.assert_close(context[0], uncond.expand(6, -1, -1), rtol=0, atol=0)
+    keys = ms_pipe.encode_prompt(["a young boy", "an old man"], "cpu", 1, False)[0]
+    torch.testing.assert_close(context[1, 0], keys[0])
+    torch.testing.assert_close(context[1, 5], keys[1])
+    torch.testing.assert_close(context[1, 2], keys[0] + 0.4 * (keys[1] - keys[0]))  # b = 2/5
+    torch.testing.assert_close(syn.per_frame(6, "cpu", torch.float32), context[1])
+
+
+def test_more_key_states_than_frames_and_bad_key_frames(ms_pipe, gen):
+    with (
+        pytest.raises(EditError, match="at most one key state per frame"),
+        attnlab.edit(ms_pipe, attnlab.Synopsis([str(i) + " cats" for i in range(9)])),
+    ):
+        gen(ms_pipe)
+    with (
+        pytest.raises(EditError, match="beyond the last frame"),
+        attnlab.edit(ms_pipe, attnlab.Synopsis(["a", "b"], key_frames=[0, 8])),
+    ):
+        gen(ms_pipe)
+    assert not any(m._forward_pre_hooks for m in ms_pipe.unet.modules())
+
+
+def test_llm_step_is_a_pluggable_callable():
+    asked = []
+
+    def fake_llm(text: str) -> str:
+        asked.append(text)
+        return '1. "A bud in the field."\n2. A half-open peony.\n\n- A peony in full bloom.'
+
+    states = key_states_from_llm("A peony starts to bloom, in the field", fake_llm)
+    assert states == ["A bud in the field.", "A half-open peony.", "A peony in full bloom."]
+    assert asked == [VSP_TEMPLATE.format(prompt="A peony starts to bloom, in the field")]
+    assert "a boy is getting old" in asked[0]
+    with pytest.raises(EditError, match="no key states"):
+        key_states_from_llm("x", lambda t: "\n\n")
