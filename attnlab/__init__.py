@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 from .api import edit, hooks, record
 from .control import CallContext, Controller, RunInfo
 from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
+from .real import record_real
 from .selection import Layers, SelectionError, Steps
 from .sites import Site, SiteTable, UnsupportedModelError, sites
 from .store import StoreError, load
@@ -50,5 +51,6 @@ __all__ = [
     "load",
     "parse_edit",
     "record",
+    "record_real",
     "sites",
 ]

