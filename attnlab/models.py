@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from .sites import check_model_reference
 from .tiny import TINY_MODELS, tiny_path
 
 DEFAULT_MODEL = "tiny-modelscope"
@@ -36,14 +36,7 @@ def load_pipeline(
     from diffusers import DiffusionPipeline
 
     ref = resolve_model(str(model))
-    path = Path(ref)
-    if not path.exists() and (
-        ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").split("/", 1)[-1]
-    ):
-        raise FileNotFoundError(
-            f"model {str(model)!r} not found: not an existing folder, not a hub id "
-            f"(owner/name), not an embedded model ({', '.join(TINY_MODELS)})"
-        )
+    check_model_reference(ref)
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:

@@ -137,11 +137,22 @@ def sites(
     return table
 
 
+def check_model_reference(ref: str) -> None:
+    """Refuse a reference that looks like a local path but does not exist (before any hub call)."""
+    if Path(ref).expanduser().exists():
+        return
+    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
+        raise FileNotFoundError(
+            f"model folder {ref!r} does not exist (hub ids look like 'owner/name')"
+        )
+
+
 def _meta_model(ref: str) -> torch.nn.Module:
     """Instantiate only the denoiser of a local dir or hub id on the meta device (no weights)."""
     import diffusers
 
-    path = Path(ref)
+    check_model_reference(ref)
+    path = Path(ref).expanduser()
     for sub in ("unet", "transformer"):
         try:
             if path.is_dir():
