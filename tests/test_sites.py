@@ -189,3 +189,35 @@ def test_image_model_has_no_temporal_attention():
         )
     with pytest.raises(UnsupportedModelError, match="no temporal attention"):
         attnlab.sites(model)
+
+
+def test_recording_on_svd_and_latte_bare_calls():
+    """The controller reads batch/frames/latent from each family's own sample layout."""
+    from diffusers import LatteTransformer3DModel
+
+    torch.manual_seed(0)
+    svd = _tiny_svd()
+    with attnlab.record(svd) as rec:
+        svd(
+            torch.randn(1, 3, 8, 7, 5),
+            torch.tensor([10.0]),
+            encoder_hidden_states=torch.randn(1, 1, 32),
+            added_time_ids=torch.zeros(1, 3),
+        )
+    p = rec.to_xarray()["probs"]
+    assert p.sizes["query_frame"] == 3 and p.sizes["layer"] == len(attnlab.sites(svd))
+    torch.testing.assert_close(
+        torch.from_numpy(p.sum("key_frame").values), torch.ones(p.sum("key_frame").shape)
+    )
+    latte = LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, video_length=4, caption_channels=16, cross_attention_dim=16, norm_type="ada_norm_single",
+    )  # fmt: skip
+    with attnlab.record(latte) as rec:
+        latte(
+            torch.randn(1, 4, 4, 8, 6),
+            encoder_hidden_states=torch.randn(1, 5, 16),
+            timestep=torch.tensor([10]),
+        )
+    p = rec.to_xarray()["probs"]
+    assert p.sizes["query_frame"] == 4 and list(p["level"].values) == [0, 0]

@@ -17,4 +17,5 @@ FAMILY = Family(
     positional_encoding=lambda config: PositionalEncoding(
         "learned", None, "sinusoidal frame index through a learned MLP"
     ),
+    sample_layout="BFCHW",
 )
