@@ -98,22 +98,6 @@ def _record_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def _generate(pipe, args: argparse.Namespace):
-    from .models import generate
-
-    return generate(
-        pipe,
-        args.prompt,
-        frames=args.frames,
-        steps=args.steps,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        guidance=args.guidance,
-        negative_prompt=args.negative_prompt,
-    )
-
-
 @command("sites")
 def cmd_sites(args: argparse.Namespace) -> int:
     """Print the temporal self-attention sites of a model."""
@@ -132,13 +116,13 @@ def cmd_sites(args: argparse.Namespace) -> int:
 @command("record")
 def cmd_record(args: argparse.Namespace) -> int:
     """Generate one video and stream its temporal attention to a zarr store."""
-    from . import record
+    from .experiments import generate_recorded
 
     pipe = _pipe(args)
-    with record(pipe, store=args.out, **_record_kwargs(args)) as rec:
-        video = _generate(pipe, args)
-    run = rec.runs[-1]
-    print(f"recorded run {run.id} ({video.shape[0]} frames) into {args.out}")
+    video, run_id = generate_recorded(
+        pipe, _settings(args), store=args.out, record_kwargs=_record_kwargs(args)
+    )
+    print(f"recorded run {run_id} ({video.shape[0]} frames) into {args.out}")
     if args.video:
         from .video import write_video
 

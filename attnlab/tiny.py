@@ -71,6 +71,17 @@ def _vae():
     )
 
 
+# the UNet shape shared by both tiny families: 4 levels, like the real models
+_UNET = dict(
+    block_out_channels=(32, 32, 64, 64),
+    layers_per_block=1,
+    norm_num_groups=8,
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    sample_size=32,
+)
+
+
 def build_tiny(kind: str, seed: int = 0):
     """Build a tiny pipeline of ``kind`` (one of ``TINY_MODELS``) in memory with fixed weights."""
     from diffusers import DDIMScheduler
@@ -90,25 +101,13 @@ def build_tiny(kind: str, seed: int = 0):
     if kind == "tiny-modelscope":
         from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
-        unet = UNet3DConditionModel(
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=1,
-            norm_num_groups=8,
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            sample_size=32,
-        )
+        unet = UNet3DConditionModel(**_UNET)
         return TextToVideoSDPipeline(unet=unet, **common)
     if kind == "tiny-animatediff":
         from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel
 
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 32, 64, 64),
-            layers_per_block=1,
-            norm_num_groups=8,
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            sample_size=32,
+            **_UNET,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
