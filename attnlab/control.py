@@ -154,6 +154,8 @@ class Controller:
             ctrl = _controllers[model] = cls(model, None if obj is model else obj)
         elif ctrl.pipe is None and obj is not model:
             ctrl.pipe = obj
+            if ctrl.clients:  # installed through the bare denoiser: wrap the pipeline now
+                ctrl._wrap_pipeline(obj)
         return ctrl
 
     @contextlib.contextmanager

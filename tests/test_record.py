@@ -235,3 +235,17 @@ def test_bare_denoiser_calls_are_one_run(ms_pipe):
     assert list(ds[D.TIMESTEP].values[0]) == [600, 300]
     assert ds[D.SOURCE].item() == "real" and ds[D.VIDEO].item() == "clip"
     assert list(ds[D.CFG].values) == ["cond"]
+
+
+def test_denoiser_first_then_pipeline_still_delimits_runs(ms_pipe, gen):
+    with (
+        attnlab.record(ms_pipe.unet, levels=[0]) as bare,
+        attnlab.record(ms_pipe, levels=[0]) as piped,
+    ):
+        gen(ms_pipe)
+        gen(ms_pipe, seed=1)
+    assert bare.to_xarray().sizes[D.RUN] == 2 and piped.to_xarray().sizes[D.RUN] == 2
+    assert list(piped.to_xarray()[D.SEED].values) == [0, 1]
+    from diffusers import TextToVideoSDPipeline
+
+    assert type(ms_pipe) is TextToVideoSDPipeline  # the per-instance subclass is gone
