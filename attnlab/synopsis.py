@@ -204,10 +204,13 @@ class Synopsis(Edit):
             w = self.weights(frames)
             rows = []
             for f in range(frames):
-                i = int(np.argmax(w[f]))
-                j = i + 1 if i + 1 < len(w[f]) and w[f, i + 1] > 0 else None
-                # e_i + b (e_j - e_i): exactly e_i when neighbouring states are equal
-                rows.append(e[i] if j is None else e[i] + float(w[f, j]) * (e[j] - e[i]))
+                (nonzero,) = np.nonzero(w[f])
+                i = int(nonzero[0])
+                if len(nonzero) == 1:
+                    rows.append(e[i])  # on (or outside) a key frame, or "same" mode
+                else:  # between key states i and i + 1 with weight b on i + 1
+                    # e_i + b (e_j - e_i): exactly e_i when neighbouring states are equal
+                    rows.append(e[i] + float(w[f, i + 1]) * (e[i + 1] - e[i]))
             out = self._per_frame[key] = torch.stack(rows)
         return out
 

@@ -32,6 +32,18 @@ def test_key_frames_and_weights():
     assert w[0].tolist() == [1, 0] and w[7].tolist() == [0, 1]
 
 
+def test_linear_blend_is_linear_on_every_frame():
+    """With scalar 'embeddings' 0, 1, 3 the blend must be the piecewise-linear interpolation."""
+    syn = attnlab.Synopsis(torch.tensor([0.0, 1.0, 3.0]).view(3, 1, 1))
+    got = syn.per_frame(9, "cpu", torch.float32).flatten()
+    expected = np.interp(np.arange(9), [0, 4, 8], [0.0, 1.0, 3.0])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    same = attnlab.Synopsis(torch.tensor([0.0, 1.0, 3.0]).view(3, 1, 1), mode="same").per_frame(
+        9, "cpu", torch.float32
+    )
+    assert same.flatten().tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 3]
+
+
 @pytest.mark.parametrize("mode", ["linear", "same"])
 def test_constant_synopsis_equals_the_plain_prompt_exactly(pipe, gen, mode):
     ref = gen(pipe, prompt=PROMPT)
@@ -84,6 +96,7 @@ def test_synopsis_leaves_unconditional_text_alone(ms_pipe):
     torch.testing.assert_close(context[1, 0], keys[0])
     torch.testing.assert_close(context[1, 5], keys[1])
     torch.testing.assert_close(context[1, 2], keys[0] + 0.4 * (keys[1] - keys[0]))  # b = 2/5
+    torch.testing.assert_close(context[1, 4], keys[0] + 0.8 * (keys[1] - keys[0]))  # b = 4/5 > 1/2
     torch.testing.assert_close(syn.per_frame(6, "cpu", torch.float32), context[1])
 
 
