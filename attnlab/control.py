@@ -17,6 +17,7 @@ Everything is undone when the last client leaves, also after an exception.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import weakref
@@ -133,9 +134,13 @@ _controllers: weakref.WeakKeyDictionary[torch.nn.Module, Controller] = weakref.W
 class Controller:
     """Owns attnlab's instrumentation of one denoiser; see the module docstring."""
 
-    def __init__(self, model: torch.nn.Module, pipe: Any | None):
+    def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.pipe = pipe
+        # every pipeline seen with this denoiser (pipelines can share one UNet), held weakly
+        self._pipes: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._wrapped: set[int] = set()
+        self._last_pipe: weakref.ref | None = None
+        self._current_pipe: Any | None = None
         self.table: SiteTable = sites(model)
         self.clients: list[Client] = []
         self.run_info: RunInfo | None = None
@@ -146,24 +151,39 @@ class Controller:
         self._in_pipe_call = False
 
     # ---- attaching -----------------------------------------------------------------------
+    @property
+    def pipe(self) -> Any | None:
+        """The pipeline whose call is running, else the one seen last (None: bare denoiser)."""
+        if self._current_pipe is not None:
+            return self._current_pipe
+        return self._last_pipe() if self._last_pipe is not None else None
+
     @classmethod
     def of(cls, obj: Any) -> Controller:
+        """The controller of ``obj``'s denoiser (one per denoiser, shared by its pipelines)."""
         model = denoiser_of(obj)
         ctrl = _controllers.get(model)
         if ctrl is None:
-            ctrl = _controllers[model] = cls(model, None if obj is model else obj)
-        elif ctrl.pipe is None and obj is not model:
-            ctrl.pipe = obj
-            if ctrl.clients:  # installed through the bare denoiser: wrap the pipeline now
+            ctrl = _controllers[model] = cls(model)
+        if obj is not model:
+            ctrl._pipes.add(obj)
+            ctrl._last_pipe = weakref.ref(obj)
+            if ctrl.clients:  # already installed (through another pipeline or the bare denoiser)
                 ctrl._wrap_pipeline(obj)
         return ctrl
 
     @contextlib.contextmanager
     def attached(self, client: Client) -> Iterator[Client]:
         """Attach ``client`` for the duration of the block; install/uninstall as needed."""
+        if getattr(client, "_attnlab_attached", False):
+            raise ValueError(
+                f"this {type(client).__name__} is already active in another attnlab context; "
+                "use a separate instance for each context"
+            )
         client.bind(self)
         if not self.clients:
             self._install()
+        client._attnlab_attached = True  # type: ignore[attr-defined]
         self.clients.append(client)
         self._plans.clear()
         ok = False
@@ -171,16 +191,19 @@ class Controller:
             yield client
             ok = True
         finally:
-            if self.run_info is not None and self.run_info.implicit:
-                # bare denoiser calls without a delimited run: the block is the run
-                self.end_run(ok=ok)
-            self.clients.remove(client)
-            self._plans.clear()
             try:
-                client.release()
+                if self.run_info is not None and self.run_info.implicit:
+                    # bare denoiser calls without a delimited run: the block is the run
+                    self.end_run(ok=ok)
             finally:
-                if not self.clients:
-                    self._uninstall()
+                self.clients = [c for c in self.clients if c is not client]
+                client._attnlab_attached = False  # type: ignore[attr-defined]
+                self._plans.clear()
+                try:
+                    client.release()
+                finally:
+                    if not self.clients:
+                        self._uninstall()
 
     def _install(self) -> None:
         undo = self._undo
@@ -198,8 +221,8 @@ class Controller:
         undo.append(handle.remove)
         # the class's forward: instance-level wrappers (nnsight leaves one) may change the signature
         self._forward_sig = inspect.signature(type(self.model).forward)
-        if self.pipe is not None:
-            self._wrap_pipeline(self.pipe)
+        for pipe in list(self._pipes):
+            self._wrap_pipeline(pipe)
 
     def _uninstall(self) -> None:
         errors = []
@@ -210,10 +233,16 @@ class Controller:
                 errors.append(err)
         self.run_info = None
         self.ctx = None
+        self._wrapped.clear()
+        # nothing of attnlab stays on the model: let model and pipelines be garbage-collected
+        _controllers.pop(self.model, None)
         if errors:
             raise RuntimeError(f"attnlab could not fully restore the model: {errors}")
 
     def _wrap_pipeline(self, pipe: Any) -> None:
+        if id(pipe) in self._wrapped:
+            return
+        self._wrapped.add(id(pipe))
         original_cls = type(pipe)
         call = original_cls.__call__
         signature = inspect.signature(call)
@@ -226,11 +255,13 @@ class Controller:
             bound.apply_defaults()
             meta = controller._call_meta(self_, bound.arguments)
             controller._in_pipe_call = True
+            controller._current_pipe = self_
             try:
                 with controller.run(cfg=meta.pop("_cfg"), source="synthetic", meta=meta):
                     return call(self_, *args, **kwargs)
             finally:
                 controller._in_pipe_call = False
+                controller._current_pipe = None
 
         __call__.__signature__ = signature  # type: ignore[attr-defined]
         __call__.__doc__ = call.__doc__
@@ -247,9 +278,16 @@ class Controller:
 
         self._undo.append(restore)
         scheduler = getattr(pipe, "scheduler", None)
-        if scheduler is not None and hasattr(scheduler, "set_timesteps"):
+        if (
+            scheduler is not None
+            and hasattr(scheduler, "set_timesteps")
+            and id(scheduler) not in self._wrapped
+        ):
+            self._wrapped.add(id(scheduler))  # pipelines may share one scheduler: wrap it once
             set_timesteps = scheduler.set_timesteps
 
+            # keep the signature: pipelines inspect it (retrieve_timesteps checks for `sigmas`)
+            @functools.wraps(set_timesteps)
             def wrapped_set_timesteps(*args, **kwargs):
                 out = set_timesteps(*args, **kwargs)
                 if controller.run_info is not None:

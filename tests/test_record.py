@@ -249,3 +249,53 @@ def test_denoiser_first_then_pipeline_still_delimits_runs(ms_pipe, gen):
     from diffusers import TextToVideoSDPipeline
 
     assert type(ms_pipe) is TextToVideoSDPipeline  # the per-instance subclass is gone
+
+
+def test_two_pipelines_sharing_one_denoiser_are_both_delimited(ms_pipe, gen):
+    from diffusers import TextToVideoSDPipeline
+
+    other = TextToVideoSDPipeline(**ms_pipe.components)
+    other.set_progress_bar_config(disable=True)
+    with attnlab.record(ms_pipe, levels=[0]) as a, attnlab.record(other, levels=[0]) as b:
+        gen(other, seed=4)
+    for rec in (a, b):
+        ds = rec.to_xarray()
+        assert list(ds[D.CFG].values) == ["uncond", "cond"] and ds[D.SEED].item() == 4
+    assert type(other) is TextToVideoSDPipeline and type(ms_pipe) is TextToVideoSDPipeline
+
+
+def test_a_client_cannot_be_active_twice_and_nothing_leaks(ms_pipe, gen):
+    import gc
+    import weakref
+
+    ref = gen(ms_pipe)
+    syn = attnlab.Synopsis(["a red car", "a blue boat"])
+    with attnlab.edit(ms_pipe, syn):
+        with pytest.raises(ValueError, match="already active"), attnlab.edit(ms_pipe, syn):
+            pass
+        gen(ms_pipe)
+    assert not any(m._forward_pre_hooks for m in ms_pipe.unet.modules())
+    with attnlab.record(ms_pipe, levels=[0]):
+        pass
+    assert torch.equal(gen(ms_pipe), ref)
+    # nothing of attnlab keeps a model alive once its contexts are closed
+    from attnlab.control import _controllers
+
+    assert ms_pipe.unet not in _controllers
+    from attnlab.tiny import build_tiny
+
+    tmp = build_tiny("tiny-modelscope")
+    with attnlab.record(tmp, levels=[0]):
+        pass
+    dead = weakref.ref(tmp.unet)
+    del tmp
+    gc.collect()
+    assert dead() is None
+
+
+def test_scheduler_signature_is_kept_while_instrumented(ms_pipe):
+    import inspect
+
+    before = inspect.signature(ms_pipe.scheduler.set_timesteps)
+    with attnlab.record(ms_pipe):
+        assert inspect.signature(ms_pipe.scheduler.set_timesteps) == before
