@@ -2,13 +2,14 @@
 
 A clip is resampled to the model's frame count (the paper: 16 frames at 8 fps), resized and
 center-cropped to the model's size, scaled to [-1, 1], encoded with the pipeline's VAE (one
-frame at a time), noised with the scheduler's forward process ``add_noise`` to each requested
+frame at a time), noised with the model's forward process (``alphas_cumprod``) to each requested
 timestep, and passed through the denoiser while recording, with the same recorders and store
 schema as synthetic runs (``source="real"``, video id, frame indices).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,7 +146,7 @@ def record_real(
         "width": width,
         "seed": seed,
         "guidance_scale": guidance,
-        "noise": "scheduler.add_noise, one seeded noise for every timestep",
+        "noise": "sqrt(a_t) x0 + sqrt(1 - a_t) eps (alphas_cumprod), one seeded eps for every timestep",
     }
     controller = Controller.of(pipe)
     with record(pipe, store=store, **record_kwargs) as rec:
@@ -154,31 +155,67 @@ def record_real(
                 cfg=cfg, source="real", meta={**meta, "timesteps": ts}, timesteps=ts
             ):
                 for t in tqdm(ts, desc=f"real {clip.id}", disable=not progress):
-                    _denoise(pipe, latents, noise, t, text, cfg, guidance)
+                    _predict(
+                        pipe,
+                        forward_noise(pipe.scheduler, latents, noise, t),
+                        t,
+                        text,
+                        cfg,
+                        guidance,
+                    )
         else:
-            pipe.scheduler.set_timesteps(num_inference_steps, device=device)
-            schedule = [int(t) for t in pipe.scheduler.timesteps]
+            schedule = _schedule(pipe.scheduler, num_inference_steps, device)
             for t0 in tqdm(ts, desc=f"real {clip.id}", disable=not progress):
-                run_ts = [t for t in schedule if t <= t0]
-                if not run_ts:
+                begin = next((i for i, t in enumerate(schedule) if t <= t0), None)
+                if begin is None:
                     raise ValueError(
                         f"no sampler step at or below timestep {t0} with {num_inference_steps} steps"
                     )
+                run_ts = schedule[begin:]
                 # start exactly on the schedule: noise to its first timestep at or below t0
                 run_meta = {**meta, "requested_timestep": t0, "start_timestep": run_ts[0]}
+                # a fresh scheduler per run: multistep schedulers keep state between steps
+                sched = _fresh_scheduler(pipe.scheduler)
+                sched.set_timesteps(num_inference_steps, device=device)
+                if hasattr(sched, "set_begin_index"):
+                    sched.set_begin_index(begin)
                 with controller.run(cfg=cfg, source="real", meta=run_meta, timesteps=run_ts):
-                    x = pipe.scheduler.add_noise(latents, noise, torch.tensor([run_ts[0]]))
-                    for t in run_ts:
-                        eps = _denoise(pipe, x, None, t, text, cfg, guidance)
-                        x = pipe.scheduler.step(eps, t, x).prev_sample
+                    x = sched.add_noise(latents, noise, sched.timesteps[begin : begin + 1])
+                    for t in sched.timesteps[begin:]:
+                        eps = _predict(
+                            pipe, sched.scale_model_input(x, t), int(t), text, cfg, guidance
+                        )
+                        x = sched.step(eps, t, x).prev_sample
     return rec
 
 
-def _denoise(pipe, latents, noise, t: int, text, cfg: bool, guidance: float) -> torch.Tensor:
-    """One denoiser call at timestep ``t`` (noising ``latents`` first when ``noise`` is given)."""
+def _fresh_scheduler(scheduler):
+    """An independent copy (without attnlab's instance-level ``set_timesteps`` wrapper)."""
+    sched = copy.deepcopy(scheduler)
+    vars(sched).pop("set_timesteps", None)
+    return sched
+
+
+def _schedule(scheduler, steps: int, device) -> list[int]:
+    sched = _fresh_scheduler(scheduler)
+    sched.set_timesteps(steps, device=device)
+    return [int(t) for t in sched.timesteps]
+
+
+def forward_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """The model's forward process at discrete timestep t: sqrt(a_t) x0 + sqrt(1 - a_t) eps.
+
+    Uses the training schedule (``alphas_cumprod``) directly, so it is the denoiser's input at t
+    whatever sampler the pipeline is configured with (DDIM, Euler, DPM-Solver...).
+    """
+    a = scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float64)[t]
+    return (a.sqrt() * latents.double() + (1 - a).sqrt() * noise.double()).to(latents.dtype)
+
+
+def _predict(pipe, x: torch.Tensor, t: int, text, cfg: bool, guidance: float) -> torch.Tensor:
+    """One denoiser call at timestep ``t`` (classifier-free guidance when ``cfg``)."""
     model = denoiser_of(pipe)
-    tt = torch.tensor([t], device=latents.device)
-    x = pipe.scheduler.add_noise(latents, noise, tt) if noise is not None else latents
+    tt = torch.tensor([t], device=x.device)
     x_in = torch.cat([x, x]) if cfg else x
     with torch.no_grad():
         out = model(x_in, tt, encoder_hidden_states=text).sample

@@ -114,3 +114,37 @@ def test_bad_real_inputs(ms_pipe, samples):
 
     with pytest.raises(VideoError, match=r"too short|frames"):
         record_real(ms_pipe, samples["carphone"], frames=200, fps=8, progress=False)
+
+
+def test_forward_noise_is_the_ddpm_forward_process(ms_pipe):
+    from attnlab.real import forward_noise
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(1, 4, 3, 4, 4, generator=g), torch.randn(1, 4, 3, 4, 4, generator=g)
+    a = ms_pipe.scheduler.alphas_cumprod[300]
+    torch.testing.assert_close(
+        forward_noise(ms_pipe.scheduler, x0, eps, 300), a.sqrt() * x0 + (1 - a).sqrt() * eps
+    )
+    torch.testing.assert_close(
+        forward_noise(ms_pipe.scheduler, x0, eps, 300),
+        ms_pipe.scheduler.add_noise(x0, eps, torch.tensor([300])),
+    )
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+def test_continued_denoising_with_stateful_schedulers(ms_pipe, samples, name):
+    import diffusers
+    from diffusers import TextToVideoSDPipeline
+
+    sched = getattr(diffusers, name).from_config(ms_pipe.scheduler.config)
+    pipe = TextToVideoSDPipeline(**{**ms_pipe.components, "scheduler": sched})
+    rec = record_real(
+        pipe, samples["carphone"], frames=6, height=64, width=48, timesteps=[700, 300], continue_denoising=True, num_inference_steps=6, levels=[0], progress=False
+    )  # fmt: skip
+    ds = rec.to_xarray()
+    assert ds.sizes[D.RUN] == 2
+    schedule = sched.timesteps.tolist() if len(sched.timesteps) == 6 else None
+    assert schedule is None or all(
+        t in schedule for t in ds[D.TIMESTEP].values[~np.isnan(ds[D.TIMESTEP].values)]
+    )
+    assert np.isfinite(ds[D.PROBS].values[~np.isnan(ds[D.PROBS].values)]).all()
