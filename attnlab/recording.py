@@ -29,7 +29,7 @@ from . import dims as D
 from .control import CallContext, Client, Controller, RunInfo, split_batch
 from .selection import Layers, SelectionError, Steps, cfg_halves, check_cfg
 from .sites import Site
-from .store import RunWriter, concat_runs, new_run_id, prepare_store, write_run
+from .store import RunWriter, claim_run, concat_runs, new_run_id, prepare_store, write_run
 
 REDUCTIONS = ("mean", "head", "spatial")
 
@@ -134,6 +134,8 @@ class Recorder(Client):
             "attnlab_version": __version__,
             "torch_version": torch.__version__,
         }
+        if self.store is not None:
+            claim_run(self.store, run_id)  # before any work: refuse a complete run of that name
         self._run = _Run(run_id, run, attrs, halves=chosen, cfg_names=[halves[i] for i in chosen])
         self.runs.append(self._run)
         if run.timesteps is not None:
@@ -177,6 +179,9 @@ class Recorder(Client):
                 self._flush()
             else:
                 self._buffer = None
+        except BaseException:
+            ok = False  # the last step did not reach the store: the run is not complete
+            raise
         finally:
             self._run = None
             current.complete = ok

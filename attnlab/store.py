@@ -102,6 +102,21 @@ def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
     return path
 
 
+def claim_run(path: str | os.PathLike, run_id: str) -> None:
+    """Make ``run_id`` writable: refuse a complete run of that name, drop an incomplete one.
+
+    An incomplete group is what an interrupted run leaves behind; re-running the same named
+    job (analyses, sweeps) replaces it instead of failing forever.
+    """
+    runs = _open_root(Path(path), "r+")[RUNS_GROUP]
+    if run_id in runs:
+        if runs[run_id].attrs.get("complete", False):
+            raise StoreError(
+                f"run {run_id!r} already exists (complete) in {path}; choose another name"
+            )
+        del runs[run_id]
+
+
 def _group(run_id: str) -> str:
     return f"{RUNS_GROUP}/{run_id}"
 
@@ -114,9 +129,7 @@ class RunWriter:
         self.run_id = run_id
         self.attrs = attrs
         self.steps = 0
-        root = _open_root(path, "r+")
-        if run_id in root[RUNS_GROUP]:
-            raise StoreError(f"run {run_id!r} already exists in {path}")
+        claim_run(path, run_id)
 
     def append(self, ds: xr.Dataset) -> None:
         """Append the steps in ``ds`` (a Dataset with a ``step`` dimension)."""

@@ -299,3 +299,36 @@ def test_scheduler_signature_is_kept_while_instrumented(ms_pipe):
     before = inspect.signature(ms_pipe.scheduler.set_timesteps)
     with attnlab.record(ms_pipe):
         assert inspect.signature(ms_pipe.scheduler.set_timesteps) == before
+
+
+def test_failed_last_write_leaves_the_run_incomplete_and_a_rerun_replaces_it(
+    ms_pipe, gen, tmp_path, monkeypatch
+):
+    from attnlab import store as S
+
+    path = tmp_path / "f.zarr"
+    real_append = S.RunWriter.append
+    calls = {"n": 0}
+
+    def flaky(self, ds):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the last step's write fails
+            raise OSError("disk full")
+        return real_append(self, ds)
+
+    monkeypatch.setattr(S.RunWriter, "append", flaky)
+    with (
+        pytest.raises(OSError, match="disk full"),
+        attnlab.record(ms_pipe, levels=[0], store=path, name="job"),
+    ):
+        gen(ms_pipe)
+    monkeypatch.setattr(S.RunWriter, "append", real_append)
+    assert S.list_runs(path) == [] and S.list_runs(path, include_incomplete=True) == ["job"]
+    with attnlab.record(ms_pipe, levels=[0], store=path, name="job"):  # same name: replaces it
+        gen(ms_pipe)
+    assert attnlab.load(path).sizes[D.STEP] == 2
+    with (
+        pytest.raises(StoreError, match="already exists"),
+        attnlab.record(ms_pipe, levels=[0], store=path, name="job"),
+    ):
+        gen(ms_pipe)
