@@ -332,3 +332,38 @@ def test_failed_last_write_leaves_the_run_incomplete_and_a_rerun_replaces_it(
         attnlab.record(ms_pipe, levels=[0], store=path, name="job"),
     ):
         gen(ms_pipe)
+
+
+def test_spatial_grid_cells_are_the_rows_at_those_positions(ms_pipe, gen):
+    """Index order b*(h*w) + y*w + x: a grid cell equals the hook_probs row at (y, x), by hand."""
+    from .conftest import capture
+
+    name = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"
+    attn = dict(ms_pipe.unet.named_modules())[name]
+    got = {}
+    with attnlab.record(ms_pipe, names=name + "$", steps=[0], reduce="spatial", grid=(3, 2)) as rec:
+        h = attn.hook_probs.register_forward_hook(capture(got, "p"))
+        try:
+            gen(ms_pipe)
+        finally:
+            h.remove()
+    p = rec.to_xarray()[D.PROBS].isel(run=0, step=0, layer=0, sample=0)
+    rows = got["p"]  # [B*h*w, heads, F, F] with B = 2 (uncond, cond), latent 8 x 6
+    hh, ww = 8, 6
+    for i, y in enumerate([1, 4, 6]):  # floor((i + 0.5) * 8 / 3)
+        for j, x in enumerate([1, 4]):  # floor((j + 0.5) * 6 / 2)
+            for b, half in enumerate(["uncond", "cond"]):
+                expected = rows[b * hh * ww + y * ww + x].mean(0).numpy()
+                np.testing.assert_allclose(p.sel(cfg=half, y=i, x=j).values, expected, atol=1e-6)
+
+
+def test_cfg_halves_are_labelled_in_batch_order(ms_pipe, gen):
+    """Swap prompt and negative prompt: run 1's uncond half is run 2's cond half at step 0."""
+    with attnlab.record(ms_pipe, levels=[0], steps=[0]) as r1:
+        gen(ms_pipe, prompt="a red car", negative_prompt="a green forest")
+    with attnlab.record(ms_pipe, levels=[0], steps=[0]) as r2:
+        gen(ms_pipe, prompt="a green forest", negative_prompt="a red car")
+    a, b = r1.to_xarray()[D.PROBS], r2.to_xarray()[D.PROBS]
+    np.testing.assert_allclose(a.sel(cfg="uncond").values, b.sel(cfg="cond").values, atol=1e-6)
+    np.testing.assert_allclose(a.sel(cfg="cond").values, b.sel(cfg="uncond").values, atol=1e-6)
+    assert not np.allclose(a.sel(cfg="cond").values, b.sel(cfg="cond").values, atol=1e-6)
