@@ -76,6 +76,8 @@ class CallContext:
     batch: int
     frames: int
     latent: tuple[int, int]
+    # the scheduler passes a continuous noise level (e.g. SVD's c_noise), not a step in [0, T)
+    continuous: bool = False
 
     @property
     def cfg(self) -> bool:
@@ -84,6 +86,12 @@ class CallContext:
     @property
     def t_frac(self) -> float | None:
         """Timestep as a fraction of the training horizon T (1.0 = pure noise)."""
+        if self.continuous:
+            raise ValueError(
+                "this scheduler passes a continuous noise level, not a timestep in [0, T): "
+                "timestep windows (t_min/t_max) do not apply; select steps by index (steps=...) "
+                "and pass t_min=None"
+            )
         return None if self.timestep is None else self.timestep / self.num_train_timesteps
 
     def halves(self) -> list[str]:
@@ -387,7 +395,9 @@ class Controller:
         if run.cfg and dims["B"] % 2:
             raise RuntimeError(f"classifier-free guidance run with odd batch {dims['B']}")
         scheduler = getattr(self.pipe, "scheduler", None)
-        horizon = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None) or 1000
+        config = getattr(scheduler, "config", None)
+        horizon = getattr(config, "num_train_timesteps", None) or 1000
+        continuous = getattr(config, "timestep_type", "discrete") == "continuous"
         self.ctx = CallContext(
             run=run,
             step=run.calls,
@@ -396,6 +406,7 @@ class Controller:
             batch=int(dims["B"]),
             frames=int(dims["F"]),
             latent=(int(dims["H"]), int(dims["W"])),
+            continuous=continuous,
         )
         run.calls += 1
         self._plans.clear()

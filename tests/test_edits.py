@@ -323,3 +323,15 @@ def test_transfer_from_frames_with_an_offline_backend(tmp_path, monkeypatch):
     sim = edit.reference_similarity()
     assert sim.shape == (6, 6)
     np.testing.assert_allclose(np.diag(sim), 1.0, atol=1e-6)
+
+
+def test_timestep_windows_refuse_continuous_noise_levels():
+    """SVD-style schedulers pass c_noise = log(sigma) / 4 as 'timestep': a window must not silently never fire."""
+    ctx = CallContext(RunInfo(0), 0, 1.64, 1000, 1, 16, (40, 64), continuous=True)
+    tar = TAR()
+    tar.on_run_start(RunInfo(0))
+    with pytest.raises(ValueError, match="continuous noise level"):
+        tar.active(ctx)
+    index_window = TAR(steps=[0], t_min=None)
+    index_window.on_run_start(RunInfo(0))
+    assert index_window.active(ctx)
