@@ -22,7 +22,7 @@ from .control import CallContext, Controller, RunInfo
 from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
 from .real import record_real
 from .selection import Layers, SelectionError, Steps
-from .sites import Site, SiteTable, UnsupportedModelError, sites
+from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
 from .store import StoreError, load
 from .synopsis import Synopsis, key_states_from_llm
 
@@ -33,6 +33,7 @@ __all__ = [
     "Controller",
     "Edit",
     "EditError",
+    "FrameLimitError",
     "Layers",
     "Replace",
     "RunInfo",

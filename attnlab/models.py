@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .sites import check_model_reference
+from .sites import sites as sites_of
 from .tiny import TINY_MODELS, tiny_path
 
 DEFAULT_MODEL = "tiny-modelscope"
@@ -72,6 +73,11 @@ def generate(
 
     Only this helper's arguments differ between pipelines; extra ``kwargs`` go to the pipeline.
     """
+    from .sites import denoiser_of, family_of
+
+    model = denoiser_of(pipe)
+    family_of(model)  # a clear error for models without temporal attention
+    sites_of(model).check_frames(frames)  # a clear error before any work
     device = getattr(pipe, "_execution_device", None) or "cpu"
     generator = torch.Generator(device="cpu" if str(device) == "mps" else device).manual_seed(seed)
     out = pipe(

@@ -184,16 +184,42 @@ def write_run(
 
 
 def list_runs(path: str | os.PathLike, include_incomplete: bool = False) -> list[str]:
-    """Run ids in a store, oldest first."""
+    """Run ids in a store, oldest first. A damaged run is skipped with a warning (never fatal)."""
+    import warnings
+
+    import zarr
+
     path = Path(path)
     if layout_of(path) is None:
         raise StoreError(f"no attnlab store at {path}")
-    runs = _open_root(path, "r")[RUNS_GROUP]
     out = []
-    for name, group in runs.groups():
-        if include_incomplete or group.attrs.get("complete", False):
-            out.append(name)
-    return sorted(out)
+    runs_dir = path / RUNS_GROUP
+    for child in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if not (child / "zarr.json").exists():
+            continue
+        try:
+            group = zarr.open_group(str(path), path=_group(child.name), mode="r", zarr_format=3)
+            complete = bool(group.attrs.get("complete", False))
+            if complete:
+                _check_chunks(path, child.name, group)
+        except Exception as err:  # one damaged run must not hide the others
+            warnings.warn(f"skipping run {child.name!r} of {path}: {err}", stacklevel=2)
+            continue
+        if include_incomplete or complete:
+            out.append(child.name)
+    return out
+
+
+def _check_chunks(path: Path, run_id: str, group) -> None:
+    """A complete run must have every chunk of its maps (a missing one would read as NaN)."""
+    for name in (D.PROBS, D.LOGITS):
+        if name in group:
+            arr = group[name]
+            if arr.nchunks_initialized < arr.nchunks:
+                missing = arr.nchunks - arr.nchunks_initialized
+                raise StoreError(
+                    f"run {run_id!r} of {path}: {missing} of {arr.nchunks} chunks of {name!r} are missing"
+                )
 
 
 def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:

@@ -129,9 +129,13 @@ def tiny_path(kind: str, root: str | os.PathLike | None = None) -> Path:
     path = Path(root) if root is not None else cache_dir("models") / kind
     if (path / "model_index.json").exists():
         return path
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per process: no races
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny(kind).save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # atomic: a half-written model is never picked up
+    try:
+        tmp.rename(path)  # atomic: a half-written model is never picked up
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "model_index.json").exists():
+            raise
     return path

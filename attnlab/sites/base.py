@@ -31,6 +31,10 @@ BLOCK_NAMES = {
 }
 
 
+class FrameLimitError(ValueError):
+    """More frames than a model's frame positional encoding has positions."""
+
+
 @dataclass(frozen=True)
 class PositionalEncoding:
     """Frame-axis positional encoding of a family: kind in ``PE_KINDS``, max length if bounded."""
@@ -116,6 +120,23 @@ class SiteTable(Sequence):
     @property
     def levels(self) -> list[int]:
         return sorted({s.level for s in self.sites})
+
+    @property
+    def max_frames(self) -> int | None:
+        """The most frames the temporal attention's positional encoding allows (None: no limit)."""
+        limits = [s.pe_max_len for s in self.sites if s.pe_max_len]
+        return min(limits) if limits else None
+
+    def check_frames(self, frames: int) -> None:
+        """A clear error before a run that diffusers would fail with an opaque size mismatch."""
+        limit = self.max_frames
+        if limit is not None and frames > limit:
+            pe = next(s.pe for s in self.sites if s.pe_max_len == limit)
+            raise FrameLimitError(
+                f"{self.model_class}: {frames} frames exceed the frame positional encoding of its "
+                f"temporal attention ({pe}, at most {limit} frames); generate at most {limit} frames "
+                "with this model"
+            )
 
     def level_size(self, level: int, latent: tuple[int, int] | None = None) -> tuple[int, int]:
         """Feature size (h, w) at ``level`` for a latent of ``latent`` = (H, W)."""
