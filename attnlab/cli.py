@@ -346,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--out", default="figures")
 
+    sub.add_parser(
+        "bench",
+        help="overhead of recording and editing, as ratios (attnlab bench --help)",
+        add_help=False,
+    )
     p = sub.add_parser("sweep", help="run a sweep spec on a dask cluster into one zarr store")
     from . import sweep
 
@@ -366,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark command has its own options (attnlab bench --help)
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -358,7 +358,10 @@ def regularise(
         m = logits.amax(dim=(-2, -1), keepdim=True)
     else:
         m = logits.amax()
-    return logits + (scale * m) * dA
+    bias = (scale * m) * dA
+    if bias.shape == logits.shape and bias.dtype == torch.result_type(logits, bias):
+        return bias.add_(logits)  # == logits + bias (addition commutes), one allocation fewer
+    return logits + bias
 
 
 @register

@@ -1,12 +1,19 @@
 """The temporal-attention processor: one per temporal self-attention module, installed by the
 :class:`~attnlab.control.Controller` only while a recorder, edit or hook context is active.
 
-Two paths:
+Paths, chosen per layer and call:
 
 * **fast**: no client selects this layer at this call: the original processor runs unchanged
   (fused SDPA; output bit-identical to the untouched model);
 * **explicit**: ``logits = q k^T / sqrt(d)`` -> ``hook_logits`` -> bias edits -> softmax ->
-  replacement edits -> ``hook_probs`` -> recorders -> ``probs @ v``.
+  replacement edits -> ``hook_probs`` -> recorders -> ``probs @ v``. Without hooks on the hook
+  points, no autograd graph, and edits that act row by row (TAR/Transfer with a per-row or
+  per-map max, replacements, on both CFG halves), it runs in cache-sized blocks of rows,
+  materialising only what recorders keep: bit-identical to the whole-tensor computation, and
+  on CPU about as fast as the fused default (see ``docs/performance.md``);
+* **constant**: the last edit is a :class:`~attnlab.edits.Replace` on both CFG halves and
+  nobody observes this layer: the probabilities do not depend on q or k, so those are never
+  computed (identity: ``out = v``; ones: ``out`` = mean of ``v`` over frames).
 
 Tensor layout inside (diffusers folds space into the batch)::
 
@@ -23,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from .control import Controller
+    from .control import CallContext, Controller, Plan
     from .sites import Site
 
 
@@ -49,6 +56,30 @@ class HookPoint(nn.Module):
 
 HOOK_NAMES = ("hook_logits", "hook_probs")
 
+#: elements of one block's ``[rows, F, F]`` logits (one head) in the blocked explicit path, per
+#: device type: on CPU a block stays in L2 cache (1 MiB in float32; 2^16-2^18 measured best on
+#: a Zen CPU); on accelerators blocks only bound the memory of long videos
+BLOCK_ELEMENTS: dict[str, int] = {"cpu": 1 << 18}
+DEFAULT_BLOCK_ELEMENTS = 1 << 26
+
+
+def block_rows(rows: int, frames: int, device: torch.device) -> int:
+    """Rows per block of the blocked explicit path."""
+    budget = BLOCK_ELEMENTS.get(device.type, DEFAULT_BLOCK_ELEMENTS)
+    return max(1, min(rows, budget // max(1, frames * frames)))
+
+
+def _blocks(rows: int, frames: int, device: torch.device) -> list[tuple[int, int]]:
+    step = block_rows(rows, frames, device)
+    return [(a, min(rows, a + step)) for a in range(0, rows, step)]
+
+
+def _scores(
+    query: torch.Tensor, key: torch.Tensor, scale: float, a: int, b: int, h: int
+) -> torch.Tensor:
+    """``q k^T * scale`` of head ``h``, rows ``a:b``: ``[b - a, F, F]`` (strided, no copies)."""
+    return torch.bmm(query[a:b, h], key[a:b, h].transpose(1, 2)).mul_(scale)
+
 
 class TemporalAttnProcessor:
     """Processor for one temporal self-attention site; delegates to the original when idle."""
@@ -69,15 +100,25 @@ class TemporalAttnProcessor:
         **kwargs: Any,
     ) -> torch.Tensor:
         plan = self.controller.plan(self.site.name)
-        if plan is None and not (attn.hook_logits.has_hooks() or attn.hook_probs.has_hooks()):
+        hooked = attn.hook_logits.has_hooks() or attn.hook_probs.has_hooks()
+        if plan is None and not hooked:
             return self.original(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
-        return self.explicit(attn, hidden_states, attention_mask, temb, plan)
+        return self.explicit(attn, hidden_states, attention_mask, temb, plan, hooked=hooked)
 
-    def explicit(self, attn, hidden_states, attention_mask, temb, plan) -> torch.Tensor:
-        """The default processor's math with the attention probabilities materialised."""
-        ctrl = self.controller
+    def explicit(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+        plan: Plan | None,
+        hooked: bool | None = None,
+    ) -> torch.Tensor:
+        """The default processor's math with the attention probabilities available."""
+        if hooked is None:
+            hooked = attn.hook_logits.has_hooks() or attn.hook_probs.has_hooks()
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -86,10 +127,34 @@ class TemporalAttnProcessor:
                 f"{self.site.name}: expected [B*h*w, frames, channels] hidden states, got {tuple(hidden_states.shape)}"
             )
         rows, frames, _ = hidden_states.shape
-        ctx = ctrl.check_rows(self.site, rows, frames)
+        ctx = self.controller.check_rows(self.site, rows, frames)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
+        constant = None if hooked or plan is None or plan.observe else _constant_probs(plan, ctx)
+        if constant is not None:
+            out = _attend_constant(attn, hidden_states, constant, frames)
+        else:
+            out = self._attend(attn, hidden_states, attention_mask, plan, ctx, hooked)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if out.shape[1] != frames:  # "ones": one row per position, the same for every frame
+            out = out.expand(rows, frames, out.shape[-1])
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _attend(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        plan: Plan | None,
+        ctx: CallContext,
+        hooked: bool,
+    ) -> torch.Tensor:
+        """``softmax(edit(q k^T / sqrt d)) @ v`` -> ``[rows, F, heads * head_dim]``."""
+        rows, frames, _ = hidden_states.shape
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
@@ -105,13 +170,37 @@ class TemporalAttnProcessor:
         rope = getattr(attn, "attnlab_rope", None)
         if rope is not None:
             query, key = rope(query, key)
-
-        # the scale SDPA applies by default, so the explicit path matches the fused one
-        logits = torch.matmul(query, key.transpose(-1, -2)) * head_dim**-0.5
+        mask = None
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, frames, rows).view(
                 rows, heads, -1, frames
             )
+        # the scale SDPA applies by default, so the explicit path matches the fused one
+        scale = head_dim**-0.5
+        grad = torch.is_grad_enabled() and (
+            query.requires_grad or key.requires_grad or value.requires_grad
+        )
+        if hooked or grad or not _row_local(plan, ctx):
+            out = self._whole(attn, query, key, value, mask, scale, plan, ctx)
+        else:
+            out = self._blocked(query, key, value, mask, scale, plan, ctx)
+        return out.reshape(rows, -1, heads * head_dim).to(query.dtype)
+
+    def _whole(self, attn, query, key, value, mask, scale, plan, ctx) -> torch.Tensor:
+        """Whole-tensor path: every stage sees the full ``[rows, heads, F, F]`` tensor (hooks,
+        autograd, edits that need the whole tensor). Returns ``[rows, F, heads, head_dim]``.
+
+        The two matmuls run per head and block of rows exactly as in :meth:`_blocked` (batched
+        matmuls are not bit-stable across batch layouts; per-head ``bmm`` is), so both paths
+        give the same numbers bit for bit.
+        """
+        rows, heads, frames, head_dim = query.shape
+        blocks = _blocks(rows, frames, query.device)
+        logits = query.new_empty((rows, heads, frames, frames))
+        for a, b in blocks:
+            for h in range(heads):
+                logits[a:b, h] = _scores(query, key, scale, a, b, h)
+        if mask is not None:
             logits = logits + mask
         logits = attn.hook_logits(logits)
         raw_logits = logits
@@ -119,6 +208,7 @@ class TemporalAttnProcessor:
             for client in plan.bias:
                 logits = client.bias(self.site, ctx, logits)
         probs = logits.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+        del logits
         if plan is not None:
             for client in plan.replace:
                 probs = client.replace(self.site, ctx, probs)
@@ -126,14 +216,112 @@ class TemporalAttnProcessor:
         if plan is not None:
             for client in plan.observe:
                 client.observe(self.site, ctx, raw_logits, probs)
+        del raw_logits
+        out = value.new_empty((rows, frames, heads, head_dim))
+        for a, b in blocks:
+            for h in range(heads):
+                out[a:b, :, h] = torch.bmm(probs[a:b, h], value[a:b, h])
+        return out
 
-        out = torch.matmul(probs, value)
-        out = out.transpose(1, 2).reshape(rows, -1, heads * head_dim).to(query.dtype)
-        out = attn.to_out[0](out)
-        out = attn.to_out[1](out)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def _blocked(self, query, key, value, mask, scale, plan, ctx) -> torch.Tensor:
+        """Blocked path (no hooks, row-local edits): the numbers of :meth:`_whole`, bit for bit.
+
+        One head and a block of rows at a time: ``q k^T`` -> bias -> softmax -> replacement ->
+        ``@ v`` stays in cache, the strided per-head matmuls read the projections in place
+        (no transposed copies of q, k, v or the output), and the full ``[rows, heads, F, F]``
+        probabilities (and logits) exist only if a client observes. Returns
+        ``[rows, F, heads, head_dim]``.
+        """
+        rows, heads, frames, head_dim = query.shape
+        observers = plan.observe if plan is not None else []
+        bias = plan.bias if plan is not None else []
+        replace = plan.replace if plan is not None else []
+        # a recorder that does not record logits says so (``logits = False``): skip that copy
+        keep_logits = any(getattr(c, "logits", True) is not False for c in observers)
+        shape = (rows, heads, frames, frames)
+        all_logits = query.new_empty(shape) if keep_logits else None
+        all_probs = value.new_empty(shape) if observers else None
+        out = value.new_empty((rows, frames, heads, head_dim))
+        for a, b in _blocks(rows, frames, query.device):
+            for h in range(heads):
+                logits = _scores(query, key, scale, a, b, h)
+                if mask is not None:
+                    logits = logits + mask[a:b, h]
+                if all_logits is not None:
+                    all_logits[a:b, h] = logits
+                for client in bias:
+                    logits = client.bias(self.site, ctx, logits)
+                probs = logits.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+                for client in replace:
+                    probs = client.replace(self.site, ctx, probs)
+                if all_probs is not None:
+                    all_probs[a:b, h] = probs
+                out[a:b, :, h] = torch.bmm(probs, value[a:b, h])
+        for client in observers:
+            client.observe(self.site, ctx, all_logits, all_probs)
+        return out
+
+
+def _row_local(plan: Plan | None, ctx: CallContext) -> bool:
+    """Whether every edit in ``plan`` acts on each ``F x F`` map (row and head) alone."""
+    if plan is None:
+        return True
+    from .edits import Replace, _LogitBias
+
+    for client in plan.bias:
+        if not (
+            isinstance(client, _LogitBias)
+            and client.max_mode != "global"
+            and client._halves(ctx) is None
+        ):
+            return False
+    return all(isinstance(c, Replace) and c._halves(ctx) is None for c in plan.replace)
+
+
+def _constant_probs(plan: Plan, ctx: CallContext) -> str | torch.Tensor | None:
+    """The probabilities when the last replacement fixes them for every row, else None.
+
+    Returns "identity", "ones" or the row-normalised ``[F, F]`` matrix (float64).
+    """
+    if not plan.replace:
+        return None
+    from .edits import Replace
+
+    last = plan.replace[-1]
+    if not isinstance(last, Replace) or last._halves(ctx) is not None:
+        return None
+    if isinstance(last.matrix, str):
+        return last.matrix
+    return torch.as_tensor(last.target_matrix(ctx.frames))
+
+
+def _attend_constant(
+    attn: nn.Module, hidden_states: torch.Tensor, probs: str | torch.Tensor, frames: int
+) -> torch.Tensor:
+    """``probs @ v`` for probabilities that are the same for every row and head; q, k unused.
+
+    ``[rows, F, heads * head_dim]``: identity -> ``v`` (bit-identical to ``I @ v``); a matrix
+    -> ``M @ v`` (the explicit path's own matmul). "ones" -> the mean of ``v`` over frames,
+    ``[rows, 1, heads * head_dim]`` when the output projection's dropout is inactive (the
+    caller projects one row and expands it); equal to ``(1/F) @ v`` up to float rounding
+    (summation order; measured <= 2.4e-7 on unit-scale values).
+    """
+    value = attn.to_v(hidden_states)
+    if isinstance(probs, str):
+        if probs == "identity":
+            return value
+        mean = value.mean(dim=1, keepdim=True)
+        drop = attn.to_out[1]
+        if isinstance(drop, nn.Dropout) and (drop.p == 0 or not drop.training):
+            return mean
+        return mean.expand_as(value).contiguous()
+    rows = value.shape[0]
+    heads = attn.heads
+    head_dim = value.shape[-1] // heads
+    value = value.view(rows, frames, heads, head_dim).transpose(1, 2)
+    target = probs.to(device=value.device, dtype=value.dtype).expand(rows, heads, frames, frames)
+    out = torch.matmul(target, value)  # as the explicit path computes it with Replace's target
+    return out.transpose(1, 2).reshape(rows, frames, heads * head_dim)
 
 
 def sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
