@@ -240,6 +240,21 @@ def wait_for(predicate, proc, timeout: float = 90.0) -> None:
     raise AssertionError("timed out waiting for the sweep")
 
 
+def stable_snapshot(store: Path, timeout: float = 60.0) -> dict:
+    """A snapshot once two taken a second apart agree (a writer may be mid-append)."""
+    import time
+
+    before = snapshot(store)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = snapshot(store)
+        if now == before:
+            return now
+        before = now
+    raise AssertionError(f"{store} kept changing for {timeout} s")
+
+
 def hanging_mid_run(store: Path, cells: dict) -> bool:
     """alpha and bravo complete, charlie's run started (step 0 stored) and hanging."""
     try:
@@ -286,7 +301,7 @@ def test_concurrent_sweep_refused_and_killed_sweep_resumes(cluster, tiny_dirs, t
     first = start_sweep(spec, store, tmp_path, "hang:charlie", "first")
     try:
         wait_for(lambda: hanging_mid_run(store, cells), first)
-        before = snapshot(store)
+        before = stable_snapshot(store)  # the hang comes after step 0 is fully written
         with pytest.raises(
             StoreLockedError, match=f"in use by another attnlab sweep \\(pid {first.pid} "
         ):
