@@ -763,6 +763,7 @@ def run_bench(
     variants: Sequence[str] = VARIANTS,
     memory: bool | None = None,
     micro: bool | None = None,
+    end_to_end: bool = True,
     flex: bool = True,
     threads: int | None = None,
     warmup: int = 1,
@@ -771,10 +772,11 @@ def run_bench(
     """Run the benchmark ``config`` ("tiny", "mid" or "vc2"); returns (and with ``out``
     writes as JSON) every measurement, with medians and IQRs of the ratios to plain.
 
-    ``memory`` / ``micro`` default to on except for "tiny"; ``dtype`` defaults to float16 on
-    CUDA and float32 on CPU; ``threads`` sets torch's CPU threads for the run (on a shared
-    machine 1 thread gives far steadier numbers). Ratios are per round (plain and variants
-    interleaved, ``warmup`` untimed rounds first).
+    ``memory`` / ``micro`` default to on except for "tiny"; ``end_to_end=False`` runs the
+    micro-benchmarks only; ``dtype`` defaults to float16 on CUDA and float32 on CPU;
+    ``threads`` sets torch's CPU threads for the run (on a shared machine 1 thread gives far
+    steadier numbers). Ratios are per round (plain and variants interleaved, ``warmup``
+    untimed rounds first). ``out`` is rewritten after every stage (partial results survive).
     """
     if threads is not None:
         previous = torch.get_num_threads()
@@ -790,6 +792,7 @@ def run_bench(
                 variants=variants,
                 memory=memory,
                 micro=micro,
+                end_to_end=end_to_end,
                 flex=flex,
                 warmup=warmup,
                 verbose=verbose,
@@ -826,52 +829,59 @@ def run_bench(
         "flop_share": {f: flop_share(cfg, f) for f in frames},
     }
     t_start = time.perf_counter()
-    pipe = build_pipeline(cfg, device=device, dtype=dtype)
-    result["time_share"] = {f: time_share(pipe, cfg, f) for f in frames}
-    result["end_to_end"] = {}
-    for f in frames:
-        if log:
-            log(f"[bench] {cfg.name}: {f} frames, {repeats} rounds")
-        entry = {"time": time_variants(pipe, cfg, f, variants, repeats, warmup, log=log)}
-        if memory:
+
+    def save() -> None:
+        result["targets"] = check_targets(result)
+        result["wall_s"] = time.perf_counter() - t_start
+        if out is not None:
+            Path(out).write_text(json.dumps(result, indent=1, default=str))
+
+    if end_to_end:
+        pipe = build_pipeline(cfg, device=device, dtype=dtype)
+        result["time_share"] = {f: time_share(pipe, cfg, f) for f in frames}
+        result["end_to_end"] = {}
+        for f in frames:
             if log:
-                log(f"[bench] {cfg.name}: {f} frames, peak memory")
-            if torch.device(device).type == "cuda":
-                entry["memory"] = memory_variants_cuda(pipe, cfg, f, variants, cfg.memory_repeats)
-            else:
-                entry["memory"] = memory_variants_cpu(cfg, f, variants, cfg.memory_repeats)
-        result["end_to_end"][f] = entry
-    del pipe
-    gc.collect()
+                log(f"[bench] {cfg.name}: {f} frames, {repeats} rounds")
+            entry = {"time": time_variants(pipe, cfg, f, variants, repeats, warmup, log=log)}
+            result["end_to_end"][f] = entry
+            save()
+            if memory:
+                if log:
+                    log(f"[bench] {cfg.name}: {f} frames, peak memory")
+                if torch.device(device).type == "cuda":
+                    entry["memory"] = memory_variants_cuda(
+                        pipe, cfg, f, variants, cfg.memory_repeats
+                    )
+                else:
+                    entry["memory"] = memory_variants_cpu(cfg, f, variants, cfg.memory_repeats)
+                save()
+        del pipe
+        gc.collect()
     if micro:
         if log:
             log("[bench] per-layer micro-benchmarks")
-        result["micro"] = {
-            "level0": [
+        micro_res: dict[str, list[Any]] = {"level0": [], "tar_options": [], "scaling": []}
+        result["micro"] = micro_res
+        for f in cfg.micro_frames:
+            micro_res["level0"].append(
                 layer_paths(f, repeats=cfg.micro_repeats, device=device, dtype=dtype)
-                for f in cfg.micro_frames
-            ],
-            "tar_options": [
+            )
+            save()
+        for f in cfg.micro_frames:
+            micro_res["tar_options"].append(
                 tar_options(f, repeats=cfg.micro_repeats, device=device, dtype=dtype, flex=flex)
-                for f in cfg.micro_frames
-            ],
-            "scaling": [
-                layer_paths(
-                    f,
-                    rows=_scaling_rows(f, device),
-                    repeats=cfg.micro_repeats,
-                    device=device,
-                    dtype=dtype,
-                )
-                for f in cfg.micro_scaling
-            ],
-        }
-    result["targets"] = check_targets(result)
-    result["wall_s"] = time.perf_counter() - t_start
+            )
+            save()
+        for f in cfg.micro_scaling:
+            rows = _scaling_rows(f, device)
+            micro_res["scaling"].append(
+                layer_paths(f, rows=rows, repeats=cfg.micro_repeats, device=device, dtype=dtype)
+            )
+            save()
+    save()
     if log:
         log(format_report(result))
-    if out is not None:
-        Path(out).write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
@@ -928,6 +938,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{m.get('cpu', '?')}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
         f"torch {m['torch']}, device {m['device']}"
     )
+    if "time_share" not in result:
+        result = {**result, "flop_share": {}}
     lines += ["", "Temporal attention share of one UNet call (CFG batch 2):", ""]
     lines += [
         "| frames | FLOPs: temporal (transformer_in / level 0 / other) | wall time: temporal (transformer_in / level 0 / other) | UNet call |",
@@ -1041,6 +1053,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
     p.add_argument("--no-micro", dest="micro", action="store_const", const=False, default=None)
+    p.add_argument(
+        "--micro-only", dest="end_to_end", action="store_false", help="per-layer benchmarks only"
+    )
     p.add_argument("--no-flex", dest="flex", action="store_false", help="skip flex_attention")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None, help="write all measurements as JSON here")
@@ -1060,6 +1075,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         variants=args.variants,
         memory=args.memory,
         micro=args.micro,
+        end_to_end=args.end_to_end,
         flex=args.flex,
         threads=args.threads,
     )
