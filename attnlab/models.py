@@ -7,21 +7,26 @@ from typing import Any
 
 import torch
 
+from .organisms import ORGANISMS, organism_path
 from .sites import check_model_reference
 from .sites import sites as sites_of
 from .tiny import TINY_MODELS, tiny_path
 
-DEFAULT_MODEL = "tiny-modelscope"
+# the trained organism without a frame PE, like ModelScope / VideoCrafter2 (the paper's subject)
+DEFAULT_MODEL = "organism-none"
 
 
 def builtin_models() -> tuple[str, ...]:
-    return TINY_MODELS
+    """Embedded model names: the trained organisms and the random-weight tiny pipelines."""
+    return (*ORGANISMS, *TINY_MODELS)
 
 
 def resolve_model(model: str) -> str:
     """A loadable reference: embedded names become their saved folder; others pass through."""
     if model in TINY_MODELS:
         return str(tiny_path(model))
+    if model in ORGANISMS:
+        return str(organism_path(model))
     return model
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from .cache import cache_dir, saved_once
 
 TINY_MODELS = ("tiny-modelscope", "tiny-animatediff")
 
@@ -82,12 +81,11 @@ _UNET = dict(
 )
 
 
-def build_tiny(kind: str, seed: int = 0):
-    """Build a tiny pipeline of ``kind`` (one of ``TINY_MODELS``) in memory with fixed weights."""
+def ddim_scheduler():
+    """ModelScope's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps), DDIM."""
     from diffusers import DDIMScheduler
 
-    torch.manual_seed(seed)
-    scheduler = DDIMScheduler(
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -95,6 +93,12 @@ def build_tiny(kind: str, seed: int = 0):
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def build_tiny(kind: str, seed: int = 0):
+    """Build a tiny pipeline of ``kind`` (one of ``TINY_MODELS``) in memory with fixed weights."""
+    torch.manual_seed(seed)
+    scheduler = ddim_scheduler()
     common = dict(
         vae=_vae(), text_encoder=_text_encoder(), tokenizer=clip_tokenizer(), scheduler=scheduler
     )
@@ -127,15 +131,4 @@ def tiny_path(kind: str, root: str | os.PathLike | None = None) -> Path:
     if kind not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {kind!r}; available: {', '.join(TINY_MODELS)}")
     path = Path(root) if root is not None else cache_dir("models") / kind
-    if (path / "model_index.json").exists():
-        return path
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per process: no races
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny(kind).save_pretrained(tmp)
-    try:
-        tmp.rename(path)  # atomic: a half-written model is never picked up
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (path / "model_index.json").exists():
-            raise
-    return path
+    return saved_once(path, lambda tmp: build_tiny(kind).save_pretrained(tmp))

@@ -19,6 +19,7 @@ def _ctx(tmp_path, tiny_dirs, **kw):
         figures=tmp_path / "fig",
         frames=(6, 8),
         steps=2,
+        reference=kw.pop("reference", "carphone"),
         **kw,
     )
 
@@ -103,6 +104,8 @@ def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys)
             str(tmp_path / "demo"),
             "--model",
             str(tiny_dirs["tiny-modelscope"]),
+            "--reference",
+            "carphone",
         ]
     )
     assert code == 0
@@ -112,5 +115,17 @@ def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys)
     assert figs == {
         "fig3_attention_maps.png", "band_profile.png", "fig4_probes.png", "fig8_transfer.png",
         "fig9_sigma.png", "figS1_similarity.png", "figS2_similarity_by_interval.png", "figS13_prior.png",
+        "fig10_models.png",
     }  # fmt: skip
     assert torch.get_num_threads() >= 1
+
+
+def test_detail_measures_fine_structure_per_frame():
+    from attnlab.analysis import detail
+
+    flat = np.full((3, 8, 8, 3), 128, np.uint8)
+    assert detail(flat) == 0
+    checker = np.zeros((3, 8, 8, 3), np.uint8)
+    checker[:, ::2, ::2] = checker[:, 1::2, 1::2] = 255
+    # 3x3 box blur of a checkerboard: 4/9 or 5/9 of full scale in the interior
+    assert 0.4 < detail(checker) < 0.6

@@ -124,12 +124,14 @@ def sites(
     VAE scale factor) to get each site's feature size ``h x w``.
     """
     pipe = model_or_pipe
+    scale = None
     if isinstance(model_or_pipe, (str, os.PathLike)):
         pipe = _meta_model(str(model_or_pipe))
+        scale = _vae_scale(Path(model_or_pipe).expanduser())
     model = denoiser_of(pipe)
     fam = family_of(model)
     if latent is None and height is not None and width is not None:
-        scale = getattr(pipe, "vae_scale_factor", None) or 8
+        scale = scale or getattr(pipe, "vae_scale_factor", None) or 8
         latent = (-(-height // scale), -(-width // scale))
     table = build_table(model, fam, latent)
     if not table.sites:
@@ -137,6 +139,15 @@ def sites(
             f"{type(model).__name__}: no temporal self-attention module found"
         )
     return table
+
+
+def _vae_scale(path: Path) -> int | None:
+    """The VAE scale factor of a local pipeline folder, as diffusers derives it (else None)."""
+    cfg = path / "vae" / "config.json"
+    if not cfg.is_file():
+        return None
+    channels = json.loads(cfg.read_text()).get("block_out_channels")
+    return 2 ** (len(channels) - 1) if channels else None
 
 
 def check_model_reference(ref: str) -> None:
@@ -176,7 +187,11 @@ def _meta_model(ref: str) -> torch.nn.Module:
         if cls_name == "UNet2DConditionModel":
             return _meta_motion(ref, path, config)
         family_of(cls_name)  # clear error for unsupported models before building anything
-        cls = getattr(diffusers, cls_name)
+        cls = getattr(diffusers, cls_name, None)
+        if cls is None:  # attnlab's own denoisers (the model organisms)
+            import attnlab
+
+            cls = getattr(attnlab, cls_name)
         with torch.device("meta"):
             return cls.from_config(config)
     raise FileNotFoundError(

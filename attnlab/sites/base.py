@@ -136,6 +136,12 @@ class SiteTable(Sequence):
                 f"{self.model_class}: {frames} frames exceed the frame positional encoding of its "
                 f"temporal attention ({pe}, at most {limit} frames); generate at most {limit} frames "
                 "with this model"
+                + (
+                    ", or extend its table first: attnlab.organisms.extend_frame_positions(unet, "
+                    f"{frames})"
+                    if self.model_class == "OrganismUNet"
+                    else ""
+                )
             )
 
     def level_size(self, level: int, latent: tuple[int, int] | None = None) -> tuple[int, int]:
