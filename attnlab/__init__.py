@@ -20,7 +20,6 @@ __version__ = "0.1.0"
 from .api import edit, hooks, record
 from .control import CallContext, Controller, RunInfo
 from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
-from .organisms import OrganismUNet, PatchCodec
 from .real import record_real
 from .selection import Layers, SelectionError, Steps
 from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
@@ -58,3 +57,12 @@ __all__ = [
     "record_real",
     "sites",
 ]
+
+
+def __getattr__(name: str):
+    # the organisms' classes import diffusers: load them on first use, not with ``import attnlab``
+    if name in ("OrganismUNet", "PatchCodec"):
+        from . import organisms
+
+        return getattr(organisms, name)
+    raise AttributeError(f"module 'attnlab' has no attribute {name!r}")

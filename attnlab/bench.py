@@ -161,21 +161,12 @@ def _text_encoder(hidden: int):
 
 
 def _vae(kind: str):
-    from diffusers import AutoencoderKL
+    from .tiny import kl_vae
 
     if kind == "tiny":
-        from .tiny import _vae as tiny_vae
-
-        return tiny_vae()
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-    )
+        return kl_vae()
+    # Stable Diffusion's VAE shape
+    return kl_vae((128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=512)
 
 
 def build_pipeline(
@@ -567,6 +558,19 @@ def _bench(fns: dict[str, Callable[[], Any]], repeats: int, device: str) -> dict
     return {k: summary(v) for k, v in times.items()}
 
 
+def _one_layer_site(frames: int, rows: int, heads: int, head_dim: int):
+    """A level-0 site and a CFG call context for benchmarking one temporal layer alone."""
+    from attnlab.control import CallContext, RunInfo
+
+    from .sites import Site
+
+    site = Site("layer", "unet3d", "down", 0, 0, heads, head_dim, "none", None)
+    ctx = CallContext(
+        RunInfo(0, cfg=True), 0, 900.0, 1000, batch=2, frames=frames, latent=(rows // 2, 1)
+    )
+    return site, ctx
+
+
 def layer_paths(
     frames: int,
     rows: int = 5120,
@@ -580,18 +584,14 @@ def layer_paths(
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     import attnlab
-    from attnlab.control import CallContext, Plan, RunInfo
+    from attnlab.control import Plan
 
     from .processor import TemporalAttnProcessor
-    from .sites import Site
 
     torch.manual_seed(0)
     attn = _layer(channels, heads, device, dtype)
     x = torch.randn(rows, frames, channels, device=device, dtype=dtype)
-    site = Site("layer", "unet3d", "down", 0, 0, heads, channels // heads, "none", None)
-    ctx = CallContext(
-        RunInfo(0, cfg=True), 0, 900.0, 1000, batch=2, frames=frames, latent=(rows // 2, 1)
-    )
+    site, ctx = _one_layer_site(frames, rows, heads, channels // heads)
     procs: dict[str, tuple[Any, bool]] = {  # name -> (plan, force the whole-tensor path)
         "explicit (hooks)": (None, True),
         "record": (Plan(observe=[_MeanObserver()]), False),
@@ -644,22 +644,18 @@ def tar_options(
     with a score modifier) compute ``q k^T`` twice. "blocked" is the processor's own code.
     """
     import attnlab
-    from attnlab.control import CallContext, Plan, RunInfo
+    from attnlab.control import Plan
 
     from .edits import regularise
     from .metrics import gaussian_prior
     from .processor import TemporalAttnProcessor
-    from .sites import Site
 
     torch.manual_seed(0)
     shape = (rows, frames, heads, head_dim)  # projections viewed as [rows, heads, F, d]
     q, k, v = (torch.randn(shape, device=device, dtype=dtype).transpose(1, 2) for _ in range(3))
     dA = torch.as_tensor(gaussian_prior(frames, 1.0), device=device, dtype=dtype)
     scale = head_dim**-0.5
-    site = Site("layer", "unet3d", "down", 0, 0, heads, head_dim, "none", None)
-    ctx = CallContext(
-        RunInfo(0, cfg=True), 0, 900.0, 1000, batch=2, frames=frames, latent=(rows // 2, 1)
-    )
+    site, ctx = _one_layer_site(frames, rows, heads, head_dim)
     plan = Plan(bias=[attnlab.TAR()])  # level 0: sigma 1, the same dA
     proc = TemporalAttnProcessor(_OneLayer(plan, ctx), site, None)
 

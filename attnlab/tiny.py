@@ -56,17 +56,24 @@ def _text_encoder():
     return CLIPTextModel(cfg)
 
 
-def _vae():
+def kl_vae(
+    block_out_channels: tuple[int, ...] = (8, 8, 8, 8),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    sample_size: int = 64,
+):
+    """A random-weight 4-level ``AutoencoderKL`` (factor 8, 4 latent channels); the defaults
+    are the tiny pipelines' VAE."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8),
+        block_out_channels=block_out_channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
+        norm_num_groups=norm_num_groups,
+        layers_per_block=layers_per_block,
+        sample_size=sample_size,
     )
 
 
@@ -100,7 +107,7 @@ def build_tiny(kind: str, seed: int = 0):
     torch.manual_seed(seed)
     scheduler = ddim_scheduler()
     common = dict(
-        vae=_vae(), text_encoder=_text_encoder(), tokenizer=clip_tokenizer(), scheduler=scheduler
+        vae=kl_vae(), text_encoder=_text_encoder(), tokenizer=clip_tokenizer(), scheduler=scheduler
     )
     if kind == "tiny-modelscope":
         from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
