@@ -49,9 +49,11 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "edit",
+    "evaluate",
     "hooks",
     "key_states_from_llm",
     "load",
+    "load_evaluation",
     "parse_edit",
     "record",
     "record_real",
@@ -65,4 +67,8 @@ def __getattr__(name: str):
         from . import organisms
 
         return getattr(organisms, name)
+    if name in ("evaluate", "load_evaluation"):  # video metrics (attnlab.evaluation)
+        from . import evaluation
+
+        return getattr(evaluation, name)
     raise AttributeError(f"module 'attnlab' has no attribute {name!r}")

@@ -33,6 +33,9 @@ WIDTH = "width"
 FRAME2 = "frame2"
 # the frame offset |i - j| for band-decay profiles and similarity-vs-interval data
 OFFSET = "offset"
+# consecutive frame pairs (i, i + 1), numbered by i: per-pair video metrics (optical flow,
+# frame differences) in attnlab.evaluation
+FRAME_PAIR = "frame_pair"
 
 # coordinates along `step`
 TIMESTEP = "timestep"
