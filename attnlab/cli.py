@@ -266,6 +266,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Video metrics (dynamics, flicker, smoothness, consistency, CLIP-VL) of a store or a video."""
+    from .evaluation import evaluate, is_store, scalar_table
+
+    target = args.target
+    if not is_store(target):
+        from .real import load_clip
+        from .video import read_video
+
+        path = Path(target)
+        video = read_video(path, fps=args.fps) if path.exists() else None
+        target = video or load_clip(args.target, frames=None, fps=args.fps)
+    ds = evaluate(
+        target,
+        prompt=args.prompt,
+        metrics=args.metrics,
+        name=args.name,
+        runs=args.runs,
+        store=args.store,
+        write=not args.no_write,
+        overwrite=args.overwrite,
+        flow=args.flow,
+        raft_weights=args.raft_weights,
+        similarity=args.similarity,
+        clip_checkpoint=args.clip_checkpoint,
+        clip_model=args.clip_model,
+        reference=args.reference,
+        device=args.device or "cpu",
+    )
+    table = scalar_table(ds)
+    print(table.to_json(orient="records", indent=1) if args.json else table.to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_MODEL
 
@@ -368,6 +403,35 @@ def build_parser() -> argparse.ArgumentParser:
     from . import datasets
 
     datasets.configure_parser(p)
+
+    p = sub.add_parser(
+        "evaluate", help="video metrics of a store's runs or of one video (docs/evaluation.md)"
+    )
+    p.add_argument("target", help="attnlab store (.zarr), video file, frame folder or sample clip")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="dynamic_degree temporal_flickering motion_smoothness consistency clip_vl attention "
+        "(default: all but clip_vl, which needs --clip-checkpoint)",
+    )
+    p.add_argument("--prompt", default=None, help="text for clip_vl (default: each run's prompt)")
+    p.add_argument("--runs", nargs="+", default=None, help="only these runs / videos of a store")
+    p.add_argument("--name", default=None, help="run id of a single video (default: its name)")
+    p.add_argument("--store", default=None, help="write a single video's results into this store")
+    p.add_argument("--fps", type=float, default=None, help="resample a video file (VBench: 8)")
+    p.add_argument("--flow", default="farneback", choices=["farneback", "raft"])
+    p.add_argument("--raft-weights", default=None, help="torchvision RAFT checkpoint (.pth)")
+    p.add_argument(
+        "--similarity", default="stlpips", help="consistency backend (stlpips, dreamsim, pixel)"
+    )
+    p.add_argument("--clip-checkpoint", default=None, help="open_clip folder or weights file")
+    p.add_argument("--clip-model", default=None, help="architecture of a single weights file")
+    p.add_argument("--reference", default=None, help="store with real runs for attention distance")
+    p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true", help="recompute stored results")
+    p.add_argument("--no-write", action="store_true", help="do not write into the store")
+    p.add_argument("--json", action="store_true", help="print JSON records")
 
     p = sub.add_parser("demo", help="run the short version of the whole analysis offline")
     p.add_argument("--out", default="attnlab-demo", help="output folder")

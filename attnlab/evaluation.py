@@ -127,7 +127,7 @@ class ClipWeightsError(FileNotFoundError):
     """CLIP-VL was asked for without a local open_clip checkpoint; attnlab never downloads it."""
 
 
-class MTScoreUnavailableError(RuntimeError):
+class MTScoreUnavailableError(EvaluationError):
     """MTScore was asked for without a scorer (its weights are not available offline)."""
 
 
@@ -244,6 +244,11 @@ def _raft(
     batch_size: int = 8,
 ) -> np.ndarray:
     model = load_raft(weights, device)
+    if min(frames.shape[1:3]) < 128:
+        raise EvaluationError(
+            f"RAFT needs frames of at least 128 x 128 pixels (its correlation pyramid works at "
+            f"1/8 size), got {frames.shape[1]} x {frames.shape[2]}; use flow='farneback'"
+        )
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # RAFT's [-1, 1]
     h, w = x.shape[-2:]
     ph, pw = (-h) % 8, (-w) % 8  # RAFT needs sides divisible by 8: replicate-pad, as VBench
@@ -787,9 +792,17 @@ def attention_measures(
         coords={D.RUN: ids},
     )
     out.attrs["attention_settings"] = json.dumps(
-        {"k": k, "distance": distance, "levels": levels, "reference": str(reference or "store")}
+        {"k": k, "distance": distance, "levels": levels, "reference": _describe(reference)}
     )
     return out
+
+
+def _describe(reference: Any) -> str:
+    if reference is None:
+        return "real runs of the store"
+    if isinstance(reference, xr.DataArray):
+        return f"DataArray {dict(reference.sizes)}"
+    return str(reference)
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -862,7 +875,8 @@ def _check_metrics(metrics: Iterable[str] | str | None) -> list[str]:
     return metrics
 
 
-def _is_store(obj: Any) -> bool:
+def is_store(obj: Any) -> bool:
+    """Whether ``obj`` names an existing zarr group (an attnlab store) rather than a video."""
     if not isinstance(obj, (str, os.PathLike)):
         return False
     p = Path(obj)
@@ -935,7 +949,7 @@ def evaluate(
     prompts: dict[str, str | None] = {}
     store_path: Path | None = None
     run_ids: list[str] = []
-    if _is_store(video_or_store):
+    if is_store(video_or_store):
         from .store import list_arrays, list_runs, load_video, open_run
 
         store_path = Path(video_or_store)
@@ -957,7 +971,7 @@ def evaluate(
     else:
         if store is not None:
             store_path = Path(store)
-            if not _is_store(store_path):
+            if not is_store(store_path):
                 raise EvaluationError(f"store={store_path} is not an existing attnlab store")
         if isinstance(video_or_store, Mapping):
             given = dict(video_or_store)
@@ -1165,7 +1179,7 @@ def load_evaluation(path: str | os.PathLike, runs: Iterable[str] | None = None) 
     from .store import StoreError, list_arrays
 
     path = Path(path)
-    if not _is_store(path):
+    if not is_store(path):
         raise StoreError(f"no attnlab store at {path}")
     have = list_arrays(path, EVALUATION_GROUP)
     wanted = have if runs is None else list(runs)
@@ -1175,3 +1189,14 @@ def load_evaluation(path: str | os.PathLike, runs: Iterable[str] | None = None) 
     if not wanted:
         raise StoreError(f"{path} holds no evaluation results; run attnlab.evaluate first")
     return _concat({r: _stored(path, r) for r in wanted})
+
+
+def scalar_table(ds: xr.Dataset) -> Any:
+    """The per-run scalars of an evaluation (variables with dims ``(run,)``) as a DataFrame."""
+    import pandas as pd
+
+    names = [v for v in ds.data_vars if ds[v].dims == (D.RUN,)]
+    df = pd.DataFrame(
+        {v: ds[v].values for v in names}, index=pd.Index(ds[D.RUN].values, name=D.RUN)
+    )
+    return df.reset_index()
