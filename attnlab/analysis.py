@@ -147,6 +147,25 @@ def _real(ctx: Context, store: Path, name: str, frames: int, timesteps=(600, 400
     ctx.log(f"  {name}: real clip {clip.id}, {frames} frames, t = {list(timesteps)}")
 
 
+def video_metrics(
+    store: Path, metrics: tuple[str, ...] = ("dynamic_degree", "temporal_flickering")
+) -> xr.Dataset:
+    """VBench-style video metrics of every video in ``store`` (:func:`attnlab.evaluation.evaluate`).
+
+    Results are written beside the runs (``evaluation/<run>``) and reused on the next call;
+    consistency uses the analyses' offline similarity backend."""
+    from .evaluation import evaluate
+
+    return evaluate(store, metrics=list(metrics), similarity=SIMILARITY_BACKEND, progress=False)
+
+
+def _scalars(ev: xr.Dataset, rid: str, names: tuple[str, ...]) -> dict[str, float]:
+    return {n: float(ev[n].sel({D.RUN: rid})) for n in names if n in ev}
+
+
+DYNAMICS = ("flow_magnitude_mean", "dynamic_degree", "dynamic_pairs", "temporal_flickering")
+
+
 def _run_ids(ds: xr.Dataset, prefix: str) -> list[str]:
     return [str(r) for r in ds[D.RUN].values if str(r).startswith(prefix)]
 
@@ -175,6 +194,7 @@ def draw_maps(ctx: Context) -> list[Path]:
     paths += save_figure(fig_band_profile(probs), ctx.figure("band_profile"))
     # numbers behind the figure: per run, mean over steps/layers/cond half
     rows = []
+    ev = video_metrics(ctx.store("maps"))
     for rid in ds[D.RUN].values:
         p = probs.sel(run=rid, cfg="cond")
         n = int(ds[D.FRAMES].sel(run=rid))
@@ -185,7 +205,7 @@ def draw_maps(ctx: Context) -> list[Path]:
                 "frames": n,
                 "band_concentration_k1": float(band_concentration(p, k=1)),
                 "diagonalness": float(diagonalness(p)),
-                "frame_change": frame_change(load_video(ctx.store("maps"), str(rid))),
+                **_scalars(ev, str(rid), DYNAMICS),
             }
         )
     path = ctx.figure("fig3_metrics.json")
@@ -227,11 +247,12 @@ def detail(video: np.ndarray) -> float:
 
 
 def draw_probes(ctx: Context) -> list[Path]:
+    from .evaluation_plots import fig_metric_bars
     from .plots import fig_probe_grid, reduce_maps, save_figure
 
     store = ctx.store("probes")
     ds = load(store)
-    videos, maps, change = {}, {}, {"baseline": frame_change(load_video(store, "baseline"))}
+    videos, maps = {}, {}
     for rid in ds[D.RUN].values:
         rid = str(rid)
         if rid == "baseline":
@@ -241,13 +262,24 @@ def draw_probes(ctx: Context) -> list[Path]:
         maps[(kind, label)] = reduce_maps(
             ds[D.PROBS].sel(run=rid), levels=[int(v) for v in label.split("+")]
         )
-        change[rid] = frame_change(videos[(kind, label)])
     paths = save_figure(
         fig_probe_grid(videos, maps, baseline=load_video(store, "baseline")),
         ctx.figure("fig4_probes"),
     )
-    path = ctx.figure("fig4_frame_change.json")
-    path.write_text(json.dumps(change, indent=1))
+    # dynamics per probe and level set (VBench dynamic degree, flickering; attnlab.evaluation)
+    ev = video_metrics(store)
+    order = ["baseline"] + [
+        f"{k}-{level_set_label(ls)}" for k in ("identity", "ones") for ls in LEVEL_SETS
+    ]
+    order = [r for r in order if r in set(ev[D.RUN].values.tolist())]
+    paths += save_figure(
+        fig_metric_bars(
+            ev, {r: r for r in order}, title=f"{ctx.model}: dynamics per probe and level set"
+        ),
+        ctx.figure("fig4_dynamics"),
+    )
+    path = ctx.figure("fig4_dynamics.json")
+    path.write_text(json.dumps({r: _scalars(ev, r, DYNAMICS) for r in order}, indent=1))
     return [*paths, path]
 
 
@@ -308,9 +340,28 @@ def draw_sigma(ctx: Context) -> list[Path]:
     runs = [r for r in labels if r in set(ds[D.RUN].values.tolist())]
     maps = {labels[r]: reduce_maps(ds[D.PROBS].sel(run=r), levels=[0]) for r in runs}
     videos = {labels[r]: load_video(store, r) for r in runs}
-    return save_figure(
+    paths = save_figure(
         fig_sigma_ablation(maps, videos, order=[labels[r] for r in runs]), ctx.figure("fig9_sigma")
     )
+    # dynamics vs sigma: flow per frame pair and similarity to frame 0 (attnlab.evaluation)
+    from .evaluation_plots import fig_metric_curves
+
+    ev = video_metrics(store, ("dynamic_degree", "temporal_flickering", "consistency"))
+    named = {labels[r].replace("\n", " "): r for r in runs}
+    paths += save_figure(
+        fig_metric_curves(
+            ev, named, ("flow_magnitude", "consistency_to_first"),
+            title=f"{ctx.model}: dynamics vs TAR sigma",
+        ),
+        ctx.figure("fig9_dynamics"),
+    )  # fmt: skip
+    path = ctx.figure("fig9_dynamics.json")
+    path.write_text(
+        json.dumps(
+            {k: _scalars(ev, r, (*DYNAMICS, "consistency")) for k, r in named.items()}, indent=1
+        )
+    )
+    return [*paths, path]
 
 
 # ---- Fig. 10: models with different positional encodings -------------------------------------
@@ -343,7 +394,8 @@ def draw_models(ctx: Context) -> list[Path]:
 
     store = ctx.store("models")
     ds = load(store)
-    by_model, rows = {}, []
+    ev = video_metrics(store, ("dynamic_degree", "temporal_flickering", "consistency"))
+    by_model, rows, curves = {}, [], {}
     for model in ctx.models:
         ids = _run_ids(ds, f"{ctx.slug(model)}-f")
         if ids:
@@ -354,6 +406,8 @@ def draw_models(ctx: Context) -> list[Path]:
             p = p.isel({D.QUERY: slice(0, n), D.KEY: slice(0, n)})
             video = load_video(store, rid)
             half = n // 2
+            curves[f"{model} f{n}"] = rid
+            flow = ev["flow_magnitude"].sel({D.RUN: rid}).values[: n - 1]
             rows.append(
                 {
                     "model": model,
@@ -361,9 +415,9 @@ def draw_models(ctx: Context) -> list[Path]:
                     "band_concentration_k1": float(
                         band_concentration(p.mean([D.STEP, D.LAYER, D.SAMPLE]), k=1)
                     ),
-                    "frame_change": frame_change(video),
-                    "frame_change_first_half": frame_change(video[:half]),
-                    "frame_change_second_half": frame_change(video[half:]),
+                    **_scalars(ev, rid, (*DYNAMICS, "consistency")),
+                    "flow_magnitude_first_half": float(flow[: half - 1].mean()),
+                    "flow_magnitude_second_half": float(flow[half:].mean()),
                     "detail_first_16": detail(video[:TRAIN_FRAMES]),
                     "detail_after_16": detail(video[TRAIN_FRAMES:]) if n > TRAIN_FRAMES else None,
                 }
@@ -371,7 +425,21 @@ def draw_models(ctx: Context) -> list[Path]:
     path = ctx.figure("fig10_metrics.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1))
-    return [*save_figure(fig_cross_model(by_model), ctx.figure("fig10_models")), path]
+    # where a model breaks past its training length: dynamics and consistency per frame index
+    from .evaluation_plots import fig_metric_curves
+
+    palette = dict(zip(ctx.models, ("C0", "C1", "C2", "C3", "C4", "C5")))
+    lengths = sorted({int(k.rsplit(" f", 1)[1]) for k in curves})
+    dash = dict(zip(lengths, ("-", "--", ":", "-.")))
+    fig = fig_metric_curves(
+        ev, curves, ("flow_magnitude", "consistency_to_first", "consistency_to_previous"),
+        colors={k: palette.get(k.rsplit(" f", 1)[0], "0.3") for k in curves},
+        linestyles={k: dash[int(k.rsplit(" f", 1)[1])] for k in curves},
+        mark_frame=TRAIN_FRAMES if any(n > TRAIN_FRAMES for n in lengths) else None,
+        title="dynamics and consistency per frame index (dashed line: organisms' training length)",
+    )  # fmt: skip
+    paths = save_figure(fig_cross_model(by_model), ctx.figure("fig10_models"))
+    return [*paths, *save_figure(fig, ctx.figure("fig10_dynamics")), path]
 
 
 # ---- Fig. S.1 / S.2: inter-frame similarity ----------------------------------------------------

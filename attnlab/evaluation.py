@@ -272,6 +272,7 @@ def optical_flow(
     raft_weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     farneback: Mapping[str, Any] | None = None,
+    raft_updates: int = 12,
 ) -> np.ndarray:
     """Dense optical flow ``(P, H, W, 2)`` float32 (x, y displacement in pixels) per frame pair.
 
@@ -280,7 +281,8 @@ def optical_flow(
     ``calcOpticalFlowFarneback`` (Farnebaeck, SCIA 2003) on BT.601 luma with
     :data:`FARNEBACK` settings (override with ``farneback={...}``), no weights.
     ``method="raft"``: torchvision's RAFT (Teed & Deng, ECCV 2020) from a local checkpoint
-    (:func:`load_raft`), inputs in [-1, 1], replicate-padded to multiples of 8, 12 updates.
+    (:func:`load_raft`), inputs in [-1, 1], replicate-padded to multiples of 8,
+    ``raft_updates`` refinement iterations (12, as VBench).
     """
     frames = _frames(video)
     if pairs is None:
@@ -289,7 +291,7 @@ def optical_flow(
     if method == "farneback":
         return _farneback(_gray(frames), pairs, farneback or {})
     if method == "raft":
-        return _raft(frames, pairs, raft_weights, device)
+        return _raft(frames, pairs, raft_weights, device, num_flow_updates=raft_updates)
     raise EvaluationError(f"flow method must be 'farneback' or 'raft', got {method!r}")
 
 

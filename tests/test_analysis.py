@@ -78,12 +78,16 @@ def test_figures_redraw_from_stores_without_a_model(tmp_path, tiny_dirs, samples
     png = ctx.figure("fig4_probes.png")
     img = np.asarray(Image.open(png).convert("L"), dtype=float)
     assert img.std() > 10
-    change = json.loads(ctx.figure("fig4_frame_change.json").read_text())
-    assert set(change) == {"baseline"} | {
+    dyn = json.loads(ctx.figure("fig4_dynamics.json").read_text())
+    assert set(dyn) == {"baseline"} | {
         f"{k}-{ls}" for k in ("identity", "ones") for ls in ("0", "1", "2", "3", "0+1")
     }
+    assert set(dyn["baseline"]) == {
+        "flow_magnitude_mean", "dynamic_degree", "dynamic_pairs", "temporal_flickering"
+    }  # fmt: skip
     # identity frees frames from each other, all-ones ties them: the paper's Fig. 4 direction
-    assert change["identity-0+1"] != change["ones-0+1"]
+    assert dyn["identity-0+1"] != dyn["ones-0+1"]
+    assert ctx.figure("fig4_dynamics.png").is_file()
     out = draw_all(ctx, ["maps"])
     assert out["maps"] == "no store (run the analysis first)"
 
@@ -115,7 +119,7 @@ def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys)
     assert figs == {
         "fig3_attention_maps.png", "band_profile.png", "fig4_probes.png", "fig8_transfer.png",
         "fig9_sigma.png", "figS1_similarity.png", "figS2_similarity_by_interval.png", "figS13_prior.png",
-        "fig10_models.png",
+        "fig10_models.png", "fig4_dynamics.png", "fig9_dynamics.png", "fig10_dynamics.png",
     }  # fmt: skip
     assert torch.get_num_threads() >= 1
 
