@@ -995,11 +995,18 @@ def evaluate(
     with_video = [r for r in ids if r in videos]
     total = len(with_video) * len(video_metrics) + int("attention" in metrics and bool(run_ids))
     bar = tqdm(total=total, desc="evaluate", unit="metric", disable=not progress)
-    per_run: dict[str, xr.Dataset] = {}
+    per_run: dict[str, tuple[xr.Dataset, list[str]]] = {}
     try:
         for rid in ids:
             bar.set_postfix_str(rid[-30:])
+            frames = _frames(videos[rid]()) if rid in videos else None
             stored = _stored(store_path, rid) if store_path is not None and not overwrite else None
+            if (
+                stored is not None
+                and frames is not None
+                and stored.attrs.get("frames_sha256") != _digest(frames)
+            ):
+                stored = None  # the stored video changed since it was scored: score it again
             todo, reused = [], []
             for m in video_metrics if rid in videos else []:
                 if stored is not None and _same(stored, m, settings[m]):
@@ -1007,7 +1014,6 @@ def evaluate(
                     bar.update(1)
                 else:
                     todo.append(m)
-            frames = _frames(videos[rid]()) if rid in videos else None
             ds = _score_video(frames, prompts.get(rid), todo, opts, bar) if todo else xr.Dataset()
             if reused:
                 keep = [v for v in stored.data_vars if stored[v].attrs.get("metric") in reused]

@@ -374,6 +374,19 @@ def test_store_evaluation_is_written_beside_the_runs(scored_store, monkeypatch):
     np.testing.assert_array_equal(
         again.flow_magnitude.sel(run="tar").values, ds.flow_magnitude.sel(run="tar").values
     )
+    # a stored video that changed is scored again
+    monkeypatch.undo()
+    from attnlab.store import save_video
+
+    save_video(scored_store, "extra", translation(8, (0.0, 0.0)))
+    moved = attnlab.evaluate(
+        scored_store, metrics=["dynamic_degree"], runs=["extra"], progress=False
+    )
+    assert (
+        float(moved.flow_magnitude_mean.sel(run="extra"))
+        < 0.05
+        < float(ds.flow_magnitude_mean.sel(run="extra"))
+    )
     # a reference map: distance to it, as map_distance computes it
     ref = xr.DataArray(np.eye(8) * 0.6 + 0.05, dims=(D.QUERY, D.KEY))
     att = attnlab.evaluate(
