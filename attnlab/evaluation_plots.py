@@ -46,7 +46,7 @@ def fig_metric_curves(
 ) -> Figure:
     """One panel per variable, one line per ``label -> run id``; x is the frame (pair) index.
 
-    ``flow_magnitude`` panels draw each run's VBench threshold (dashed, same colour); a
+    ``flow_magnitude`` panels draw the runs' VBench thresholds (grey, dotted); a
     vertical line at ``mark_frame`` marks e.g. a model's training length.
     """
     import matplotlib.pyplot as plt
@@ -75,7 +75,7 @@ def fig_metric_curves(
                 ax.plot(x[keep], y[keep], color=c, ls=ls, lw=1.3, label=label)
                 if var == "flow_magnitude" and "dynamic_threshold" in ev:
                     thr = float(ev["dynamic_threshold"].sel({D.RUN: rid}))
-                    ax.axhline(thr, color=c, ls=":", lw=0.8)
+                    ax.axhline(thr, color="0.5", ls=":", lw=0.8)
                 if keep.any():
                     lo = min(lo, float(np.nanmin(y)))
             if mark_frame is not None:
