@@ -97,9 +97,9 @@ DEFAULT_METRICS = (
 VIDEO_METRICS = tuple(m for m in METRICS if m != "attention")
 
 # OpenCV Farneback settings (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags).
-# Four pyramid levels, a 21 px window and poly_n = 7 keep translations up to ~1/10 of the short
-# side within a few percent (docs/evaluation.md, calibration); OpenCV stops adding levels once
-# a level would be smaller than its minimum size.
+# Four pyramid levels, a 21 px window and poly_n = 7 keep translations of up to 16 px per frame
+# within a few percent at 64 x 64 to 320 x 512 (docs/evaluation.md, calibration); OpenCV stops
+# adding levels once a level would be smaller than its minimum size.
 FARNEBACK: dict[str, float | int] = {
     "pyr_scale": 0.5,
     "levels": 4,
@@ -336,8 +336,9 @@ def dynamic_degree(
     (``dynamic_degree = 1``) if at least ``count`` pairs have ``m_i > thres``; VBench reports
     the mean of this verdict over videos. VBench samples videos at about 8 fps before
     (``interval = round(fps / 8)``): pass frames at that rate to reproduce it. VBench uses
-    RAFT; Farneback's magnitudes agree with the true motion within a few percent up to ~1/10
-    of the short side per frame (calibration in docs/evaluation.md), above that they fall short.
+    RAFT; Farneback's magnitudes agree with the true motion within a few percent up to 16 px
+    per frame (calibration in docs/evaluation.md), fall short beyond, and are inflated where
+    new content enters the frame (no occlusion handling; the top 5 % picks those vectors).
 
     Variables: ``flow_magnitude`` (frame_pair; pixels), ``flow_magnitude_mean`` (mean of the
     curve), ``dynamic_degree`` (0 or 1), ``dynamic_pairs`` (pairs above the threshold),
