@@ -110,6 +110,8 @@ def fig_metric_bars(
 
     variables = [v for v in variables if v in ev]
     labels = list(runs)
+    if not labels or not variables:
+        raise ValueError("fig_metric_bars needs at least one run and one variable present in ev")
     with style():
         fig, axes = plt.subplots(
             1,
