@@ -131,6 +131,10 @@ CONFIGS: dict[str, BenchConfig] = {
 }
 
 VARIANTS = ("plain", "installed", "record", "tar", "identity", "ones")
+#: how people get temporal attention maps without attnlab (same layers, steps and reduction as
+#: ``record``), and attnlab's recorder keeping the maps in RAM instead of a store
+PEERS = ("record-ram", "peer-ram", "peer-nnsight")
+ALL_VARIANTS = VARIANTS + PEERS
 
 #: the targets of issue 7 (end-to-end ratios against plain)
 TARGETS = {
@@ -217,8 +221,132 @@ def variant_context(name: str, pipe: Any, workdir: Path) -> Iterator[None]:
     elif name in ("identity", "ones"):
         with attnlab.edit(pipe, attnlab.Replace(name, levels=[0])):
             yield
+    elif name == "record-ram":
+        with attnlab.record(pipe):
+            yield
+    elif name == "peer-ram":
+        with peer_keep_maps(pipe):
+            yield
+    elif name == "peer-nnsight":
+        yield  # the traced call itself is the variant: see ``generate``
     else:
-        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(ALL_VARIANTS)}")
+
+
+# ---------------------------------------------------------------------------------------
+# the peers' way of getting temporal attention maps
+
+
+def _temporal_attention(pipe: Any) -> dict[str, torch.nn.Module]:
+    """Every temporal attention module of ``pipe`` (attnlab's site table), by path."""
+    from .sites import sites
+
+    modules = dict(pipe.unet.named_modules())
+    return {s.name: modules[s.name] for s in sites(pipe.unet)}
+
+
+def _classic_maps(probs: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    """``[B*h*w*heads, F, F]`` (``AttnProcessor``'s layout) -> mean over positions and heads
+    per batch item, ``[B, F, F]``: the reduction of ``attnlab.record(reduce="mean")``."""
+    return probs.view(batch, -1, frames, frames).mean(dim=1)
+
+
+@contextlib.contextmanager
+def peer_keep_maps(pipe: Any, batch: int = 2) -> Iterator[list[torch.Tensor]]:
+    """The attention-map-diffusers / DAAM way: diffusers' classic ``AttnProcessor`` (which
+    materialises the probabilities) on the temporal layers, and a hook on each layer's
+    ``get_attention_scores`` that keeps every call's map (reduced as ``record`` does) in RAM.
+    Yields the list of kept maps; restores the processors on exit."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    layers = _temporal_attention(pipe)
+    kept: list[torch.Tensor] = []
+    saved = {name: m.processor for name, m in layers.items()}
+
+    def hooked(module: torch.nn.Module):
+        original = module.get_attention_scores
+
+        def get_attention_scores(query, key, attention_mask=None):
+            probs = original(query, key, attention_mask)
+            kept.append(_classic_maps(probs.detach(), batch, probs.shape[-1]))
+            return probs
+
+        return get_attention_scores
+
+    try:
+        for m in layers.values():
+            m.set_processor(AttnProcessor())
+            m.get_attention_scores = hooked(m)
+        yield kept
+    finally:
+        for name, m in layers.items():
+            m.__dict__.pop("get_attention_scores", None)
+            m.set_processor(saved[name])
+
+
+def _execution_order(pipe: Any, cfg: BenchConfig, frames: int) -> list[str]:
+    """Temporal layers in the order one UNet call runs them (nnsight needs that order)."""
+    layers = _temporal_attention(pipe)
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_, n=name: order.append(n)) for name, m in layers.items()
+    ]
+    try:
+        with torch.no_grad():
+            kw = dict(device=pipe.unet.device, dtype=pipe.unet.dtype)
+            pipe.unet(
+                torch.zeros(1, pipe.unet.config.in_channels, frames, 8, 8, **kw),
+                torch.tensor(999),
+                encoder_hidden_states=torch.zeros(1, 1, pipe.unet.config.cross_attention_dim, **kw),
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def peer_nnsight(pipe: Any, cfg: BenchConfig, frames: int, seed: int = 0):
+    """nnsight's way: trace the pipeline call with ``AttnProcessor`` on the temporal layers and
+    ``.save()`` each layer's probabilities (``get_attention_scores`` inside the processor,
+    reached through ``.source``), reduced as ``record`` does. Returns (video, maps)."""
+    from diffusers.models.attention_processor import AttnProcessor
+    from nnsight import NNsight
+
+    layers = _temporal_attention(pipe)
+    order = _execution_order(pipe, cfg, frames)
+    batch = 2 if cfg.guidance > 1 else 1  # the pipeline's CFG batch
+    saved_procs = {name: m.processor for name, m in layers.items()}
+    try:
+        for m in layers.values():
+            m.set_processor(AttnProcessor())
+        model = NNsight(pipe.unet)
+        maps = []
+        with (
+            torch.no_grad(),
+            model.trace(
+                "a polar bear playing drums",
+                fn=pipe,
+                num_frames=frames,
+                height=cfg.height,
+                width=cfg.width,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="pt",
+            ) as tracer,
+        ):
+            for _ in tracer.iter[: cfg.steps]:
+                for name in order:
+                    module = model
+                    for part in name.split("."):
+                        module = module[int(part)] if part.isdigit() else getattr(module, part)
+                    probs = module.source.self_processor_0.source.attn_get_attention_scores_0
+                    maps.append(_classic_maps(probs.output, batch, frames).save())
+            result = tracer.result.save()
+        return result.frames, maps
+    finally:
+        for name, m in layers.items():
+            m.set_processor(saved_procs[name])
 
 
 def _sync(device: torch.device | str) -> None:
@@ -245,7 +373,10 @@ def _timed_call(pipe: Any, cfg: BenchConfig, frames: int, name: str, workdir: Pa
     _sync(device)
     t0 = time.perf_counter()
     with variant_context(name, pipe, workdir):
-        video = generate(pipe, cfg, frames)
+        if name == "peer-nnsight":
+            video, _ = peer_nnsight(pipe, cfg, frames)
+        else:
+            video = generate(pipe, cfg, frames)
         _sync(device)
     return time.perf_counter() - t0, video
 
@@ -523,13 +654,39 @@ class _OneLayer:
 
 
 class _MeanObserver:
-    """What a mean-reducing recorder does with a layer's probabilities."""
+    """What a mean-reducing recorder did with a layer's probabilities before reductions were
+    fused into the blocked loop: take the full ``[rows, heads, F, F]`` tensor, then reduce."""
 
     stage = "observe"
     logits = False
 
     def observe(self, site: Any, ctx: Any, logits: Any, probs: torch.Tensor) -> None:
         self.last = probs.mean(dim=(0, 1))
+
+
+class _FullObserver:
+    """Takes the full tensors and does nothing with them (the cost of making them)."""
+
+    stage = "observe"
+
+    def __init__(self, logits: bool):
+        self.logits = logits
+
+    def observe(self, site: Any, ctx: Any, logits: Any, probs: torch.Tensor) -> None:
+        pass
+
+
+class _SumsObserver:
+    """What a mean-reducing recorder does now: position sums accumulated block by block."""
+
+    stage = "observe"
+    logits = False
+
+    def sums_only(self, site: Any, ctx: Any) -> bool:
+        return True
+
+    def observe_sums(self, site: Any, ctx: Any, logits: Any, probs: Any, positions: int) -> None:
+        self.last = probs.sum(dim=(0, 1)) / (positions * probs.shape[0] * probs.shape[1])
 
 
 def _layer(channels: int, heads: int, device: str, dtype: torch.dtype):
@@ -594,7 +751,12 @@ def layer_paths(
     site, ctx = _one_layer_site(frames, rows, heads, channels // heads)
     procs: dict[str, tuple[Any, bool]] = {  # name -> (plan, force the whole-tensor path)
         "explicit (hooks)": (None, True),
-        "record": (Plan(observe=[_MeanObserver()]), False),
+        # recording, stage by stage (blocked path)
+        "explicit, nothing kept": (Plan(), False),
+        "+ probability tensor": (Plan(observe=[_FullObserver(logits=False)]), False),
+        "+ logits copy": (Plan(observe=[_FullObserver(logits=True)]), False),
+        "record: full tensor, then mean (before)": (Plan(observe=[_MeanObserver()]), False),
+        "record: fused position sums (now)": (Plan(observe=[_SumsObserver()]), False),
         "tar": (Plan(bias=[attnlab.TAR()]), False),
         "tar, whole tensors (before)": (Plan(bias=[attnlab.TAR()]), True),
         "identity": (Plan(replace=[attnlab.Replace("identity")]), False),
@@ -1039,7 +1201,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (vc2 needs cuda)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=list(VARIANTS),
+        choices=list(ALL_VARIANTS),
+        help=f"default: {' '.join(VARIANTS)}; the peers' ways: {' '.join(PEERS)}",
+    )
     p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
     p.add_argument("--no-micro", dest="micro", action="store_const", const=False, default=None)
     p.add_argument(

@@ -23,6 +23,8 @@ Tensor layout inside (diffusers folds space into the batch)::
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -56,10 +58,61 @@ class HookPoint(nn.Module):
 
 HOOK_NAMES = ("hook_logits", "hook_probs")
 
+
+def l2_cache_bytes() -> int | None:
+    """Per-core L2 cache size this machine reports (glibc ``sysconf``, then Linux sysfs)."""
+    try:
+        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+        if size and size > 0:
+            return int(size)
+    except (ValueError, OSError, AttributeError):
+        pass
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "level").read_text().strip() != "2":
+                continue
+            if (index / "type").read_text().strip() not in ("Unified", "Data"):
+                continue
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if text and text[-1] in units and text[:-1].isdigit():
+            return int(text[:-1]) * units[text[-1]]
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def cpu_block_elements() -> int:
+    """Elements of one block's ``[rows, F, F]`` logits (one head) on CPU: one per-core L2 cache
+    of float32 values, clamped to 2^15..2^21 (2^18 when the cache size is unknown).
+
+    A block's float32 logits then just fill L2. On the 2-core AMD EPYC this was tuned on
+    (512 KiB L2 per core) that is 2^17, inside the 2^16-2^18 range measured best there; a
+    2 MiB L2 gives 2^19. ``ATTNLAB_BLOCK_ELEMENTS`` overrides it (see docs/performance.md).
+    """
+    env = os.environ.get("ATTNLAB_BLOCK_ELEMENTS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(
+                f"ATTNLAB_BLOCK_ELEMENTS must be a positive integer, got {env!r}"
+            ) from None
+        if value < 1:
+            raise ValueError(f"ATTNLAB_BLOCK_ELEMENTS must be a positive integer, got {env!r}")
+        return value
+    l2 = l2_cache_bytes()
+    if l2 is None:
+        return 1 << 18
+    return int(min(1 << 21, max(1 << 15, l2 // 4)))
+
+
 #: elements of one block's ``[rows, F, F]`` logits (one head) in the blocked explicit path, per
-#: device type: on CPU a block stays in L2 cache (1 MiB in float32; 2^16-2^18 measured best on
-#: a Zen CPU); on accelerators blocks only bound the memory of long videos
-BLOCK_ELEMENTS: dict[str, int] = {"cpu": 1 << 18}
+#: device type: on CPU a block fills the per-core L2 cache (:func:`cpu_block_elements`); on
+#: accelerators blocks only bound the memory of long videos
+BLOCK_ELEMENTS: dict[str, int] = {"cpu": cpu_block_elements()}
 DEFAULT_BLOCK_ELEMENTS = 1 << 26
 
 
@@ -228,19 +281,28 @@ class TemporalAttnProcessor:
 
         One head and a block of rows at a time: ``q k^T`` -> bias -> softmax -> replacement ->
         ``@ v`` stays in cache, the strided per-head matmuls read the projections in place
-        (no transposed copies of q, k, v or the output), and the full ``[rows, heads, F, F]``
-        probabilities (and logits) exist only if a client observes. Returns
-        ``[rows, F, heads, head_dim]``.
+        (no transposed copies of q, k, v or the output). Observers that only need the maps
+        summed over spatial positions (``sums_only``: the ``mean`` and ``head`` reductions) get
+        those sums accumulated block by block (``observe_sums``); the full ``[rows, heads, F, F]``
+        probabilities exist only if another observer needs them, and the logits only if one of
+        those asks for logits. Returns ``[rows, F, heads, head_dim]``.
         """
         rows, heads, frames, head_dim = query.shape
         observers = plan.observe if plan is not None else []
         bias = plan.bias if plan is not None else []
         replace = plan.replace if plan is not None else []
+        summing = [c for c in observers if _sums_only(c, self.site, ctx)]
+        full = [c for c in observers if not any(c is s for s in summing)]
         # a recorder that does not record logits says so (``logits = False``): skip that copy
-        keep_logits = any(getattr(c, "logits", True) is not False for c in observers)
+        keep_logits = any(getattr(c, "logits", True) is not False for c in full)
+        sum_logits = any(getattr(c, "logits", True) is not False for c in summing)
         shape = (rows, heads, frames, frames)
         all_logits = query.new_empty(shape) if keep_logits else None
-        all_probs = value.new_empty(shape) if observers else None
+        all_probs = value.new_empty(shape) if full else None
+        sums = _PositionSums(ctx.batch, rows, heads, frames, query.device) if summing else None
+        logit_sums = (
+            _PositionSums(ctx.batch, rows, heads, frames, query.device) if sum_logits else None
+        )
         out = value.new_empty((rows, frames, heads, head_dim))
         for a, b in _blocks(rows, frames, query.device):
             for h in range(heads):
@@ -249,6 +311,8 @@ class TemporalAttnProcessor:
                     logits = logits + mask[a:b, h]
                 if all_logits is not None:
                     all_logits[a:b, h] = logits
+                if logit_sums is not None:
+                    logit_sums.add(logits, a, b, h)
                 for client in bias:
                     logits = client.bias(self.site, ctx, logits)
                 probs = logits.softmax(dim=-1, dtype=torch.float32).to(value.dtype)
@@ -256,10 +320,48 @@ class TemporalAttnProcessor:
                     probs = client.replace(self.site, ctx, probs)
                 if all_probs is not None:
                     all_probs[a:b, h] = probs
+                if sums is not None:
+                    sums.add(probs, a, b, h)
                 out[a:b, :, h] = torch.bmm(probs, value[a:b, h])
         for client in observers:
-            client.observe(self.site, ctx, all_logits, all_probs)
+            if sums is not None and any(client is s for s in summing):
+                client.observe_sums(
+                    self.site,
+                    ctx,
+                    None if logit_sums is None else logit_sums.total,
+                    sums.total,
+                    sums.positions,
+                )
+            else:
+                client.observe(self.site, ctx, all_logits, all_probs)
         return out
+
+
+def _sums_only(client: Any, site: Site, ctx: CallContext) -> bool:
+    """Whether an observer takes position sums (``observe_sums``) instead of full maps."""
+    wants = getattr(client, "sums_only", None)
+    return bool(wants is not None and wants(site, ctx))
+
+
+class _PositionSums:
+    """Per batch item and head, the sum over spatial positions of ``[F, F]`` maps, accumulated
+    block by block in float32: ``total`` is ``[batch, heads, F, F]``.
+
+    Rows are ``b * positions + p`` (diffusers folds space into the batch), so a block of rows
+    ``a:b`` covers one or a few batch items; each item's slice is summed over its rows.
+    """
+
+    def __init__(self, batch: int, rows: int, heads: int, frames: int, device: torch.device):
+        if batch < 1 or rows % batch:
+            raise RuntimeError(f"{rows} rows do not split into {batch} batch items")
+        self.positions = rows // batch
+        self.total = torch.zeros((batch, heads, frames, frames), device=device)
+
+    def add(self, x: torch.Tensor, a: int, b: int, h: int) -> None:
+        n = self.positions
+        for item in range(a // n, (b - 1) // n + 1):
+            lo, hi = max(a, item * n), min(b, (item + 1) * n)
+            self.total[item, h] += x[lo - a : hi - a].sum(dim=0, dtype=torch.float32)
 
 
 def _row_local(plan: Plan | None, ctx: CallContext) -> bool:

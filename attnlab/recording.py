@@ -170,6 +170,28 @@ class Recorder(Client):
         if self.logits:
             self._put(D.LOGITS, site, ctx, logits)
 
+    def sums_only(self, site: Site, ctx: CallContext) -> bool:
+        """The ``mean`` and ``head`` reductions need only the maps summed over positions."""
+        return self.reduce != "spatial"
+
+    def observe_sums(
+        self,
+        site: Site,
+        ctx: CallContext,
+        logits: torch.Tensor | None,
+        probs: torch.Tensor,
+        positions: int,
+    ) -> None:
+        """Like :meth:`observe`, from ``[batch, heads, F, F]`` sums over ``positions`` rows each
+        (accumulated inside the processor's blocked loop: no full probability tensor)."""
+        if self._buffer is None:
+            self._buffer = {}
+            self._buffer_ctx = ctx
+        self._put_position_mean(D.PROBS, site, ctx, probs / positions)
+        if self.logits:
+            assert logits is not None
+            self._put_position_mean(D.LOGITS, site, ctx, logits / positions)
+
     def on_run_end(self, run: RunInfo, ok: bool) -> None:
         current = self._run
         if current is None or current.info is not run:
@@ -196,12 +218,7 @@ class Recorder(Client):
         if self.reduce == "mean":
             r = x.mean(dim=(2, 3))
         elif self.reduce == "head":
-            r = x.mean(dim=2)
-            if r.shape[2] < self.max_heads:
-                pad = r.new_full(
-                    (*r.shape[:2], self.max_heads - r.shape[2], *r.shape[3:]), float("nan")
-                )
-                r = torch.cat([r, pad], dim=2)
+            r = self._pad_heads(x.mean(dim=2))
         else:
             h, w = self.controller.table.level_size(site.level, ctx.latent)
             gy, gx = self.grid
@@ -209,6 +226,27 @@ class Recorder(Client):
             xs = torch.tensor([int((i + 0.5) * w / gx) for i in range(gx)], device=x.device)
             x = x.view(*x.shape[:2], h, w, *x.shape[3:]).mean(dim=4)  # [halves, n, h, w, F, F]
             r = x.index_select(2, ys).index_select(3, xs).permute(0, 1, 4, 5, 2, 3)
+        self._keep(var, site, r)
+
+    def _put_position_mean(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
+        """``x``: ``[batch, heads, F, F]``, already averaged over spatial positions."""
+        assert self._buffer is not None and self._run is not None
+        halves = 2 if ctx.cfg else 1
+        x = x.detach().float().view(halves, ctx.batch // halves, *x.shape[1:])[self._run.halves]
+        r = x.mean(dim=2) if self.reduce == "mean" else self._pad_heads(x)
+        self._keep(var, site, r)
+
+    def _pad_heads(self, r: torch.Tensor) -> torch.Tensor:
+        """``[halves, n, heads, F, F]`` NaN-padded to the largest head count recorded."""
+        if r.shape[2] < self.max_heads:
+            pad = r.new_full(
+                (*r.shape[:2], self.max_heads - r.shape[2], *r.shape[3:]), float("nan")
+            )
+            r = torch.cat([r, pad], dim=2)
+        return r
+
+    def _keep(self, var: str, site: Site, r: torch.Tensor) -> None:
+        assert self._buffer is not None
         buf = self._buffer.get(var)
         if buf is None:
             buf = self._buffer[var] = r.new_full((len(self.sites), *r.shape), float("nan"))
