@@ -90,10 +90,13 @@ class Recorder(Client):
     # ---- settings written to the store root ---------------------------------------------
     @property
     def layout(self) -> dict[str, Any]:
+        variables = [D.PROBS, D.LOGITS] if self.logits else [D.PROBS]
+        if getattr(self, "_text_mass", False):  # joint attention with text in the sequence
+            variables.append(D.TEXT_MASS)
         return {
             "reduction": self.reduce,
             "grid": list(self.grid) if self.reduce == "spatial" else None,
-            "variables": [D.PROBS, D.LOGITS] if self.logits else [D.PROBS],
+            "variables": variables,
         }
 
     # ---- client protocol ---------------------------------------------------------------
@@ -102,6 +105,8 @@ class Recorder(Client):
         self.sites: list[Site] = self.layers.resolve(controller.table)
         self.index = {s.name: i for i, s in enumerate(self.sites)}
         self.max_heads = max(s.heads for s in self.sites)
+        table = controller.table
+        self._text_mass = getattr(table, "joint", False) and table.text != "cross"  # type: ignore[attr-defined]
         if self.store is not None:
             prepare_store(self.store, self.layout)
 
@@ -147,7 +152,8 @@ class Recorder(Client):
             self._run.attrs["num_steps"] = run.num_steps
 
     def on_call(self, ctx: CallContext) -> None:
-        self._flush()
+        if self._buffer_ctx is None or self._buffer_ctx.step != ctx.step:
+            self._flush()  # (the CFG halves of one step may come as separate calls)
         run = self._run
         if run is not None and run.steps is None and run.info.timesteps is None:
             run.steps = self.steps.resolve(None)
@@ -158,17 +164,27 @@ class Recorder(Client):
             run is not None
             and site.name in self.index
             and (run.steps is None or ctx.step in run.steps)
+            and any(h in run.cfg_names for h in ctx.halves())
         )
 
     def observe(
-        self, site: Site, ctx: CallContext, logits: torch.Tensor, probs: torch.Tensor
+        self,
+        site: Site,
+        ctx: CallContext,
+        logits: torch.Tensor,
+        probs: torch.Tensor,
+        text_mass: torch.Tensor | None = None,
     ) -> None:
+        """Reduce one layer call's maps ``[B*h*w, heads, F, F]`` into this step's buffer;
+        ``text_mass`` (joint attention): ``[B*h*w, heads, F, 1]``."""
         if self._buffer is None:
             self._buffer = {}
             self._buffer_ctx = ctx
         self._put(D.PROBS, site, ctx, probs)
         if self.logits:
             self._put(D.LOGITS, site, ctx, logits)
+        if text_mass is not None and self._text_mass:
+            self._put(D.TEXT_MASS, site, ctx, text_mass)
 
     def on_run_end(self, run: RunInfo, ok: bool) -> None:
         current = self._run
@@ -191,7 +207,10 @@ class Recorder(Client):
     # ---- reduction -----------------------------------------------------------------------
     def _put(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
         assert self._buffer is not None and self._run is not None
-        x = split_batch(x, ctx, site)[self._run.halves]  # [halves, n, h*w, heads, F, F]
+        names = ctx.halves()  # the halves in this call's batch (all, or one per call)
+        present = [i for i, h in enumerate(names) if h in self._run.cfg_names]
+        slots = [self._run.cfg_names.index(names[i]) for i in present]
+        x = split_batch(x, ctx, site)[present]  # [halves, n, h*w, heads, F, F]
         x = x.detach().float()
         if self.reduce == "mean":
             r = x.mean(dim=(2, 3))
@@ -209,10 +228,13 @@ class Recorder(Client):
             xs = torch.tensor([int((i + 0.5) * w / gx) for i in range(gx)], device=x.device)
             x = x.view(*x.shape[:2], h, w, *x.shape[3:]).mean(dim=4)  # [halves, n, h, w, F, F]
             r = x.index_select(2, ys).index_select(3, xs).permute(0, 1, 4, 5, 2, 3)
+        if var == D.TEXT_MASS:  # [.., F, 1(, y, x)]: drop the key axis
+            r = r.squeeze(-3 if self.reduce == "spatial" else -1)
         buf = self._buffer.get(var)
         if buf is None:
-            buf = self._buffer[var] = r.new_full((len(self.sites), *r.shape), float("nan"))
-        buf[self.index[site.name]] = r
+            shape = (len(self.sites), len(self._run.cfg_names), *r.shape[1:])
+            buf = self._buffer[var] = r.new_full(shape, float("nan"))
+        buf[self.index[site.name], slots] = r
 
     def _flush(self) -> None:
         """Move the finished step's maps to the host, then to the store or the in-memory list."""
@@ -233,14 +255,20 @@ class Recorder(Client):
     ) -> xr.Dataset:
         run.attrs.setdefault("frames", ctx.frames)
         run.attrs.setdefault("latent", list(ctx.latent))
-        n = ctx.batch // (2 if ctx.cfg else 1)
+        n = ctx.batch // len(ctx.halves())
         dims = [D.LAYER, D.CFG, D.SAMPLE]
         if self.reduce == "head":
             dims.append(D.HEAD)
         dims += [D.QUERY, D.KEY]
         if self.reduce == "spatial":
             dims += [D.Y, D.X]
-        data_vars = {v: ([D.STEP, *dims], t.cpu().numpy()[None]) for v, t in buffer.items()}
+        data_vars = {
+            v: (
+                [D.STEP, *(d for d in dims if v != D.TEXT_MASS or d != D.KEY)],
+                t.cpu().numpy()[None],
+            )
+            for v, t in buffer.items()
+        }
         sizes = [self.controller.table.level_size(s.level, ctx.latent) for s in self.sites]
         coords: dict[str, Any] = {
             D.STEP: [ctx.step],
