@@ -57,6 +57,7 @@ UNets):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -329,7 +330,7 @@ def brute_force_frame_map(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference: the full ``S x S`` softmax in float64, summed over frame blocks and averaged
     over each frame's queries. ``([B, heads, F, F], [B, heads, F] or None)``. For tests."""
-    B, H, S, d = query.shape
+    S, d = query.shape[-2:]
     v0 = layout.video_start(S)
     scale = d**-0.5 if scale is None else scale
     L = (query.double() @ key.double().transpose(-1, -2)) * scale
@@ -487,10 +488,8 @@ class JointAttnProcessor:
         def signature_of_original(*args: Any, **kwargs: Any) -> Any:
             return call(self, *args, **kwargs)
 
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             signature_of_original.__signature__ = inspect.signature(original.__call__)  # type: ignore[attr-defined]
-        except (TypeError, ValueError):
-            pass
         self.__call__ = signature_of_original  # type: ignore[method-assign]
 
     def __call__(

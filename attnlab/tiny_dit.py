@@ -112,7 +112,8 @@ def wan_pipeline(seed: int = 0):
     transformer = wan_transformer(seed)
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(
-        base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
     ).eval()  # fmt: skip
     pipe = WanPipeline(
         tokenizer=clip_tokenizer(),
