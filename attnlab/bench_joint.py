@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--frames", type=int, default=7, help="latent frames")
+    p.add_argument("--latent", type=int, nargs=2, default=(32, 48), metavar=("H", "W"))
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--out", help="write the result as JSON here")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -214,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         print("MEMORY " + json.dumps(_memory_child(json.loads(args.memory_child))))
         return 0
     torch.set_num_threads(args.threads)
-    cfg = JointBenchConfig(frames=args.frames, rounds=args.rounds)
+    cfg = JointBenchConfig(
+        frames=args.frames, rounds=args.rounds, latent=tuple(args.latent), layers=args.layers
+    )
     S = cfg.frames * (cfg.latent[0] // 2) * (cfg.latent[1] // 2) + cfg.text
     result = {
         "config": {**asdict(cfg), "sequence": S},

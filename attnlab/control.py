@@ -355,6 +355,11 @@ class Controller:
         meta["scheduler"] = type(getattr(pipe, "scheduler", None)).__name__
         guidance = args.get("guidance_scale", args.get("max_guidance_scale"))
         meta["_cfg"] = bool(guidance is not None and guidance > 1.0)
+        if (
+            "true_cfg_scale" in args
+        ):  # guidance-distilled (HunyuanVideo): guidance_scale is embedded
+            negative = args.get("negative_prompt") or args.get("negative_prompt_embeds") is not None
+            meta["_cfg"] = bool(args["true_cfg_scale"] > 1.0 and negative)
         return meta
 
     # ---- runs and calls ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tiny random-weight full-3D attention video models (CogVideoX, Wan), built offline.
+"""Tiny random-weight full-3D attention video models (CogVideoX, Wan, HunyuanVideo), built offline.
 
 The transformers have the real layer structure (joint text+video attention with 3D RoPE in
 CogVideoX; video self-attention with 3D RoPE and a separate text cross-attention in Wan) at a
@@ -58,6 +58,29 @@ def wan_transformer(seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim:
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
+    ).eval()
+
+
+def hunyuan_transformer(seed: int = 0):
+    """``HunyuanVideoTransformer3DModel``: 1 dual- and 1 single-stream block, heads 2 x 10,
+    rope_axes_dim (2, 4, 4), patch 1 (diffusers' test config)."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=10,
+        num_layers=1,
+        num_single_layers=1,
+        num_refiner_layers=1,
+        patch_size=1,
+        patch_size_t=1,
+        guidance_embeds=True,
+        text_embed_dim=TEXT_DIM,
+        pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4),
     ).eval()
 
 

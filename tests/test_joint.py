@@ -468,3 +468,86 @@ def test_wan_pipeline_runs_cfg_halves_as_separate_calls(wan_pipe):
     with attnlab.record(wan_pipe, cfg="cond") as cond_only:
         _gen(wan_pipe, guidance_scale=1.0)  # no CFG: one call per step
     assert cond_only.to_xarray().sizes[D.STEP] == 2
+
+
+def test_the_worked_example_in_the_docs_is_what_the_code_prints():
+    import re
+    import runpy
+    from contextlib import redirect_stdout
+    from io import StringIO
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    buf = StringIO()
+    with redirect_stdout(buf):
+        runpy.run_path(str(root / "docs" / "attention_3d_example.py"), run_name="__main__")
+    doc = (root / "docs" / "attention-3d.md").read_text()
+    block = re.search(r"## Worked example.*?```\n(.*?)```", doc, re.S).group(1)
+    assert buf.getvalue().strip() == block.strip()
+
+
+# ---- HunyuanVideo: text appended, padded text keys masked, dual- and single-stream blocks ----
+def test_hunyuanvideo_maps_text_mass_and_edits():
+    from attnlab.tiny_dit import hunyuan_transformer
+
+    model = hunyuan_transformer()
+    t = attnlab.sites(model, latent=(4, 4), frames=FRAMES)
+    assert [(s.name, s.stream, s.text) for s in t] == [
+        ("transformer_blocks.0.attn", "dual", "last"),
+        ("single_transformer_blocks.0.attn", "single", "last"),
+    ]
+    assert (t.pe.t_dim, t.pe.h_dim, t.pe.w_dim, t.pe.theta) == (2, 4, 4, 256.0)
+    g = torch.Generator().manual_seed(0)
+    text_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])  # sample 0: 2 padded tokens
+    kw = dict(
+        hidden_states=torch.randn(2, 4, FRAMES, 4, 4, generator=g),
+        timestep=torch.tensor([500, 500]),
+        encoder_hidden_states=torch.randn(2, 6, 16, generator=g),
+        encoder_attention_mask=text_mask,
+        pooled_projections=torch.randn(2, 8, generator=g),
+        guidance=torch.tensor([6000.0, 6000.0]),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        ref = model(**kw)[0]
+    # an independent witness of the model's own attention inputs: torch's SDPA, wrapped
+    F = torch.nn.functional
+    original, seen = F.scaled_dot_product_attention, []
+
+    def witness(q, k, v, attn_mask=None, **other):
+        seen.append((q.double(), k.double(), attn_mask))
+        return original(q, k, v, attn_mask=attn_mask, **other)
+
+    F.scaled_dot_product_attention = witness
+    try:
+        with torch.no_grad(), attnlab.record(model, reduce="head") as rec:
+            out = model(**kw)[0]
+    finally:
+        F.scaled_dot_product_attention = original
+    assert torch.equal(out, ref)
+    video = [s for s in seen if s[0].shape[2] == FRAMES * 16 + 6]  # (not the token refiner)
+    assert len(video) == 2
+    ds = rec.to_xarray().isel(run=0, step=0, cfg=0)
+    for layer, (q, k, mask) in zip(t.names, video):
+        L = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        P = L.masked_fill(~mask, float("-inf")).softmax(-1)[:, :, : FRAMES * 16]
+        m = P[..., : FRAMES * 16].unflatten(-1, (FRAMES, 16)).sum(-1)
+        A = (m / m.sum(-1, keepdim=True)).unflatten(2, (FRAMES, 16)).mean(3)
+        text = (1 - m.sum(-1)).unflatten(2, (FRAMES, 16)).mean(3)
+        got = ds.sel(layer=layer)
+        torch.testing.assert_close(torch.from_numpy(got[D.PROBS].transpose(D.SAMPLE, ...).values).double(), A, atol=1e-5, rtol=0)  # fmt: skip
+        torch.testing.assert_close(torch.from_numpy(got[D.TEXT_MASS].transpose(D.SAMPLE, ...).values).double(), text, atol=1e-5, rtol=0)  # fmt: skip
+        assert P[0, ..., -2:].abs().max() == 0  # the padded text keys of sample 0 get nothing
+    with (
+        torch.no_grad(),
+        attnlab.record(model) as rec,
+        attnlab.edit(model, attnlab.Replace("identity")),
+    ):
+        probed = model(**kw)[0]
+    p = rec.to_xarray()[D.PROBS].values
+    np.testing.assert_allclose(p, np.broadcast_to(np.eye(FRAMES), p.shape), atol=1e-6)
+    with torch.no_grad(), attnlab.edit(model, attnlab.TAR(1.0, t_min=None)):
+        tar = model(**kw)[0]
+    assert (probed - ref).abs().max() > 1e-3 and (tar - ref).abs().max() > 1e-3
+    with torch.no_grad():
+        assert torch.equal(model(**kw)[0], ref)

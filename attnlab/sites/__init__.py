@@ -42,7 +42,6 @@ JOINT_FAMILIES = dit.JOINT_FAMILIES
 FULL_3D_ATTENTION = {
     "AllegroTransformer3DModel": "Allegro",
     "MochiTransformer3DModel": "Mochi",
-    "HunyuanVideoTransformer3DModel": "HunyuanVideo",
     "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
     "LTXVideoTransformer3DModel": "LTX-Video",
     "WanVACETransformer3DModel": "Wan VACE",

@@ -1,8 +1,9 @@
-"""Full-3D attention video transformers (DiTs): CogVideoX, Wan 2.x.
+"""Full-3D attention video transformers (DiTs): CogVideoX, Wan 2.x, HunyuanVideo.
 
 These models have no separate temporal attention: every video self-attention attends jointly
 over all ``F' x H' x W'`` latent patches (frame-major), with the text tokens either in the same
-sequence (CogVideoX: prepended) or in a separate cross-attention (Wan). attnlab maps such a
+sequence (CogVideoX: prepended; HunyuanVideo: appended, padding masked) or in a separate
+cross-attention (Wan). attnlab maps such a
 layer to the frame level (see :mod:`attnlab.joint`): ``A[i, j]`` is the mean over the query
 tokens of latent frame ``i`` of their attention mass on the key tokens of latent frame ``j``.
 
@@ -13,7 +14,7 @@ its frame-axis positional encoding as a :class:`FramePE` (read from the model's 
 ``attnlab sites`` prints.
 
 Sources: diffusers 0.42 ``models/transformers/cogvideox_transformer_3d.py``,
-``transformer_wan.py``, ``models/embeddings.py`` (``get_3d_rotary_pos_embed``,
+``transformer_wan.py``, ``transformer_hunyuan_video.py``, ``models/embeddings.py`` (``get_3d_rotary_pos_embed``,
 ``CogVideoXPatchEmbed``).
 """
 
@@ -271,4 +272,32 @@ WAN = JointFamily(
     temporal_compression=lambda config: 4,  # AutoencoderKLWan: 4x in time
 )
 
-JOINT_FAMILIES: tuple[JointFamily, ...] = (COGVIDEOX, WAN)
+
+# ---- HunyuanVideo -------------------------------------------------------------------------
+def _hunyuan_pe(config) -> FramePE:
+    t, h, w = (int(d) for d in config.get("rope_axes_dim", (16, 56, 56)))
+    return FramePE("rope3d", t, h, w, float(config.get("rope_theta", 256.0)))
+
+
+HUNYUAN = JointFamily(
+    name="hunyuanvideo",
+    model_classes=("HunyuanVideoTransformer3DModel",),
+    examples="hunyuanvideo-community/HunyuanVideo",
+    # dual-stream blocks (text through add_q/k/v_proj) and single-stream blocks (text
+    # concatenated); the token refiner's text-only attention is not a video site
+    path=r"^(?:single_)?transformer_blocks\.(?P<index>\d+)\.attn$",
+    positional_encoding=lambda config: PositionalEncoding("rope"),
+    geometry="patch",
+    sample_layout="BCFHW",
+    text="last",
+    frame_pe=_hunyuan_pe,
+    patch=lambda config: (
+        int(config.get("patch_size_t", 1)),
+        int(config.get("patch_size", 2)),
+        int(config.get("patch_size", 2)),
+    ),
+    temporal_compression=lambda config: 4,  # AutoencoderKLHunyuanVideo: 4x in time
+    stream=lambda name: "single" if name.startswith("single_") else "dual",
+)
+
+JOINT_FAMILIES: tuple[JointFamily, ...] = (COGVIDEOX, WAN, HUNYUAN)
