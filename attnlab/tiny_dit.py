@@ -10,9 +10,11 @@ whose sentencepiece model no package registry ships).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .tiny import clip_tokenizer
+from . import tiny
 
 TEXT_DIM = 16  # the tiny T5's width = the transformers' text embedding width
 
@@ -82,6 +84,12 @@ def hunyuan_transformer(seed: int = 0):
         pooled_projection_dim=8,
         rope_axes_dim=(2, 4, 4),
     ).eval()
+
+
+@functools.lru_cache(maxsize=1)
+def clip_tokenizer():
+    """The offline CLIP tokenizer, built once per process (building its vocabulary takes seconds)."""
+    return tiny.clip_tokenizer()
 
 
 def _t5():
