@@ -220,17 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         frames=args.frames, rounds=args.rounds, latent=tuple(args.latent), layers=args.layers
     )
     S = cfg.frames * (cfg.latent[0] // 2) * (cfg.latent[1] // 2) + cfg.text
-    result = {
+    result: dict[str, Any] = {
         "config": {**asdict(cfg), "sequence": S},
         "torch": torch.__version__,
         "threads": args.threads,
-        "time": time_variants(cfg, ["record", "tar", "identity"]),
-        "memory": memory_variants(cfg, ["plain", "record", "tar", "full-map"]),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    # each phase is written as soon as it is done (a slow memory phase keeps the timings)
+    for key, run in (
+        ("time", lambda: time_variants(cfg, ["record", "tar", "identity"])),
+        ("memory", lambda: memory_variants(cfg, ["plain", "record", "tar", "full-map"])),
+    ):
+        result[key] = run()
+        text = json.dumps(result, indent=1)
+        print(text, flush=True)
+        if args.out:
+            Path(args.out).write_text(text)
     return 0
 
 
