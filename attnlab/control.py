@@ -59,6 +59,8 @@ class RunInfo:
     timesteps: list[float] | None = None
     calls: int = 0
     implicit: bool = False  # begun by a denoiser call outside any pipeline call or run block
+    # CFG halves seen in the current step, for pipelines that call the denoiser once per half
+    halves_seen: set[str] | None = None
 
     @property
     def num_steps(self) -> int | None:
@@ -78,6 +80,9 @@ class CallContext:
     latent: tuple[int, int]
     # the scheduler passes a continuous noise level (e.g. SVD's c_noise), not a step in [0, T)
     continuous: bool = False
+    # the one CFG half this call's whole batch belongs to, for pipelines that call the
+    # denoiser separately per half (Wan: ``cache_context("cond")`` / ``("uncond")``)
+    half: str | None = None
 
     @property
     def cfg(self) -> bool:
@@ -96,6 +101,8 @@ class CallContext:
 
     def halves(self) -> list[str]:
         """Names of the batch halves, in batch order."""
+        if self.half is not None:
+            return [self.half]
         return ["uncond", "cond"] if self.cfg else ["cond"]
 
 
@@ -157,6 +164,7 @@ class Controller:
         self._plans: dict[str, Plan | None] = {}
         self._undo: list[Any] = []
         self._in_pipe_call = False
+        self._cache_name: str | None = None
 
     # ---- attaching -----------------------------------------------------------------------
     @property
@@ -216,21 +224,51 @@ class Controller:
     def _install(self) -> None:
         undo = self._undo
         modules = dict(self.model.named_modules())
+        # full-3D attention models get attnlab.joint's processor (and no hook points)
+        joint = getattr(self.table, "joint", False)
+        processor = self.table.processor_class if joint else TemporalAttnProcessor  # type: ignore[attr-defined]
         for site in self.table:
             attn = modules[site.name]
             original = attn.processor
-            attn.set_processor(TemporalAttnProcessor(self, site, original))
+            attn.set_processor(processor(self, site, original))
             undo.append(lambda a=attn, p=original: a.set_processor(p))
-            for hook_name in HOOK_NAMES:
+            for hook_name in HOOK_NAMES if not joint else ():
                 if not hasattr(attn, hook_name):
                     attn.add_module(hook_name, HookPoint())
                     undo.append(lambda a=attn, n=hook_name: delattr(a, n))
         handle = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         undo.append(handle.remove)
+        if joint and hasattr(self.model, "cache_context"):
+            self._wrap_cache_context()
         # the class's forward: instance-level wrappers (nnsight leaves one) may change the signature
         self._forward_sig = inspect.signature(type(self.model).forward)
         for pipe in list(self._pipes):
             self._wrap_pipeline(pipe)
+
+    def _wrap_cache_context(self) -> None:
+        """Track diffusers' ``cache_context(name)``: pipelines that run the CFG halves as
+        separate denoiser calls (Wan) name them "cond" / "uncond" there."""
+        model = self.model
+        original = model.cache_context
+        controller = self
+
+        @contextlib.contextmanager
+        def cache_context(name: str, *args: Any, **kwargs: Any):
+            previous = controller._cache_name
+            controller._cache_name = name
+            try:
+                with original(name, *args, **kwargs):
+                    yield
+            finally:
+                controller._cache_name = previous
+
+        object.__setattr__(model, "cache_context", cache_context)
+
+        def restore(m=model) -> None:
+            m.__dict__.pop("cache_context", None)
+            self._cache_name = None
+
+        self._undo.append(restore)
 
     def _uninstall(self) -> None:
         errors = []
@@ -317,6 +355,11 @@ class Controller:
         meta["scheduler"] = type(getattr(pipe, "scheduler", None)).__name__
         guidance = args.get("guidance_scale", args.get("max_guidance_scale"))
         meta["_cfg"] = bool(guidance is not None and guidance > 1.0)
+        if (
+            "true_cfg_scale" in args
+        ):  # guidance-distilled (HunyuanVideo): guidance_scale is embedded
+            negative = args.get("negative_prompt") or args.get("negative_prompt_embeds") is not None
+            meta["_cfg"] = bool(args["true_cfg_scale"] > 1.0 and negative)
         return meta
 
     # ---- runs and calls ------------------------------------------------------------------
@@ -380,10 +423,7 @@ class Controller:
         bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments
         bound.pop(next(iter(bound)))  # self
         sample = next(iter(bound.values()))  # first argument: the noisy latents
-        layout = self.table.family.sample_layout
-        if sample.ndim != 5:
-            raise RuntimeError(f"attnlab expects 5D video latents, got {tuple(sample.shape)}")
-        dims = dict(zip(layout, sample.shape))
+        dims = self.table.call_dims(sample, bound)
         self.table.check_frames(int(dims["F"]))  # before diffusers' opaque size mismatch
         t = bound.get("timestep")
         timestep = None
@@ -393,23 +433,35 @@ class Controller:
             self.begin_run(cfg=False, source="synthetic", meta={}).implicit = True
         run = self.run_info
         assert run is not None
-        if run.cfg and dims["B"] % 2:
+        half = self._cache_name if self._cache_name in ("cond", "uncond") else None
+        if run.cfg and half is None and dims["B"] % 2:
             raise RuntimeError(f"classifier-free guidance run with odd batch {dims['B']}")
+        if half is None:
+            run.halves_seen = None
+            step = run.calls
+            run.calls += 1
+        elif run.halves_seen is None or half in run.halves_seen:  # first half of a new step
+            run.halves_seen = {half}
+            step = run.calls
+            run.calls += 1
+        else:  # the other half of the current step
+            run.halves_seen.add(half)
+            step = run.calls - 1
         scheduler = getattr(self.pipe, "scheduler", None)
         config = getattr(scheduler, "config", None)
         horizon = getattr(config, "num_train_timesteps", None) or 1000
         continuous = getattr(config, "timestep_type", "discrete") == "continuous"
         self.ctx = CallContext(
             run=run,
-            step=run.calls,
+            step=step,
             timestep=timestep,
             num_train_timesteps=int(horizon),
             batch=int(dims["B"]),
             frames=int(dims["F"]),
             latent=(int(dims["H"]), int(dims["W"])),
             continuous=continuous,
+            half=half,
         )
-        run.calls += 1
         self._plans.clear()
         for client in list(self.clients):
             client.on_call(self.ctx)
@@ -449,7 +501,7 @@ class Controller:
 
 def split_batch(x: torch.Tensor, ctx: CallContext, site: Site) -> torch.Tensor:
     """View ``[B*h*w, heads, F, F]`` as ``[halves, n, h*w, heads, F, F]`` (batch is [uncond, cond])."""
-    halves = 2 if ctx.cfg else 1
+    halves = len(ctx.halves())
     return x.view(halves, ctx.batch // halves, -1, *x.shape[1:])
 
 

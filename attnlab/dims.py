@@ -65,5 +65,8 @@ COND = "cond"
 # names of data variables
 PROBS = "probs"
 LOGITS = "logits"
+# joint (full-3D) attention: mean attention mass of each query frame on the text tokens
+# (dims as probs without key_frame)
+TEXT_MASS = "text_mass"
 
 MAP_DIMS = (RUN, STEP, LAYER, CFG, SAMPLE, HEAD, QUERY, KEY, Y, X)

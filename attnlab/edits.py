@@ -148,7 +148,14 @@ class Edit(Client):
     # ---- client protocol -----------------------------------------------------------------
     def bind(self, controller: Controller) -> None:
         self.controller = controller
-        self._sites = {s.name for s in self.layers.resolve(controller.table)}
+        layers = self.layers
+        if (
+            self.default_blocks is not None
+            and layers.blocks == tuple(self.default_blocks)
+            and not any(s.block in self.default_blocks for s in controller.table)
+        ):  # the default blocks are UNet blocks: a transformer's layers all count
+            layers = Layers(layers.levels, None, layers.names)
+        self._sites = {s.name for s in layers.resolve(controller.table)}
 
     def on_run_start(self, run) -> None:
         self._steps = self.steps.resolve(run.num_steps) if run.timesteps is not None else None
@@ -177,7 +184,11 @@ class Edit(Client):
         return True
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
-        return site.name in self._sites and self.active(ctx)
+        return (
+            site.name in self._sites
+            and bool(cfg_halves(self.cfg, ctx.halves()))  # a call may hold one CFG half only
+            and self.active(ctx)
+        )
 
     def _halves(self, ctx: CallContext) -> list[int] | None:
         """Batch halves to edit; None = all (no slicing needed)."""

@@ -90,10 +90,13 @@ class Recorder(Client):
     # ---- settings written to the store root ---------------------------------------------
     @property
     def layout(self) -> dict[str, Any]:
+        variables = [D.PROBS, D.LOGITS] if self.logits else [D.PROBS]
+        if getattr(self, "_text_mass", False):  # joint attention with text in the sequence
+            variables.append(D.TEXT_MASS)
         return {
             "reduction": self.reduce,
             "grid": list(self.grid) if self.reduce == "spatial" else None,
-            "variables": [D.PROBS, D.LOGITS] if self.logits else [D.PROBS],
+            "variables": variables,
         }
 
     # ---- client protocol ---------------------------------------------------------------
@@ -102,6 +105,8 @@ class Recorder(Client):
         self.sites: list[Site] = self.layers.resolve(controller.table)
         self.index = {s.name: i for i, s in enumerate(self.sites)}
         self.max_heads = max(s.heads for s in self.sites)
+        table = controller.table
+        self._text_mass = getattr(table, "joint", False) and table.text != "cross"  # type: ignore[attr-defined]
         if self.store is not None:
             prepare_store(self.store, self.layout)
 
@@ -147,7 +152,8 @@ class Recorder(Client):
             self._run.attrs["num_steps"] = run.num_steps
 
     def on_call(self, ctx: CallContext) -> None:
-        self._flush()
+        if self._buffer_ctx is None or self._buffer_ctx.step != ctx.step:
+            self._flush()  # (the CFG halves of one step may come as separate calls)
         run = self._run
         if run is not None and run.steps is None and run.info.timesteps is None:
             run.steps = self.steps.resolve(None)
@@ -158,17 +164,27 @@ class Recorder(Client):
             run is not None
             and site.name in self.index
             and (run.steps is None or ctx.step in run.steps)
+            and any(h in run.cfg_names for h in ctx.halves())
         )
 
     def observe(
-        self, site: Site, ctx: CallContext, logits: torch.Tensor, probs: torch.Tensor
+        self,
+        site: Site,
+        ctx: CallContext,
+        logits: torch.Tensor,
+        probs: torch.Tensor,
+        text_mass: torch.Tensor | None = None,
     ) -> None:
+        """Reduce one layer call's maps ``[B*h*w, heads, F, F]`` into this step's buffer;
+        ``text_mass`` (joint attention): ``[B*h*w, heads, F, 1]``."""
         if self._buffer is None:
             self._buffer = {}
             self._buffer_ctx = ctx
         self._put(D.PROBS, site, ctx, probs)
         if self.logits:
             self._put(D.LOGITS, site, ctx, logits)
+        if text_mass is not None and self._text_mass:
+            self._put(D.TEXT_MASS, site, ctx, text_mass)
 
     def sums_only(self, site: Site, ctx: CallContext) -> bool:
         """The ``mean`` and ``head`` reductions need only the maps summed over positions."""
@@ -211,9 +227,18 @@ class Recorder(Client):
                 current.writer.finish(ok, {"frames": current.attrs.get("frames")})
 
     # ---- reduction -----------------------------------------------------------------------
+    def _slots(self, ctx: CallContext) -> tuple[int, list[int], list[int]]:
+        """(halves in this call's batch, which of them are recorded, their recorded slots):
+        a call carries both CFG halves, or one per call (separate-call CFG)."""
+        assert self._run is not None
+        names = ctx.halves()
+        present = [i for i, h in enumerate(names) if h in self._run.cfg_names]
+        return len(names), present, [self._run.cfg_names.index(names[i]) for i in present]
+
     def _put(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
         assert self._buffer is not None and self._run is not None
-        x = split_batch(x, ctx, site)[self._run.halves]  # [halves, n, h*w, heads, F, F]
+        _, present, slots = self._slots(ctx)
+        x = split_batch(x, ctx, site)[present]  # [halves, n, h*w, heads, F, F]
         x = x.detach().float()
         if self.reduce == "mean":
             r = x.mean(dim=(2, 3))
@@ -226,15 +251,17 @@ class Recorder(Client):
             xs = torch.tensor([int((i + 0.5) * w / gx) for i in range(gx)], device=x.device)
             x = x.view(*x.shape[:2], h, w, *x.shape[3:]).mean(dim=4)  # [halves, n, h, w, F, F]
             r = x.index_select(2, ys).index_select(3, xs).permute(0, 1, 4, 5, 2, 3)
-        self._keep(var, site, r)
+        if var == D.TEXT_MASS:  # [.., F, 1(, y, x)]: drop the key axis
+            r = r.squeeze(-3 if self.reduce == "spatial" else -1)
+        self._keep(var, site, r, slots)
 
     def _put_position_mean(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
         """``x``: ``[batch, heads, F, F]``, already averaged over spatial positions."""
         assert self._buffer is not None and self._run is not None
-        halves = 2 if ctx.cfg else 1
-        x = x.detach().float().view(halves, ctx.batch // halves, *x.shape[1:])[self._run.halves]
+        halves, present, slots = self._slots(ctx)
+        x = x.detach().float().view(halves, ctx.batch // halves, *x.shape[1:])[present]
         r = x.mean(dim=2) if self.reduce == "mean" else self._pad_heads(x)
-        self._keep(var, site, r)
+        self._keep(var, site, r, slots)
 
     def _pad_heads(self, r: torch.Tensor) -> torch.Tensor:
         """``[halves, n, heads, F, F]`` NaN-padded to the largest head count recorded."""
@@ -245,12 +272,13 @@ class Recorder(Client):
             r = torch.cat([r, pad], dim=2)
         return r
 
-    def _keep(self, var: str, site: Site, r: torch.Tensor) -> None:
-        assert self._buffer is not None
+    def _keep(self, var: str, site: Site, r: torch.Tensor, slots: list[int]) -> None:
+        assert self._buffer is not None and self._run is not None
         buf = self._buffer.get(var)
         if buf is None:
-            buf = self._buffer[var] = r.new_full((len(self.sites), *r.shape), float("nan"))
-        buf[self.index[site.name]] = r
+            shape = (len(self.sites), len(self._run.cfg_names), *r.shape[1:])
+            buf = self._buffer[var] = r.new_full(shape, float("nan"))
+        buf[self.index[site.name], slots] = r
 
     def _flush(self) -> None:
         """Move the finished step's maps to the host, then to the store or the in-memory list."""
@@ -271,14 +299,20 @@ class Recorder(Client):
     ) -> xr.Dataset:
         run.attrs.setdefault("frames", ctx.frames)
         run.attrs.setdefault("latent", list(ctx.latent))
-        n = ctx.batch // (2 if ctx.cfg else 1)
+        n = ctx.batch // len(ctx.halves())
         dims = [D.LAYER, D.CFG, D.SAMPLE]
         if self.reduce == "head":
             dims.append(D.HEAD)
         dims += [D.QUERY, D.KEY]
         if self.reduce == "spatial":
             dims += [D.Y, D.X]
-        data_vars = {v: ([D.STEP, *dims], t.cpu().numpy()[None]) for v, t in buffer.items()}
+        data_vars = {
+            v: (
+                [D.STEP, *(d for d in dims if v != D.TEXT_MASS or d != D.KEY)],
+                t.cpu().numpy()[None],
+            )
+            for v, t in buffer.items()
+        }
         sizes = [self.controller.table.level_size(s.level, ctx.latent) for s in self.sites]
         coords: dict[str, Any] = {
             D.STEP: [ctx.step],

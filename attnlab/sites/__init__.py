@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import i2vgenxl, latte, motion, svd, unet3d
+from . import dit, i2vgenxl, latte, motion, svd, unet3d
 from .base import (
     BLOCK_NAMES,
     BLOCKS,
@@ -35,15 +35,15 @@ FAMILIES: tuple[Family, ...] = (
     latte.FAMILY,
 )
 
-# Models with only joint space-time attention: there is no N x N frame attention to read or edit.
+# full-3D attention models that attnlab maps to the frame level (attnlab.joint)
+JOINT_FAMILIES = dit.JOINT_FAMILIES
+
+# Other models with only joint space-time attention: not mapped (yet); a clear error names them.
 FULL_3D_ATTENTION = {
-    "CogVideoXTransformer3DModel": "CogVideoX",
     "AllegroTransformer3DModel": "Allegro",
     "MochiTransformer3DModel": "Mochi",
-    "HunyuanVideoTransformer3DModel": "HunyuanVideo",
     "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
     "LTXVideoTransformer3DModel": "LTX-Video",
-    "WanTransformer3DModel": "Wan",
     "WanVACETransformer3DModel": "Wan VACE",
     "SkyReelsV2Transformer3DModel": "SkyReels-V2",
     "ConsisIDTransformer3DModel": "ConsisID",
@@ -75,7 +75,7 @@ class UnsupportedModelError(ValueError):
 def family_of(model: torch.nn.Module | str) -> Family:
     """The family of a denoiser (module or class name), or a clear error saying why not."""
     name = model if isinstance(model, str) else type(model).__name__
-    for fam in FAMILIES:
+    for fam in FAMILIES + JOINT_FAMILIES:
         if name in fam.model_classes:
             return fam
     # subclasses of a supported class (e.g. attnlab's organisms) belong to its family
@@ -88,12 +88,13 @@ def family_of(model: torch.nn.Module | str) -> Family:
         raise UnsupportedModelError(
             f"{FULL_3D_ATTENTION[name]} ({name}) uses full 3D attention over space and time jointly; "
             "it has no separate temporal self-attention with N x N frame maps, so temporal attention "
-            "analysis, replacement probes and TAR do not apply. Supported: "
-            + ", ".join(c for f in FAMILIES for c in f.model_classes)
+            "analysis, replacement probes and TAR do not apply, and attnlab has no frame-level "
+            "mapping of its joint attention yet. Supported: "
+            + ", ".join(c for f in FAMILIES + JOINT_FAMILIES for c in f.model_classes)
         )
     raise UnsupportedModelError(
         f"{name} has no temporal attention that attnlab knows of. Supported denoisers: "
-        + ", ".join(c for f in FAMILIES for c in f.model_classes)
+        + ", ".join(c for f in FAMILIES + JOINT_FAMILIES for c in f.model_classes)
     )
 
 
@@ -117,11 +118,14 @@ def sites(
     *,
     height: int | None = None,
     width: int | None = None,
+    frames: int | None = None,
 ) -> SiteTable:
     """The temporal self-attention sites of a pipeline, denoiser, local directory or hub id.
 
     Give ``latent=(H, W)`` (latent size) or ``height``/``width`` (video size, with a pipeline's
-    VAE scale factor) to get each site's feature size ``h x w``.
+    VAE scale factor) to get each site's feature size ``h x w``. Full-3D attention models
+    (CogVideoX, Wan) give a :class:`~attnlab.sites.dit.JointSiteTable` of their video
+    self-attentions; ``frames`` (latent frames) adds each site's token frames.
     """
     pipe = model_or_pipe
     scale = None
@@ -131,9 +135,17 @@ def sites(
     model = denoiser_of(pipe)
     fam = family_of(model)
     if latent is None and height is not None and width is not None:
-        scale = scale or getattr(pipe, "vae_scale_factor", None) or 8
+        scale = (
+            scale
+            or getattr(pipe, "vae_scale_factor", None)
+            or getattr(pipe, "vae_scale_factor_spatial", None)
+            or 8
+        )
         latent = (-(-height // scale), -(-width // scale))
-    table = build_table(model, fam, latent)
+    if isinstance(fam, dit.JointFamily):
+        table: SiteTable = dit.build_joint_table(model, fam, latent, frames)
+    else:
+        table = build_table(model, fam, latent)
     if not table.sites:
         raise UnsupportedModelError(
             f"{type(model).__name__}: no temporal self-attention module found"

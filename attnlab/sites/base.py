@@ -153,6 +153,14 @@ class SiteTable(Sequence):
             return H // self.patch_size, W // self.patch_size
         return math.ceil(H / 2**level), math.ceil(W / 2**level)
 
+    def call_dims(self, sample: torch.Tensor, bound: dict[str, Any]) -> dict[str, int]:
+        """Batch ``B``, frames ``F`` and latent ``H``, ``W`` of one denoiser call, read from its
+        first argument (``sample``) in the family's layout; ``bound``: all call arguments."""
+        layout = self.family.sample_layout
+        if sample.ndim != len(layout):
+            raise RuntimeError(f"attnlab expects 5D video latents, got {tuple(sample.shape)}")
+        return {k: int(v) for k, v in zip(layout, sample.shape)}
+
     def level_from_rows(self, rows: int, batch: int, latent: tuple[int, int]) -> int | None:
         """Level whose feature size matches ``rows = batch * h * w`` at run time (None if none)."""
         for level in range(self.num_levels):
