@@ -65,4 +65,8 @@ def __getattr__(name: str):
         from . import organisms
 
         return getattr(organisms, name)
+    if name == "LaVieUNet":  # attnlab's own denoisers: diffusers finds them here on loading
+        from . import lavie
+
+        return lavie.LaVieUNet
     raise AttributeError(f"module 'attnlab' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import i2vgenxl, latte, motion, svd, unet3d
+from . import i2vgenxl, latte, lavie, motion, svd, unet3d
 from .base import (
     BLOCK_NAMES,
     BLOCKS,
@@ -33,6 +33,7 @@ FAMILIES: tuple[Family, ...] = (
     svd.FAMILY,
     i2vgenxl.FAMILY,
     latte.FAMILY,
+    lavie.FAMILY,
 )
 
 # Models with only joint space-time attention: there is no N x N frame attention to read or edit.

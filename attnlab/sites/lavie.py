@@ -1,0 +1,25 @@
+"""LaVieUNet: LaVie's base model (Vchitect/LaVie, converted by ``attnlab convert lavie``).
+
+Temporal attention: ``attn_temp`` inside every spatial transformer block
+(``{down_blocks.i,mid_block,up_blocks.j}.attentions.k.transformer_blocks.0.attn_temp``), 16
+layers on SD 1.4's layout. Frame positions enter twice, both inside the attention logits:
+rotary embeddings (32 channels per head, interleaved pairs) on q and k, and a learned T5-style
+relative position bias (32 buckets, ``max_distance`` 32: offsets of 32 frames or more share a
+bucket, so any frame count runs; beyond 32 the bias is constant in the offset).
+"""
+
+from .base import Family, PositionalEncoding
+
+FAMILY = Family(
+    name="lavie",
+    model_classes=("LaVieUNet",),
+    examples="lavie_base.pt + CompVis/stable-diffusion-v1-4, via `attnlab convert lavie`",
+    path=r"^(?P<block>down_blocks|mid_block|up_blocks)(?:\.(?P<index>\d+))?"
+    r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn_temp$",
+    positional_encoding=lambda config: PositionalEncoding(
+        "rope+relative",
+        None,
+        f"RoPE ({config.get('rope_dim', 32)} channels) on q, k plus a learned relative position "
+        "bias (32 buckets; offsets >= 32 frames share the last bucket): no frame limit",
+    ),
+)
