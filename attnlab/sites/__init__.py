@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import i2vgenxl, latte, lavie, motion, svd, unet3d
+from . import i2vgenxl, latte, lavie, motion, svd, unet3d, videocrafter2
 from .base import (
     BLOCK_NAMES,
     BLOCKS,
@@ -34,6 +34,7 @@ FAMILIES: tuple[Family, ...] = (
     i2vgenxl.FAMILY,
     latte.FAMILY,
     lavie.FAMILY,
+    videocrafter2.FAMILY,
 )
 
 # Models with only joint space-time attention: there is no N x N frame attention to read or edit.
