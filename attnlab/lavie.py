@@ -14,8 +14,10 @@ cross-attention and the feed-forward. That temporal attention computes, per head
   *interleaved* pairs (channels 2i and 2i+1 rotate together; ``rotate_half`` there maps
   ``(x0, x1) -> (-x1, x0)``); the remaining channels pass unchanged;
 * bias: a learned T5-style relative position bias per layer (``RelativePositionBias``,
-  32 buckets, ``max_distance=32``): 16 buckets per direction, distances 0..7 exact, 8..31
-  logarithmic, 32 and more share the last bucket;
+  32 buckets, ``max_distance=32``): 16 buckets per direction (key before / after the query),
+  distances 0..7 exact, then ``8 + floor(8 log(n/8) / log 4)`` capped at 15, so every distance
+  of 27 frames or more shares the direction's last bucket (the cap binds from n = 27, before
+  ``max_distance``); any frame count runs;
 * the output projection is zero-initialised (``nn.init.zeros_``) in the original.
 
 Both position terms live on the :class:`LaVieTemporalAttention` module as ``attnlab_rope`` and

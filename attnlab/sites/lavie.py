@@ -4,8 +4,9 @@ Temporal attention: ``attn_temp`` inside every spatial transformer block
 (``{down_blocks.i,mid_block,up_blocks.j}.attentions.k.transformer_blocks.0.attn_temp``), 16
 layers on SD 1.4's layout. Frame positions enter twice, both inside the attention logits:
 rotary embeddings (32 channels per head, interleaved pairs) on q and k, and a learned T5-style
-relative position bias (32 buckets, ``max_distance`` 32: offsets of 32 frames or more share a
-bucket, so any frame count runs; beyond 32 the bias is constant in the offset).
+relative position bias (32 buckets, ``max_distance`` 32; logarithmic buckets capped so that all
+offsets of 27 frames or more share their direction's last bucket): any frame count runs, and
+beyond that offset the bias no longer depends on it.
 """
 
 from .base import Family, PositionalEncoding
@@ -20,6 +21,7 @@ FAMILY = Family(
         "rope+relative",
         None,
         f"RoPE ({config.get('rope_dim', 32)} channels) on q, k plus a learned relative position "
-        "bias (32 buckets; offsets >= 32 frames share the last bucket): no frame limit",
+        "bias (32 buckets, max distance 32; offsets >= 27 frames share the last bucket): "
+        "no frame limit",
     ),
 )
