@@ -30,7 +30,7 @@ def models() -> dict[str, torch.nn.Module]:
             "SVD (UNetSpatioTemporalConditionModel)": diffusers.UNetSpatioTemporalConditionModel(),
             "I2VGen-XL (I2VGenXLUNet)": diffusers.I2VGenXLUNet(),
             "Latte (LatteTransformer3DModel, patch 2)": diffusers.LatteTransformer3DModel(
-                patch_size=2, sample_size=64
+                in_channels=4, out_channels=8, patch_size=2, sample_size=64
             ),
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -64,8 +65,13 @@ def _pipeline_class(ref: str):
 
     index = Path(ref).expanduser() / "model_index.json"
     if index.is_file():
-        name = json.loads(index.read_text()).get("_class_name")
-        if name == "VideoCrafter2Pipeline":
+        spec = json.loads(index.read_text())
+        for value in spec.values():
+            # attnlab's own components (e.g. ["attnlab.lavie", "LaVieUNet"]): diffusers resolves
+            # them from sys.modules only, so import attnlab's module first
+            if isinstance(value, list) and value and str(value[0]).startswith("attnlab."):
+                importlib.import_module(str(value[0]))
+        if spec.get("_class_name") == "VideoCrafter2Pipeline":
             from .videocrafter import VideoCrafter2Pipeline
 
             return VideoCrafter2Pipeline

@@ -337,7 +337,7 @@ def test_lavie_relative_bias_beyond_32_frames(lavie):
     assert (bias[:, 39, 0] - table[15]).abs().max() < 1e-4
 
 
-def test_lavie_pipeline_tar_and_probe(lavie):
+def test_lavie_pipeline_tar(lavie):
     """The converted pipeline runs and the paper's edits act on it; leaving restores it."""
     _, pipe = lavie
     kw = dict(
