@@ -239,8 +239,9 @@ class VideoCrafter2Scheduler(DDIMScheduler):
     ``x_t = sqrt(a_t) s(t) x_0 + sqrt(1 - a_t) eps``; a DDIM step divides the predicted ``x_0``
     by ``s(t)`` and re-noises it with ``s(t_prev)`` (``lvdm/models/samplers/ddim.py``,
     ``p_sample_ddim``). Timesteps as lvdm's uniform DDIM discretisation (``leading`` spacing
-    with offset 1: 961, 921, ..., 1 for 25 steps), ``alphas_cumprod[0]`` after the last step.
-    With ``use_scale=False`` it is diffusers' DDIM.
+    with offset 1: 961, 921, ..., 1 for 25 steps), ``alphas_cumprod[0]`` after the last step;
+    betas and ``alphas_cumprod`` computed in float64 and stored as float32, as lvdm registers
+    them. With ``use_scale=False`` the step is diffusers' DDIM.
     """
 
     @register_to_config
@@ -283,6 +284,19 @@ class VideoCrafter2Scheduler(DDIMScheduler):
             timestep_spacing=timestep_spacing,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
+        if (
+            trained_betas is None
+            and beta_schedule == "scaled_linear"
+            and not rescale_betas_zero_snr
+        ):
+            # lvdm's make_beta_schedule("linear"): float64 schedule, stored as float32
+            betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+            self.betas = torch.tensor(betas, dtype=torch.float32)
+            self.alphas = 1.0 - self.betas
+            self.alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas), dtype=torch.float32)
+            self.final_alpha_cumprod = (
+                torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+            )
 
     def latent_scale_at(self, t: int) -> float:
         """``s(t)`` (1.0 with ``use_scale=False``)."""
