@@ -71,4 +71,13 @@ def __getattr__(name: str):
         from . import evaluation
 
         return getattr(evaluation, name)
+    # the converted paper models' classes: diffusers finds them here when loading a folder
+    if name == "LaVieUNet":
+        from . import lavie
+
+        return lavie.LaVieUNet
+    if name in ("VideoCrafter2UNet", "VideoCrafter2Scheduler", "VideoCrafter2Pipeline"):
+        from . import videocrafter
+
+        return getattr(videocrafter, name)
     raise AttributeError(f"module 'attnlab' has no attribute {name!r}")

@@ -301,6 +301,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert an original LaVie or VideoCrafter2 checkpoint into a diffusers folder."""
+    import torch
+
+    from . import convert
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.family == "lavie":
+        if not args.sd14:
+            raise ValueError(
+                "convert lavie needs --sd14 SD_FOLDER (Stable Diffusion 1.4, diffusers layout)"
+            )
+        report = convert.convert_lavie(
+            args.checkpoint, args.sd14, args.out, dtype=dtype, trust_pickle=args.trust_pickle
+        )
+    else:
+        report = convert.convert_videocrafter2(
+            args.checkpoint, args.out, dtype=dtype, trust_pickle=args.trust_pickle
+        )
+    print(report.summary())
+    print(f"diffusers folder written to {args.out}; load it with attnlab.models.load_pipeline")
+    return 0
+
+
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="original LaVie / VideoCrafter2 checkpoint -> diffusers folder"
+    )
+    p.add_argument("family", choices=["lavie", "videocrafter2"])
+    p.add_argument("checkpoint", help="lavie_base.pt or VideoCrafter2's model.ckpt")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--sd14", default=None, help="LaVie: Stable Diffusion 1.4 diffusers folder")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow pickled objects beyond tensors"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_MODEL
 
@@ -440,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference", default=None, help="real sample clip (default: cup, held out from training)"
     )
+    _add_convert_parser(sub)
     return parser
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,14 +42,12 @@ def load_pipeline(
     **kwargs: Any,
 ):
     """Load a diffusers video pipeline from an embedded name, a local folder or a hub id."""
-    from diffusers import DiffusionPipeline
-
     ref = resolve_model(str(model))
     check_model_reference(ref)
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:
-        pipe = DiffusionPipeline.from_pretrained(ref, **kwargs)
+        pipe = _pipeline_class(ref).from_pretrained(ref, **kwargs)
     except OSError as err:
         raise FileNotFoundError(f"cannot load model {str(model)!r}: {err}") from err
     if device is not None:
@@ -55,6 +56,26 @@ def load_pipeline(
     if hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_slicing"):
         pipe.vae.enable_slicing()
     return pipe
+
+
+def _pipeline_class(ref: str):
+    """DiffusionPipeline, or attnlab's own pipeline class named in a local model_index.json
+    (diffusers looks pipeline classes up in its own namespace only)."""
+    from diffusers import DiffusionPipeline
+
+    index = Path(ref).expanduser() / "model_index.json"
+    if index.is_file():
+        spec = json.loads(index.read_text())
+        for value in spec.values():
+            # attnlab's own components (e.g. ["attnlab.lavie", "LaVieUNet"]): diffusers resolves
+            # them from sys.modules only, so import attnlab's module first
+            if isinstance(value, list) and value and str(value[0]).startswith("attnlab."):
+                importlib.import_module(str(value[0]))
+        if spec.get("_class_name") == "VideoCrafter2Pipeline":
+            from .videocrafter import VideoCrafter2Pipeline
+
+            return VideoCrafter2Pipeline
+    return DiffusionPipeline
 
 
 def default_device() -> str:

@@ -5,9 +5,10 @@ Paths, chosen per layer and call:
 
 * **fast**: no client selects this layer at this call: the original processor runs unchanged
   (fused SDPA; output bit-identical to the untouched model);
-* **explicit**: ``logits = q k^T / sqrt(d)`` -> ``hook_logits`` -> bias edits -> softmax ->
-  replacement edits -> ``hook_probs`` -> recorders -> ``probs @ v``. Without hooks on the hook
-  points, no autograd graph, and edits that act row by row (TAR/Transfer with a per-row or
+* **explicit**: ``logits = q k^T / sqrt(d)`` (with the model's own position terms, if any:
+  ``attn.attnlab_rope`` rotates q and k, ``attn.attnlab_logit_bias(F, device)`` adds a
+  ``[heads, F, F]`` bias) -> ``hook_logits`` -> bias edits -> softmax -> replacement edits
+  -> ``hook_probs`` -> recorders -> ``probs @ v``. Without hooks on the hook points, no autograd graph, and edits that act row by row (TAR/Transfer with a per-row or
   per-map max, replacements, on both CFG halves), it runs in cache-sized blocks of rows,
   materialising only what recorders keep: bit-identical to the whole-tensor computation, and
   on CPU about as fast as the fused default (see ``docs/performance.md``);
@@ -228,6 +229,11 @@ class TemporalAttnProcessor:
             mask = attn.prepare_attention_mask(attention_mask, frames, rows).view(
                 rows, heads, -1, frames
             )
+        logit_bias = getattr(attn, "attnlab_logit_bias", None)
+        if logit_bias is not None:  # the model's own additive logit term, [heads, F, F] (LaVie)
+            bias = logit_bias(frames, query.device).to(query.dtype)
+            bias = bias.expand(rows, heads, frames, frames)
+            mask = bias if mask is None else mask + bias
         # the scale SDPA applies by default, so the explicit path matches the fused one
         scale = head_dim**-0.5
         grad = torch.is_grad_enabled() and (

@@ -22,7 +22,7 @@ from .api import record
 from .control import Controller
 from .sites import denoiser_of, family_of
 
-REAL_FAMILIES = ("unet3d", "motion")
+REAL_FAMILIES = ("unet3d", "motion", "videocrafter2", "lavie")
 
 
 def load_clip(
@@ -209,6 +209,8 @@ def forward_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: int)
     whatever sampler the pipeline is configured with (DDIM, Euler, DPM-Solver...).
     """
     a = scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float64)[t]
+    if hasattr(scheduler, "latent_scale_at"):  # VideoCrafter2: sqrt(a_t) s(t) x0 + ... (lvdm)
+        latents = latents * scheduler.latent_scale_at(t)
     return (a.sqrt() * latents.double() + (1 - a).sqrt() * noise.double()).to(latents.dtype)
 
 

@@ -132,9 +132,7 @@ def test_no_full_tensor_when_every_observer_sums(small_blocks, monkeypatch):
 
 
 @pytest.mark.parametrize("reduce", ["mean", "head"])
-def test_recorder_fused_reduction_equals_the_whole_tensor_reduction(
-    ms_pipe, reduce, small_blocks
-):
+def test_recorder_fused_reduction_equals_the_whole_tensor_reduction(ms_pipe, reduce, small_blocks):
     """The recorder's maps through the fused sums equal those through full tensors
     (forced by a hook on ``hook_probs``, which takes the whole-tensor path)."""
     kw = dict(prompt="a cat", num_frames=6, num_inference_steps=2, height=64, width=64)

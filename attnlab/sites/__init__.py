@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import dit, i2vgenxl, latte, motion, svd, unet3d
+from . import dit, i2vgenxl, latte, lavie, motion, svd, unet3d, videocrafter2
 from .base import (
     BLOCK_NAMES,
     BLOCKS,
@@ -33,6 +33,8 @@ FAMILIES: tuple[Family, ...] = (
     svd.FAMILY,
     i2vgenxl.FAMILY,
     latte.FAMILY,
+    lavie.FAMILY,
+    videocrafter2.FAMILY,
 )
 
 # full-3D attention models that attnlab maps to the frame level (attnlab.joint)

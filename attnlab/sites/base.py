@@ -17,7 +17,8 @@ import torch
 
 # "transformer": the single level of patch-based transformers (Latte)
 BLOCKS = ("in", "down", "mid", "up", "transformer")
-PE_KINDS = ("none", "sinusoidal", "learned", "rope")
+# "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie)
+PE_KINDS = ("none", "sinusoidal", "learned", "rope", "rope+relative")
 
 
 # module-path prefixes of the diffusers video models -> block vocabulary
