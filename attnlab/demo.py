@@ -28,15 +28,31 @@ def run_demo(
         figures=out / "figures",
         frames=(8, 16) if quick else (16, 32),
         steps=3 if quick else 6,
-        height=64,
-        width=64,
+        height=32,
+        width=32,
     )
     print(sites(ctx.pipe(), height=ctx.height, width=ctx.width))
-    results = {name: run_experiment(name, ctx) for name in STORY}
+    results: dict[str, list[Path]] = {}
+    if model is None or str(model).startswith("organism-"):
+        # first what the organisms generate: frames, maps and the evaluator's reading
+        from .organism_demo import demo_figure
+
+        paths, strips = demo_figure(ctx.figures / "organisms_strips")
+        results["organisms"] = paths
+        for r in strips:
+            from .evaluator import summarize
+
+            summ = summarize(r["scores"])
+            print(
+                f"{r['model']}: found {summ['found_frames']:.0%} of frames, colour "
+                f"{summ['color_acc']:.0%}, direction {summ['direction_acc']:.0%} "
+                f"({len(r['scores'])} videos)"
+            )
+    results.update({name: run_experiment(name, ctx) for name in STORY})
     print("\nattnlab demo: what went where")
     for name, paths in results.items():
         store = "maps" if name == "similarity" else name
-        where = ctx.store(store) if name != "prior" else "-"
+        where = ctx.store(store) if name not in ("prior", "organisms") else "-"
         print(f"  {name:<10} store {where}")
         for p in paths:
             print(f"  {'':<10} {p}")

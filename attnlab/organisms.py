@@ -465,6 +465,15 @@ def _pipeline_class():
             )
 
     OrganismPipeline.__module__ = __name__
+    # real classes, not the strings of `from __future__ import annotations` (diffusers checks
+    # the loaded components against these and warns if it cannot resolve them)
+    OrganismPipeline.__init__.__annotations__ = {
+        "vae": PatchCodec,
+        "text_encoder": BertModel,
+        "tokenizer": PreTrainedTokenizerBase,
+        "unet": OrganismUNet,
+        "scheduler": DDIMScheduler,
+    }
     globals()["OrganismPipeline"] = OrganismPipeline
     # DiffusionPipeline.from_pretrained resolves a folder's "_class_name" on the diffusers
     # namespace; registering the class there lets saved organisms load through it
