@@ -90,7 +90,7 @@ def test_caption_grammar_parses_flips_and_reverses():
         "a square turning from blue to red on a gray background"
     )
     for bad in ("a purple circle moving up on a black background", "a red triangle", ""):
-        with pytest.raises(ValueError, match="caption|unknown"):
+        with pytest.raises(ValueError, match=r"caption|unknown"):
             parse_caption(bad)
     with pytest.raises(ValueError, match="allowed"):
         Scene("circle", "red", "black", "sideways", 0.5, 0.5, 0.1)
