@@ -52,8 +52,8 @@ class Context:
     figures: Path = Path("figures")
     frames: tuple[int, int] = (16, 48)
     steps: int = 25
-    height: int = 32  # the organisms' size (attnlab.organisms.OrganismSpec.size)
-    width: int = 32
+    height: int = 64  # the organisms are 32 x 32: their runs pass height=width=32
+    width: int = 64
     prompt: str | None = None  # None: a caption the organisms know, else the paper's example
     seed: int = 0
     device: str | None = None
@@ -471,21 +471,22 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
     )
     p.add_argument("--frames", type=int, nargs=2, default=(16, 48), metavar=("SHORT", "LONG"))
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--height", type=int, default=32)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--height", type=int, default=None, help="default: 32 for organisms, else 64")
+    p.add_argument("--width", type=int, default=None, help="default: 32 for organisms, else 64")
     p.add_argument("--device", default=None)
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--figures", default="figures")
     p.add_argument("--reference", default=REFERENCE_CLIP, help="real sample clip for real maps")
     a = p.parse_args(argv)
+    size = 32 if str(a.model).startswith("organism-") else 64
     ctx = Context(
         model=a.model,
         data=Path(a.data),
         figures=Path(a.figures),
         frames=tuple(a.frames),
         steps=a.steps,
-        height=a.height,
-        width=a.width,
+        height=a.height or size,
+        width=a.width or size,
         device=a.device,
         reference=a.reference,
     )

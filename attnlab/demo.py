@@ -21,6 +21,8 @@ def run_demo(
     from .sites import sites
 
     t0 = time.time()
+    organism = model is None or str(model).startswith("organism-")
+    size = 32 if organism else 64  # the organisms are trained at 32 x 32
     ctx = Context(
         reference=reference or REFERENCE_CLIP,
         model=model or DEFAULT_MODEL,
@@ -28,12 +30,12 @@ def run_demo(
         figures=out / "figures",
         frames=(8, 16) if quick else (16, 32),
         steps=3 if quick else 6,
-        height=32,
-        width=32,
+        height=size,
+        width=size,
     )
     print(sites(ctx.pipe(), height=ctx.height, width=ctx.width))
     results: dict[str, list[Path]] = {}
-    if model is None or str(model).startswith("organism-"):
+    if organism:
         # first what the organisms generate: frames, maps and the evaluator's reading
         from .organism_demo import demo_figure
 
