@@ -92,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copy-figures", default=None, help="copy the PNGs here (for docs)")
     p.add_argument("--only-report", action="store_true", help="read the stores, run nothing")
     a = p.parse_args(argv)
-    common = dict(data=Path(a.data), figures=Path(a.figures), steps=a.steps, frames=(16, 48))
+    common = dict(
+        data=Path(a.data),
+        figures=Path(a.figures),
+        steps=a.steps,
+        frames=(16, 48),
+        height=32,
+        width=32,
+    )
     none = Context(model="organism-none", **common)
     rope = Context(model="organism-rope", **common)
     for ctx, experiments in ((none, ("maps", "probes", "models")), (rope, ("maps",))):

@@ -1,63 +1,178 @@
-"""Train the model organisms (attnlab.organisms) and write their weights into the package.
+"""Train the model organisms (attnlab.organisms) on the procedural world (attnlab.world).
 
-The committed weights were made with (one process per variant, run side by side, 1 thread each):
-    python analyses/train_organisms.py --codec
-    python analyses/train_organisms.py --variant none --steps 1500 --threads 1
-    python analyses/train_organisms.py --variant sinusoidal --steps 1500 --threads 1
-    python analyses/train_organisms.py --variant rope --steps 1500 --threads 1
-Each writes attnlab/organism_weights/organism-<variant>/{unet/, training.json}; --codec fits the
-shared PCA codec first (attnlab/organism_weights/codec/). Training runs on the CPU.
+Resumable; checkpoints live outside git (default ~/.cache/attnlab-train/<run>/). The committed
+weights were made with (one torch thread per process, at most two processes at a time):
+
+    python analyses/train_organisms.py --codec                   # fit the shared PCA codec
+    python analyses/train_organisms.py --image --image-steps N   # shared image phase
+    python analyses/train_organisms.py --worker --video-steps M  # run twice, side by side
+    python analyses/train_organisms.py --export                  # EMA weights -> the package
+
+A ``--worker`` repeatedly takes the variant (none / sinusoidal / rope) with the fewest video
+steps that no other worker holds (a file lock), trains it ``--chunk`` steps from its checkpoint,
+saves, and releases it; so two workers share three variants evenly, and each variant's run is
+the same as an uninterrupted one (its random states are in its checkpoint). A file
+``<run>/target_steps`` overrides ``--video-steps`` while workers run; a file ``<run>/STOP`` makes
+them checkpoint and exit. Stopping a process loses
+at most a few minutes; rerunning the same command resumes.
 """
 
 import argparse
+import fcntl
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
-from attnlab.organisms import FRAME_PES, WEIGHTS, OrganismSpec, PatchCodec
-from attnlab.training import OrganismData, TrainConfig, codec_error, fit_codec, save_organism, train
+import torch
+
+from attnlab.organisms import (
+    FRAME_PES,
+    WEIGHTS,
+    OrganismSpec,
+    PatchCodec,
+    text_encoder_and_tokenizer,
+)
+from attnlab.training import (
+    TrainConfig,
+    Trainer,
+    codec_error,
+    codec_frames,
+    fit_codec,
+    save_organism,
+)
+
+DEFAULT_RUN = Path.home() / ".cache" / "attnlab-train" / "world32"
+
+
+def _log(path: Path):
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    return log
+
+
+def _target(run: Path, default: int) -> int:
+    f = run / "target_steps"
+    return int(f.read_text().strip()) if f.exists() else default
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--codec", action="store_true", help="fit and save the shared codec")
-    p.add_argument("--variant", choices=FRAME_PES, action="append", help="frame PE to train")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch", type=int, default=TrainConfig.batch)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--image", action="store_true", help="run the shared image phase")
+    p.add_argument("--worker", action="store_true", help="train video phases (shared queue)")
+    p.add_argument("--export", action="store_true", help="write EMA weights into the package")
+    p.add_argument("--variant", choices=FRAME_PES, action="append", help="restrict to these")
+    p.add_argument("--image-steps", type=int, default=200)
+    p.add_argument("--video-steps", type=int, default=1000)
+    p.add_argument("--chunk", type=int, default=100, help="video steps per turn of a worker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--run", default=str(DEFAULT_RUN), help="checkpoint folder (outside git)")
     p.add_argument("--out", default=str(WEIGHTS), help="weights folder")
     a = p.parse_args(argv)
-    if not a.codec and not a.variant:
-        p.error("nothing to do: give --codec and/or --variant")
+    torch.set_num_threads(a.threads)
+    run = Path(a.run)
+    run.mkdir(parents=True, exist_ok=True)
+    log = _log(run / "train.log")
     spec = OrganismSpec()
-    data = OrganismData(size=spec.size)
     codec_dir = Path(a.out) / "codec"
+    variants = a.variant or list(FRAME_PES)
     if a.codec:
-        codec = fit_codec(data, spec)
+        codec = fit_codec(spec)
         codec.save_pretrained(codec_dir)
-        psnr = codec_error(codec, data.codec_frames())
-        (codec_dir / "fit.json").write_text(json.dumps({"psnr_db_on_fit_frames": psnr}, indent=1))
-        print(
-            f"codec: {spec.latent_channels} of {3 * spec.patch**2} components, PSNR {psnr:.1f} dB"
-        )
+        held = codec_frames(spec.size, clips=64, seed=777)  # frames it was not fitted on
+        rec = {
+            "psnr_db_on_fit_frames": codec_error(codec, codec_frames(spec.size)),
+            "psnr_db_on_other_world_frames": codec_error(codec, held),
+            "fit": "attnlab.training.codec_frames(32): every 4th frame of 256 world clips",
+        }
+        (codec_dir / "fit.json").write_text(json.dumps(rec, indent=1))
+        log(f"codec: {spec.latent_channels} of {3 * spec.patch**2} components, {rec}")
     codec = PatchCodec.from_pretrained(codec_dir)
-    for pe in a.variant or ():
+    image_ckpt = run / "image" / "ckpt.pt"
+    if a.image:
         cfg = TrainConfig(
-            frame_pe=pe,
-            steps=a.steps,
-            batch=a.batch,
-            lr=a.lr,
-            seed=a.seed,
-            threads=a.threads,
-            spec=spec,
+            frame_pe="none", phase="image", steps=a.image_steps, warmup=40, seed=a.seed, spec=spec
         )
-        unet, record = train(cfg, data, codec)
-        record["command"] = "python analyses/train_organisms.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
-        print(save_organism(unet, record, a.out))
+        tr = Trainer(cfg, codec, image_ckpt)
+        log(f"image phase from step {tr.step} to {a.image_steps}")
+        tr.run(a.image_steps, log=log)
+        (run / "image" / "record.json").write_text(json.dumps(tr.record(), indent=1, default=str))
+    if a.worker:
+        init = torch.load(image_ckpt, weights_only=False)["ema"]
+        text, text_cache = text_encoder_and_tokenizer(), {}
+        while True:
+            target = _target(run, a.video_steps)
+            steps = {}
+            for pe in variants:
+                ck = run / pe / "ckpt.pt"
+                steps[pe] = torch.load(ck, weights_only=False)["step"] if ck.exists() else 0
+            todo = sorted((s, pe) for pe, s in steps.items() if s < target)
+            if not todo:
+                log(f"worker {os.getpid()}: all variants at {target} steps")
+                break
+            if (run / "STOP").exists():
+                log(f"worker {os.getpid()}: STOP file, leaving")
+                break
+            took = False
+            for _, pe in todo:
+                (run / pe).mkdir(parents=True, exist_ok=True)
+                lock = open(run / pe / "lock", "w")  # noqa: SIM115 (held across the chunk)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    lock.close()
+                    continue
+                try:
+                    cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec)
+                    cfg.steps = target
+                    tr = Trainer(
+                        cfg,
+                        codec,
+                        run / pe / "ckpt.pt",
+                        init=init,
+                        text=text,
+                        text_cache=text_cache,
+                    )
+                    until = min(target, tr.step + a.chunk)
+                    log(f"worker {os.getpid()}: {pe} steps {tr.step} -> {until}")
+                    tr.run(until, probe_every=50, stop_file=run / "STOP", log=log)
+                    (run / pe / "record.json").write_text(
+                        json.dumps(tr.record(), indent=1, default=str)
+                    )
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                    lock.close()
+                took = True
+                break
+            if not took:
+                time.sleep(20)
+    if a.export:
+        image_rec = json.loads((run / "image" / "record.json").read_text())
+        for pe in variants:
+            cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec)
+            tr = Trainer(cfg, codec, run / pe / "ckpt.pt")
+            tr.cfg.steps = tr.step
+            rec = tr.record()
+            rec["image_phase"] = image_rec
+            rec["wall_s_total_incl_image_phase"] = round(rec["wall_s"] + image_rec["wall_s"], 1)
+            rec["data"] = (
+                "attnlab.world clips (no natural clips): 32 x 32, 16 frames, motions weighted "
+                "right/left/up/down 0.175 each, grow/shrink/recolor 0.1 each, time-reversed "
+                "pairs with opposite captions; image phase: single random frames"
+            )
+            rec["command"] = (
+                "python analyses/train_organisms.py --codec; "
+                f"--image --image-steps {image_rec['steps']}; "
+                f"--worker --video-steps {tr.step} (two workers side by side); --export"
+            )
+            log(f"export {pe}: {save_organism(tr.ema, rec, Path(a.out))} at step {tr.step}")
     return 0
 
 

@@ -38,7 +38,8 @@ from .store import (
 
 # real clip (Debian opencv-doc, fetched on first use), held out from the organisms' training
 REFERENCE_CLIP = "cup"
-ORGANISM_PROMPT = "a hand turning a box over a table"  # a real training clip's caption
+# a caption of the procedural world the organisms were trained on (attnlab.world)
+ORGANISM_PROMPT = "a red circle moving to the right on a black background"
 SIMILARITY_BACKEND = "stlpips"  # offline, real weights (DreamSim needs user-supplied weights)
 
 
@@ -51,7 +52,7 @@ class Context:
     figures: Path = Path("figures")
     frames: tuple[int, int] = (16, 48)
     steps: int = 25
-    height: int = 64
+    height: int = 64  # the organisms are 32 x 32: their runs pass height=width=32
     width: int = 64
     prompt: str | None = None  # None: a caption the organisms know, else the paper's example
     seed: int = 0
@@ -538,21 +539,22 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
     )
     p.add_argument("--frames", type=int, nargs=2, default=(16, 48), metavar=("SHORT", "LONG"))
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--height", type=int, default=None, help="default: 32 for organisms, else 64")
+    p.add_argument("--width", type=int, default=None, help="default: 32 for organisms, else 64")
     p.add_argument("--device", default=None)
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--figures", default="figures")
     p.add_argument("--reference", default=REFERENCE_CLIP, help="real sample clip for real maps")
     a = p.parse_args(argv)
+    size = 32 if str(a.model).startswith("organism-") else 64
     ctx = Context(
         model=a.model,
         data=Path(a.data),
         figures=Path(a.figures),
         frames=tuple(a.frames),
         steps=a.steps,
-        height=a.height,
-        width=a.width,
+        height=a.height or size,
+        width=a.width or size,
         device=a.device,
         reference=a.reference,
     )

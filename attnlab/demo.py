@@ -21,6 +21,8 @@ def run_demo(
     from .sites import sites
 
     t0 = time.time()
+    organism = model is None or str(model).startswith("organism-")
+    size = 32 if organism else 64  # the organisms are trained at 32 x 32
     ctx = Context(
         reference=reference or REFERENCE_CLIP,
         model=model or DEFAULT_MODEL,
@@ -28,15 +30,31 @@ def run_demo(
         figures=out / "figures",
         frames=(8, 16) if quick else (16, 32),
         steps=3 if quick else 6,
-        height=64,
-        width=64,
+        height=size,
+        width=size,
     )
     print(sites(ctx.pipe(), height=ctx.height, width=ctx.width))
-    results = {name: run_experiment(name, ctx) for name in STORY}
+    results: dict[str, list[Path]] = {}
+    if organism:
+        # first what the organisms generate: frames, maps and the evaluator's reading
+        from .organism_demo import demo_figure
+
+        paths, strips = demo_figure(ctx.figures / "organisms_strips")
+        results["organisms"] = paths
+        for r in strips:
+            from .evaluator import summarize
+
+            summ = summarize(r["scores"])
+            print(
+                f"{r['model']}: found {summ['found_frames']:.0%} of frames, colour "
+                f"{summ['color_acc']:.0%}, direction {summ['direction_acc']:.0%} "
+                f"({len(r['scores'])} videos)"
+            )
+    results.update({name: run_experiment(name, ctx) for name in STORY})
     print("\nattnlab demo: what went where")
     for name, paths in results.items():
         store = "maps" if name == "similarity" else name
-        where = ctx.store(store) if name != "prior" else "-"
+        where = ctx.store(store) if name not in ("prior", "organisms") else "-"
         print(f"  {name:<10} store {where}")
         for p in paths:
             print(f"  {'':<10} {p}")

@@ -37,7 +37,6 @@ from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from .cache import cache_dir, saved_once
-from .tiny import ddim_scheduler
 
 FRAME_PES = ("none", "sinusoidal", "rope")
 ORGANISMS: dict[str, str] = {f"organism-{pe}": pe for pe in FRAME_PES}
@@ -168,6 +167,7 @@ class OrganismUNet(UNet3DConditionModel):
         time_cond_proj_dim: int | None = None,
         frame_pe: str = "none",
         frame_pe_max_len: int = TRAIN_FRAMES,
+        text_adapter_dim: int = 0,
     ):
         if frame_pe not in FRAME_PES:
             raise ValueError(f"frame_pe={frame_pe!r}; allowed: {', '.join(FRAME_PES)}")
@@ -189,6 +189,9 @@ class OrganismUNet(UNet3DConditionModel):
             num_attention_heads=num_attention_heads,
             time_cond_proj_dim=time_cond_proj_dim,
         )
+        self.text_adapter = None
+        if text_adapter_dim:
+            self.text_adapter = TextAdapter(cross_attention_dim, text_adapter_dim)
         for block in _temporal_blocks(self):
             dim = block.attn1.to_q.in_features
             if frame_pe == "sinusoidal":
@@ -198,19 +201,54 @@ class OrganismUNet(UNet3DConditionModel):
                     attn.attnlab_rope = FrameRoPE(attn.to_q.out_features // attn.heads)
                     attn.set_processor(RoPEAttnProcessor())
 
+    def forward(self, sample, timestep, encoder_hidden_states, *args: Any, **kwargs: Any):
+        """``UNet3DConditionModel.forward``, with the text states passed through the learned
+        text adapter first (when the organism has one)."""
+        if self.text_adapter is not None:
+            encoder_hidden_states = self.text_adapter(encoder_hidden_states)
+        return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+
+class TextAdapter(torch.nn.Module):
+    """A learned residual per-token MLP on the frozen text encoder's token states:
+    ``h + W2 gelu(W1 LayerNorm(h))``, with ``W2`` initialised to zero (starts as the identity).
+    It lets training reshape the text space (e.g. pull "left" and "right" apart) without
+    touching the frozen encoder."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.fc2 = torch.nn.Linear(hidden, dim)
+        torch.nn.init.zeros_(self.fc2.weight)
+        torch.nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.gelu(self.fc1(self.norm(h))))
+
 
 def extend_frame_positions(unet: OrganismUNet, frames: int) -> None:
-    """Extend a sinusoidal organism's position table to ``frames`` (naive extrapolation:
-    the same formula evaluated at positions it never saw in training)."""
+    """Extend a sinusoidal organism's position table to ``frames`` positions (naive
+    extrapolation: the same formula evaluated at positions it never saw in training).
+
+    The stored rows are kept as they are and only the new positions are appended, so a video
+    no longer than the old table is bit-identical before and after (on any CPU: the kept rows
+    are the loaded ones, not recomputed). A table already that long is left alone."""
     if unet.config.frame_pe != "sinusoidal":
         raise ValueError(
             f"only sinusoidal organisms have a position table (this: {unet.config.frame_pe})"
         )
+    if frames < 1:
+        raise ValueError(f"frames must be a positive count, got {frames}")
     for block in _temporal_blocks(unet):
-        old = block.pos_embed
-        new = SinusoidalPositionalEmbedding(old.pe.shape[-1], frames)
-        block.pos_embed = new.to(device=old.pe.device, dtype=old.pe.dtype)
-    unet.register_to_config(frame_pe_max_len=frames)
+        old = block.pos_embed.pe  # [1, L, d]
+        if frames <= old.shape[1]:
+            continue
+        new = SinusoidalPositionalEmbedding(old.shape[-1], frames).pe.to(old.device, old.dtype)
+        new[:, : old.shape[1]] = old
+        block.pos_embed.pe = new
+    if frames > unet.config.frame_pe_max_len:
+        unet.register_to_config(frame_pe_max_len=frames)
 
 
 # --- codec ------------------------------------------------------------------------------------
@@ -320,14 +358,16 @@ def text_encoder_and_tokenizer():
 class OrganismSpec:
     """Architecture of the organisms (all variants share it; only ``frame_pe`` differs)."""
 
-    size: int = 64  # video height = width in pixels
+    size: int = 32  # video height = width in pixels
     patch: int = 4
     latent_channels: int = 16
     block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
-    # UNet3D's name for the spatial head count; its temporal layers get head dim 4 and
-    # channels / 4 heads (diffusers passes the two the other way round there)
-    attention_head_dim: int = 4
+    # UNet3D's name for the spatial head count; its temporal layers get head dim 8 and
+    # channels / 8 heads (diffusers passes the two the other way round there), so the spatial
+    # (cross-)attention has head dim channels / 8 and the temporal one head dim 8
+    attention_head_dim: int = 8
     layers_per_block: int = 1
+    text_adapter_dim: int = 128
 
     def unet_config(self, frame_pe: str) -> dict[str, Any]:
         return dict(
@@ -341,18 +381,116 @@ class OrganismSpec:
             attention_head_dim=self.attention_head_dim,
             frame_pe=frame_pe,
             frame_pe_max_len=TRAIN_FRAMES,
+            text_adapter_dim=self.text_adapter_dim,
         )
 
 
-def build_pipeline(unet: OrganismUNet, codec: PatchCodec, text=None):
-    """Assemble a ``TextToVideoSDPipeline`` from an organism UNet and codec."""
-    from diffusers import TextToVideoSDPipeline
+def organism_scheduler():
+    """ModelScope's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps), DDIM, with
+    the organisms' v-prediction parameterisation (Salimans & Ho 2022)."""
+    from diffusers import DDIMScheduler
 
-    encoder, tokenizer = text if text is not None else text_encoder_and_tokenizer()
-    pipe = TextToVideoSDPipeline(
-        vae=codec, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim_scheduler()
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
     )
-    return pipe
+
+
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance of the organisms (>= 5 spoils gray backgrounds)
+DEFAULT_STEPS = 25
+
+
+def _pipeline_class():
+    """:class:`OrganismPipeline`, defined on first use (keeps ``import attnlab`` light)."""
+    global OrganismPipeline
+    if "OrganismPipeline" in globals():
+        return OrganismPipeline
+    import diffusers
+    from diffusers import DDIMScheduler, DiffusionPipeline, TextToVideoSDPipeline
+    from diffusers.video_processor import VideoProcessor
+    from transformers import BertModel, PreTrainedTokenizerBase
+
+    class OrganismPipeline(TextToVideoSDPipeline):
+        """diffusers' ``TextToVideoSDPipeline`` with the organisms' component types declared
+        (so loading checks them instead of warning) and their own defaults: 32 x 32 (from the
+        UNet and codec configs), 16 frames, 25 DDIM steps, guidance :data:`DEFAULT_GUIDANCE`.
+        The sampling loop is diffusers' own, unchanged."""
+
+        def __init__(
+            self,
+            vae: PatchCodec,
+            text_encoder: BertModel,
+            tokenizer: PreTrainedTokenizerBase,
+            unet: OrganismUNet,
+            scheduler: DDIMScheduler,
+        ):
+            # DiffusionPipeline's own __init__: skips the deprecation notice that
+            # TextToVideoSDPipeline's mixin prints for every construction
+            DiffusionPipeline.__init__(self)
+            self.register_modules(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+            )
+            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.video_processor = VideoProcessor(
+                do_resize=False, vae_scale_factor=self.vae_scale_factor
+            )
+
+        def __call__(
+            self,
+            prompt: str | list[str] | None = None,
+            height: int | None = None,
+            width: int | None = None,
+            num_frames: int = TRAIN_FRAMES,
+            num_inference_steps: int = DEFAULT_STEPS,
+            guidance_scale: float = DEFAULT_GUIDANCE,
+            **kwargs: Any,
+        ):
+            return super().__call__(
+                prompt=prompt,
+                height=height,
+                width=width,
+                num_frames=num_frames,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                **kwargs,
+            )
+
+    OrganismPipeline.__module__ = __name__
+    # real classes, not the strings of `from __future__ import annotations` (diffusers checks
+    # the loaded components against these and warns if it cannot resolve them)
+    OrganismPipeline.__init__.__annotations__ = {
+        "vae": PatchCodec,
+        "text_encoder": BertModel,
+        "tokenizer": PreTrainedTokenizerBase,
+        "unet": OrganismUNet,
+        "scheduler": DDIMScheduler,
+    }
+    globals()["OrganismPipeline"] = OrganismPipeline
+    # DiffusionPipeline.from_pretrained resolves a folder's "_class_name" on the diffusers
+    # namespace; registering the class there lets saved organisms load through it
+    diffusers.OrganismPipeline = OrganismPipeline
+    return OrganismPipeline
+
+
+def build_pipeline(unet: OrganismUNet, codec: PatchCodec, text=None):
+    """Assemble an :class:`OrganismPipeline` from an organism UNet and codec."""
+    encoder, tokenizer = text if text is not None else text_encoder_and_tokenizer()
+    return _pipeline_class()(
+        vae=codec,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=organism_scheduler(),
+    )
 
 
 def _weights_digest(name: str) -> str:
@@ -377,6 +515,7 @@ def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
             f"no trained weights for {name} under {WEIGHTS}; train them with "
             "`python analyses/train_organisms.py`"
         )
+    _pipeline_class()  # registered on diffusers, so DiffusionPipeline.from_pretrained finds it
     path = (
         Path(root) if root is not None else cache_dir("models") / f"{name}-{_weights_digest(name)}"
     )

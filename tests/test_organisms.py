@@ -18,8 +18,10 @@ from attnlab.organisms import (
     OrganismSpec,
     OrganismUNet,
     PatchCodec,
+    _temporal_blocks,
     extend_frame_positions,
     organism_path,
+    text_encoder_and_tokenizer,
     training_record,
 )
 
@@ -35,16 +37,18 @@ def organisms():
 @pytest.mark.parametrize("name", list(ORGANISMS))
 def test_committed_organism_loads_with_its_positional_encoding(name, organisms):
     pipe = organisms[name]
+    assert type(pipe).__name__ == "OrganismPipeline"
     assert type(pipe.unet) is OrganismUNet and type(pipe.vae) is PatchCodec
     assert type(pipe.text_encoder).__name__ == "BertModel"
     assert pipe.text_encoder.config.hidden_size == 384 == pipe.unet.config.cross_attention_dim
-    table = attnlab.sites(pipe, height=64, width=64)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    table = attnlab.sites(pipe, height=32, width=32)
     kind, limit = PE_OF[name]
     assert {s.pe for s in table} == {kind}
     assert table.max_frames == limit
-    assert table.levels == [0, 1, 2, 3] and table.get(table.names[0]).h == 16
+    assert table.levels == [0, 1, 2, 3] and table.get(table.names[0]).h == 8
     # the config-only path (meta device, no weights) reads the same table
-    meta = attnlab.sites(organism_path(name), height=64, width=64)  # reads the codec's factor 4
+    meta = attnlab.sites(organism_path(name), height=32, width=32)  # reads the codec's factor 4
     assert [(s.name, s.pe, s.pe_max_len, s.h) for s in meta] == [
         (s.name, s.pe, s.pe_max_len, s.h) for s in table
     ]
@@ -52,33 +56,95 @@ def test_committed_organism_loads_with_its_positional_encoding(name, organisms):
     unet_file = WEIGHTS / name / "unet" / "diffusion_pytorch_model.safetensors"
     assert unet_file.stat().st_size < 20 * 2**20
     rec = training_record(name)
-    assert rec["config"]["frame_pe"] == kind
-    assert rec["final_loss_last100"] < rec["first_loss_first100"]
-    assert "cup" in rec["held_out"] and "cup" not in rec["data"]
+    assert rec["config"]["frame_pe"] == kind and rec["device"] == "cpu"
+    assert rec["loss_last100"] < rec["loss_first100"]
+    assert rec["image_phase"]["steps"] > 0 and rec["steps"] == rec["config"]["steps"]
+
+
+def test_organisms_share_data_seed_schedule_and_image_phase():
+    recs = {name: training_record(name) for name in ORGANISMS}
+    configs = [{k: v for k, v in r["config"].items() if k != "frame_pe"} for r in recs.values()]
+    assert all(c == configs[0] for c in configs)
+    assert len({json.dumps(r["image_phase"]["config"], sort_keys=True) for r in recs.values()}) == 1
+
+
+def test_loading_an_organism_prints_no_type_or_deprecation_warnings(caplog):
+    import logging
+
+    from diffusers.utils import logging as dlogging
+
+    dlogging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            load_pipeline("organism-rope", progress=False)
+    finally:
+        dlogging.disable_propagation()
+    text = caplog.text
+    assert "Expected types" not in text and "cannot get type annotation" not in text
+    assert "deprecated" not in text
 
 
 @pytest.mark.parametrize("name", list(ORGANISMS))
 def test_short_generation_is_deterministic_for_a_seed(name, organisms):
     pipe = organisms[name]
-    a = generate(pipe, "a red circle moving to the right on a black background", frames=8, steps=2)
-    b = generate(pipe, "a red circle moving to the right on a black background", frames=8, steps=2)
-    c = generate(pipe, "a red circle moving to the right on a black background", frames=8, steps=2, seed=1)  # fmt: skip
-    assert a.shape == (8, 64, 64, 3)
+    prompt = "a red circle moving to the right on a black background"
+    a = generate(pipe, prompt, frames=8, steps=2, guidance=3.0)
+    b = generate(pipe, prompt, frames=8, steps=2, guidance=3.0)
+    c = generate(pipe, prompt, frames=8, steps=2, guidance=3.0, seed=1)
+    assert a.shape == (8, 32, 32, 3)
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 0.05
     assert a.std() > 0.02  # not a blank video
 
 
+def test_organism_draws_the_captioned_colour():
+    """Behaviour, from pure noise with the pipeline's own defaults (16 frames, guidance) and 10
+    DDIM steps to stay cheap: the object is found and has the captioned colour."""
+    from attnlab.evaluator import evaluate
+
+    pipe = load_pipeline("organism-none", progress=False)
+    captions = [
+        "a red circle moving to the right on a black background",
+        "a green square moving up on a black background",
+        "a yellow circle growing on a dark blue background",
+        "a blue circle shrinking on a black background",
+    ]
+    out = pipe(
+        captions,
+        num_inference_steps=10,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    scores = [evaluate(v, c) for v, c in zip(np.asarray(out.frames), captions)]
+    assert np.asarray(out.frames).shape == (4, 16, 32, 32, 3)
+    # margins below the 64-video measurement of docs/organisms.md (colour 0.92, found 1.00)
+    assert sum(s.color_ok for s in scores) >= 3
+    assert np.mean([s.found_rate for s in scores]) >= 0.75
+
+
 def test_sinusoidal_organism_refuses_long_videos_until_its_table_is_extended():
     pipe = load_pipeline("organism-sinusoidal", progress=False)
-    short = generate(pipe, "a man talking in a car", frames=8, steps=2)
+    prompt = "a red circle moving to the right on a black background"
+    short = generate(pipe, prompt, frames=8, steps=2)
+    stored = [b.pos_embed.pe.clone() for b in _temporal_blocks(pipe.unet)]
     with pytest.raises(attnlab.FrameLimitError, match="extend_frame_positions"):
-        generate(pipe, "a man talking in a car", frames=20, steps=2)
+        generate(pipe, prompt, frames=20, steps=2)
     extend_frame_positions(pipe.unet, 20)
     assert attnlab.sites(pipe).max_frames == 20
-    assert generate(pipe, "a man talking in a car", frames=20, steps=2).shape[0] == 20
-    # positions already in the table keep their values: short videos are unchanged
-    assert torch.equal(generate(pipe, "a man talking in a car", frames=8, steps=2), short)
+    for b, old in zip(_temporal_blocks(pipe.unet), stored):
+        new = b.pos_embed.pe
+        assert new.shape[1] == 20
+        assert torch.equal(new[:, :16], old)  # stored rows kept as they are, not recomputed
+        # appended rows follow the formula: sin / cos of position * 10000^(-2i/d) (Vaswani 2017)
+        d = new.shape[-1]
+        freq = torch.exp(torch.arange(0, d, 2) * (-np.log(10000.0) / d))
+        assert torch.allclose(new[0, 19, 0::2], torch.sin(19 * freq), atol=1e-5)
+        assert torch.allclose(new[0, 19, 1::2], torch.cos(19 * freq), atol=1e-5)
+    assert generate(pipe, prompt, frames=20, steps=2).shape[0] == 20
+    # positions already in the table keep their values: short videos are bit-identical
+    assert torch.equal(generate(pipe, prompt, frames=8, steps=2), short)
+    extend_frame_positions(pipe.unet, 12)  # shorter than the table: nothing changes
+    assert attnlab.sites(pipe).max_frames == 20
     with pytest.raises(ValueError, match="only sinusoidal"):
         extend_frame_positions(load_pipeline("organism-none", progress=False).unet, 20)
 
@@ -147,72 +213,69 @@ def test_patch_codec_is_pca_of_patches_and_round_trips(tmp_path):
         PatchCodec(patch=3)
 
 
-def test_procedural_clips_do_what_their_captions_say():
-    from attnlab.training import procedural_clip
+def test_v_loss_is_the_v_prediction_objective_with_min_snr_weights():
+    """v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022); weight min(SNR, 5) / (SNR + 1)
+    (Hang et al. 2023): a denoiser that outputs exactly v has zero loss; one that outputs zero
+    has loss |v|^2 times the weight."""
+    from types import SimpleNamespace
 
-    seen = set()
-    for seed in range(60):
-        video, caption = procedural_clip(np.random.default_rng(seed))
-        assert video.shape == (16, 3, 64, 64) and video.min() >= -1 and video.max() <= 1
-        again, caption2 = procedural_clip(np.random.default_rng(seed))
-        assert torch.equal(video, again) and caption == caption2
-        # where the foreground differs from the background (the corner pixel)
-        fg = (video - video[:, :, :1, :1]).abs().sum(1) > 0.3
-        ys, xs = torch.arange(64.0)[:, None], torch.arange(64.0)[None]
-        area = fg.sum((1, 2)).float()
-        cx = (fg * xs).sum((1, 2)) / area.clamp(min=1)
-        cy = (fg * ys).sum((1, 2)) / area.clamp(min=1)
-        if "to the right" in caption:
-            assert cx[-1] - cx[0] > 10
-            seen.add("right")
-        elif "to the left" in caption:
-            assert cx[0] - cx[-1] > 10
-            seen.add("left")
-        elif "moving down" in caption:
-            assert cy[-1] - cy[0] > 10
-            seen.add("down")
-        elif "moving up" in caption:
-            assert cy[0] - cy[-1] > 10
-            seen.add("up")
-        elif "growing" in caption:
-            assert area[-1] > 2 * area[0]
-            seen.add("grow")
-        elif "shrinking" in caption:
-            assert area[0] > 2 * area[-1]
-            seen.add("shrink")
-        elif "turning from" in caption:
-            assert (video[0] - video[-1]).abs().max() > 0.5 and abs(
-                area[0] - area[-1]
-            ) < 0.2 * area[0] + 5
-            seen.add("recolor")
-    assert seen == {"right", "left", "down", "up", "grow", "shrink", "recolor"}
+    from attnlab.training import v_loss
+
+    torch.manual_seed(0)
+    alphas = torch.linspace(0.99, 0.01, 1000)
+    lat, noise = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    t = torch.tensor([100, 900])
+    a = alphas[t].view(-1, 1, 1, 1, 1)
+    v = a.sqrt() * noise - (1 - a).sqrt() * lat
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, tt, emb):
+            return SimpleNamespace(sample=v)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, tt, emb):
+            return SimpleNamespace(sample=torch.zeros_like(x))
+
+    assert v_loss(Exact(), alphas, lat, None, t, noise, 5.0).abs().max() < 1e-12
+    snr = alphas[t] / (1 - alphas[t])
+    want = (v**2).mean((1, 2, 3, 4)) * torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)
+    assert torch.allclose(v_loss(Zero(), alphas, lat, None, t, noise, 5.0), want)
+    assert torch.allclose(
+        v_loss(Zero(), alphas, lat, None, t, noise, None), (v**2).mean((1, 2, 3, 4))
+    )
 
 
-def test_training_is_reproducible(samples, tmp_path):
-    """Three steps of the real training loop on a miniature spec: same seed, same weights;
-    the weights move; the saved organism loads back, RoPE processors included, with its record."""
-    from attnlab.training import OrganismData, TrainConfig, fit_codec, save_organism, train
+def test_training_resumes_bit_for_bit_and_starts_from_the_image_phase(tmp_path):
+    """Three steps straight equal two steps, a checkpoint, a new Trainer and one more step (same
+    process, same computation: bit-identical); a video phase starts from given image weights."""
+    from attnlab.training import TrainConfig, Trainer, fit_codec, save_organism
 
-    spec = OrganismSpec(size=32, latent_channels=8, block_out_channels=(16, 16, 32, 32))
-    data = OrganismData(size=32, clips=("carphone",))
-    codec = fit_codec(data, spec)
-    cfg = TrainConfig(frame_pe="rope", steps=3, batch=1, seed=3, spec=spec)
-    a, rec = train(cfg, data, codec, log=None, progress=False)
-    b, _ = train(cfg, data, codec, log=None, progress=False)
-    for (n, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), n
-    torch.manual_seed(cfg.seed)  # train() builds its UNet right after seeding
-    init = OrganismUNet(**spec.unet_config("rope"))
-    moved = max((pa - pi).abs().max().item() for pa, pi in zip(a.parameters(), init.parameters()))
-    assert moved > 0
-    assert np.isfinite(rec["final_loss_last100"]) and rec["config"]["steps"] == 3
-    out = save_organism(a, rec, tmp_path)
+    spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
+    codec = fit_codec(spec, torch.rand(8, 3, 32, 32) * 2 - 1)
+    text = text_encoder_and_tokenizer()
+    cfg = TrainConfig(frame_pe="rope", steps=3, batch=2, seed=3, spec=spec)
+    straight = Trainer(cfg, codec, tmp_path / "a.pt", text=text)
+    straight.run(3, log=None)
+    part = Trainer(cfg, codec, tmp_path / "b.pt", text=text)
+    part.run(2, log=None)
+    resumed = Trainer(cfg, codec, tmp_path / "b.pt", text=text)
+    assert resumed.step == 2
+    resumed.run(3, log=None)
+    for (n, x), y in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values()):
+        assert torch.equal(x, y), n
+    assert straight.losses == resumed.losses
+    init = {k: v + 1 for k, v in straight.unet.state_dict().items()}
+    video = Trainer(
+        TrainConfig(frame_pe="sinusoidal", spec=spec),
+        codec,
+        tmp_path / "c.pt",
+        init=init,
+        text=text,
+    )
+    shared = [k for k in init if k in video.unet.state_dict()]
+    assert all(torch.equal(video.unet.state_dict()[k], init[k]) for k in shared)
+    out = save_organism(resumed.ema, resumed.record(), tmp_path)
     back = OrganismUNet.from_pretrained(out / "unet")
-    assert back.config.frame_pe == "rope"
-    assert all(torch.equal(x, y) for x, y in zip(back.parameters(), a.parameters()))
-    assert {
-        type(p).__name__
-        for n, p in back.attn_processors.items()
-        if "temp" in n or "transformer_in" in n
-    } == {"RoPEAttnProcessor"}
-    assert json.loads((out / "training.json").read_text())["config"]["seed"] == 3
+    assert back.config.frame_pe == "rope" and back.config.text_adapter_dim == 8
+    assert all(torch.equal(x, y) for x, y in zip(back.parameters(), resumed.ema.parameters()))
+    assert json.loads((out / "training.json").read_text())["steps"] == 3
