@@ -17,14 +17,51 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import edit, hooks, record
-from .control import CallContext, Controller, RunInfo
-from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
-from .real import record_real
-from .selection import Layers, SelectionError, Steps
-from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
-from .store import StoreError, load
-from .synopsis import Synopsis, key_states_from_llm
+from typing import TYPE_CHECKING
+
+# public names -> the module that defines them; loaded on first use (PEP 562), so that
+# ``import attnlab`` and the ``attnlab`` command line start without torch, diffusers or xarray
+_EXPORTS: dict[str, str] = {
+    "edit": "api",
+    "hooks": "api",
+    "record": "api",
+    "CallContext": "control",
+    "Controller": "control",
+    "RunInfo": "control",
+    "PRESETS": "edits",
+    "TAR": "edits",
+    "Edit": "edits",
+    "EditError": "edits",
+    "Replace": "edits",
+    "Transfer": "edits",
+    "parse_edit": "edits",
+    "record_real": "real",
+    "Layers": "selection",
+    "SelectionError": "selection",
+    "Steps": "selection",
+    "FrameLimitError": "sites",
+    "Site": "sites",
+    "SiteTable": "sites",
+    "UnsupportedModelError": "sites",
+    "sites": "sites",
+    "StoreError": "store",
+    "load": "store",
+    "Synopsis": "synopsis",
+    "key_states_from_llm": "synopsis",
+    "OrganismUNet": "organisms",
+    "PatchCodec": "organisms",
+}
+
+if TYPE_CHECKING:
+    from .api import edit, hooks, record
+    from .control import CallContext, Controller, RunInfo
+    from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
+    from .organisms import OrganismUNet, PatchCodec
+    from .real import record_real
+    from .selection import Layers, SelectionError, Steps
+    from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
+    from .store import StoreError, load
+    from .synopsis import Synopsis, key_states_from_llm
 
 __all__ = [
     "PRESETS",
@@ -60,9 +97,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # the organisms' classes import diffusers: load them on first use, not with ``import attnlab``
-    if name in ("OrganismUNet", "PatchCodec"):
-        from . import organisms
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+    import importlib
 
-        return getattr(organisms, name)
-    raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -149,6 +149,16 @@ class Recorder(Client):
     def on_call(self, ctx: CallContext) -> None:
         self._flush()
         run = self._run
+        if run is not None and run.writer is None and "latent_height" not in run.attrs:
+            # the size actually generated (a pipeline call without height/width uses the
+            # model's default): latent size times the VAE's scale factor
+            lh, lw = ctx.latent
+            run.attrs["latent_height"], run.attrs["latent_width"] = lh, lw
+            scale = getattr(getattr(self.controller, "pipe", None), "vae_scale_factor", None)
+            if scale:
+                for key, n in (("height", lh), ("width", lw)):
+                    if run.attrs.get(key) is None:
+                        run.attrs[key] = int(n * scale)
         if run is not None and run.steps is None and run.info.timesteps is None:
             run.steps = self.steps.resolve(None)
 
