@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnlab.analysis import Context, draw_all, frame_change, run_experiment
@@ -83,7 +82,8 @@ def test_figures_redraw_from_stores_without_a_model(tmp_path, tiny_dirs, samples
         f"{k}-{ls}" for k in ("identity", "ones") for ls in ("0", "1", "2", "3", "0+1")
     }
     # identity frees frames from each other, all-ones ties them: the paper's Fig. 4 direction
-    assert change["identity-0+1"] != change["ones-0+1"]
+    # (J_N / N gives every frame the same temporal output at levels 0+1: frames change less)
+    assert change["identity-0+1"] > change["ones-0+1"]
     out = draw_all(ctx, ["maps"])
     assert out["maps"] == "no store (run the analysis first)"
 
@@ -117,7 +117,6 @@ def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys)
         "fig9_sigma.png", "figS1_similarity.png", "figS2_similarity_by_interval.png", "figS13_prior.png",
         "fig10_models.png",
     }  # fmt: skip
-    assert torch.get_num_threads() >= 1
 
 
 def test_detail_measures_fine_structure_per_frame():
