@@ -686,14 +686,21 @@ def _map_grid(
     ylabel: str = "query frame",
     suptitle: str | None = None,
     panel: float = 1.7,
+    given: tuple[float, float, str] | None = None,
 ) -> Figure:
-    """Grid of N x N attention maps; column headers as top titles, row headers on the left
-    y-labels; colours on ``scale`` (see :data:`SCALES`); each panel notes its band
-    concentration against the uniform map's."""
-    _check_scale(scale)
-    keys = list(cells)
-    shown, vmin, vmax, cbar_label = _display_maps([cells[k] for k in keys], scale)
-    raw, cells = cells, dict(zip(keys, shown))
+    """Grid of N x N maps; column headers as top titles, row headers on the left y-labels.
+
+    Attention maps: colours on ``scale`` (see :data:`SCALES`), each panel noting its band
+    concentration against the uniform map's. Other matrices (similarities) pass ``given`` =
+    (vmin, vmax, colour-bar label) and are drawn as they are.
+    """
+    raw = dict(cells)
+    if given is None:
+        keys = list(cells)
+        shown, vmin, vmax, cbar_label = _display_maps([cells[k] for k in keys], scale)
+        cells = dict(zip(keys, shown))
+    else:
+        vmin, vmax, cbar_label = given
     fig = _new_figure(panel * len(cols) + 0.9, panel * len(rows) + (0.5 if suptitle else 0.25))
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     im = None
@@ -707,7 +714,8 @@ def _map_grid(
                     ax.set_title(c)
                 continue
             im = _draw_map(ax, m, cmap, vmin, vmax)
-            _band_note(ax, raw[(r, c)])
+            if given is None:
+                _band_note(ax, raw[(r, c)])
             if i == 0:
                 ax.set_title(c)
             first = next(cc for cc in cols if cells.get((r, cc)) is not None)
@@ -715,7 +723,9 @@ def _map_grid(
                 ax.set_ylabel(f"{r}\n{ylabel}" if r else ylabel)
             if i == len(rows) - 1 or cells.get((rows[i + 1], c)) is None:
                 ax.set_xlabel(xlabel)
-    if im is not None:
+    if im is not None and given is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label=cbar_label, aspect=25)
+    elif im is not None:
         _map_colorbar(fig, im, axes, list(raw.values()), scale, cbar_label, shrink=0.8, aspect=25)
     if suptitle:
         fig.suptitle(suptitle)
@@ -1274,13 +1284,11 @@ def fig_similarity(
             rows,
             cols,
             cmap=SIM_CMAP,
-            cbar_label=label,
             xlabel="frame",
             ylabel="frame",
             suptitle=title,
             panel=panel,
-            vmin=vmin,
-            vmax=vmax,
+            given=(vmin, vmax, label),
         )
         grid = np.array(fig.axes[: nr * nc]).reshape(nr, nc)
         for idx, (lab, m) in enumerate(items):
