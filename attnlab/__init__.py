@@ -97,11 +97,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    import importlib
+    import importlib.util
+
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
-    import importlib
-
+        # submodules (attnlab.edits, attnlab.plots, ...) as eager imports used to provide them
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value

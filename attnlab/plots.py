@@ -935,7 +935,7 @@ def fig_probe_grid(
     col_order: Sequence[str] | None = None,
     title: str | None = "attention replacement probes",
     cell_height: float = 0.9,
-    max_width: float = 7.5,
+    max_width: float = 7.0,
     scale: str = "absolute",
 ) -> Figure:
     """Fig. 4: videos generated with attention replaced by I_N / J_N at some levels.

@@ -62,9 +62,10 @@ def quiet_library_logs(rules: Sequence[tuple[str, str]] = HARMLESS_LOGS) -> Iter
 def filtered_stderr(patterns: Sequence[str] = HARMLESS_FFMPEG) -> Iterator[None]:
     """Capture what C libraries write to file descriptor 2 inside the block and pass on every
     line that matches none of ``patterns`` (on exit, also after an exception)."""
+    fd = 2  # where C libraries write, whatever Python's sys.stderr is at the moment
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. embedded interpreter)
+        os.fstat(fd)
+    except OSError:  # no file descriptor 2 (e.g. an embedded interpreter)
         yield
         return
     drop = re.compile("|".join(f"(?:{p})" for p in patterns))
@@ -85,5 +86,4 @@ def filtered_stderr(patterns: Sequence[str] = HARMLESS_FFMPEG) -> Iterator[None]
                 if not drop.search(line)
             ]
             if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                os.write(fd, "".join(kept).encode())

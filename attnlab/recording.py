@@ -154,7 +154,10 @@ class Recorder(Client):
             # model's default): latent size times the VAE's scale factor
             lh, lw = ctx.latent
             run.attrs["latent_height"], run.attrs["latent_width"] = lh, lw
-            scale = getattr(getattr(self.controller, "pipe", None), "vae_scale_factor", None)
+            pipe = getattr(self.controller, "_current_pipe", None) or getattr(
+                self.controller, "pipe", None
+            )
+            scale = getattr(pipe, "vae_scale_factor", None)
             if scale:
                 for key, n in (("height", lh), ("width", lw)):
                     if run.attrs.get(key) is None:

@@ -130,8 +130,9 @@ def test_ctrl_c_is_one_line_exit_130_and_load_warns_once(tiny_dirs, tmp_path, mo
     monkeypatch.setattr(experiments, "generate", interrupted)
     capsys.readouterr()
     assert main(args) == 130
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    err = capsys.readouterr().err  # (besides the progress bars of the pipeline)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("attnlab")]
     assert lines == [
         f"attnlab record: interrupted; 1 completed run kept in {store}; "
         "the incomplete run is ignored by load"
@@ -198,7 +199,8 @@ def test_loading_a_pipeline_logs_no_known_harmless_message(tiny_dirs, diffusers_
 
     load_pipeline(str(tiny_dirs["tiny-modelscope"]), progress=False)
     load_pipeline(str(tiny_dirs["tiny-animatediff"]), progress=False)
-    assert not [m for m in diffusers_log if "deprecated" in m or "kept in float32: []" in m]
+    harmless = ("has been deprecated and will not receive", "kept in float32: []")
+    assert not [m for m in diffusers_log if any(h in m for h in harmless)]
 
 
 def test_ffmpeg_notes_are_dropped_and_other_c_stderr_lines_kept(capfd):

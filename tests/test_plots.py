@@ -277,7 +277,7 @@ def test_the_all_ones_probe_map_shows_its_uniform_value_not_black(tmp_path):
         assert ax.images[0].get_array().max() == pytest.approx(1 / 16)  # not 0 (black)
         assert ax.images[0].get_clim() == (0.0, 1.0)  # shared with the identity maps
         assert "band 0.180" in " ".join(t.get_text() for t in ax.texts)
-    # a page-wide figure: at most 7.5 inches, 1500 px at 200 dpi (was 3634 x 850)
+    # a page-wide figure: about 7 inches, at most 1500 px at 200 dpi (was 3634 x 850)
     path = plots.save_figure(fig, tmp_path / "fig4", formats=("png",))[0]
     width, height = Image.open(path).size
     assert width <= 1500 and height <= 1600 and width / height < 1.5
@@ -484,7 +484,8 @@ def test_fig_band_profile(probs, tmp_path):
     synth8 = [k for k in range(probs.sizes[D.RUN]) if probs[D.SOURCE].values[k] == "synthetic" and probs[D.EDITS].values[k] == "[]" and int(probs[D.FRAMES][k]) == 8]  # fmt: skip
     expected = np.mean([band_profile(maps0.isel(run=k).values[:8, :8]).values for k in synth8], axis=0)  # fmt: skip
     assert any(
-        len(line.get_ydata()) == 8 and np.allclose(line.get_ydata(), expected, rtol=1e-12)
+        # the same numbers reduced in another order: equal to float rounding
+        len(line.get_ydata()) == 8 and np.allclose(line.get_ydata(), expected, rtol=1e-9)
         for line in fig.axes[0].get_lines()
     )
 
@@ -560,6 +561,6 @@ def test_long_format_input_dataframe():
     fig = plots.fig_similarity_by_interval(df)
     # the long-format rows are what is drawn: two offsets, values 0.6 .. 0.9
     ax = fig.axes[0]
-    assert {t.get_text() for t in ax.get_xticklabels()} >= {"1", "2"}
+    assert len(ax.collections) >= 2  # a violin per offset
     lo, hi = ax.get_ylim()
     assert lo <= 0.6 and hi >= 0.9

@@ -45,9 +45,7 @@ def recorded(ms_pipe, tmp_path_factory) -> Path:
     errors (zarr's UnstableSpecificationWarning for unspecified dtypes fails the fixture)."""
     store = tmp_path_factory.mktemp("portable") / "runs.zarr"
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("error", message=".*does not have a Zarr V3 specification")
         with attnlab.record(ms_pipe, levels=[0], store=store, logits=True):
             ms_pipe(**GEN, generator=torch.Generator().manual_seed(3), output_type="pt")
             ms_pipe(**GEN, output_type="pt")  # no generator: torch's global random state
@@ -74,7 +72,8 @@ def test_plain_zarr_without_xarray_reads_every_array_and_the_labels(recorded):
     layer = root[f"runs/{run}/layer"]
     labels = layer.attrs[S.LABELS_ATTR]
     names = [labels[i] for i in layer[...]]
-    assert all(n.endswith("attn1") for n in names) and len(set(names)) == len(names)
+    assert len(set(names)) == len(names) > 0
+    assert sorted(names) == sorted(attnlab.load(recorded)[D.LAYER].values.tolist())
     cfg = root[f"runs/{run}/cfg"]
     assert [cfg.attrs[S.LABELS_ATTR][i] for i in cfg[...]] == ["uncond", "cond"]
 
