@@ -17,14 +17,59 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import edit, hooks, record
-from .control import CallContext, Controller, RunInfo
-from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
-from .real import record_real
-from .selection import Layers, SelectionError, Steps
-from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
-from .store import StoreError, load
-from .synopsis import Synopsis, key_states_from_llm
+from typing import TYPE_CHECKING
+
+# public names -> the module that defines them; loaded on first use (PEP 562), so that
+# ``import attnlab`` and the ``attnlab`` command line start without torch, diffusers or xarray
+_EXPORTS: dict[str, str] = {
+    "edit": "api",
+    "hooks": "api",
+    "record": "api",
+    "CallContext": "control",
+    "Controller": "control",
+    "RunInfo": "control",
+    "PRESETS": "edits",
+    "TAR": "edits",
+    "Edit": "edits",
+    "EditError": "edits",
+    "Replace": "edits",
+    "Transfer": "edits",
+    "parse_edit": "edits",
+    "record_real": "real",
+    "Layers": "selection",
+    "SelectionError": "selection",
+    "Steps": "selection",
+    "FrameLimitError": "sites",
+    "Site": "sites",
+    "SiteTable": "sites",
+    "UnsupportedModelError": "sites",
+    "sites": "sites",
+    "StoreError": "store",
+    "load": "store",
+    "Synopsis": "synopsis",
+    "key_states_from_llm": "synopsis",
+    "OrganismUNet": "organisms",
+    "PatchCodec": "organisms",
+    "evaluate": "evaluation",
+    "load_evaluation": "evaluation",
+    # the converted paper models' classes: diffusers finds them here when loading a folder
+    "LaVieUNet": "lavie",
+    "VideoCrafter2UNet": "videocrafter",
+    "VideoCrafter2Scheduler": "videocrafter",
+    "VideoCrafter2Pipeline": "videocrafter",
+}
+
+if TYPE_CHECKING:
+    from .api import edit, hooks, record
+    from .control import CallContext, Controller, RunInfo
+    from .edits import PRESETS, TAR, Edit, EditError, Replace, Transfer, parse_edit
+    from .evaluation import evaluate, load_evaluation
+    from .organisms import OrganismUNet, PatchCodec
+    from .real import record_real
+    from .selection import Layers, SelectionError, Steps
+    from .sites import FrameLimitError, Site, SiteTable, UnsupportedModelError, sites
+    from .store import StoreError, load
+    from .synopsis import Synopsis, key_states_from_llm
 
 __all__ = [
     "PRESETS",
@@ -62,22 +107,19 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # the organisms' classes import diffusers: load them on first use, not with ``import attnlab``
-    if name in ("OrganismUNet", "PatchCodec"):
-        from . import organisms
+    import importlib
+    import importlib.util
 
-        return getattr(organisms, name)
-    if name in ("evaluate", "load_evaluation"):  # video metrics (attnlab.evaluation)
-        from . import evaluation
+    module = _EXPORTS.get(name)
+    if module is None:
+        # submodules (attnlab.edits, attnlab.plots, ...) as eager imports used to provide them
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(evaluation, name)
-    # the converted paper models' classes: diffusers finds them here when loading a folder
-    if name == "LaVieUNet":
-        from . import lavie
 
-        return lavie.LaVieUNet
-    if name in ("VideoCrafter2UNet", "VideoCrafter2Scheduler", "VideoCrafter2Pipeline"):
-        from . import videocrafter
-
-        return getattr(videocrafter, name)
-    raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -515,11 +515,20 @@ def run_experiment(name: str, ctx: Context, draw: bool = True) -> list[Path]:
 
 
 def draw_all(ctx: Context, names: list[str] | None = None) -> dict[str, list[Path] | str]:
-    """Redraw figures of every experiment whose store exists (no model is loaded)."""
+    """Redraw figures of every experiment whose store exists (no model is loaded).
+
+    Raises FileNotFoundError, creating nothing, when ``ctx.data`` holds no stores of the model.
+    """
+    folder = Path(ctx.data) / ctx.slug()
+    if not folder.is_dir() or not any(folder.glob("*.zarr")):
+        raise FileNotFoundError(
+            f"no analysis stores of {ctx.model} in {folder} (looked for {folder}/*.zarr): run "
+            "the analyses first (python analyses/<name>.py) or pass --data FOLDER"
+        )
     out: dict[str, list[Path] | str] = {}
     for name in names or list(EXPERIMENTS):
         store_name = "maps" if name == "similarity" else name
-        if name != "prior" and not ctx.store(store_name).exists():
+        if name != "prior" and not (folder / f"{store_name}.zarr").exists():
             out[name] = "no store (run the analysis first)"
             continue
         out[name] = EXPERIMENTS[name][1](ctx)

@@ -73,9 +73,11 @@ def edit(pipe: Any, *edits: Client) -> Iterator[tuple[Client, ...]]:
 
 
 class _Explicit(Client):
-    """Routes every temporal layer through the explicit path so hook points always fire."""
+    """Routes every temporal layer through the whole-tensor explicit path, so the hook points
+    fire whatever the grad mode and whoever intercepts them (torch hooks, nnsight)."""
 
     stage = "observe"
+    hook_points = True
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
         return True

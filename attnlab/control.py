@@ -345,12 +345,18 @@ class Controller:
 
     def _call_meta(self, pipe: Any, args: dict[str, Any]) -> dict[str, Any]:
         meta: dict[str, Any] = {k: _jsonable(args[k]) for k in _CALL_KEYS if k in args}
+        from .models import model_name
+
         generator = args.get("generator")
-        if isinstance(generator, list):
-            meta["seed"] = [g.initial_seed() for g in generator]
+        if isinstance(generator, list) and generator:
+            meta["seed"] = generator[0].initial_seed()  # one integer to group by
+            meta["seeds"] = [g.initial_seed() for g in generator]
         elif isinstance(generator, torch.Generator):
             meta["seed"] = generator.initial_seed()
-        meta["model"] = str(getattr(pipe, "name_or_path", None) or "")
+        else:  # torch's global random state: not reproducible from the store
+            meta["seed"] = None
+        meta["model"] = model_name(pipe)  # as the user named it
+        meta["model_path"] = str(getattr(pipe, "name_or_path", None) or "")
         meta["pipeline"] = type(pipe).__name__
         meta["scheduler"] = type(getattr(pipe, "scheduler", None)).__name__
         guidance = args.get("guidance_scale", args.get("max_guidance_scale"))

@@ -24,12 +24,12 @@ import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:  # numpy, PIL and torch (via attnlab.video) load only where frames are handled
+    import numpy as np
 
-from attnlab.video import Video, read_video, to_uint8_frames, write_frames
+    from attnlab.video import Video
 
 __all__ = [
     "DEFAULT_SAMPLES",
@@ -493,6 +493,8 @@ def read_sample(
     For a segment (``bikes_shot2``) ``start``/``end`` count from the segment's first frame
     and never leave it.
     """
+    from attnlab.video import read_video
+
     s = _resolve([name], MANIFEST)[0]
     path = sample_path(name, cache_dir)
     lo, hi = s.frame_range or (0, None)
@@ -530,6 +532,11 @@ def write_davis_layout(
         for p in seq.iterdir():
             if p.suffix.lower() in (".jpg", ".jpeg", ".png"):
                 p.unlink()
+    import numpy as np
+    from PIL import Image
+
+    from attnlab.video import to_uint8_frames, write_frames
+
     frames = to_uint8_frames(video)
     if height is not None:
         h, w = frames.shape[1:3]

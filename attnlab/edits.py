@@ -443,7 +443,8 @@ class Transfer(_LogitBias):
     """Reference-dynamics transfer (paper Sec. 4.1, Fig. 8): TAR with a reference video's
     inter-frame similarity matrix as ``dA`` instead of the Gaussian band.
 
-    ``reference``: a video path (read with :func:`attnlab.video.read_video`), frames
+    ``reference``: a video path (read with :func:`attnlab.video.read_video`), a sample clip
+    name (``cup``, ``box``, ...; see ``attnlab datasets list``), frames
     (``[F, H, W, 3]`` uint8 or ``[F, 3, H, W]`` in [-1, 1]) or a precomputed F x F similarity
     matrix. The matrix (from ``similarity`` backend: "dreamsim", "stlpips", "pixel", ...) is
     resampled to the generated frame count and ``normalise``d: "minmax" (to [0, 1], the band's
@@ -478,7 +479,14 @@ class Transfer(_LogitBias):
         if isinstance(reference, (str, Path)):
             self.reference: str | None = str(reference)
             if not Path(reference).exists():
-                raise EditError(f"reference video {str(reference)!r} not found")
+                from .datasets import list_samples
+
+                names = [s.name for s in list_samples()]
+                if str(reference) not in names:
+                    raise EditError(
+                        f"reference video {str(reference)!r} not found: not a file or frame "
+                        f"folder, and not a sample clip ({', '.join(names)})"
+                    )
         else:
             self.reference = None
             arr = (
@@ -510,7 +518,12 @@ class Transfer(_LogitBias):
             from .video import read_video
 
             assert self.reference is not None
-            video = read_video(self.reference, frames=self.frames)
+            if Path(self.reference).exists():
+                video = read_video(self.reference, frames=self.frames)
+            else:  # a sample clip name (checked in __init__), fetched on first use
+                from .datasets import read_sample
+
+                video = read_sample(self.reference, frames=self.frames)
             self.reference_matrix = self._similarity_of(video.frames)
         return self.reference_matrix
 

@@ -2,35 +2,99 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .organisms import ORGANISMS, organism_path
-from .sites import check_model_reference
-from .sites import sites as sites_of
-from .tiny import TINY_MODELS, tiny_path
+if TYPE_CHECKING:  # torch and diffusers load inside the functions (the CLI imports this module)
+    import torch
 
 # the trained organism without a frame PE, like ModelScope / VideoCrafter2 (the paper's subject)
 DEFAULT_MODEL = "organism-none"
+#: attribute of a pipeline loaded by :func:`load_pipeline`: the model name as the user gave it
+NAME_ATTR = "_attnlab_model"
 
 
 def builtin_models() -> tuple[str, ...]:
     """Embedded model names: the trained organisms and the random-weight tiny pipelines."""
+    from .organisms import ORGANISMS
+    from .tiny import TINY_MODELS
+
     return (*ORGANISMS, *TINY_MODELS)
 
 
+class UnknownModelError(ValueError):
+    """A model name that is neither embedded, a local folder nor a reachable hub id."""
+
+
+def _unknown(model: str, why: str) -> UnknownModelError:
+    names = builtin_models()
+    close = difflib.get_close_matches(model, names, n=1, cutoff=0.5)
+    hint = f"; closest: {close[0]!r}" if close else ""
+    return UnknownModelError(
+        f"{why}; embedded models: {', '.join(names)}{hint} "
+        "(or give a local pipeline folder or a hub id owner/name)"
+    )
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str) or isinstance(
+            try_to_load_from_cache(repo_id, "unet/config.json"), str
+        )
+    except Exception:  # an id the hub library refuses is not in the cache
+        return False
+
+
 def resolve_model(model: str) -> str:
-    """A loadable reference: embedded names become their saved folder; others pass through."""
+    """A loadable reference: embedded names become their saved folder; local folders and hub
+    ids pass through. A name that is none of these (a typo such as ``organism-nnone``), and a
+    hub id while offline (``HF_HUB_OFFLINE``) that is not in the local hub cache, raise
+    :class:`UnknownModelError` naming the embedded models and the closest match, before any
+    network call."""
+    from .organisms import ORGANISMS
+    from .sites import check_model_reference
+    from .tiny import TINY_MODELS
+
+    model = str(model)
     if model in TINY_MODELS:
+        from .tiny import tiny_path
+
         return str(tiny_path(model))
     if model in ORGANISMS:
+        from .organisms import organism_path
+
         return str(organism_path(model))
+    if Path(model).expanduser().exists():
+        return model
+    check_model_reference(model)  # path-shaped but missing: FileNotFoundError
+    owner, _, name = model.partition("/")
+    if not (owner and name):
+        raise _unknown(
+            model, f"unknown model {model!r}: not an embedded name, a folder or a hub id"
+        )
+    if _hub_offline() and not _in_hub_cache(model):
+        raise _unknown(
+            model, f"model {model!r} is not in the local hub cache and the hub is offline"
+        )
     return model
+
+
+def model_name(pipe: Any) -> str:
+    """The model a pipeline was loaded from, as the user named it (``organism-none``, a hub id,
+    a folder); pipelines not loaded by :func:`load_pipeline` give their ``name_or_path``."""
+    return str(getattr(pipe, NAME_ATTR, None) or getattr(pipe, "name_or_path", None) or "")
 
 
 def load_pipeline(
@@ -43,15 +107,21 @@ def load_pipeline(
 ):
     """Load a diffusers video pipeline from an embedded name, a local folder or a hub id."""
     ref = resolve_model(str(model))
-    check_model_reference(ref)
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    try:
-        pipe = _pipeline_class(ref).from_pretrained(ref, **kwargs)
-    except OSError as err:
-        raise FileNotFoundError(f"cannot load model {str(model)!r}: {err}") from err
-    if device is not None:
-        pipe = pipe.to(device)
+    from .quiet import quiet_library_logs
+
+    with quiet_library_logs():
+        try:
+            pipe = _pipeline_class(ref).from_pretrained(ref, **kwargs)
+        except OSError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if not Path(ref).expanduser().exists():  # a hub id the hub could not serve
+                raise _unknown(str(model), f"cannot load model {str(model)!r} ({first})") from err
+            raise FileNotFoundError(f"cannot load model {str(model)!r}: {first}") from err
+        if device is not None:
+            pipe = pipe.to(device)
+    setattr(pipe, NAME_ATTR, str(model))
     pipe.set_progress_bar_config(disable=not progress, leave=False)
     if hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_slicing"):
         pipe.vae.enable_slicing()
@@ -79,6 +149,8 @@ def _pipeline_class(ref: str):
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -99,7 +171,10 @@ def generate(
 
     Only this helper's arguments differ between pipelines; extra ``kwargs`` go to the pipeline.
     """
+    import torch
+
     from .sites import denoiser_of, family_of
+    from .sites import sites as sites_of
 
     model = denoiser_of(pipe)
     family_of(model)  # a clear error for models without temporal attention

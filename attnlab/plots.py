@@ -389,6 +389,80 @@ def _minmax_np(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else a - lo
 
 
+#: colour scales of attention maps: "absolute" probabilities on one scale shared by every
+#: panel of a figure (the default), or "minmax" per panel (only on request; it stretches a
+#: near-uniform map into a crisp pattern, so the colour bar says so)
+SCALES = ("absolute", "minmax")
+#: colour of the uniform level 1/N on colour bars
+UNIFORM_COLOR = "#35b7ff"
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+
+def _display_maps(
+    maps: Sequence[np.ndarray], scale: str
+) -> tuple[list[np.ndarray], float, float, str]:
+    """Maps as drawn, the shared colour range and the colour-bar label for ``scale``."""
+    _check_scale(scale)
+    if scale == "minmax":
+        label = "attention, min-max per panel\n(shapes only: not comparable across panels)"
+        return [_minmax_np(m) for m in maps], 0.0, 1.0, label
+    finite = [float(np.nanmax(m)) for m in maps if np.isfinite(m).any()]
+    vmax = max(finite) if finite else 1.0
+    return list(maps), 0.0, vmax if vmax > 0 else 1.0, "attention probability (shared scale)"
+
+
+def uniform_band(n: int, k: int = 1) -> float:
+    """Band concentration of the uniform ``n x n`` map: ``(n (2k+1) - k (k+1)) / n^2``
+    (see :func:`attnlab.metrics.band_concentration`)."""
+    return (n * (2 * k + 1) - k * (k + 1)) / n**2
+
+
+def _band_note(ax, m: np.ndarray) -> None:
+    """Write the map's band concentration (|i - j| <= 1) and the uniform value into the panel."""
+    from attnlab.metrics import band_concentration
+
+    if not np.isfinite(m).all() or (m < 0).any() or m.shape[0] != m.shape[1]:
+        return
+    bc = float(band_concentration(m, k=1))
+    ax.text(
+        0.03,
+        0.03,
+        f"band {bc:.3f}\nuniform {uniform_band(m.shape[0]):.3f}",
+        transform=ax.transAxes,
+        fontsize=5.5,
+        color="white",
+        ha="left",
+        va="bottom",
+        bbox={"facecolor": "black", "alpha": 0.5, "linewidth": 0, "pad": 1.0},
+    )
+
+
+def _map_colorbar(fig: Figure, im, axes, maps: Sequence[np.ndarray], scale: str, label: str, **kw):
+    """Colour bar of attention maps; on the absolute scale each uniform level 1/N is marked
+    with a line and a "1/N" tick."""
+    cbar = fig.colorbar(im, ax=axes, label=label, **kw)
+    if scale != "absolute":
+        return cbar
+    vmin, vmax = im.get_clim()
+    ns = sorted({int(m.shape[-1]) for m in maps})
+    marks = {1.0 / n: f"1/{n}" for n in ns if vmin <= 1.0 / n <= vmax}
+    for v in marks:
+        cbar.ax.axhline(v, color=UNIFORM_COLOR, linewidth=1.2)
+    near = 0.06 * (vmax - vmin)
+    ticks = [t for t in cbar.get_ticks() if vmin <= t <= vmax]
+    ticks = [t for t in ticks if all(abs(t - v) > near for v in marks)]
+    values = sorted([*ticks, *marks])
+    cbar.set_ticks(values, labels=[marks.get(v, f"{v:.2g}") for v in values])
+    for tick in cbar.ax.get_yticklabels():
+        if tick.get_text().startswith("1/"):
+            tick.set_color(UNIFORM_COLOR)
+    return cbar
+
+
 def reduce_maps(
     probs: xr.DataArray,
     *,
@@ -397,7 +471,7 @@ def reduce_maps(
     levels: int | Sequence[int] | None = None,
     cfg: str | None = COND,
     over: Sequence[str] = _AVERAGED,
-    normalize: bool = True,
+    normalize: bool = False,
 ) -> xr.DataArray:
     """Average attention maps for display, as the paper's reference code does.
 
@@ -405,8 +479,9 @@ def reduce_maps(
     ``layers`` (labels along ``layer``) and/or ``levels`` (values of the ``level`` coord),
     keeps the ``cfg`` branch ("cond" by default, drops the unconditional half; ``None``
     averages both), averages over the dims in ``over`` that are present (step, layer, sample,
-    head and spatial y/x by default, NaN-aware so padding stays NaN) and, if ``normalize``,
-    min-max normalises each remaining ``(query_frame, key_frame)`` panel to [0, 1].
+    head and spatial y/x by default, NaN-aware so padding stays NaN) and, only if
+    ``normalize``, min-max normalises each remaining ``(query_frame, key_frame)`` panel to
+    [0, 1] (by default the maps stay probabilities).
     The result keeps ``run`` and its coordinates.
     """
     probs = _probs(probs)
@@ -453,7 +528,7 @@ def _frames_of(da: xr.DataArray) -> int | None:
     return vals[0]
 
 
-def _cell_map(sub: xr.DataArray, reduce_kw: Mapping[str, Any], normalize: bool = True):
+def _cell_map(sub: xr.DataArray, reduce_kw: Mapping[str, Any], normalize: bool = False):
     """One display map from runs that share a panel: reduce, average runs, crop, normalise."""
     n = _frames_of(sub)
     r = reduce_maps(sub, normalize=False, **reduce_kw)
@@ -468,8 +543,8 @@ def _cell_map(sub: xr.DataArray, reduce_kw: Mapping[str, Any], normalize: bool =
     return _minmax_np(m) if normalize else m
 
 
-def _as_map(x: MapLike, reduce_kw: Mapping[str, Any], normalize: bool = True) -> np.ndarray:
-    """A 2-D display map (cropped, optionally min-max normalised) from any map-like input."""
+def _as_map(x: MapLike, reduce_kw: Mapping[str, Any], normalize: bool = False) -> np.ndarray:
+    """A 2-D map (cropped; min-max normalised only if ``normalize``) from any map-like input."""
     x = _probs(x)
     if isinstance(x, xr.DataArray):
         if x.ndim == 2:
@@ -606,15 +681,26 @@ def _map_grid(
     cols: Sequence[str],
     *,
     cmap: str = MAP_CMAP,
-    cbar_label: str = "attention (min-max)",
+    scale: str = "absolute",
     xlabel: str = "key frame",
     ylabel: str = "query frame",
     suptitle: str | None = None,
     panel: float = 1.7,
-    vmin: float = 0.0,
-    vmax: float = 1.0,
+    given: tuple[float, float, str] | None = None,
 ) -> Figure:
-    """Grid of N x N maps; column headers as top titles, row headers on the left y-labels."""
+    """Grid of N x N maps; column headers as top titles, row headers on the left y-labels.
+
+    Attention maps: colours on ``scale`` (see :data:`SCALES`), each panel noting its band
+    concentration against the uniform map's. Other matrices (similarities) pass ``given`` =
+    (vmin, vmax, colour-bar label) and are drawn as they are.
+    """
+    raw = dict(cells)
+    if given is None:
+        keys = list(cells)
+        shown, vmin, vmax, cbar_label = _display_maps([cells[k] for k in keys], scale)
+        cells = dict(zip(keys, shown))
+    else:
+        vmin, vmax, cbar_label = given
     fig = _new_figure(panel * len(cols) + 0.9, panel * len(rows) + (0.5 if suptitle else 0.25))
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     im = None
@@ -628,6 +714,8 @@ def _map_grid(
                     ax.set_title(c)
                 continue
             im = _draw_map(ax, m, cmap, vmin, vmax)
+            if given is None:
+                _band_note(ax, raw[(r, c)])
             if i == 0:
                 ax.set_title(c)
             first = next(cc for cc in cols if cells.get((r, cc)) is not None)
@@ -635,8 +723,10 @@ def _map_grid(
                 ax.set_ylabel(f"{r}\n{ylabel}" if r else ylabel)
             if i == len(rows) - 1 or cells.get((rows[i + 1], c)) is None:
                 ax.set_xlabel(xlabel)
-    if im is not None:
+    if im is not None and given is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label=cbar_label, aspect=25)
+    elif im is not None:
+        _map_colorbar(fig, im, axes, list(raw.values()), scale, cbar_label, shrink=0.8, aspect=25)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -708,6 +798,7 @@ def fig_attention_maps(
     cfg: str | None = COND,
     title: str | None = None,
     panel: float = 1.7,
+    scale: str = "absolute",
 ) -> Figure:
     """Fig. 3: grid of N x N temporal-attention maps, rows = condition, columns = frame count.
 
@@ -715,7 +806,10 @@ def fig_attention_maps(
     ``col`` ("condition" is derived from ``source`` and ``edits`` when no such coordinate
     exists, giving "real", "synthetic", "synthetic+TAR"), or a dict ``label -> DataArray``
     whose keys are the rows.  Runs sharing a cell are averaged; each panel is cropped to its
-    run's frame count and min-max normalised.  Selection arguments go to :func:`reduce_maps`.
+    run's frame count. Colours show probabilities on one scale for every panel, with the
+    uniform level 1/N marked on the colour bar (``scale="minmax"``: per-panel min-max, said in
+    the colour-bar label); each panel prints its band concentration (mass on ``|i - j| <= 1``)
+    next to the uniform map's. Selection arguments go to :func:`reduce_maps`.
     """
     reduce_kw = {"steps": steps, "layers": layers, "levels": levels, "cfg": cfg}
     probs = _probs(probs)
@@ -745,6 +839,7 @@ def fig_attention_maps(
             _order(cols, col_order),
             suptitle=title or None,
             panel=panel,
+            scale=scale,
         )
 
 
@@ -771,12 +866,14 @@ def fig_cross_model(
     cfg: str | None = COND,
     title: str | None = None,
     panel: float = 1.7,
+    scale: str = "absolute",
 ) -> Figure:
     """Fig. 10: attention maps per model (rows) and frame count (columns), PE type annotated.
 
     ``probs`` is a dict ``model label -> DataArray`` (models have different layer sets, so
     they are usually stored apart) or one DataArray with a run coordinate ``model``.  Each
     row label reads "<model>\\nPE: <pe>" from the ``pe`` coordinate of the selected layers.
+    Colours and panel notes as in :func:`fig_attention_maps` (``scale``).
     """
     reduce_kw = {"steps": steps, "layers": layers, "levels": levels, "cfg": cfg}
     probs = _probs(probs)
@@ -808,7 +905,9 @@ def fig_cross_model(
         parts.append(cfg if cfg is not None else "cfg mean")
         title = " · ".join(parts)
     with style():
-        return _map_grid(cells, rows, _order(cols, col_order), suptitle=title, panel=panel)
+        return _map_grid(
+            cells, rows, _order(cols, col_order), suptitle=title, panel=panel, scale=scale
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,35 +935,45 @@ def fig_probe_grid(
     col_order: Sequence[str] | None = None,
     title: str | None = "attention replacement probes",
     cell_height: float = 0.9,
+    max_width: float = 7.0,
+    scale: str = "absolute",
 ) -> Figure:
     """Fig. 4: videos generated with attention replaced by I_N / J_N at some levels.
 
     ``videos`` maps ``(probe kind, levels label)``, e.g. ``("identity", "0+1")``, to a video;
-    rows are probe kinds ("identity" / "ones" get the paper's names), columns level sets
-    ("0" -> "level 0", "0+1" -> "levels 0+1").  Each cell shows ``n`` evenly spaced frames
-    tiled ``ncols`` per row (default: two rows).  ``maps`` (same keys) adds the cell's
-    recorded attention map to the right of its strip; ``baseline`` (the unedited video) adds
-    a top row.
+    columns are probe kinds ("identity" / "ones" get the paper's names, ``row_order`` orders
+    them), rows level sets ("0" -> "level 0", "0+1" -> "levels 0+1"; ``col_order``).  Each
+    cell shows ``n`` evenly spaced frames tiled ``ncols`` per row (default: two rows).
+    ``maps`` (same keys) adds the cell's recorded attention map to the right of its strip, on
+    one colour scale with 1/N marked (``scale``) and its band concentration noted;
+    ``baseline`` (the unedited video) adds a top row. The figure is at most ``max_width``
+    inches wide (a page); cells shrink to fit.
     """
+    _check_scale(scale)
     kinds = _order(list(dict.fromkeys(str(k) for k, _ in videos)), row_order)
     levs = _order(list(dict.fromkeys(str(lv) for _, lv in videos)), col_order)
     videos = {(str(k), str(lv)): v for (k, lv), v in videos.items()}
-    maps = {(str(k), str(lv)): v for (k, lv), v in (maps or {}).items()}
+    raw = {(str(k), str(lv)): _as_map(v, {}) for (k, lv), v in (maps or {}).items()}
+    keys = list(raw)
+    shown, vmin, vmax, cbar_label = _display_maps([raw[k] for k in keys], scale)
+    disp = dict(zip(keys, shown))
     nc = _default_ncols(n) if ncols is None else ncols
     probe = _as_frames(next(iter(videos.values())))
     h, w = probe.shape[1:3]
     nshow = len(_frame_indices(len(probe), n))
     nr = math.ceil(nshow / min(nc, nshow))
     aspect = (min(nc, nshow) * w) / (nr * h)
-    sub = 2 if maps else 1
-    ratios = ([aspect, 1.0] if maps else [aspect]) * len(levs)
-    nrows = len(kinds) + (baseline is not None)
+    sub = 2 if disp else 1
+    ratios = ([aspect, 1.0] if disp else [aspect]) * len(kinds)
+    nrows = len(levs) + (baseline is not None)
+    margin = 0.5 * len(kinds) + 1.3  # row labels, gaps and the colour bar
+    cell = min(cell_height, (max_width - margin) / sum(ratios))
     with style():
         fig = _new_figure(
-            cell_height * sum(ratios) + 0.8 * len(levs) + 0.6,
-            cell_height * nrows + 0.35 * nrows + (0.4 if title else 0),
+            cell * sum(ratios) + margin,
+            cell * nrows + 0.3 * nrows + (0.4 if title else 0),
         )
-        gs = fig.add_gridspec(nrows, sub * len(levs), width_ratios=ratios)
+        gs = fig.add_gridspec(nrows, sub * len(kinds), width_ratios=ratios)
         r0 = 0
         if baseline is not None:
             ax = fig.add_subplot(gs[0, :])
@@ -872,31 +981,34 @@ def fig_probe_grid(
             ax.set_title("original (no replacement)")
             r0 = 1
         im = None
-        for i, kind in enumerate(kinds):
-            for j, lev in enumerate(levs):
+        map_axes = []
+        for i, lev in enumerate(levs):
+            for j, kind in enumerate(kinds):
                 ax = fig.add_subplot(gs[r0 + i, sub * j])
                 if (kind, lev) not in videos:
                     ax.set_axis_off()
                     continue
                 _draw_strip(ax, videos[(kind, lev)], n, nc, ticks=False)
                 if i == 0:
-                    ax.set_title(_levels_header(lev))
+                    ax.set_title(_PROBE_NAMES.get(kind, kind))
                 if j == 0:
-                    ax.set_ylabel(_PROBE_NAMES.get(kind, kind))
-                if maps and (kind, lev) in maps:
+                    ax.set_ylabel(_levels_header(lev))
+                if disp and (kind, lev) in disp:
                     axm = fig.add_subplot(gs[r0 + i, sub * j + 1])
-                    im = _draw_map(axm, _as_map(maps[(kind, lev)], {}))
+                    im = _draw_map(axm, disp[(kind, lev)], vmin=vmin, vmax=vmax)
+                    _band_note(axm, raw[(kind, lev)])
                     axm.set_xticks([])
                     axm.set_yticks([])
+                    if i == 0:
+                        axm.set_title("attention", fontsize="small")
+                    map_axes.append(axm)
         if im is not None:
-            fig.colorbar(im, ax=fig.axes, shrink=0.6, label="attention (min-max)", aspect=25)
+            _map_colorbar(
+                fig, im, map_axes, shown, scale, cbar_label.replace(" (", "\n("), shrink=0.5
+            )
         if title:
             fig.suptitle(title)
     return fig
-
-
-# --------------------------------------------------------------------------------------------
-# Fig. 8: dynamics transfer
 
 
 def _joint_range(mats: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -923,6 +1035,7 @@ def fig_transfer(
     levels: int | Sequence[int] | None = None,
     cfg: str | None = COND,
     title: str | None = "transferring dynamics from a reference video",
+    scale: str = "absolute",
 ) -> Figure:
     """Fig. 8: reference video vs. generation before / after TAR with the reference's
     similarity matrix as ΔA.
@@ -931,14 +1044,19 @@ def fig_transfer(
     attention map (probs reduced with :func:`reduce_maps`, or ready 2-D maps; the reference
     map is optional), inter-frame similarity ``(frame, frame2)``.  Similarities share one
     colour scale (``normalize_similarity="joint"``: min-max over all three, as in the paper;
-    "each": per matrix; "none": raw values).
+    "each": per matrix; "none": raw values). Attention maps share one probability scale with
+    1/N marked (``scale="minmax"``: per map, on request) and note their band concentration.
     """
     reduce_kw = {"steps": steps, "levels": levels, "cfg": cfg}
-    maps = [
+    raw_maps = [
         None if reference_map is None else _as_map(reference_map, reduce_kw),
         _as_map(before_map, reduce_kw),
         _as_map(after_map, reduce_kw),
     ]
+    present = [m for m in raw_maps if m is not None]
+    shown, mlo, mhi, mlabel = _display_maps(present, scale)
+    it = iter(shown)
+    maps = [None if m is None else next(it) for m in raw_maps]
     sims = [_as_matrix(s) for s in (reference_similarity, before_similarity, after_similarity)]
     if normalize_similarity == "joint":
         lo, hi = _joint_range(sims)
@@ -984,7 +1102,8 @@ def fig_transfer(
             if maps[i] is None:
                 ax.set_axis_off()
             else:
-                im_map = _draw_map(ax, maps[i])
+                im_map = _draw_map(ax, maps[i], vmin=mlo, vmax=mhi)
+                _band_note(ax, raw_maps[i])
                 ax.set_xlabel("key frame")
                 ax.set_ylabel("query frame" if labelled else f"{labels[i]}\nquery frame")
                 labelled = True
@@ -1000,7 +1119,7 @@ def fig_transfer(
         map_axes = [a for a in axes if a.images and a.images[0].get_cmap().name == MAP_CMAP]
         sim_axes = [a for a in axes if a.images and a.images[0].get_cmap().name == SIM_CMAP]
         if im_map is not None:
-            fig.colorbar(im_map, ax=map_axes, shrink=0.6, label="attention (min-max)")
+            _map_colorbar(fig, im_map, map_axes, shown, scale, mlabel, shrink=0.6)
         fig.colorbar(im_sim, ax=sim_axes, shrink=0.6, label=slabel)
         if title:
             fig.suptitle(title)
@@ -1024,13 +1143,16 @@ def fig_sigma_ablation(
     cfg: str | None = COND,
     title: str | None = "ablation of the regularisation matrix ΔA",
     cell_height: float = 1.3,
+    scale: str = "absolute",
 ) -> Figure:
     """Fig. 9: one row per TAR setting (labels like "σ64=1", "σ64=1,σ32=8", see
     :func:`sigma_label`) with its attention map and/or generated frames.
 
     ``maps``: dict ``label -> map`` (probs are reduced with :func:`reduce_maps`), or one
     probs DataArray whose runs are grouped by the run coordinate ``by``.  ``videos``: dict
-    ``label -> video``.  Rows follow ``order`` or first appearance.
+    ``label -> video``.  Rows follow ``order`` or first appearance. Maps share one
+    probability scale with 1/N marked (``scale="minmax"`` on request) and note their band
+    concentration.
     """
     reduce_kw = {"steps": steps, "levels": levels, "cfg": cfg}
     cells: dict[str, np.ndarray] = {}
@@ -1044,6 +1166,9 @@ def fig_sigma_ablation(
     if not cells and not videos:
         raise ValueError("give maps and/or videos")
     rows = _order(list(dict.fromkeys([*cells, *videos])), order)
+    raw = cells
+    shown, mlo, mhi, mlabel = _display_maps(list(raw.values()), scale)
+    cells = dict(zip(raw, shown))
     has_map, has_vid = bool(cells), bool(videos)
     aspect = 1.0
     if has_vid:
@@ -1061,7 +1186,8 @@ def fig_sigma_ablation(
             if has_map:
                 ax = fig.add_subplot(gs[i, 0])
                 if r in cells:
-                    im = _draw_map(ax, cells[r])
+                    im = _draw_map(ax, cells[r], vmin=mlo, vmax=mhi)
+                    _band_note(ax, raw[r])
                     ax.set_ylabel(f"{r}\nquery frame")
                     ax.set_xlabel("key frame" if i == len(rows) - 1 else "")
                 else:
@@ -1082,7 +1208,8 @@ def fig_sigma_ablation(
                 if has_map and r in videos:
                     ax.set_title(r, loc="left", fontsize="small")
         if im is not None:
-            fig.colorbar(im, ax=fig.axes, shrink=0.5, label="attention (min-max)", aspect=25)
+            map_axes = [a for a in fig.axes if a.images and a.images[0].get_cmap().name == MAP_CMAP]
+            _map_colorbar(fig, im, map_axes, shown, scale, mlabel, shrink=0.5, aspect=25)
         if title:
             fig.suptitle(title)
     return fig
@@ -1157,13 +1284,11 @@ def fig_similarity(
             rows,
             cols,
             cmap=SIM_CMAP,
-            cbar_label=label,
             xlabel="frame",
             ylabel="frame",
             suptitle=title,
             panel=panel,
-            vmin=vmin,
-            vmax=vmax,
+            given=(vmin, vmax, label),
         )
         grid = np.array(fig.axes[: nr * nc]).reshape(nr, nc)
         for idx, (lab, m) in enumerate(items):
@@ -1367,7 +1492,10 @@ def fig_band_profile(
     but ``offset``, ``hue`` (a run coordinate; "condition" is derived from source and edits)
     and ``col`` (e.g. ``level``, facets titled "level 0 (40x64)").  NaN offsets beyond a
     run's length are dropped; a run that is NaN everywhere (``band_profile`` of NaN-padded
-    maps) triggers a warning.
+    maps) triggers a warning. Runs of different frame counts are never pooled into one line
+    (an N-frame run has offsets up to N - 1 only; pooling would put a false step at N): they
+    get their own lines, told apart by line style. Within one frame count each ``hue`` has its
+    own dash pattern, so coinciding lines stay visible.
     """
     if isinstance(profile, xr.Dataset):
         profile = _probs(profile)
@@ -1396,6 +1524,16 @@ def fig_band_profile(
     if hue is not None and hue not in df.columns:
         raise KeyError(f"no coordinate {hue!r} for hue; columns: {list(df.columns)}")
     df = df.dropna(subset=["value"])
+    if FRAMES not in df.columns and RUN in df.columns:  # frame count from each run's extent
+        df[FRAMES] = df.groupby(RUN)[OFFSET].transform("max") + 1
+    by_frames = FRAMES in df.columns and df[FRAMES].nunique() > 1
+    style_col: str | None = None
+    if by_frames:
+        style_col = "frames "
+        df[style_col] = [f"{int(v)} frames" for v in df[FRAMES]]
+        style_order = [f"{v} frames" for v in sorted({int(v) for v in df[FRAMES]})]
+    elif hue is not None:
+        style_col, style_order = hue, None
     facets: list[Any] = [None]
     if col is not None and col in df.columns:
         facets = sorted(df[col].dropna().unique())
@@ -1413,12 +1551,22 @@ def fig_band_profile(
                 hue=hue,
                 hue_order=hues,
                 palette=palette,
+                style=style_col,
+                style_order=style_order if by_frames else hues,
+                dashes=True,
                 errorbar=errorbar,
-                marker=".",
+                markers=by_frames,
                 markersize=4,
                 legend=ax is axes[-1] and hue is not None,
                 ax=ax,
             )
+            if hues and palette:  # earlier hues wider underneath: coinciding lines stay visible
+                widths = dict(zip(hues, np.linspace(2.6, 1.0, len(hues))))
+                for line in ax.get_lines():
+                    for h in hues:
+                        if np.allclose(mpl.colors.to_rgb(line.get_color()), palette[h]):
+                            line.set_linewidth(widths[h])
+                            line.set_zorder(3 + hues.index(h))
             if f is not None:
                 if col == LEVEL and {LAYER_H, LAYER_W} <= set(sub.columns):
                     ax.set_title(level_label(f, sub[LAYER_H].iloc[0], sub[LAYER_W].iloc[0]))
@@ -1429,7 +1577,10 @@ def fig_band_profile(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             sns.despine(ax=ax)
         if hue is not None and axes[-1].get_legend() is not None:
-            sns.move_legend(axes[-1], "upper right", title=hue, frameon=False)
+            # with a second variable seaborn heads each section itself
+            sns.move_legend(
+                axes[-1], "upper right", title=None if by_frames else hue, frameon=False
+            )
         if title:
             fig.suptitle(title)
     return fig
@@ -1475,11 +1626,13 @@ def fig_video_with_maps(
     levels: int | Sequence[int] | None = None,
     cfg: str | None = COND,
     height: float = 1.8,
+    scale: str = "absolute",
 ) -> Figure:
     """Frames of a video next to its temporal-attention map(s).
 
     ``maps``: one map or a dict ``label -> map`` (e.g. one per level); probs are reduced with
-    :func:`reduce_maps`.  Frames are tiled ``ncols`` per row (default: two rows).
+    :func:`reduce_maps`.  Frames are tiled ``ncols`` per row (default: two rows). Maps share
+    one probability scale with 1/N marked (``scale="minmax"`` on request).
     """
     reduce_kw = {"steps": steps, "levels": levels, "cfg": cfg}
     items = (
@@ -1503,12 +1656,14 @@ def fig_video_with_maps(
         _draw_strip(axes[0], v, n, nc, ticks=nc == k)
         axes[0].set_title(f"frames ({len(v)} total)")
         im = None
-        for ax, (lab, m) in zip(axes[1:], items):
-            im = _draw_map(ax, m)
+        shown, mlo, mhi, mlabel = _display_maps([m for _, m in items], scale)
+        for ax, (lab, m), d in zip(axes[1:], items, shown):
+            im = _draw_map(ax, d, vmin=mlo, vmax=mhi)
+            _band_note(ax, m)
             ax.set_title(lab if lab is not None else f"attention ({m.shape[0]} frames)")
             ax.set_xlabel("key frame")
             ax.set_ylabel("query frame" if ax is axes[1] else "")
-        fig.colorbar(im, ax=list(axes[1:]), shrink=0.8, label="attention (min-max)")
+        _map_colorbar(fig, im, list(axes[1:]), shown, scale, mlabel, shrink=0.8)
         if title:
             fig.suptitle(title)
     return fig

@@ -50,10 +50,14 @@ class HookPoint(nn.Module):
         return x
 
     def has_hooks(self) -> bool:
+        """Whether anything outside attnlab may read or replace this tensor: torch forward
+        hooks (local or global), or an instance-level ``forward`` wrapper (nnsight wraps each
+        module's ``forward`` on the instance, without torch hooks)."""
         return bool(
             self._forward_hooks
             or self._forward_pre_hooks
             or torch.nn.modules.module._global_forward_hooks
+            or "forward" in self.__dict__
         )
 
 
@@ -154,7 +158,7 @@ class TemporalAttnProcessor:
         **kwargs: Any,
     ) -> torch.Tensor:
         plan = self.controller.plan(self.site.name)
-        hooked = attn.hook_logits.has_hooks() or attn.hook_probs.has_hooks()
+        hooked = _hooked(attn, plan)
         if plan is None and not hooked:
             return self.original(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
@@ -172,7 +176,7 @@ class TemporalAttnProcessor:
     ) -> torch.Tensor:
         """The default processor's math with the attention probabilities available."""
         if hooked is None:
-            hooked = attn.hook_logits.has_hooks() or attn.hook_probs.has_hooks()
+            hooked = _hooked(attn, plan)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -368,6 +372,15 @@ class _PositionSums:
         for item in range(a // n, (b - 1) // n + 1):
             lo, hi = max(a, item * n), min(b, (item + 1) * n)
             self.total[item, h] += x[lo - a : hi - a].sum(dim=0, dtype=torch.float32)
+
+
+def _hooked(attn: nn.Module, plan: Plan | None) -> bool:
+    """Whether the hook points of ``attn`` must see the whole tensors: someone hooks them, or a
+    client asks for them (``hook_points = True``, e.g. :func:`attnlab.hooks`). The blocked and
+    constant paths never call the hook points, so either forces the whole-tensor path."""
+    if plan is not None and any(getattr(c, "hook_points", False) for c in plan.observe):
+        return True
+    return attn.hook_logits.has_hooks() or attn.hook_probs.has_hooks()
 
 
 def _row_local(plan: Plan | None, ctx: CallContext) -> bool:

@@ -115,12 +115,21 @@ def record_real(
         raise ValueError(
             f"timesteps must be in [0, {horizon - 1}] (the scheduler's training horizon); got {list(timesteps)}"
         )
+    from .models import model_name
     from .video import to_model_input
 
-    clip = load_clip(video, frames=frames, fps=fps, start=start, davis_root=davis_root)
     scale = getattr(pipe, "vae_scale_factor", 8)
-    height = height or int(model.config.sample_size) * scale
-    width = width or int(model.config.sample_size) * scale
+    size = getattr(model.config, "sample_size", None)
+    if isinstance(size, (list, tuple)):
+        size = size[0] if len(set(size)) == 1 else None
+    if (height is None or width is None) and size is None:
+        raise ValueError(
+            f"the model's config ({type(model).__name__}) has no sample_size to derive the video "
+            "size from: pass height= and width= (attnlab record-real: --height and --width)"
+        )
+    clip = load_clip(video, frames=frames, fps=fps, start=start, davis_root=davis_root)
+    height = height or int(size) * scale
+    width = width or int(size) * scale
     pixels = to_model_input(clip, height, width)
     device = model.device
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -133,7 +142,8 @@ def record_real(
     if fam.name == "motion":  # as AnimateDiffPipeline does: one text row per frame
         text = text.repeat_interleave(frames, dim=0)
     meta = {
-        "model": str(getattr(pipe, "name_or_path", "") or ""),
+        "model": model_name(pipe),
+        "model_path": str(getattr(pipe, "name_or_path", "") or ""),
         "pipeline": type(pipe).__name__,
         "prompt": prompt,
         "video": clip.id,

@@ -155,6 +155,19 @@ class Recorder(Client):
         if self._buffer_ctx is None or self._buffer_ctx.step != ctx.step:
             self._flush()  # (the CFG halves of one step may come as separate calls)
         run = self._run
+        if run is not None and run.writer is None and "latent_height" not in run.attrs:
+            # the size actually generated (a pipeline call without height/width uses the
+            # model's default): latent size times the VAE's scale factor
+            lh, lw = ctx.latent
+            run.attrs["latent_height"], run.attrs["latent_width"] = lh, lw
+            pipe = getattr(self.controller, "_current_pipe", None) or getattr(
+                self.controller, "pipe", None
+            )
+            scale = getattr(pipe, "vae_scale_factor", None)
+            if scale:
+                for key, n in (("height", lh), ("width", lw)):
+                    if run.attrs.get(key) is None:
+                        run.attrs[key] = int(n * scale)
         if run is not None and run.steps is None and run.info.timesteps is None:
             run.steps = self.steps.resolve(None)
 

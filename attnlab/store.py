@@ -45,6 +45,53 @@ RUN_LAYER_COORDS = (D.LAYER_H, D.LAYER_W, D.HEADS, D.HEAD_DIM)
 LAYER_COORDS = (D.LEVEL, D.BLOCK)
 
 
+#: attribute of an integer array that stands for strings: code ``i`` means ``labels[i]``
+LABELS_ATTR = "attnlab_labels"
+
+
+def encode_strings(ds: xr.Dataset) -> xr.Dataset:
+    """String variables and coordinates as ``int32`` codes with their labels in an attribute.
+
+    zarr v3 specifies no fixed-length string type (zarr-python's ``fixed_length_utf32`` is
+    unstable and other readers refuse it), and its variable-length ``string`` is an extension
+    that e.g. tensorstore does not read; integer codes read everywhere. Labels keep the order of
+    first appearance. :func:`decode_strings` inverts this.
+    """
+    changed = {}
+    for name, var in ds.variables.items():
+        if var.dtype.kind not in "US" and not (
+            var.dtype.kind == "O" and all(isinstance(v, str) for v in var.values.ravel())
+        ):
+            continue
+        values = np.asarray(var.values).astype(str)
+        labels = list(dict.fromkeys(values.ravel().tolist()))
+        index = {label: i for i, label in enumerate(labels)}
+        codes = np.array([index[v] for v in values.ravel()], dtype=np.int32).reshape(values.shape)
+        changed[name] = xr.Variable(var.dims, codes, attrs={**var.attrs, LABELS_ATTR: labels})
+    if not changed:
+        return ds
+    coords = {k: v for k, v in changed.items() if k in ds.coords}
+    data = {k: v for k, v in changed.items() if k not in ds.coords}
+    return ds.assign_coords(coords).assign(data)
+
+
+def decode_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Inverse of :func:`encode_strings`: coded arrays become string arrays (numpy ``<U``)."""
+    changed = {}
+    for name, var in ds.variables.items():
+        labels = var.attrs.get(LABELS_ATTR)
+        if labels is None:
+            continue
+        attrs = {k: v for k, v in var.attrs.items() if k != LABELS_ATTR}
+        values = np.asarray(labels, dtype=str)[np.asarray(var.values, dtype=np.int64)]
+        changed[name] = xr.Variable(var.dims, values, attrs=attrs)
+    if not changed:
+        return ds
+    coords = {k: v for k, v in changed.items() if k in ds.coords}
+    data = {k: v for k, v in changed.items() if k not in ds.coords}
+    return ds.assign_coords(coords).assign(data)
+
+
 class StoreError(ValueError):
     """A store that cannot be read or appended to as asked (nothing was modified)."""
 
@@ -135,6 +182,7 @@ class RunWriter:
         """Append the steps in ``ds`` (a Dataset with a ``step`` dimension)."""
         # xarray rewrites the group's attributes on every append: always send the provenance
         ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False})
+        ds = encode_strings(ds)
         if self.steps == 0:
             encoding = {v: {"chunks": _step_chunks(ds[v])} for v in ds.data_vars}
             ds.to_zarr(
@@ -185,6 +233,11 @@ def write_run(
 
 def list_runs(path: str | os.PathLike, include_incomplete: bool = False) -> list[str]:
     """Run ids in a store, oldest first. A damaged run is skipped with a warning (never fatal)."""
+    return [r for r, complete in _scan_runs(path) if include_incomplete or complete]
+
+
+def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
+    """(run id, complete) of every readable run, oldest first; damaged runs warn."""
     import warnings
 
     import zarr
@@ -203,10 +256,9 @@ def list_runs(path: str | os.PathLike, include_incomplete: bool = False) -> list
             if complete:
                 _check_chunks(path, child.name, group)
         except Exception as err:  # one damaged run must not hide the others
-            warnings.warn(f"skipping run {child.name!r} of {path}: {err}", stacklevel=2)
+            warnings.warn(f"skipping run {child.name!r} of {path}: {err}", stacklevel=3)
             continue
-        if include_incomplete or complete:
-            out.append(child.name)
+        out.append((child.name, complete))
     return out
 
 
@@ -226,9 +278,10 @@ def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:
     """One run of a store, lazily, as written (no ``run`` dimension)."""
     chunks = {} if _has_dask_array() else None  # lazy dask arrays where dask is installed
     try:
-        return xr.open_zarr(
+        ds = xr.open_zarr(
             Path(path), group=_group(run_id), consolidated=False, zarr_format=3, chunks=chunks
         )
+        return decode_strings(ds)
     except Exception as err:
         raise StoreError(f"cannot read run {run_id!r} of {path}: {err}") from err
 
@@ -263,9 +316,24 @@ def load(
                 f"{p} has layout {this}, unlike {paths[0]} ({layout}); load them separately"
             )
         layout = this
-        wanted = list_runs(p, include_incomplete)
+        scanned = _scan_runs(p)
+        every = [r for r, _ in scanned]
         if runs is not None:
-            wanted = [r for r in runs if r in set(list_runs(p, True))]
+            wanted = [r for r in runs if r in set(every)]
+        elif include_incomplete:
+            wanted = every
+        else:
+            wanted = [r for r, complete in scanned if complete]
+            skipped = [r for r, complete in scanned if not complete]
+            if skipped:  # one warning per store, naming every run left out
+                import warnings
+
+                warnings.warn(
+                    f"{p}: skipped {len(skipped)} incomplete run(s) (interrupted or still "
+                    f"being written): {', '.join(skipped)}; load(..., include_incomplete=True) "
+                    "reads them",
+                    stacklevel=2,
+                )
         parts += [open_run(p, r) for r in wanted]
         ids += wanted
     if runs is not None and set(runs) - set(ids):
@@ -300,7 +368,7 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
             {c: ((D.RUN, D.LAYER), ds[c].values[None]) for c in RUN_LAYER_COORDS if c in ds.coords}
         )
         run_coords = {
-            coord: (D.RUN, [_coord_value(attrs.get(key))]) for key, coord in RUN_COORDS.items()
+            coord: (D.RUN, [_coord_value(key, attrs.get(key))]) for key, coord in RUN_COORDS.items()
         }
         run_coords[D.EDITS] = (D.RUN, [json.dumps(attrs.get("edits", []))])
         run_coords[D.PROVENANCE] = (D.RUN, [json.dumps(attrs, default=str)])
@@ -320,7 +388,15 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
     )
 
 
-def _coord_value(value: Any) -> Any:
+#: the ``seed`` coordinate of a run whose generator was not seeded (torch's global state)
+UNSEEDED = -1
+
+
+def _coord_value(key: str, value: Any) -> Any:
+    if key == "seed":
+        if isinstance(value, list):  # stores written before seeds were one integer
+            value = value[0] if value else None
+        return UNSEEDED if value is None or value == "" else int(value)
     if value is None:
         return ""
     if isinstance(value, (list, dict)):
@@ -336,7 +412,7 @@ SIMILARITY_GROUP = "similarity"
 def _write_array_group(path: str | os.PathLike, group: str, name: str, da: xr.DataArray) -> None:
     if layout_of(path) is None:
         raise StoreError(f"no attnlab store at {path}: record a run first")
-    da.to_dataset(name="data").to_zarr(
+    encode_strings(da.to_dataset(name="data")).to_zarr(
         Path(path), group=f"{group}/{name}", mode="w", zarr_format=3, consolidated=False
     )
 
@@ -348,7 +424,7 @@ def _read_array_group(path: str | os.PathLike, group: str, name: str) -> xr.Data
         )
     except Exception as err:
         raise StoreError(f"no {group[:-1]} {name!r} in {path}") from err
-    return ds["data"].load()
+    return decode_strings(ds)["data"].load()
 
 
 def save_video(path: str | os.PathLike, name: str, frames: Any) -> None:

@@ -40,7 +40,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -924,9 +923,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
-    with _CELL_LOCK, warnings.catch_warnings():
-        # zarr warns on every string coordinate it writes: noise in every worker's log
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+    with _CELL_LOCK:
         try:
             steps = expected_steps(cell)
             state, reason = _run_state(store, cell.run_id, task.variables, steps)

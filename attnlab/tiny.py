@@ -137,5 +137,8 @@ def tiny_path(kind: str, root: str | os.PathLike | None = None) -> Path:
     """Directory of the saved tiny pipeline ``kind``, building and saving it on first use."""
     if kind not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {kind!r}; available: {', '.join(TINY_MODELS)}")
+    from .quiet import quiet_library_logs
+
     path = Path(root) if root is not None else cache_dir("models") / kind
-    return saved_once(path, lambda tmp: build_tiny(kind).save_pretrained(tmp))
+    with quiet_library_logs():
+        return saved_once(path, lambda tmp: build_tiny(kind).save_pretrained(tmp))

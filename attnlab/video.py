@@ -260,6 +260,13 @@ def _natural_key(p: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
@@ -307,15 +314,19 @@ def _pick_backend(requested: Backend) -> str:
 def _decord_source(path: Path) -> _Source:
     import decord
 
+    from .quiet import filtered_stderr
+
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        n, fps = len(vr), float(vr.get_avg_fps())
+        with filtered_stderr():  # FFmpeg's notes on clips it decodes fine ("non-intra slice")
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            n, fps = len(vr), float(vr.get_avg_fps())
     except Exception as e:
         raise VideoError(f"{path}: cannot decode video with decord ({_short(e)})") from e
 
     def read(idx: np.ndarray) -> np.ndarray:
         try:
-            return vr.get_batch([int(i) for i in idx]).asnumpy()
+            with filtered_stderr():
+                return vr.get_batch([int(i) for i in idx]).asnumpy()
         except Exception as e:
             raise VideoError(f"{path}: decoding frames failed with decord ({_short(e)})") from e
 
@@ -751,6 +762,7 @@ def write_video(
                 raise VideoError(f"{p}: writing with {writers[0][0]} failed ({_short(e)})") from e
         else:
             raise VideoError(f"{p}: unsupported output format {suffix!r}; use .mp4 or .gif")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file follows the umask
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)

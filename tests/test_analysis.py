@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 from PIL import Image
 
 from attnlab.analysis import Context, draw_all, frame_change, run_experiment
@@ -86,7 +85,9 @@ def test_figures_redraw_from_stores_without_a_model(tmp_path, tiny_dirs, samples
         "flow_magnitude_mean", "dynamic_degree", "dynamic_pairs", "temporal_flickering"
     }  # fmt: skip
     # identity frees frames from each other, all-ones ties them: the paper's Fig. 4 direction
-    assert dyn["identity-0+1"] != dyn["ones-0+1"]
+    # (J_N / N gives every frame the same temporal output at levels 0+1: frames change less)
+    flow = {k: v["flow_magnitude_mean"] for k, v in dyn.items()}
+    assert flow["identity-0+1"] > flow["ones-0+1"]
     assert ctx.figure("fig4_dynamics.png").is_file()
     out = draw_all(ctx, ["maps"])
     assert out["maps"] == "no store (run the analysis first)"
@@ -121,7 +122,6 @@ def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys)
         "fig9_sigma.png", "figS1_similarity.png", "figS2_similarity_by_interval.png", "figS13_prior.png",
         "fig10_models.png", "fig4_dynamics.png", "fig9_dynamics.png", "fig10_dynamics.png",
     }  # fmt: skip
-    assert torch.get_num_threads() >= 1
 
 
 def test_detail_measures_fine_structure_per_frame():

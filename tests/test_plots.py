@@ -175,8 +175,8 @@ def test_reduce_maps_matches_numpy(probs):
 
 
 def test_reduce_maps_minmax_per_panel(probs):
-    raw = plots.reduce_maps(probs, normalize=False)
-    norm = plots.reduce_maps(probs)
+    raw = plots.reduce_maps(probs)  # probabilities by default
+    norm = plots.reduce_maps(probs, normalize=True)
     for k in range(probs.sizes[D.RUN]):
         n = int(probs[D.FRAMES][k])
         r = raw.isel(run=k).values[:n, :n]
@@ -224,7 +224,63 @@ def test_fig_attention_maps(probs, tmp_path):
         assert label in text
     for ax in image_axes(fig):
         m = ax.images[0].get_array()
-        assert not np.isnan(m).any() and m.min() == 0 and m.max() == pytest.approx(1)
+        assert not np.isnan(m).any()
+        np.testing.assert_allclose(m.sum(-1), 1.0)  # probabilities, not min-max stretched
+
+
+def _colorbar(fig):
+    return next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+
+
+def test_maps_are_absolute_on_one_shared_scale_with_uniform_marked(probs):
+    fig = plots.fig_attention_maps(probs, levels=0)
+    raw = plots.reduce_maps(probs, levels=0)
+    panels = image_axes(fig)
+    # every panel: the averaged probabilities of its runs, unchanged
+    for ax, (cond, n) in zip(panels, [(c, n) for c in ("real", "synthetic", "synthetic+TAR") for n in (8, 16)]):  # fmt: skip
+        runs = [k for k in range(probs.sizes[D.RUN]) if plots.condition_labels(probs)[k] == cond and int(probs[D.FRAMES][k]) == n]  # fmt: skip
+        expected = raw.isel(run=runs).mean(D.RUN).values[:n, :n]
+        np.testing.assert_allclose(ax.images[0].get_array(), expected, rtol=1e-12)
+        # the panel says how banded it is, against the uniform map's (3N - 2) / N^2
+        note = " ".join(t.get_text() for t in ax.texts)
+        from attnlab.metrics import band_concentration
+
+        assert f"band {float(band_concentration(expected)):.3f}" in note
+        assert f"uniform {(3 * n - 2) / n**2:.3f}" in note
+    # one colour scale for all panels, from 0 to the largest probability drawn
+    top = max(float(ax.images[0].get_array().max()) for ax in panels)
+    assert {ax.images[0].get_clim() for ax in panels} == {(0.0, top)}
+    cbar = _colorbar(fig)
+    labels = [t.get_text() for t in cbar.get_yticklabels()]
+    assert "1/8" in labels and "1/16" in labels  # the uniform levels are marked
+    assert "probability" in cbar.get_ylabel() and "min-max" not in cbar.get_ylabel()
+
+
+def test_minmax_only_on_request_and_then_labelled(probs):
+    fig = plots.fig_attention_maps(probs, levels=0, scale="minmax")
+    for ax in image_axes(fig):
+        m = ax.images[0].get_array()
+        assert m.min() == 0 and m.max() == pytest.approx(1)
+    assert "min-max per panel" in _colorbar(fig).get_ylabel()
+    with pytest.raises(ValueError, match="scale must be one of"):
+        plots.fig_attention_maps(probs, scale="stretched")
+
+
+def test_the_all_ones_probe_map_shows_its_uniform_value_not_black(tmp_path):
+    videos = {(k, lv): video(16, h=64, w=64, seed=i) for i, (k, lv) in enumerate(
+        (k, lv) for k in ("identity", "ones") for lv in ("0", "1", "2", "3", "0+1"))}  # fmt: skip
+    maps = {key: np.eye(16) if key[0] == "identity" else np.full((16, 16), 1 / 16) for key in videos}  # fmt: skip
+    fig = plots.fig_probe_grid(videos, maps, baseline=video(16, h=64, w=64, seed=99))
+    ones = [ax for ax in image_axes(fig) if ax.images[0].get_array().shape == (16, 16) and ax.images[0].get_array().std() == 0]  # fmt: skip
+    assert len(ones) == 5
+    for ax in ones:
+        assert ax.images[0].get_array().max() == pytest.approx(1 / 16)  # not 0 (black)
+        assert ax.images[0].get_clim() == (0.0, 1.0)  # shared with the identity maps
+        assert "band 0.180" in " ".join(t.get_text() for t in ax.texts)
+    # a page-wide figure: about 7 inches, at most 1500 px at 200 dpi (was 3634 x 850)
+    path = plots.save_figure(fig, tmp_path / "fig4", formats=("png",))[0]
+    width, height = Image.open(path).size
+    assert width <= 1500 and height <= 1600 and width / height < 1.5
 
 
 def test_fig_attention_maps_without_frames_coord_or_run_dim(probs):
@@ -419,9 +475,19 @@ def test_fig_band_profile(probs, tmp_path):
         assert label in text
     for line in fig.axes[0].get_lines():
         assert not np.isnan(line.get_ydata()).any()
-    # 8-frame runs contribute offsets 0..7: the real curve (8- and 16-frame runs) spans 0..15
-    xs = {len(line.get_xdata()) for line in fig.axes[0].get_lines()}
-    assert 16 in xs
+    # 8- and 16-frame runs are never pooled: one line per condition and frame count
+    lengths = sorted(len(line.get_xdata()) for line in fig.axes[0].get_lines())
+    assert lengths == [8, 8, 8, 16, 16, 16]
+    assert "8 frames" in text and "16 frames" in text
+    # the synthetic 8-frame line is the mean profile of the synthetic 8-frame runs alone
+    maps0 = plots.reduce_maps(probs, levels=0)
+    synth8 = [k for k in range(probs.sizes[D.RUN]) if probs[D.SOURCE].values[k] == "synthetic" and probs[D.EDITS].values[k] == "[]" and int(probs[D.FRAMES][k]) == 8]  # fmt: skip
+    expected = np.mean([band_profile(maps0.isel(run=k).values[:8, :8]).values for k in synth8], axis=0)  # fmt: skip
+    assert any(
+        # the same numbers reduced in another order: equal to float rounding
+        len(line.get_ydata()) == 8 and np.allclose(line.get_ydata(), expected, rtol=1e-9)
+        for line in fig.axes[0].get_lines()
+    )
 
     # from a band profile (what attnlab.metrics.band_profile returns), computed per run
     maps = plots.reduce_maps(probs, over=(D.STEP, D.SAMPLE, D.HEAD), normalize=False)
@@ -493,4 +559,8 @@ def test_mixed_frame_counts_in_one_panel_fail(probs):
 def test_long_format_input_dataframe():
     df = pd.DataFrame({D.OFFSET: [1, 1, 2, 2], "similarity": [0.9, 0.8, 0.7, 0.6], "source": "x"})
     fig = plots.fig_similarity_by_interval(df)
-    assert fig.axes
+    # the long-format rows are what is drawn: two offsets, values 0.6 .. 0.9
+    ax = fig.axes[0]
+    assert len(ax.collections) >= 2  # a violin per offset
+    lo, hi = ax.get_ylim()
+    assert lo <= 0.6 and hi >= 0.9

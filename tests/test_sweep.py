@@ -207,12 +207,18 @@ def test_sweep_records_every_cell_once(swept):
 
 
 def test_models_load_once_per_worker(swept):
-    _, _, summary = swept
-    per_worker: dict[int, int] = {}
+    # whatever the scheduler's placement: 3 cells per model ran in at most 2 worker processes,
+    # so some process ran 2 cells of one model (pigeonhole), and in every process each model
+    # was loaded once (a cache miss would count 2 loads)
+    spec, _, summary = swept
+    model_of = {c.cell_id: c.model for c in spec.cells()}
+    per_process_model: dict[tuple[int, str], int] = {}
     for r in summary.results:
-        per_worker[r["pid"]] = per_worker.get(r["pid"], 0) + 1
+        key = (r["pid"], model_of[r["cell_id"]])
+        per_process_model[key] = per_process_model.get(key, 0) + 1
         assert r["loads"] == 1, r  # this model was loaded once in this process
-    assert len(per_worker) == 2 and max(per_worker.values()) > 2
+    assert len({pid for pid, _ in per_process_model}) <= 2
+    assert max(per_process_model.values()) >= 2  # the cache was exercised
 
 
 def test_rerun_skips_complete_cells_without_starting_a_cluster(swept):

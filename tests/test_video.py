@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform
+import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -29,10 +29,11 @@ from attnlab.video import (
 )
 
 CARPHONE_FPS = 30000 / 1001
-# decord is a dependency on x86_64 only (no other wheels); elsewhere PyAV does the decoding
-needs_decord = pytest.mark.skipif(
-    platform.machine() not in ("x86_64", "AMD64"), reason="decord ships x86_64 wheels only"
-)
+# decord is a dependency on x86_64 only (no other wheels); elsewhere PyAV does the decoding.
+# The decoders a machine has are the ones tested (no skips: CI fails on any); the PyAV
+# fallback taken where decord is missing is tested everywhere (test_fallback_to_pyav_warns_once)
+HAS_DECORD = importlib.util.find_spec("decord") is not None
+DECODERS = ["av", "decord"] if HAS_DECORD else ["av"]
 # 16 frames at 8 fps from a 29.97 fps clip: round(k * 3.7462537) by hand
 CARPHONE_16_AT_8 = [0, 4, 7, 11, 15, 19, 22, 26, 30, 34, 37, 41, 45, 49, 52, 56]
 
@@ -74,17 +75,18 @@ def test_read_full_clip(carphone: Path, carphone_all: Video) -> None:
     assert 0.5 < float(np.median(diffs)) < 20
 
 
-@needs_decord
-def test_decord_matches_independent_pyav_decode(carphone: Path, carphone_all: Video) -> None:
+@pytest.mark.parametrize("backend", DECODERS)
+def test_decoder_matches_independent_pyav_decode(carphone: Path, backend: str) -> None:
     ref = _decode_with_pyav(carphone)
-    assert ref.shape == carphone_all.frames.shape
-    assert np.abs(ref.astype(np.int16) - carphone_all.frames).max() <= 3
-    # and the PyAV backend of read_video, sparse, gives the same frames as decord
-    sparse_av = read_video(carphone, frames=16, fps=8, backend="av")
-    sparse_decord = read_video(carphone, frames=16, fps=8, backend="decord")
-    assert sparse_av.indices.tolist() == sparse_decord.indices.tolist() == CARPHONE_16_AT_8
-    assert np.abs(sparse_av.frames.astype(np.int16) - sparse_decord.frames).max() <= 3
-    assert np.array_equal(sparse_av.frames, ref[CARPHONE_16_AT_8])
+    whole = read_video(carphone, backend=backend)
+    assert ref.shape == whole.frames.shape
+    # decord and FFmpeg via PyAV may round YUV->RGB differently: 3 of 255 levels at most
+    assert np.abs(ref.astype(np.int16) - whole.frames).max() <= (3 if backend == "decord" else 0)
+    # sparse reading (seeks) gives the frames of the full decode at the resampled indices
+    sparse = read_video(carphone, frames=16, fps=8, backend=backend)
+    assert sparse.indices.tolist() == CARPHONE_16_AT_8
+    tolerance = 3 if backend == "decord" else 0  # PyAV here is the reference's own decoder
+    assert np.abs(sparse.frames.astype(np.int16) - ref[CARPHONE_16_AT_8]).max() <= tolerance
 
 
 def test_fallback_to_pyav_warns_once(monkeypatch: pytest.MonkeyPatch, carphone: Path) -> None:
@@ -335,7 +337,7 @@ def test_missing_file(tmp_path: Path) -> None:
         read_video(tmp_path / "nothere.mp4")
 
 
-@pytest.mark.parametrize("backend", [pytest.param("decord", marks=needs_decord), "av"])
+@pytest.mark.parametrize("backend", DECODERS)
 def test_corrupt_file(tmp_path: Path, backend: str) -> None:
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))

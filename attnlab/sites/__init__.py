@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,15 @@ def _meta_motion(ref: str, path: Path, unet_config: dict) -> torch.nn.Module:
     unet2d = UNet2DConditionModel.from_config(unet_config)
     adapter = MotionAdapter.from_config(adapter_config)
     return UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
+
+
+class _CallableModule(types.ModuleType):
+    """``attnlab.sites`` is this package and the function :func:`sites` at once: ``import
+    attnlab`` loads its submodules lazily, and importing this package makes ``attnlab.sites``
+    the module, so calling the module calls the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SiteTable:
+        return sites(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
