@@ -33,7 +33,13 @@ def run_demo(
         height=size,
         width=size,
     )
-    print(sites(ctx.pipe(), height=ctx.height, width=ctx.width))
+    table = sites(ctx.pipe(), height=ctx.height, width=ctx.width)
+    levels = sorted({s.level for s in table})
+    counts = ", ".join(f"level {lv}: {sum(s.level == lv for s in table)}" for lv in levels)
+    print(
+        f"{ctx.model}: {len(table)} temporal self-attention layers ({counts}), frame PE "
+        f"{table[0].pe}; the full table: attnlab sites {ctx.model}"
+    )
     results: dict[str, list[Path]] = {}
     if organism:
         # first what the organisms generate: frames, maps and the evaluator's reading
