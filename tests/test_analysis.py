@@ -86,8 +86,10 @@ def test_figures_redraw_from_stores_without_a_model(tmp_path, tiny_dirs, samples
     }  # fmt: skip
     # identity frees frames from each other, all-ones ties them: the paper's Fig. 4 direction
     # (J_N / N gives every frame the same temporal output at levels 0+1: frames change less)
-    flow = {k: v["flow_magnitude_mean"] for k, v in dyn.items()}
-    assert flow["identity-0+1"] > flow["ones-0+1"]
+    # VBench's flickering score is 1 - mean |frame difference| / 255: lower = more change.
+    # (Optical flow on a random-weight model's noise-like frames says nothing about this.)
+    flicker = {k: v["temporal_flickering"] for k, v in dyn.items()}
+    assert flicker["identity-0+1"] < flicker["ones-0+1"]
     assert ctx.figure("fig4_dynamics.png").is_file()
     out = draw_all(ctx, ["maps"])
     assert out["maps"] == "no store (run the analysis first)"
