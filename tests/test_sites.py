@@ -155,7 +155,8 @@ def test_latte_and_i2vgenxl_tables():
 
 
 def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
-    """CogVideoX and Wan are mapped to the frame level (tests/test_joint.py); the others not yet."""
+    """CogVideoX, Wan and HunyuanVideo are mapped to the frame level (tests/test_joint.py);
+    the others not yet."""
     from diffusers import MochiTransformer3DModel
 
     with torch.device("meta"):
@@ -166,8 +167,9 @@ def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
     with pytest.raises(UnsupportedModelError, match="full 3D attention"):
         attnlab.sites(model)
     with pytest.raises(UnsupportedModelError, match="full 3D attention"):
-        family_of("HunyuanVideoTransformer3DModel")
+        family_of("LTXVideoTransformer3DModel")
     assert family_of("WanTransformer3DModel").name == "wan"
+    assert family_of("HunyuanVideoTransformer3DModel") is not None  # mapped since HunyuanVideo
 
 
 def test_image_model_has_no_temporal_attention():
