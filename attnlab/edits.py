@@ -49,6 +49,10 @@ def from_spec(spec: dict[str, Any]) -> Edit:
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind not in REGISTRY:
+        # edits defined in modules that build on this one register when imported: import them
+        # (``import attnlab`` is lazy, so a fresh process may not have them yet)
+        from . import synopsis  # noqa: F401
+    if kind not in REGISTRY:
         raise EditError(f"unknown edit kind {kind!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[kind].from_params(spec)
 
