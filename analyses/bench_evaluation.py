@@ -22,7 +22,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from attnlab import evaluation as E
+    from attnlab.lab import evaluation as E
 
     p = argparse.ArgumentParser()
     p.add_argument("--frames", type=int, default=48)

@@ -36,7 +36,7 @@ def texture(h: int, w: int, shift: tuple[float, float], seed: int = 0, k: int = 
 def main() -> int:
     import torch
 
-    from attnlab.evaluation import dynamic_degree, flow_magnitude, optical_flow
+    from attnlab.lab.evaluation import dynamic_degree, flow_magnitude, optical_flow
 
     torch.set_num_threads(1)
     print("## Synthetic translations (diagonal motion, 4 frames, 3 pairs)\n")
@@ -53,7 +53,7 @@ def main() -> int:
                 f"| {h} x {w} | {float(ds.dynamic_threshold):.2f} | {speed:g} | {m:.2f} | {err} |"
             )
 
-    from attnlab.datasets import fetch_samples, read_sample
+    from attnlab.data.datasets import fetch_samples, read_sample
 
     fetch_samples(["carphone", "bikes"])
     clip = read_sample("carphone", frames=None, fps=None)

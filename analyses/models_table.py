@@ -15,8 +15,8 @@ import attnlab
 def models() -> dict[str, torch.nn.Module]:
     import diffusers
 
-    from attnlab.lavie import LaVieUNet
-    from attnlab.videocrafter import VideoCrafter2UNet
+    from attnlab.models.lavie import LaVieUNet
+    from attnlab.models.videocrafter import VideoCrafter2UNet
 
     with torch.device("meta"):
         unet2d = diffusers.UNet2DConditionModel()  # SD 1.5 layout, as AnimateDiff's base

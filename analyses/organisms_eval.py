@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.evaluator import per_frame_rates, summarize
+from attnlab.data.evaluator import per_frame_rates, summarize
+from attnlab.lab.organism_eval import eval_captions, sample, score_videos
 from attnlab.models import load_pipeline
-from attnlab.organism_eval import eval_captions, sample, score_videos
-from attnlab.organisms import extend_frame_positions
+from attnlab.models.organisms import extend_frame_positions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attnlab import dims as D
 from attnlab import load
-from attnlab.analysis import EXPERIMENTS, Context, detail, frame_change, run_experiment
-from attnlab.metrics import band_concentration, band_profile
-from attnlab.store import load_video
+from attnlab.core import dims as D
+from attnlab.core.store import load_video
+from attnlab.data.metrics import band_concentration, band_profile
+from attnlab.lab.analysis import EXPERIMENTS, Context, detail, frame_change, run_experiment
 
 
 def _maps_table(ctx: Context) -> list[str]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.evaluator import summarize
-from attnlab.metrics import band_concentration
-from attnlab.organism_demo import demo_figure
+from attnlab.data.evaluator import summarize
+from attnlab.data.metrics import band_concentration
+from attnlab.lab.organism_demo import demo_figure
 
 
 def main(argv: list[str] | None = None) -> int:

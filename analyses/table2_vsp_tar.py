@@ -40,13 +40,13 @@ COLUMNS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attnlab.analysis import Context, _done
+    from attnlab.core.store import save_video
     from attnlab.edits import TAR
-    from attnlab.evaluation import CLIP_CHECKPOINT_ENV, evaluate
-    from attnlab.experiments import generate_recorded
+    from attnlab.edits.synopsis import Synopsis
+    from attnlab.lab.analysis import Context, _done
+    from attnlab.lab.evaluation import CLIP_CHECKPOINT_ENV, evaluate
+    from attnlab.lab.experiments import generate_recorded
     from attnlab.models import DEFAULT_MODEL
-    from attnlab.store import save_video
-    from attnlab.synopsis import Synopsis
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local folder or embedded name")

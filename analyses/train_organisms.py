@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from attnlab.organisms import (
+from attnlab.models.organisms import (
     FRAME_PES,
     WEIGHTS,
     OrganismSpec,
     PatchCodec,
     text_encoder_and_tokenizer,
 )
-from attnlab.training import (
+from attnlab.models.training import (
     TrainConfig,
     Trainer,
     codec_error,

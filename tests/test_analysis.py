@@ -7,8 +7,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from attnlab.analysis import Context, draw_all, frame_change, run_experiment
-from attnlab.cli import main
+from attnlab.lab.analysis import Context, draw_all, frame_change, run_experiment
+from attnlab.tools.cli import main
 
 
 def _ctx(tmp_path, tiny_dirs, **kw):
@@ -127,7 +127,7 @@ def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys)
 
 
 def test_detail_measures_fine_structure_per_frame():
-    from attnlab.analysis import detail
+    from attnlab.lab.analysis import detail
 
     flat = np.full((3, 8, 8, 3), 128, np.uint8)
     assert detail(flat) == 0

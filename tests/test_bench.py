@@ -10,12 +10,13 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import attnlab
-import attnlab.processor as processor
-from attnlab import bench
-from attnlab.control import CallContext, Plan, RunInfo
+import attnlab.core.processor as processor
+from attnlab.core.control import CallContext, Plan, RunInfo
+from attnlab.core.processor import HookPoint, TemporalAttnProcessor
+from attnlab.core.protocol import Observer
+from attnlab.core.sites import Site
 from attnlab.edits import regularise
-from attnlab.processor import HookPoint, TemporalAttnProcessor
-from attnlab.sites import Site
+from attnlab.tools import bench
 
 from .conftest import capture
 
@@ -99,7 +100,7 @@ class _Fixed:
         return self.ctx
 
 
-class _Keep:
+class _Keep(Observer):
     stage = "observe"
 
     def __init__(self, logits=True):

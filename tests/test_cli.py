@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import attnlab
-from attnlab import dims as D
-from attnlab.cli import main
+from attnlab.core import dims as D
+from attnlab.tools.cli import main
 
 
 def test_sites_prints_the_table(tiny_dirs, capsys):

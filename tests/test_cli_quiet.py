@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import attnlab
-from attnlab import dims as D
-from attnlab.cli import main
+from attnlab.core import dims as D
+from attnlab.tools.cli import main
 
 HEAVY = ("torch", "diffusers", "transformers", "xarray", "zarr", "dask", "nnsight")
 
@@ -25,7 +25,7 @@ def test_help_argument_errors_and_datasets_list_load_no_heavy_module(tmp_path):
     # what a command line waits for before it answers: a fresh interpreter, no torch & co.
     code = f"""
 import sys
-from attnlab.cli import main
+from attnlab.tools.cli import main
 for argv in (["--help"], ["record", "--help"], ["record", "--frames", "many"], ["nope"]):
     try:
         main(argv)
@@ -105,7 +105,7 @@ def test_figures_all_without_data_names_the_path_and_creates_nothing(tmp_path, m
 
 
 def test_ctrl_c_is_one_line_exit_130_and_load_warns_once(tiny_dirs, tmp_path, monkeypatch, capsys):
-    from attnlab import experiments
+    from attnlab.lab import experiments
 
     store = tmp_path / "runs.zarr"
     args = ["record", "--model", str(tiny_dirs["tiny-modelscope"]), "--frames", "4", "--steps", "3",
@@ -146,7 +146,7 @@ def test_ctrl_c_is_one_line_exit_130_and_load_warns_once(tiny_dirs, tmp_path, mo
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_videos_follow_the_umask(tmp_path, umask):
-    from attnlab.video import write_video
+    from attnlab.data.video import write_video
 
     old = os.umask(umask)
     try:
@@ -180,7 +180,7 @@ def diffusers_log():
 
 
 def test_known_harmless_library_logs_are_dropped_only_inside_the_block(diffusers_log):
-    from attnlab.quiet import quiet_library_logs
+    from attnlab.core.quiet import quiet_library_logs
 
     log = logging.getLogger("diffusers.pipelines.pipeline_utils")
     deprecated = (
@@ -204,7 +204,7 @@ def test_loading_a_pipeline_logs_no_known_harmless_message(tiny_dirs, diffusers_
 
 
 def test_ffmpeg_notes_are_dropped_and_other_c_stderr_lines_kept(capfd):
-    from attnlab.quiet import filtered_stderr
+    from attnlab.core.quiet import filtered_stderr
 
     with filtered_stderr():
         os.write(2, b"[h264 @ 0x55] A non-intra slice in an IDR NAL unit.\n")
@@ -247,7 +247,8 @@ def test_record_real_without_sample_size_says_which_option_gives_the_size(ms_pip
 
 
 def test_cli_default_model_is_the_libraries():
-    from attnlab import cli, models
+    from attnlab import models
+    from attnlab.tools import cli
 
     assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
     assert re.fullmatch(r"organism-\w+", cli.DEFAULT_MODEL)

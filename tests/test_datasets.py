@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnlab import datasets
-from attnlab.datasets import (
+from attnlab.data import datasets
+from attnlab.data.datasets import (
     DEFAULT_SAMPLES,
     MANIFEST,
     ChecksumError,
@@ -24,7 +24,7 @@ from attnlab.datasets import (
     read_sample,
     samples_dir,
 )
-from attnlab.video import VideoError, read_video
+from attnlab.data.video import VideoError, read_video
 
 README = Path(__file__).resolve().parents[1] / "datasets" / "README.md"
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import attnlab
-from attnlab import dims as D
+from attnlab.core import dims as D
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import attnlab
-from attnlab import dims as D
-from attnlab.control import CallContext, RunInfo
+from attnlab.core import dims as D
+from attnlab.core.control import CallContext, RunInfo
+from attnlab.core.selection import SelectionError
 from attnlab.edits import (
     TAR,
     EditError,
@@ -23,7 +24,6 @@ from attnlab.edits import (
     preset_sigma,
     regularise,
 )
-from attnlab.selection import SelectionError
 
 from .conftest import capture
 
@@ -191,7 +191,7 @@ def test_regularise_matches_eq3_on_random_q_k(mode):
     q = torch.randn(3, 2, 10, 4, generator=g, dtype=torch.float64)
     k = torch.randn(3, 2, 10, 4, generator=g, dtype=torch.float64)
     phi = q @ k.transpose(-1, -2) / 2.0
-    from attnlab.metrics import gaussian_prior
+    from attnlab.data.metrics import gaussian_prior
 
     dA = torch.as_tensor(gaussian_prior(10, 1.7))
     got = regularise(phi, dA, mode).softmax(-1).numpy()

@@ -17,10 +17,10 @@ import torch
 import xarray as xr
 
 import attnlab
-from attnlab import dims as D
-from attnlab import evaluation as E
-from attnlab.cli import main
-from attnlab.metrics import band_concentration, diagonalness, map_distance
+from attnlab.core import dims as D
+from attnlab.data.metrics import band_concentration, diagonalness, map_distance
+from attnlab.lab import evaluation as E
+from attnlab.tools.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +140,7 @@ def test_shuffled_frames_are_less_consistent_and_less_smooth():
 
 
 def test_consistency_formula_against_a_loop():
-    from attnlab.similarity import similarity_matrix
+    from attnlab.data.similarity import similarity_matrix
 
     video = translation(6, (2.0, 0.0))
     ds = E.consistency(video, "pixel")
@@ -326,7 +326,7 @@ def test_mtscore_is_a_hook_not_a_fake():
 
 @pytest.fixture(scope="module")
 def scored_store(tmp_path_factory, ms_pipe):
-    from attnlab.store import save_video
+    from attnlab.core.store import save_video
 
     from .conftest import generate as gen
 
@@ -376,7 +376,7 @@ def test_store_evaluation_is_written_beside_the_runs(scored_store, monkeypatch):
     )
     # a stored video that changed is scored again
     monkeypatch.undo()
-    from attnlab.store import save_video
+    from attnlab.core.store import save_video
 
     save_video(scored_store, "extra", translation(8, (0.0, 0.0)))
     moved = attnlab.evaluate(
@@ -399,7 +399,7 @@ def test_store_evaluation_is_written_beside_the_runs(scored_store, monkeypatch):
 
 
 def test_cli_evaluate_store_and_video(scored_store, tmp_path, capsys):
-    from attnlab.video import write_video
+    from attnlab.data.video import write_video
 
     code = main(["evaluate", str(scored_store), "--metrics", "temporal_flickering"])
     assert code == 0

@@ -7,11 +7,12 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import attnlab
-import attnlab.processor as processor
-from attnlab import dims as D
-from attnlab.control import CallContext, Plan, RunInfo
-from attnlab.processor import HookPoint, TemporalAttnProcessor, _PositionSums
-from attnlab.sites import Site
+import attnlab.core.processor as processor
+from attnlab.core import dims as D
+from attnlab.core.control import CallContext, Plan, RunInfo
+from attnlab.core.processor import HookPoint, TemporalAttnProcessor, _PositionSums
+from attnlab.core.protocol import Observer
+from attnlab.core.sites import Site
 
 # float32 sums over a few hundred rows in two different orders (block by block vs one
 # reduction over the whole tensor) differ by a few ulp of values <= 1: 1e-6 leaves a margin
@@ -34,7 +35,7 @@ class _Fixed:
         return self.ctx
 
 
-class _Spy:
+class _Spy(Observer):
     """A recorder-like observer that takes sums when ``sums`` is set, else full maps."""
 
     stage = "observe"
@@ -188,7 +189,7 @@ def test_peer_variants_record_the_same_maps_as_attnlab():
     """The benchmark's peer variants (classic processor + RAM hook; nnsight .save()) keep the
     same layers, steps and reduction as ``attnlab.record``: equal maps up to float rounding
     (the classic processor computes the softmax with baddbmm instead of per-head bmm)."""
-    from attnlab import bench
+    from attnlab.tools import bench
 
     cfg = bench.CONFIGS["tiny"]
     pipe = bench.build_pipeline(cfg)

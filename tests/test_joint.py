@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import attnlab
-from attnlab import dims as D
-from attnlab import joint
-from attnlab.joint import TokenLayout, edited_attention, frame_mass
-from attnlab.sites import UnsupportedModelError, family_of
+from attnlab.core import dims as D
+from attnlab.core import joint
+from attnlab.core.joint import TokenLayout, edited_attention, frame_mass
+from attnlab.core.sites import UnsupportedModelError, family_of
 
 FRAMES, LATENT = 3, (8, 8)  # 3 latent frames, 8x8 latent -> 4x4 = 16 tokens per frame
 
@@ -27,28 +27,28 @@ FRAMES, LATENT = 3, (8, 8)  # 3 latent frames, 8x8 latent -> 4x4 = 16 tokens per
 # ---- tiny models, built offline once per session ------------------------------------------
 @pytest.fixture(scope="session")
 def cog():
-    from attnlab.tiny_dit import cogvideox_transformer
+    from attnlab.models.tiny_dit import cogvideox_transformer
 
     return cogvideox_transformer()
 
 
 @pytest.fixture(scope="session")
 def wan():
-    from attnlab.tiny_dit import wan_transformer
+    from attnlab.models.tiny_dit import wan_transformer
 
     return wan_transformer()
 
 
 @pytest.fixture(scope="session")
 def cog_pipe():
-    from attnlab.tiny_dit import cogvideox_pipeline
+    from attnlab.models.tiny_dit import cogvideox_pipeline
 
     return cogvideox_pipeline()
 
 
 @pytest.fixture(scope="session")
 def wan_pipe():
-    from attnlab.tiny_dit import wan_pipeline
+    from attnlab.models.tiny_dit import wan_pipeline
 
     return wan_pipeline()
 
@@ -285,7 +285,7 @@ def test_site_tables_and_frame_pe_as_data(cog, wan):
 
 
 def test_cli_sites_prints_the_frame_pe(cog, tmp_path, capsys):
-    from attnlab.cli import main
+    from attnlab.tools.cli import main
 
     cog.save_config(tmp_path / "cog" / "transformer")
     assert main(["sites", str(tmp_path / "cog"), "--latent", "8", "8"]) == 0
@@ -488,7 +488,7 @@ def test_the_worked_example_in_the_docs_is_what_the_code_prints():
 
 # ---- HunyuanVideo: text appended, padded text keys masked, dual- and single-stream blocks ----
 def test_hunyuanvideo_maps_text_mass_and_edits():
-    from attnlab.tiny_dit import hunyuan_transformer
+    from attnlab.models.tiny_dit import hunyuan_transformer
 
     model = hunyuan_transformer()
     t = attnlab.sites(model, latent=(4, 4), frames=FRAMES)

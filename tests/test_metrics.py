@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
-from attnlab import metrics as M
-from attnlab.dims import FRAME, FRAME2, HEAD, KEY, LAYER, OFFSET, QUERY
+from attnlab.core.dims import FRAME, FRAME2, HEAD, KEY, LAYER, OFFSET, QUERY
+from attnlab.data import metrics as M
 
 N = 6
 

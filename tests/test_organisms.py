@@ -11,7 +11,7 @@ import torch
 
 import attnlab
 from attnlab.models import generate, load_pipeline
-from attnlab.organisms import (
+from attnlab.models.organisms import (
     ORGANISMS,
     WEIGHTS,
     FrameRoPE,
@@ -100,7 +100,7 @@ def test_short_generation_is_deterministic_for_a_seed(name, organisms):
 def test_organism_draws_the_captioned_colour():
     """Behaviour, from pure noise with the pipeline's own defaults (16 frames, guidance) and 10
     DDIM steps to stay cheap: the object is found and has the captioned colour."""
-    from attnlab.evaluator import evaluate
+    from attnlab.data.evaluator import evaluate
 
     pipe = load_pipeline("organism-none", progress=False)
     captions = [
@@ -219,7 +219,7 @@ def test_v_loss_is_the_v_prediction_objective_with_min_snr_weights():
     has loss |v|^2 times the weight."""
     from types import SimpleNamespace
 
-    from attnlab.training import v_loss
+    from attnlab.models.training import v_loss
 
     torch.manual_seed(0)
     alphas = torch.linspace(0.99, 0.01, 1000)
@@ -248,7 +248,7 @@ def test_v_loss_is_the_v_prediction_objective_with_min_snr_weights():
 def test_training_resumes_bit_for_bit_and_starts_from_the_image_phase(tmp_path):
     """Three steps straight equal two steps, a checkpoint, a new Trainer and one more step (same
     process, same computation: bit-identical); a video phase starts from given image weights."""
-    from attnlab.training import TrainConfig, Trainer, fit_codec, save_organism
+    from attnlab.models.training import TrainConfig, Trainer, fit_codec, save_organism
 
     spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
     codec = fit_codec(spec, torch.rand(8, 3, 32, 32) * 2 - 1)

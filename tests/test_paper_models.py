@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import attnlab
-from attnlab import convert
-from attnlab.convert import VC2Config
+from attnlab.models import convert
+from attnlab.models.convert import VC2Config
 
 # --- LaVie -------------------------------------------------------------------------------------
 
@@ -54,7 +54,7 @@ def sd14_small(tmp_path_factory):
     """A Stable-Diffusion-1.x-shaped diffusers folder at reduced width (what --sd14 expects)."""
     from diffusers import PNDMScheduler
 
-    from attnlab.tiny import _text_encoder, clip_tokenizer, kl_vae
+    from attnlab.models.tiny import _text_encoder, clip_tokenizer, kl_vae
 
     root = tmp_path_factory.mktemp("sd14")
     torch.manual_seed(0)
@@ -73,9 +73,9 @@ def sd14_small(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lavie(sd14_small, tmp_path_factory):
     """Random weights in lavie_base.pt's layout, converted with the CLI; returns (state, pipe)."""
-    from attnlab.cli import main
-    from attnlab.lavie import LaVieRoPE
     from attnlab.models import load_pipeline
+    from attnlab.models.lavie import LaVieRoPE
+    from attnlab.tools.cli import main
 
     root = tmp_path_factory.mktemp("lavie")
     layout = convert.lavie_layout(convert.lavie_unet_config(sd14_small))
@@ -101,7 +101,7 @@ def lavie(sd14_small, tmp_path_factory):
 
 def test_lavie_layout_matches_model_at_full_width():
     """SD 1.4 width on the meta device: the original layout is exactly the model's state dict."""
-    from attnlab.lavie import LaVieUNet
+    from attnlab.models.lavie import LaVieUNet
 
     layout = convert.lavie_layout()
     with torch.device("meta"):
@@ -422,7 +422,7 @@ def test_vc2_layout_matches_model_at_full_width():
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from attnlab.videocrafter import VideoCrafter2UNet
+    from attnlab.models.videocrafter import VideoCrafter2UNet
 
     cfg = VC2Config()
     layout = convert.vc2_unet_layout(cfg)
@@ -641,7 +641,7 @@ def _lvdm_ddim(eps_fn, x, cfg: VC2Config, steps: int, eta: float, noises):
 
 
 def test_vc2_scheduler_is_lvdm_ddim_with_scale():
-    from attnlab.videocrafter import VideoCrafter2Scheduler
+    from attnlab.models.videocrafter import VideoCrafter2Scheduler
 
     cfg = VC2Config()
     sched = VideoCrafter2Scheduler()

@@ -13,10 +13,10 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from attnlab import dims as D
-from attnlab import plots
-from attnlab.metrics import band_profile
-from attnlab.video import Video
+from attnlab.core import dims as D
+from attnlab.data.metrics import band_profile
+from attnlab.data.video import Video
+from attnlab.lab import plots
 
 matplotlib.use("Agg")
 
@@ -243,7 +243,7 @@ def test_maps_are_absolute_on_one_shared_scale_with_uniform_marked(probs):
         np.testing.assert_allclose(ax.images[0].get_array(), expected, rtol=1e-12)
         # the panel says how banded it is, against the uniform map's (3N - 2) / N^2
         note = " ".join(t.get_text() for t in ax.texts)
-        from attnlab.metrics import band_concentration
+        from attnlab.data.metrics import band_concentration
 
         assert f"band {float(band_concentration(expected)):.3f}" in note
         assert f"uniform {(3 * n - 2) / n**2:.3f}" in note

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import attnlab
-from attnlab import dims as D
-from attnlab import store as S
+from attnlab.core import dims as D
+from attnlab.core import store as S
 
 from .conftest import GEN
 

@@ -10,9 +10,9 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 import attnlab
-from attnlab.control import CallContext, Controller, RunInfo
-from attnlab.processor import HookPoint, TemporalAttnProcessor
-from attnlab.sites import Site
+from attnlab.core.control import CallContext, Controller, RunInfo
+from attnlab.core.processor import HookPoint, TemporalAttnProcessor
+from attnlab.core.sites import Site
 
 from .conftest import capture
 
@@ -110,7 +110,7 @@ def test_explicit_path_matches_numpy_on_real_layer(ms_pipe, gen):
 
 def test_no_client_means_bit_identical_pipeline(pipe, gen):
     ref = gen(pipe)
-    from attnlab.control import Client
+    from attnlab.core.control import Client
 
     with Controller.of(pipe).attached(Client()):  # installed, but nobody selects anything
         inside = gen(pipe)

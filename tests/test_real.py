@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import attnlab
-from attnlab import dims as D
-from attnlab.cli import main
-from attnlab.datasets import write_davis_layout
-from attnlab.real import encode_video, record_real
-from attnlab.video import read_video, to_model_input
+from attnlab.core import dims as D
+from attnlab.data.datasets import write_davis_layout
+from attnlab.data.video import read_video, to_model_input
+from attnlab.lab.real import encode_video, record_real
+from attnlab.tools.cli import main
 
 
 def test_record_real_one_run_per_clip_with_one_step_per_timestep(ms_pipe, samples):
@@ -110,14 +110,14 @@ def test_bad_real_inputs(ms_pipe, samples):
         record_real(ms_pipe, samples["carphone"], frames=8, timesteps=[1000], progress=False)
     with pytest.raises(FileNotFoundError, match="not a file or frame folder"):
         record_real(ms_pipe, "no-such-clip", frames=8, progress=False)
-    from attnlab.video import VideoError
+    from attnlab.data.video import VideoError
 
     with pytest.raises(VideoError, match=r"too short|frames"):
         record_real(ms_pipe, samples["carphone"], frames=200, fps=8, progress=False)
 
 
 def test_forward_noise_is_the_ddpm_forward_process(ms_pipe):
-    from attnlab.real import forward_noise
+    from attnlab.lab.real import forward_noise
 
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(1, 4, 3, 4, 4, generator=g), torch.randn(1, 4, 3, 4, 4, generator=g)

@@ -10,9 +10,9 @@ import torch
 import xarray as xr
 
 import attnlab
-from attnlab import dims as D
-from attnlab.selection import SelectionError
-from attnlab.store import StoreError
+from attnlab.core import dims as D
+from attnlab.core.selection import SelectionError
+from attnlab.core.store import StoreError
 
 
 def test_record_mean_maps_and_coordinates(ms_pipe, gen):
@@ -279,10 +279,10 @@ def test_a_client_cannot_be_active_twice_and_nothing_leaks(ms_pipe, gen):
         pass
     assert torch.equal(gen(ms_pipe), ref)
     # nothing of attnlab keeps a model alive once its contexts are closed
-    from attnlab.control import _controllers
+    from attnlab.core.control import _controllers
 
     assert ms_pipe.unet not in _controllers
-    from attnlab.tiny import build_tiny
+    from attnlab.models.tiny import build_tiny
 
     tmp = build_tiny("tiny-modelscope")
     with attnlab.record(tmp, levels=[0]):
@@ -304,7 +304,7 @@ def test_scheduler_signature_is_kept_while_instrumented(ms_pipe):
 def test_failed_last_write_leaves_the_run_incomplete_and_a_rerun_replaces_it(
     ms_pipe, gen, tmp_path, monkeypatch
 ):
-    from attnlab import store as S
+    from attnlab.core import store as S
 
     path = tmp_path / "f.zarr"
     real_append = S.RunWriter.append

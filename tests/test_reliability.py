@@ -22,10 +22,10 @@ import pytest
 import zarr
 
 import attnlab
-from attnlab import dims as D
-from attnlab.locks import LOCK_NAME, StoreLock, StoreLockedError
-from attnlab.store import StoreError
-from attnlab.sweep import (
+from attnlab.core import dims as D
+from attnlab.core.locks import LOCK_NAME, StoreLock, StoreLockedError
+from attnlab.core.store import StoreError
+from attnlab.lab.sweep import (
     FAILURES_GROUP,
     FAULT_ENV,
     QUARANTINE_DIR,
@@ -181,8 +181,8 @@ def test_exception_inside_the_pipeline(cluster, fault, tiny_dirs, tmp_path, kind
 
 def test_failed_last_write_is_never_left_complete(ms_pipe, tiny_dirs, tmp_path, monkeypatch):
     """A write error in the recorder's final flush: the cell fails and its run stays incomplete."""
-    from attnlab import store as store_mod
-    from attnlab.sweep import _PIPES
+    from attnlab.core import store as store_mod
+    from attnlab.lab.sweep import _PIPES
 
     store = tmp_path / "s.zarr"
     spec = parse_spec(spec_for([ms(tiny_dirs)], prompts=["alpha cat"]))

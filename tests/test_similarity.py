@@ -23,9 +23,9 @@ import torch
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
-from attnlab import similarity as S
-from attnlab.dims import FRAME, FRAME2, OFFSET
-from attnlab.metrics import gaussian_prior
+from attnlab.core.dims import FRAME, FRAME2, OFFSET
+from attnlab.data import similarity as S
+from attnlab.data.metrics import gaussian_prior
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -160,7 +160,7 @@ def test_stlpips_loads_and_runs_with_the_network_blocked(tmp_path):
             assert "network blocked" in str(err), err
 
         import torch
-        from attnlab.similarity import similarity_matrix
+        from attnlab.data.similarity import similarity_matrix
 
         frames = torch.rand(3, 3, 48, 64) * 2 - 1
         frames[1] = frames[0]

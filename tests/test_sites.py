@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.sites import UnsupportedModelError, family_of
+from attnlab.core.sites import UnsupportedModelError, family_of
 
 from .conftest import generate
 

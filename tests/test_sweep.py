@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import attnlab
-from attnlab import dims as D
-from attnlab.metrics import band_concentration
-from attnlab.sweep import (
+from attnlab.core import dims as D
+from attnlab.data.metrics import band_concentration
+from attnlab.lab.sweep import (
     SweepSpecError,
     load_spec,
     main,

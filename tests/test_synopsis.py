@@ -8,7 +8,12 @@ import torch
 
 import attnlab
 from attnlab.edits import EditError
-from attnlab.synopsis import VSP_TEMPLATE, default_key_frames, frame_weights, key_states_from_llm
+from attnlab.edits.synopsis import (
+    VSP_TEMPLATE,
+    default_key_frames,
+    frame_weights,
+    key_states_from_llm,
+)
 
 PROMPT = "a polar bear playing drums"
 

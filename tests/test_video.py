@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from attnlab import dims, video
-from attnlab.datasets import write_davis_layout
-from attnlab.video import (
+from attnlab.core import dims
+from attnlab.data import video
+from attnlab.data.datasets import write_davis_layout
+from attnlab.data.video import (
     DAVIS_FPS,
     Video,
     VideoError,

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnlab.evaluator import evaluate, read_frame, summarize
-from attnlab.training import reverse_caption, world_batch
-from attnlab.world import (
+from attnlab.data.evaluator import evaluate, read_frame, summarize
+from attnlab.data.world import (
     BACKGROUNDS,
     COLORS,
     MOTIONS,
@@ -21,6 +20,7 @@ from attnlab.world import (
     sample_scene,
     world_clip,
 )
+from attnlab.models.training import reverse_caption, world_batch
 
 SEEDS = range(40)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from attnlab import bench
-from attnlab.control import Plan
-from attnlab.processor import TemporalAttnProcessor
+from attnlab.core.control import Plan
+from attnlab.core.processor import TemporalAttnProcessor
+from attnlab.tools import bench
 
 torch.set_num_threads(1)
 out_path = Path(sys.argv[1])

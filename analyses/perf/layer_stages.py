@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from attnlab import bench, processor
+from attnlab.core import processor
+from attnlab.tools import bench
 
 torch.set_num_threads(1)
 out_path = Path(sys.argv[1])

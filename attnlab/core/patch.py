@@ -1,0 +1,183 @@
+"""Reversible patches: every change attnlab makes to a model, pipeline or scheduler is one of
+these objects. Each saves exactly what it replaces and restores exactly that (an instance
+attribute that existed before comes back; one that did not is removed), so leaving a context
+returns the objects to their prior state even when other code patched them too.
+
+:func:`attnlab.is_instrumented` and :func:`attnlab.active_patches` read the patches that are in
+place (the controller holds them; nothing is kept on the patched objects).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+_MISSING = object()
+
+
+class Patch:
+    """One reversible change; ``apply`` once, ``restore`` once."""
+
+    #: what the patch changes, for :func:`attnlab.active_patches`
+    description: str = ""
+
+    def __init__(self, target: Any, description: str):
+        self.target = target
+        self.description = description
+        self.applied = False
+
+    def apply(self) -> Patch:
+        if self.applied:
+            raise RuntimeError(f"patch already applied: {self.description}")
+        self._apply()
+        self.applied = True
+        return self
+
+    def restore(self) -> None:
+        if not self.applied:
+            return
+        self.applied = False
+        self._restore()
+
+    def _apply(self) -> None:
+        raise NotImplementedError
+
+    def _restore(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "active" if self.applied else "restored"
+        return f"<{type(self).__name__} {state}: {self.description}>"
+
+
+class AttributePatch(Patch):
+    """Set ``obj.name = value`` on the instance; restore the instance attribute that was there
+    before (or remove it when there was none, so the class attribute shows again)."""
+
+    def __init__(self, obj: Any, name: str, value: Any, description: str | None = None):
+        super().__init__(obj, description or f"{type(obj).__name__}.{name}")
+        self.name = name
+        self.value = value
+        self.saved: Any = _MISSING
+
+    def _apply(self) -> None:
+        self.saved = vars(self.target).get(self.name, _MISSING)
+        object.__setattr__(self.target, self.name, self.value)
+
+    def _restore(self) -> None:
+        current = vars(self.target).get(self.name, _MISSING)
+        if current is not self.value:
+            warnings.warn(
+                f"attnlab: {self.description} was changed by other code while attnlab's patch "
+                "was active; leaving the current value in place",
+                stacklevel=3,
+            )
+            return
+        if self.saved is _MISSING:
+            delattr(self.target, self.name)
+        else:
+            object.__setattr__(self.target, self.name, self.saved)
+
+
+class ClassPatch(Patch):
+    """Give ``obj`` another class (a subclass that adds behaviour); restore the original."""
+
+    def __init__(self, obj: Any, cls: type, description: str | None = None):
+        super().__init__(obj, description or f"{type(obj).__name__} instance class")
+        self.cls = cls
+        self.saved: type | None = None
+
+    def _apply(self) -> None:
+        self.saved = type(self.target)
+        self.target.__class__ = self.cls
+
+    def _restore(self) -> None:
+        if type(self.target) is not self.cls:
+            warnings.warn(
+                f"attnlab: the class of {self.description} was changed by other code; "
+                "leaving it in place",
+                stacklevel=3,
+            )
+            return
+        assert self.saved is not None
+        self.target.__class__ = self.saved
+
+
+class ProcessorPatch(Patch):
+    """``attn.set_processor(processor)``; restore the processor object that was set before."""
+
+    def __init__(self, attn: Any, processor: Any, description: str):
+        super().__init__(attn, description)
+        self.processor = processor
+        self.saved: Any = None
+
+    def _apply(self) -> None:
+        self.saved = self.target.processor
+        self.target.set_processor(self.processor)
+
+    def _restore(self) -> None:
+        self.target.set_processor(self.saved)
+
+
+class ChildModulePatch(Patch):
+    """Add a child module ``parent.<name>`` that did not exist; remove it again."""
+
+    def __init__(self, parent: Any, name: str, module: Any, description: str):
+        super().__init__(parent, description)
+        self.name = name
+        self.module = module
+
+    def _apply(self) -> None:
+        if self.name in self.target._modules or hasattr(self.target, self.name):
+            raise RuntimeError(f"{self.description}: the attribute already exists")
+        self.target.add_module(self.name, self.module)
+
+    def _restore(self) -> None:
+        if self.target._modules.get(self.name) is self.module:
+            del self.target._modules[self.name]
+
+
+class CallbackPatch(Patch):
+    """A change made by an API that returns its own undo (e.g. a torch hook handle)."""
+
+    def __init__(self, target: Any, do: Callable[[], Callable[[], None]], description: str):
+        super().__init__(target, description)
+        self.do = do
+        self.undo: Callable[[], None] | None = None
+
+    def _apply(self) -> None:
+        self.undo = self.do()
+
+    def _restore(self) -> None:
+        assert self.undo is not None
+        self.undo()
+
+
+class Patches:
+    """The patches one controller holds, restored in reverse order of application."""
+
+    def __init__(self) -> None:
+        self.active: list[Patch] = []
+
+    def apply(self, patch: Patch) -> Patch:
+        patch.apply()
+        self.active.append(patch)
+        return patch
+
+    def restore_all(self) -> list[Exception]:
+        """Restore every patch (last first); returns the errors, after trying them all."""
+        errors: list[Exception] = []
+        while self.active:
+            patch = self.active.pop()
+            try:
+                patch.restore()
+            except Exception as err:
+                errors.append(err)
+        return errors
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def __iter__(self):
+        return iter(list(self.active))

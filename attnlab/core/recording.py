@@ -1,0 +1,405 @@
+"""Recorders: read temporal attention maps during runs, reduce them on the fly, keep or stream them.
+
+Reductions (``reduce=``):
+
+* ``"mean"``: mean over spatial positions and heads (the paper's figures) -> ``[F, F]`` per layer;
+* ``"head"``: mean over spatial positions, per head -> ``[head, F, F]`` (NaN-padded to the
+  largest head count among the recorded layers);
+* ``"spatial"``: mean over heads at a ``grid`` of spatial positions -> ``[F, F, y, x]``; position
+  ``i`` of ``g`` samples feature row ``floor((i + 0.5) * h / g)`` of the layer.
+
+Maps are reduced on the model's device and copied to the host once per step. With
+``store=...`` each step is appended to the zarr store and dropped from memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from attnlab import __version__
+from attnlab.core import dims as D
+from attnlab.core.control import Controller
+from attnlab.core.protocol import CallContext, Observer, RunInfo, Stage, split_batch
+from attnlab.core.selection import Layers, SelectionError, Steps, cfg_halves, check_cfg
+from attnlab.core.sites import Site
+from attnlab.core.store import (
+    RunWriter,
+    claim_run,
+    concat_runs,
+    new_run_id,
+    prepare_store,
+    write_run,
+)
+
+REDUCTIONS = ("mean", "head", "spatial")
+
+
+@dataclass
+class _Run:
+    id: str
+    info: RunInfo
+    attrs: dict[str, Any]
+    steps: set[int] | None = None
+    halves: list[int] = field(default_factory=list)
+    cfg_names: list[str] = field(default_factory=list)
+    writer: RunWriter | None = None
+    chunks: list[xr.Dataset] = field(default_factory=list)
+    complete: bool = False
+
+
+class Recorder(Observer):
+    """Records the selected layers/steps/CFG halves of every run while attached.
+
+    Use through :func:`attnlab.record`. ``to_xarray()`` gives all recorded runs as one Dataset
+    (``run`` dimension); ``save(path)`` writes them to a zarr store.
+    """
+
+    stage = Stage.OBSERVE
+
+    def __init__(
+        self,
+        *,
+        layers: Layers,
+        steps: Steps,
+        cfg: str = "both",
+        reduce: str = "mean",
+        grid: tuple[int, int] = (4, 4),
+        logits: bool = False,
+        store: str | os.PathLike | None = None,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
+        if reduce not in REDUCTIONS:
+            raise SelectionError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
+        if reduce == "spatial" and (len(grid) != 2 or min(grid) < 1):
+            raise SelectionError(f"grid must be two positive ints (y, x); got {grid!r}")
+        self.layers = layers
+        self.steps = steps
+        self.cfg = check_cfg(cfg)
+        self.reduce = reduce
+        self.grid = tuple(int(g) for g in grid)
+        self.logits = bool(logits)
+        self.store = Path(store) if store is not None else None
+        self.name = name
+        self.meta = dict(meta or {})
+        self.runs: list[_Run] = []
+        self._run: _Run | None = None
+        self._buffer: dict[str, torch.Tensor] | None = None
+        self._buffer_ctx: CallContext | None = None
+
+    # ---- settings written to the store root ---------------------------------------------
+    @property
+    def layout(self) -> dict[str, Any]:
+        variables = [D.PROBS, D.LOGITS] if self.logits else [D.PROBS]
+        if getattr(self, "_text_mass", False):  # joint attention with text in the sequence
+            variables.append(D.TEXT_MASS)
+        return {
+            "reduction": self.reduce,
+            "grid": list(self.grid) if self.reduce == "spatial" else None,
+            "variables": variables,
+        }
+
+    # ---- client protocol ---------------------------------------------------------------
+    def bind(self, controller: Controller) -> None:
+        self.controller = controller
+        self.sites: list[Site] = self.layers.resolve(controller.table)
+        self.index = {s.name: i for i, s in enumerate(self.sites)}
+        self.max_heads = max(s.heads for s in self.sites)
+        table = controller.table
+        self._text_mass = getattr(table, "joint", False) and table.text != "cross"  # type: ignore[attr-defined]
+        if self.store is not None:
+            prepare_store(self.store, self.layout)
+
+    def on_run_start(self, run: RunInfo) -> None:
+        halves = ["uncond", "cond"] if run.cfg else ["cond"]
+        chosen = cfg_halves(self.cfg, halves)
+        if not chosen:
+            raise SelectionError(
+                f"cfg={self.cfg!r} but this run has no classifier-free guidance batch"
+            )
+        table = self.controller.table
+        run_id = (self.name if len(self.runs) == 0 and self.name else None) or new_run_id()
+        edits = [c.spec() for c in self.controller.clients if c.spec() is not None]
+        attrs = {
+            "run_id": run_id,
+            "source": run.source,
+            **run.meta,
+            **self.meta,
+            "denoiser": table.model_class,
+            "family": table.family.name,
+            "pe": self.sites[0].pe,
+            "pe_max_len": self.sites[0].pe_max_len,
+            "edits": edits,
+            "recorder": {
+                "layers": self.layers.to_dict(),
+                "steps": self.steps.to_json(),
+                "cfg": self.cfg,
+                **self.layout,
+            },
+            "attnlab_version": __version__,
+            "torch_version": torch.__version__,
+        }
+        if self.store is not None:
+            claim_run(self.store, run_id)  # before any work: refuse a complete run of that name
+        self._run = _Run(run_id, run, attrs, halves=chosen, cfg_names=[halves[i] for i in chosen])
+        self.runs.append(self._run)
+        if run.timesteps is not None:
+            self.on_steps_known(run)
+
+    def on_steps_known(self, run: RunInfo) -> None:
+        if self._run is not None:
+            self._run.steps = self.steps.resolve(run.num_steps)
+            self._run.attrs["num_steps"] = run.num_steps
+
+    def on_call(self, ctx: CallContext) -> None:
+        if self._buffer_ctx is None or self._buffer_ctx.step != ctx.step:
+            self._flush()  # (the CFG halves of one step may come as separate calls)
+        run = self._run
+        if run is not None and run.writer is None and "latent_height" not in run.attrs:
+            # the size actually generated (a pipeline call without height/width uses the
+            # model's default): latent size times the VAE's scale factor
+            lh, lw = ctx.latent
+            run.attrs["latent_height"], run.attrs["latent_width"] = lh, lw
+            pipe = getattr(self.controller, "_current_pipe", None) or getattr(
+                self.controller, "pipe", None
+            )
+            scale = getattr(pipe, "vae_scale_factor", None)
+            if scale:
+                for key, n in (("height", lh), ("width", lw)):
+                    if run.attrs.get(key) is None:
+                        run.attrs[key] = int(n * scale)
+        if run is not None and run.steps is None and run.info.timesteps is None:
+            run.steps = self.steps.resolve(None)
+
+    def wants(self, site: Site, ctx: CallContext) -> bool:
+        run = self._run
+        return (
+            run is not None
+            and site.name in self.index
+            and (run.steps is None or ctx.step in run.steps)
+            and any(h in run.cfg_names for h in ctx.halves())
+        )
+
+    def observe(
+        self,
+        site: Site,
+        ctx: CallContext,
+        logits: torch.Tensor | None,
+        probs: torch.Tensor,
+        text_mass: torch.Tensor | None = None,
+    ) -> None:
+        """Reduce one layer call's maps ``[B*h*w, heads, F, F]`` into this step's buffer;
+        ``text_mass`` (joint attention): ``[B*h*w, heads, F, 1]``."""
+        if self._buffer is None:
+            self._buffer = {}
+            self._buffer_ctx = ctx
+        self._put(D.PROBS, site, ctx, probs)
+        if self.logits:
+            if logits is None:
+                raise RuntimeError(f"{site.name}: the recorder asked for logits but got none")
+            self._put(D.LOGITS, site, ctx, logits)
+        if text_mass is not None and self._text_mass:
+            self._put(D.TEXT_MASS, site, ctx, text_mass)
+
+    def sums_only(self, site: Site, ctx: CallContext) -> bool:
+        """The ``mean`` and ``head`` reductions need only the maps summed over positions."""
+        return self.reduce != "spatial"
+
+    def observe_sums(
+        self,
+        site: Site,
+        ctx: CallContext,
+        logits: torch.Tensor | None,
+        probs: torch.Tensor,
+        positions: int,
+    ) -> None:
+        """Like :meth:`observe`, from ``[batch, heads, F, F]`` sums over ``positions`` rows each
+        (accumulated inside the processor's blocked loop: no full probability tensor)."""
+        if self._buffer is None:
+            self._buffer = {}
+            self._buffer_ctx = ctx
+        self._put_position_mean(D.PROBS, site, ctx, probs / positions)
+        if self.logits:
+            assert logits is not None
+            self._put_position_mean(D.LOGITS, site, ctx, logits / positions)
+
+    def on_run_end(self, run: RunInfo, ok: bool) -> None:
+        current = self._run
+        if current is None or current.info is not run:
+            return
+        try:
+            if ok:
+                self._flush()
+            else:
+                self._buffer = None
+        except BaseException:
+            ok = False  # the last step did not reach the store: the run is not complete
+            raise
+        finally:
+            self._run = None
+            current.complete = ok
+            if current.writer is not None:
+                current.writer.finish(ok, {"frames": current.attrs.get("frames")})
+
+    # ---- reduction -----------------------------------------------------------------------
+    def _slots(self, ctx: CallContext) -> tuple[int, list[int], list[int]]:
+        """(halves in this call's batch, which of them are recorded, their recorded slots):
+        a call carries both CFG halves, or one per call (separate-call CFG)."""
+        assert self._run is not None
+        names = ctx.halves()
+        present = [i for i, h in enumerate(names) if h in self._run.cfg_names]
+        return len(names), present, [self._run.cfg_names.index(names[i]) for i in present]
+
+    def _put(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
+        assert self._buffer is not None and self._run is not None
+        _, present, slots = self._slots(ctx)
+        x = split_batch(x, ctx, site)[present]  # [halves, n, h*w, heads, F, F]
+        x = x.detach().float()
+        if self.reduce == "mean":
+            r = x.mean(dim=(2, 3))
+        elif self.reduce == "head":
+            r = self._pad_heads(x.mean(dim=2))
+        else:
+            h, w = self.controller.table.level_size(site.level, ctx.latent)
+            gy, gx = self.grid
+            ys = torch.tensor([int((i + 0.5) * h / gy) for i in range(gy)], device=x.device)
+            xs = torch.tensor([int((i + 0.5) * w / gx) for i in range(gx)], device=x.device)
+            x = x.view(*x.shape[:2], h, w, *x.shape[3:]).mean(dim=4)  # [halves, n, h, w, F, F]
+            r = x.index_select(2, ys).index_select(3, xs).permute(0, 1, 4, 5, 2, 3)
+        if var == D.TEXT_MASS:  # [.., F, 1(, y, x)]: drop the key axis
+            r = r.squeeze(-3 if self.reduce == "spatial" else -1)
+        self._keep(var, site, r, slots)
+
+    def _put_position_mean(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
+        """``x``: ``[batch, heads, F, F]``, already averaged over spatial positions."""
+        assert self._buffer is not None and self._run is not None
+        halves, present, slots = self._slots(ctx)
+        x = x.detach().float().view(halves, ctx.batch // halves, *x.shape[1:])[present]
+        r = x.mean(dim=2) if self.reduce == "mean" else self._pad_heads(x)
+        self._keep(var, site, r, slots)
+
+    def _pad_heads(self, r: torch.Tensor) -> torch.Tensor:
+        """``[halves, n, heads, F, F]`` NaN-padded to the largest head count recorded."""
+        if r.shape[2] < self.max_heads:
+            pad = r.new_full(
+                (*r.shape[:2], self.max_heads - r.shape[2], *r.shape[3:]), float("nan")
+            )
+            r = torch.cat([r, pad], dim=2)
+        return r
+
+    def _keep(self, var: str, site: Site, r: torch.Tensor, slots: list[int]) -> None:
+        assert self._buffer is not None and self._run is not None
+        buf = self._buffer.get(var)
+        if buf is None:
+            shape = (len(self.sites), len(self._run.cfg_names), *r.shape[1:])
+            buf = self._buffer[var] = r.new_full(shape, float("nan"))
+        buf[self.index[site.name], slots] = r
+
+    def _flush(self) -> None:
+        """Move the finished step's maps to the host, then to the store or the in-memory list."""
+        buffer, ctx, self._buffer, self._buffer_ctx = self._buffer, self._buffer_ctx, None, None
+        run = self._run
+        if buffer is None or run is None or ctx is None:
+            return
+        ds = self._step_dataset(buffer, ctx, run)
+        if self.store is not None:
+            if run.writer is None:
+                run.writer = RunWriter(self.store, run.id, run.attrs)
+            run.writer.append(ds)
+        else:
+            run.chunks.append(ds)
+
+    def _step_dataset(
+        self, buffer: dict[str, torch.Tensor], ctx: CallContext, run: _Run
+    ) -> xr.Dataset:
+        run.attrs.setdefault("frames", ctx.frames)
+        run.attrs.setdefault("latent", list(ctx.latent))
+        n = ctx.batch // len(ctx.halves())
+        dims = [D.LAYER, D.CFG, D.SAMPLE]
+        if self.reduce == "head":
+            dims.append(D.HEAD)
+        dims += [D.QUERY, D.KEY]
+        if self.reduce == "spatial":
+            dims += [D.Y, D.X]
+        data_vars = {
+            v: (
+                [D.STEP, *(d for d in dims if v != D.TEXT_MASS or d != D.KEY)],
+                t.cpu().numpy()[None],
+            )
+            for v, t in buffer.items()
+        }
+        sizes = [self.controller.table.level_size(s.level, ctx.latent) for s in self.sites]
+        coords: dict[str, Any] = {
+            D.STEP: [ctx.step],
+            D.TIMESTEP: (D.STEP, [np.nan if ctx.timestep is None else ctx.timestep]),
+            D.LAYER: [s.name for s in self.sites],
+            D.LEVEL: (D.LAYER, [s.level for s in self.sites]),
+            D.BLOCK: (D.LAYER, [s.block for s in self.sites]),
+            D.LAYER_H: (D.LAYER, [hw[0] for hw in sizes]),
+            D.LAYER_W: (D.LAYER, [hw[1] for hw in sizes]),
+            D.HEADS: (D.LAYER, [s.heads for s in self.sites]),
+            D.HEAD_DIM: (D.LAYER, [s.head_dim for s in self.sites]),
+            D.CFG: run.cfg_names,
+            D.SAMPLE: np.arange(n),
+            D.QUERY: np.arange(ctx.frames),
+            D.KEY: np.arange(ctx.frames),
+        }
+        if self.reduce == "head":
+            coords[D.HEAD] = np.arange(self.max_heads)
+        if self.reduce == "spatial":
+            coords[D.Y] = np.arange(self.grid[0])
+            coords[D.X] = np.arange(self.grid[1])
+        return xr.Dataset(data_vars, coords)
+
+    # ---- results -------------------------------------------------------------------------
+    def run_datasets(self) -> list[tuple[str, xr.Dataset]]:
+        """(run id, per-run Dataset with provenance attrs) of every completed run."""
+        from attnlab.core.store import open_run
+
+        out = []
+        for run in self.runs:
+            if not run.complete:
+                continue
+            if run.writer is not None:
+                ds = open_run(run.writer.path, run.id)
+            elif run.chunks:
+                ds = xr.concat(run.chunks, dim=D.STEP).assign_attrs(_clean_attrs(run.attrs))
+            else:
+                continue
+            out.append((run.id, ds))
+        return out
+
+    def to_xarray(self) -> xr.Dataset:
+        """Every completed run recorded so far as one Dataset (``run`` dimension)."""
+        parts = self.run_datasets()
+        if not parts:
+            raise RuntimeError(
+                "nothing recorded: no completed run touched the selected layers and steps"
+            )
+        ids, datasets = zip(*parts)
+        return concat_runs(list(datasets), list(ids))
+
+    def save(self, path: str | os.PathLike) -> list[str]:
+        """Write the completed runs into the store at ``path`` (appending); returns their ids."""
+        ids = []
+        target = Path(path).resolve()
+        for rid, ds in self.run_datasets():
+            run = next(r for r in self.runs if r.id == rid)
+            if run.writer is not None and run.writer.path.resolve() == target:
+                ids.append(rid)  # streamed there already
+                continue
+            ds = ds.load()
+            ids.append(write_run(path, ds.assign_attrs(_clean_attrs(ds.attrs)), self.layout, rid))
+        return ids
+
+
+def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in attrs.items() if k != "complete"}, default=str))

@@ -1,0 +1,523 @@
+"""Site tables: where temporal (frame-axis) self-attention lives in a video model.
+
+``attnlab.sites(model_or_pipe)`` returns a :class:`SiteTable` of :class:`Site` rows. Support for
+a model family is data, a :class:`Family` (the model class names, a regular expression over
+module paths, how to read the frame positional encoding from the config, and the position terms
+the model applies inside its temporal attention), registered with :func:`register_family` or
+through the ``attnlab.families`` entry point (attnlab's own families live in
+``attnlab.models.families`` and are registered that way). Models with no frame structure
+attnlab can map get a clear :class:`UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+# "transformer": the single level of patch-based transformers (Latte)
+BLOCKS = ("in", "down", "mid", "up", "transformer")
+# "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie)
+PE_KINDS = ("none", "sinusoidal", "learned", "rope", "rope+relative")
+
+
+# module-path prefixes of the diffusers video models -> block vocabulary
+BLOCK_NAMES = {
+    "transformer_in": "in",
+    "image_latents_temporal_encoder": "in",
+    "down_blocks": "down",
+    "mid_block": "mid",
+    "up_blocks": "up",
+    "temporal_transformer_blocks": "transformer",
+}
+
+
+class FrameLimitError(ValueError):
+    """More frames than a model's frame positional encoding has positions."""
+
+
+@dataclass(frozen=True)
+class PositionalEncoding:
+    """Frame-axis positional encoding of a family: kind in ``PE_KINDS``, max length if bounded."""
+
+    kind: str = "none"
+    max_len: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Data describing one model family (see the modules beside this one)."""
+
+    name: str
+    model_classes: tuple[str, ...]
+    examples: str
+    # matches module paths of temporal self-attention; named groups: `block` (a path prefix
+    # mapped to one of BLOCKS by `BLOCK_NAMES`) and optionally `index` (the block's index)
+    path: str
+    positional_encoding: Callable[[Any], PositionalEncoding]
+    # spatial downsampling of level k relative to the latent: "unet" -> ceil(H / 2^k);
+    # "patch" -> H / patch_size (transformers have one level)
+    geometry: str = "unet"
+    # axis layout of the denoiser's `sample` argument (for latent size and batch)
+    sample_layout: str = "BCFHW"
+    # the model's own position terms inside each temporal attention (RoPE on q and k, an
+    # additive logit bias), read from the attention module: the processor's explicit path
+    # applies them exactly as the model's own processor does; None: the family has none
+    position_terms: Callable[[torch.nn.Module], PositionTerms | None] | None = None
+    # denoiser classes that diffusers does not define: class name -> "module:attribute", so a
+    # config-only table (``attnlab.sites("folder")``) can build them on the meta device
+    classes: dict[str, str] = field(default_factory=dict)
+    # appended to the FrameLimitError of a model whose frame PE is too short
+    frame_limit_hint: str = ""
+
+    #: tables of this family use attnlab's temporal processor (joint families: their own)
+    joint: ClassVar[bool] = False
+
+    def build_table(
+        self,
+        model: torch.nn.Module,
+        latent: tuple[int, int] | None = None,
+        frames: int | None = None,
+    ) -> SiteTable:
+        """The site table of ``model`` (``frames``: latent frames, used by joint families)."""
+        return build_table(model, self, latent)
+
+
+@dataclass(frozen=True)
+class PositionTerms:
+    """Position terms a model adds inside one temporal attention, as the processor needs them.
+
+    ``rotate(q, k) -> (q, k)`` on ``[rows, heads, F, head_dim]`` tensors (rotary embeddings);
+    ``logit_bias(F, device) -> [heads, F, F]`` added to the logits before the softmax (a learned
+    relative position bias). Either may be None.
+    """
+
+    rotate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    logit_bias: Callable[[int, torch.device], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """One temporal self-attention module and where it sits.
+
+    ``level`` 0 is the full latent resolution; ``h`` x ``w`` is its feature size for the latent
+    size the table was built for (None when no size was given).
+    """
+
+    name: str
+    family: str
+    block: str
+    block_index: int
+    level: int
+    heads: int
+    head_dim: int
+    pe: str
+    pe_max_len: int | None
+    h: int | None = None
+    w: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SiteTable(Sequence):
+    """The temporal-attention sites of one model, in module registration order."""
+
+    family: Family
+    sites: list[Site]
+    model_class: str
+    num_levels: int
+    latent: tuple[int, int] | None = None
+    patch_size: int = 1
+    _by_name: dict[str, Site] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {s.name: s for s in self.sites}
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.sites[i]
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str) -> Site:
+        return self._by_name[name]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted({s.level for s in self.sites})
+
+    @property
+    def max_frames(self) -> int | None:
+        """The most frames the temporal attention's positional encoding allows (None: no limit)."""
+        limits = [s.pe_max_len for s in self.sites if s.pe_max_len]
+        return min(limits) if limits else None
+
+    def check_frames(self, frames: int) -> None:
+        """A clear error before a run that diffusers would fail with an opaque size mismatch."""
+        limit = self.max_frames
+        if limit is not None and frames > limit:
+            pe = next(s.pe for s in self.sites if s.pe_max_len == limit)
+            raise FrameLimitError(
+                f"{self.model_class}: {frames} frames exceed the frame positional encoding of its "
+                f"temporal attention ({pe}, at most {limit} frames); generate at most {limit} frames "
+                "with this model" + self.family.frame_limit_hint.format(frames=frames)
+            )
+
+    def level_size(self, level: int, latent: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Feature size (h, w) at ``level`` for a latent of ``latent`` = (H, W)."""
+        size = latent or self.latent
+        if size is None:
+            raise ValueError("no latent size given: pass latent=(H, W)")
+        H, W = size
+        if self.family.geometry == "patch":
+            return H // self.patch_size, W // self.patch_size
+        return math.ceil(H / 2**level), math.ceil(W / 2**level)
+
+    def call_dims(self, sample: torch.Tensor, bound: dict[str, Any]) -> dict[str, int]:
+        """Batch ``B``, frames ``F`` and latent ``H``, ``W`` of one denoiser call, read from its
+        first argument (``sample``) in the family's layout; ``bound``: all call arguments."""
+        layout = self.family.sample_layout
+        if sample.ndim != len(layout):
+            raise RuntimeError(f"attnlab expects 5D video latents, got {tuple(sample.shape)}")
+        return {k: int(v) for k, v in zip(layout, sample.shape)}
+
+    def level_from_rows(self, rows: int, batch: int, latent: tuple[int, int]) -> int | None:
+        """Level whose feature size matches ``rows = batch * h * w`` at run time (None if none)."""
+        for level in range(self.num_levels):
+            h, w = self.level_size(level, latent)
+            if batch * h * w == rows:
+                return level
+        return None
+
+    def at_latent(self, latent: tuple[int, int]) -> SiteTable:
+        """The same table with feature sizes for latent size ``latent`` = (H, W)."""
+        sites = [
+            replace(s, h=hw[0], w=hw[1])
+            for s in self.sites
+            for hw in [self.level_size(s.level, latent)]
+        ]
+        return SiteTable(
+            self.family, sites, self.model_class, self.num_levels, latent, self.patch_size
+        )
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([s.as_dict() for s in self.sites])
+
+    def __str__(self) -> str:
+        cols = ["name", "block", "level", "h", "w", "heads", "head_dim", "pe"]
+        rows = [[str(getattr(s, c)) if c != "pe" else _pe_str(s) for c in cols] for s in self.sites]
+        widths = [
+            max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)
+        ]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        head = f"{self.model_class} ({self.family.name}): {len(self.sites)} temporal self-attention layers"
+        if self.latent:
+            head += f", latent {self.latent[0]}x{self.latent[1]}"
+        lines = [head, fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r) for r in rows]
+        return "\n".join(lines)
+
+
+def _pe_str(s: Site) -> str:
+    return f"{s.pe}(max {s.pe_max_len})" if s.pe_max_len else s.pe
+
+
+def build_table(
+    model: torch.nn.Module, family: Family, latent: tuple[int, int] | None = None
+) -> SiteTable:
+    """List the temporal self-attention sites of ``model`` according to ``family``."""
+    from diffusers.models.attention_processor import Attention
+
+    pattern = re.compile(family.path)
+    config = getattr(model, "config", {})
+    num_levels = len(config.get("block_out_channels", ())) or 1
+    pe = family.positional_encoding(config)
+    sites = []
+    for name, module in model.named_modules():
+        if not isinstance(module, Attention) or module.is_cross_attention:
+            continue
+        m = pattern.match(name)
+        if m is None:
+            continue
+        block = BLOCK_NAMES[m.group("block")]
+        index = int(m.group("index")) if m.groupdict().get("index") else 0
+        level = _level(block, index, num_levels)
+        inner = module.to_q.out_features
+        sites.append(
+            Site(
+                name,
+                family.name,
+                block,
+                index,
+                level,
+                module.heads,
+                inner // module.heads,
+                pe.kind,
+                pe.max_len,
+            )
+        )
+    patch = int(config.get("patch_size", 1) or 1) if family.geometry == "patch" else 1
+    table = SiteTable(family, sites, type(model).__name__, num_levels, None, patch)
+    return table.at_latent(latent) if latent else table
+
+
+def _level(block: str, index: int, num_levels: int) -> int:
+    # the level rule of the diffusers UNets: down i -> i, mid -> L-1, up j -> L-1-j, in -> 0
+    if block == "down":
+        return index
+    if block == "mid":
+        return num_levels - 1
+    if block == "up":
+        return num_levels - 1 - index
+    return 0
+
+
+def format_choices(values: Iterable[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no separate temporal (frame-axis) self-attention."""
+
+
+# ---- the family registry: the one extension point for model families ----------------------
+
+#: entry-point group through which packages register model families (attnlab's own included)
+ENTRY_POINT_GROUP = "attnlab.families"
+
+_FAMILIES: dict[str, Family] = {}
+_UNMAPPED: dict[str, str] = {}
+_plugins_loaded = False
+
+
+def register_family(family: Family, *, replace: bool = False) -> Family:
+    """Make ``family`` known to :func:`sites`, the recorders and the edits.
+
+    A family is data (:class:`Family`): the denoiser class names, a regular expression over
+    module paths of its temporal self-attentions, how to read its frame PE from the config,
+    and optionally its position terms (:class:`PositionTerms`). Subclasses of a registered
+    class belong to its family unless they are registered themselves. Registering a name
+    twice raises unless ``replace=True``. See ``docs/extending.md``.
+    """
+    if not isinstance(family, Family):
+        raise TypeError(f"register_family expects an attnlab Family, got {type(family).__name__}")
+    if family.name in _FAMILIES and not replace and _FAMILIES[family.name] != family:
+        raise ValueError(
+            f"a model family named {family.name!r} is already registered; pass replace=True"
+        )
+    _FAMILIES[family.name] = family
+    return family
+
+
+def register_unmapped(class_name: str, why: str) -> None:
+    """Name a denoiser class attnlab cannot map, with the reason its error should give."""
+    _UNMAPPED[class_name] = why
+
+
+def registered_families() -> tuple[Family, ...]:
+    """Every registered family (loads the ``attnlab.families`` entry points on first use)."""
+    _load_plugins()
+    return tuple(_FAMILIES.values())
+
+
+def _load_plugins() -> None:
+    """Register the families of every installed package that declares them (attnlab's own
+    families are declared the same way, in its ``pyproject.toml``)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        hook = ep.load()
+        if callable(hook) and not isinstance(hook, Family):
+            hook()
+        else:
+            for fam in hook if isinstance(hook, (list, tuple)) else (hook,):
+                register_family(fam)
+
+
+def family_of(model: torch.nn.Module | str) -> Family:
+    """The family of a denoiser (module or class name), or a clear error saying why not."""
+    families = registered_families()
+    name = model if isinstance(model, str) else type(model).__name__
+    for fam in families:
+        if name in fam.model_classes:
+            return fam
+    # subclasses of a registered class (e.g. a user's UNet3D subclass) belong to its family
+    if not isinstance(model, str):
+        for cls in type(model).__mro__:
+            for fam in families:
+                if not fam.joint and cls.__name__ in fam.model_classes:
+                    return fam
+    supported = ", ".join(c for f in families for c in f.model_classes)
+    if name in _UNMAPPED:
+        raise UnsupportedModelError(f"{_UNMAPPED[name]} Supported: {supported}")
+    raise UnsupportedModelError(
+        f"{name} has no temporal attention that attnlab knows of. Supported denoisers: "
+        f"{supported} (register another family with attnlab.register_family)"
+    )
+
+
+def denoiser_of(obj: Any) -> torch.nn.Module:
+    """The denoiser module of a pipeline (``unet`` or ``transformer``), or ``obj`` itself."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    for attr in ("unet", "transformer"):
+        model = getattr(obj, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    raise TypeError(
+        f"expected a diffusers pipeline (with .unet or .transformer) or a denoiser module, "
+        f"got {type(obj).__name__}"
+    )
+
+
+def sites(
+    model_or_pipe: Any,
+    latent: tuple[int, int] | None = None,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    frames: int | None = None,
+) -> SiteTable:
+    """The temporal self-attention sites of a pipeline, denoiser, local directory or hub id.
+
+    Give ``latent=(H, W)`` (latent size) or ``height``/``width`` (video size, with a pipeline's
+    VAE scale factor) to get each site's feature size ``h x w``. Full-3D attention models
+    (CogVideoX, Wan) give a :class:`~attnlab.models.families.dit.JointSiteTable` of their video
+    self-attentions; ``frames`` (latent frames) adds each site's token frames.
+    """
+    pipe = model_or_pipe
+    scale = None
+    if isinstance(model_or_pipe, (str, os.PathLike)):
+        pipe = _meta_model(str(model_or_pipe))
+        scale = _vae_scale(Path(model_or_pipe).expanduser())
+    model = denoiser_of(pipe)
+    fam = family_of(model)
+    if latent is None and height is not None and width is not None:
+        scale = (
+            scale
+            or getattr(pipe, "vae_scale_factor", None)
+            or getattr(pipe, "vae_scale_factor_spatial", None)
+            or 8
+        )
+        latent = (-(-height // scale), -(-width // scale))
+    table = fam.build_table(model, latent, frames)
+    if not table.sites:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no temporal self-attention module found"
+        )
+    return table
+
+
+def _vae_scale(path: Path) -> int | None:
+    """The VAE scale factor of a local pipeline folder, as diffusers derives it (else None)."""
+    cfg = path / "vae" / "config.json"
+    if not cfg.is_file():
+        return None
+    channels = json.loads(cfg.read_text()).get("block_out_channels")
+    return 2 ** (len(channels) - 1) if channels else None
+
+
+def check_model_reference(ref: str) -> None:
+    """Refuse a reference that looks like a local path but does not exist (before any hub call)."""
+    if Path(ref).expanduser().exists():
+        return
+    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
+        raise FileNotFoundError(
+            f"model folder {ref!r} does not exist (hub ids look like 'owner/name')"
+        )
+
+
+def _meta_model(ref: str) -> torch.nn.Module:
+    """Instantiate only the denoiser of a local dir or hub id on the meta device (no weights)."""
+    import diffusers
+
+    check_model_reference(ref)
+    path = Path(ref).expanduser()
+    for sub in ("unet", "transformer"):
+        try:
+            if path.is_dir():
+                if not (path / sub / "config.json").exists():
+                    continue
+                config = json.loads((path / sub / "config.json").read_text())
+            else:
+                from huggingface_hub import hf_hub_download
+
+                config = json.loads(Path(hf_hub_download(ref, f"{sub}/config.json")).read_text())
+        except Exception as err:
+            if sub == "transformer":
+                raise FileNotFoundError(
+                    f"cannot read a denoiser config from {ref!r}: expected unet/config.json or "
+                    f"transformer/config.json in a local directory or on the Hugging Face Hub ({err})"
+                ) from err
+            continue
+        cls_name = config.get("_class_name", "")
+        if cls_name == "UNet2DConditionModel":
+            return _meta_motion(ref, path, config)
+        family_of(cls_name)  # clear error for unsupported models before building anything
+        cls: Any = getattr(diffusers, cls_name, None)
+        if cls is None:  # a class of another package (attnlab's organisms, LaVie, ...)
+            cls = _class_of(family_of(cls_name), cls_name)
+        with torch.device("meta"):
+            return cls.from_config(config)
+    raise FileNotFoundError(
+        f"no unet/config.json or transformer/config.json under {ref!r}: not a diffusers pipeline"
+    )
+
+
+def _class_of(family: Family, name: str) -> type:
+    """A denoiser class that diffusers does not define, from its family's ``classes``."""
+    import importlib
+
+    target = family.classes.get(name)
+    if target is None:
+        raise UnsupportedModelError(
+            f"{name} is in the {family.name!r} family but the family does not say where the "
+            "class is defined (Family.classes)"
+        )
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _meta_motion(ref: str, path: Path, unet_config: dict) -> torch.nn.Module:
+    """AnimateDiff folders hold a 2D UNet plus a motion adapter: combine them as diffusers does."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    if path.is_dir():
+        cfg_file = path / "motion_adapter" / "config.json"
+        if not cfg_file.exists():
+            raise UnsupportedModelError(
+                f"{ref}: a 2D image UNet without a motion adapter has no temporal attention"
+            )
+        adapter_config = json.loads(cfg_file.read_text())
+    else:
+        from huggingface_hub import hf_hub_download
+
+        adapter_config = json.loads(
+            Path(hf_hub_download(ref, "motion_adapter/config.json")).read_text()
+        )
+    unet2d = UNet2DConditionModel.from_config(unet_config)
+    adapter = MotionAdapter.from_config(adapter_config)
+    return UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)

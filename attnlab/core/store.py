@@ -1,0 +1,463 @@
+"""The zarr (v3) store of recorded attention, written and read through xarray.
+
+Layout (see docs/store-schema.md)::
+
+    run.zarr/                 root group; attrs["attnlab"] = {"schema", "reduction", "grid", "variables"}
+    run.zarr/runs/<run_id>/   one xarray Dataset per run; attrs = provenance, "complete"
+
+Each run is its own group, so runs with different frame or step counts coexist, writers never
+touch each other's arrays, and a run interrupted half way is visible as ``complete=False`` and
+skipped by :func:`load`. :func:`load` concatenates runs along ``run`` (NaN-padded where frame,
+step or layer sets differ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from attnlab.core import dims as D
+
+SCHEMA_VERSION = 1
+RUNS_GROUP = "runs"
+# run-level provenance keys lifted into `run` coordinates on load (attr name -> coord name)
+RUN_COORDS = {
+    "source": D.SOURCE,
+    "model": D.MODEL,
+    "prompt": D.PROMPT,
+    "seed": D.SEED,
+    "frames": D.FRAMES,
+    "video": D.VIDEO,
+    "pe": D.PE,
+    "pe_max_len": D.PE_MAX_LEN,
+}
+# per-layer coordinates that depend on the model or latent size: (run, layer) after load
+RUN_LAYER_COORDS = (D.LAYER_H, D.LAYER_W, D.HEADS, D.HEAD_DIM)
+# per-layer coordinates fixed by the module path: 1D along `layer`
+LAYER_COORDS = (D.LEVEL, D.BLOCK)
+
+
+#: attribute of an integer array that stands for strings: code ``i`` means ``labels[i]``
+LABELS_ATTR = "attnlab_labels"
+
+
+def encode_strings(ds: xr.Dataset) -> xr.Dataset:
+    """String variables and coordinates as ``int32`` codes with their labels in an attribute.
+
+    zarr v3 specifies no fixed-length string type (zarr-python's ``fixed_length_utf32`` is
+    unstable and other readers refuse it), and its variable-length ``string`` is an extension
+    that e.g. tensorstore does not read; integer codes read everywhere. Labels keep the order of
+    first appearance. :func:`decode_strings` inverts this.
+    """
+    changed = {}
+    for name, var in ds.variables.items():
+        if var.dtype.kind not in "US" and not (
+            var.dtype.kind == "O" and all(isinstance(v, str) for v in var.values.ravel())
+        ):
+            continue
+        values = np.asarray(var.values).astype(str)
+        labels = list(dict.fromkeys(values.ravel().tolist()))
+        index = {label: i for i, label in enumerate(labels)}
+        codes = np.array([index[v] for v in values.ravel()], dtype=np.int32).reshape(values.shape)
+        changed[name] = xr.Variable(var.dims, codes, attrs={**var.attrs, LABELS_ATTR: labels})
+    if not changed:
+        return ds
+    coords = {k: v for k, v in changed.items() if k in ds.coords}
+    data = {k: v for k, v in changed.items() if k not in ds.coords}
+    return ds.assign_coords(coords).assign(data)
+
+
+def decode_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Inverse of :func:`encode_strings`: coded arrays become string arrays (numpy ``<U``)."""
+    changed = {}
+    for name, var in ds.variables.items():
+        labels = var.attrs.get(LABELS_ATTR)
+        if labels is None:
+            continue
+        attrs = {k: v for k, v in var.attrs.items() if k != LABELS_ATTR}
+        values = np.asarray(labels, dtype=str)[np.asarray(var.values, dtype=np.int64)]
+        changed[name] = xr.Variable(var.dims, values, attrs=attrs)
+    if not changed:
+        return ds
+    coords = {k: v for k, v in changed.items() if k in ds.coords}
+    data = {k: v for k, v in changed.items() if k not in ds.coords}
+    return ds.assign_coords(coords).assign(data)
+
+
+class StoreError(ValueError):
+    """A store that cannot be read or appended to as asked (nothing was modified)."""
+
+
+def new_run_id() -> str:
+    """Sortable, collision-safe id: UTC time plus random hex (safe for concurrent writers)."""
+    ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9))
+    return f"{stamp}.{ns % 10**9:09d}-{secrets.token_hex(3)}"
+
+
+def _open_root(path: Path, mode: Literal["r", "r+", "a", "w", "w-"]):
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except Exception as err:
+        raise StoreError(f"{path} is not a readable zarr v3 group: {err}") from err
+
+
+def layout_of(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The attnlab layout of an existing store (None if ``path`` does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    root = _open_root(path, "r")
+    layout = root.attrs.get("attnlab")
+    if layout is None:
+        raise StoreError(
+            f"{path} exists but is not an attnlab store (no 'attnlab' attribute); choose another path"
+        )
+    return dict(layout)
+
+
+def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
+    """Create a store with ``layout`` or check that an existing one has the same layout."""
+    path = Path(path)
+    existing = layout_of(path)
+    if existing is None:
+        root = _open_root(path, "w-")
+        root.attrs["attnlab"] = {"schema": SCHEMA_VERSION, **layout}
+        root.create_group(RUNS_GROUP)
+        return path
+    if existing.get("schema") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has attnlab store schema {existing.get('schema')}, this attnlab writes schema "
+            f"{SCHEMA_VERSION}; write to a new store"
+        )
+    theirs = {k: existing.get(k) for k in layout}
+    if theirs != layout:
+        raise StoreError(
+            f"cannot append to {path}: it holds {theirs}, this recording is {layout}; "
+            "record with the same reduction/variables or write to a new store"
+        )
+    return path
+
+
+def claim_run(path: str | os.PathLike, run_id: str) -> None:
+    """Make ``run_id`` writable: refuse a complete run of that name, drop an incomplete one.
+
+    An incomplete group is what an interrupted run leaves behind; re-running the same named
+    job (analyses, sweeps) replaces it instead of failing forever.
+    """
+    runs = _open_root(Path(path), "r+")[RUNS_GROUP]
+    if run_id in runs:
+        if runs[run_id].attrs.get("complete", False):
+            raise StoreError(
+                f"run {run_id!r} already exists (complete) in {path}; choose another name"
+            )
+        del runs[run_id]
+
+
+def _group(run_id: str) -> str:
+    return f"{RUNS_GROUP}/{run_id}"
+
+
+class RunWriter:
+    """Writes one run into a store step by step (streaming) and marks it complete at the end."""
+
+    def __init__(self, path: Path, run_id: str, attrs: dict[str, Any]):
+        self.path = path
+        self.run_id = run_id
+        self.attrs = attrs
+        self.steps = 0
+        claim_run(path, run_id)
+
+    def append(self, ds: xr.Dataset) -> None:
+        """Append the steps in ``ds`` (a Dataset with a ``step`` dimension)."""
+        # xarray rewrites the group's attributes on every append: always send the provenance
+        ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False})
+        ds = encode_strings(ds)
+        if self.steps == 0:
+            encoding = {v: {"chunks": _step_chunks(ds[v])} for v in ds.data_vars}
+            ds.to_zarr(
+                self.path,
+                group=_group(self.run_id),
+                mode="w-",
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+            )
+        else:
+            ds.to_zarr(
+                self.path,
+                group=_group(self.run_id),
+                append_dim=D.STEP,
+                zarr_format=3,
+                consolidated=False,
+            )
+        self.steps += ds.sizes[D.STEP]
+
+    def finish(self, complete: bool, extra: dict[str, Any] | None = None) -> None:
+        if self.steps == 0:
+            return
+        group = _open_root(self.path, "r+")[_group(self.run_id)]
+        group.attrs.update({**_attrs_for_zarr(extra or {}), "complete": bool(complete)})
+
+
+def _step_chunks(da: xr.DataArray) -> tuple[int, ...]:
+    # one chunk = every map of one step: whole N x N maps are never split
+    return tuple(1 if d == D.STEP else n for d, n in zip(da.dims, da.shape))
+
+
+def _attrs_for_zarr(attrs: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(attrs, default=str))
+
+
+def write_run(
+    path: str | os.PathLike, ds: xr.Dataset, layout: dict[str, Any], run_id: str | None = None
+) -> str:
+    """Write one complete run (a per-run Dataset with provenance attrs) into a store."""
+    path = prepare_store(path, layout)
+    run_id = run_id or ds.attrs.get("run_id") or new_run_id()
+    writer = RunWriter(path, run_id, dict(ds.attrs))
+    writer.append(ds.drop_attrs() if hasattr(ds, "drop_attrs") else ds.assign_attrs({}))
+    writer.finish(True)
+    return run_id
+
+
+def list_runs(path: str | os.PathLike, include_incomplete: bool = False) -> list[str]:
+    """Run ids in a store, oldest first. A damaged run is skipped with a warning (never fatal)."""
+    return [r for r, complete in _scan_runs(path) if include_incomplete or complete]
+
+
+def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
+    """(run id, complete) of every readable run, oldest first; damaged runs warn."""
+    import warnings
+
+    import zarr
+
+    path = Path(path)
+    if layout_of(path) is None:
+        raise StoreError(f"no attnlab store at {path}")
+    out = []
+    runs_dir = path / RUNS_GROUP
+    for child in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if not (child / "zarr.json").exists():
+            continue
+        try:
+            group = zarr.open_group(str(path), path=_group(child.name), mode="r", zarr_format=3)
+            complete = bool(group.attrs.get("complete", False))
+            if complete:
+                _check_chunks(path, child.name, group)
+        except Exception as err:  # one damaged run must not hide the others
+            warnings.warn(f"skipping run {child.name!r} of {path}: {err}", stacklevel=3)
+            continue
+        out.append((child.name, complete))
+    return out
+
+
+def _check_chunks(path: Path, run_id: str, group) -> None:
+    """A complete run must have every chunk of its maps (a missing one would read as NaN)."""
+    for name in (D.PROBS, D.LOGITS):
+        if name in group:
+            arr = group[name]
+            if arr.nchunks_initialized < arr.nchunks:
+                missing = arr.nchunks - arr.nchunks_initialized
+                raise StoreError(
+                    f"run {run_id!r} of {path}: {missing} of {arr.nchunks} chunks of {name!r} are missing"
+                )
+
+
+def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:
+    """One run of a store, lazily, as written (no ``run`` dimension)."""
+    chunks: dict[str, int] | None = {} if _has_dask_array() else None  # lazy dask arrays where dask is installed
+    try:
+        ds = xr.open_zarr(
+            Path(path), group=_group(run_id), consolidated=False, zarr_format=3, chunks=chunks
+        )
+        return decode_strings(ds)
+    except Exception as err:
+        raise StoreError(f"cannot read run {run_id!r} of {path}: {err}") from err
+
+
+def _has_dask_array() -> bool:
+    try:
+        import dask.array  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    runs: Iterable[str] | None = None,
+    *,
+    include_incomplete: bool = False,
+) -> xr.Dataset:
+    """Open attnlab store(s) as one Dataset with a ``run`` dimension (lazy where dask is present).
+
+    ``path`` may be a list of stores with the same layout (e.g. a real-video store and a
+    synthetic one, to compare along the ``source`` coordinate).
+    """
+    paths = (
+        [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]  # type: ignore[arg-type]
+    )
+    parts, ids, layout = [], [], None
+    for p in paths:
+        if not p.exists():
+            raise StoreError(f"no store at {p}")
+        this = layout_of(p)
+        if layout is not None and this != layout:
+            raise StoreError(
+                f"{p} has layout {this}, unlike {paths[0]} ({layout}); load them separately"
+            )
+        layout = this
+        scanned = _scan_runs(p)
+        every = [r for r, _ in scanned]
+        if runs is not None:
+            wanted = [r for r in runs if r in set(every)]
+        elif include_incomplete:
+            wanted = every
+        else:
+            wanted = [r for r, complete in scanned if complete]
+            skipped = [r for r, complete in scanned if not complete]
+            if skipped:  # one warning per store, naming every run left out
+                import warnings
+
+                warnings.warn(
+                    f"{p}: skipped {len(skipped)} incomplete run(s) (interrupted or still "
+                    f"being written): {', '.join(skipped)}; load(..., include_incomplete=True) "
+                    "reads them",
+                    stacklevel=2,
+                )
+        parts += [open_run(p, r) for r in wanted]
+        ids += wanted
+    if runs is not None and set(runs) - set(ids):
+        raise StoreError(
+            f"runs not found in {', '.join(map(str, paths))}: {sorted(set(runs) - set(ids))}"
+        )
+    if not ids:
+        raise StoreError(
+            f"{', '.join(map(str, paths))} holds no {'' if include_incomplete else 'complete '}runs"
+        )
+    ds = concat_runs(parts, ids)
+    ds.attrs["attnlab"] = layout
+    ds.attrs["store"] = ", ".join(map(str, paths))
+    return ds
+
+
+def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
+    """Concatenate per-run Datasets along ``run`` (outer join: NaN where sizes differ)."""
+    layer_static: dict[str, dict[str, Any]] = {c: {} for c in LAYER_COORDS}
+    prepared = []
+    for rid, ds in zip(ids, parts):
+        attrs = {k: v for k, v in ds.attrs.items() if k != "complete"}
+        for c in LAYER_COORDS:
+            for name, value in zip(ds[D.LAYER].values, ds[c].values):
+                layer_static[c].setdefault(
+                    str(name), value.item() if hasattr(value, "item") else value
+                )
+        ds = ds.drop_vars(list(LAYER_COORDS)).drop_attrs() if hasattr(ds, "drop_attrs") else ds
+        ds = ds.expand_dims({D.RUN: [rid]})
+        ds = ds.assign_coords({D.TIMESTEP: ((D.RUN, D.STEP), ds[D.TIMESTEP].values[None])})
+        ds = ds.assign_coords(
+            {c: ((D.RUN, D.LAYER), ds[c].values[None]) for c in RUN_LAYER_COORDS if c in ds.coords}
+        )
+        run_coords = {
+            coord: (D.RUN, [_coord_value(key, attrs.get(key))]) for key, coord in RUN_COORDS.items()
+        }
+        run_coords[D.EDITS] = (D.RUN, [json.dumps(attrs.get("edits", []))])
+        run_coords[D.PROVENANCE] = (D.RUN, [json.dumps(attrs, default=str)])
+        prepared.append(ds.assign_coords(run_coords))
+    out = xr.concat(
+        prepared,
+        dim=D.RUN,
+        join="outer",
+        coords="different",
+        compat="equals",
+        combine_attrs="drop",
+        data_vars="all",
+    )
+    layers = [str(v) for v in out[D.LAYER].values]
+    return out.assign_coords(
+        {c: (D.LAYER, [layer_static[c][n] for n in layers]) for c in LAYER_COORDS}
+    )
+
+
+#: the ``seed`` coordinate of a run whose generator was not seeded (torch's global state)
+UNSEEDED = -1
+
+
+def _coord_value(key: str, value: Any) -> Any:
+    if key == "seed":
+        if isinstance(value, list):  # stores written before seeds were one integer
+            value = value[0] if value else None
+        return UNSEEDED if value is None or value == "" else int(value)
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+# ---- videos and similarity matrices beside the runs (figures read them, never a model) ----
+VIDEOS_GROUP = "videos"
+SIMILARITY_GROUP = "similarity"
+
+
+def _write_array_group(path: str | os.PathLike, group: str, name: str, da: xr.DataArray) -> None:
+    if layout_of(path) is None:
+        raise StoreError(f"no attnlab store at {path}: record a run first")
+    encode_strings(da.to_dataset(name="data")).to_zarr(
+        Path(path), group=f"{group}/{name}", mode="w", zarr_format=3, consolidated=False
+    )
+
+
+def _read_array_group(path: str | os.PathLike, group: str, name: str) -> xr.DataArray:
+    try:
+        ds = xr.open_zarr(
+            Path(path), group=f"{group}/{name}", consolidated=False, zarr_format=3, chunks=None
+        )
+    except Exception as err:
+        raise StoreError(f"no {group[:-1]} {name!r} in {path}") from err
+    return decode_strings(ds)["data"].load()
+
+
+def save_video(path: str | os.PathLike, name: str, frames: Any) -> None:
+    """Store a generated video (``[F, H, W, 3]`` uint8, or float in [0, 1]) under ``videos/<name>``."""
+    arr = np.asarray(frames.detach().cpu() if hasattr(frames, "detach") else frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    da = xr.DataArray(arr, dims=(D.FRAME, D.HEIGHT, D.WIDTH, D.CHANNEL))
+    _write_array_group(path, VIDEOS_GROUP, name, da)
+
+
+def load_video(path: str | os.PathLike, name: str) -> np.ndarray:
+    """A video stored with :func:`save_video`, ``[F, H, W, 3]`` uint8."""
+    return _read_array_group(path, VIDEOS_GROUP, name).values
+
+
+def save_similarity(path: str | os.PathLike, name: str, sim: xr.DataArray) -> None:
+    """Store an inter-frame similarity matrix (dims ``frame, frame2``) under ``similarity/<name>``."""
+    attrs = {
+        k: (v if isinstance(v, (str, int, float)) else json.dumps(v, default=str))
+        for k, v in sim.attrs.items()
+    }
+    _write_array_group(path, SIMILARITY_GROUP, name, sim.assign_attrs(attrs))
+
+
+def load_similarity(path: str | os.PathLike, name: str) -> xr.DataArray:
+    return _read_array_group(path, SIMILARITY_GROUP, name)
+
+
+def list_arrays(path: str | os.PathLike, group: str) -> list[str]:
+    root = _open_root(Path(path), "r")
+    if group not in root:
+        return []
+    return sorted(name for name, _ in root[group].groups())

@@ -1,0 +1,348 @@
+"""Metrics on temporal attention maps and inter-frame similarity matrices.
+
+Every function works on an :class:`xarray.DataArray` whose matrix axes are named
+(``row_dim`` x ``col_dim``; by default ``query_frame`` x ``key_frame``, rows are query
+frames). Any other dimension (run, step, layer, cfg, sample, head, ...) broadcasts through,
+so one call scores a whole recording. Similarity matrices (``frame`` x ``frame2``) are
+scored by passing ``row_dim=FRAME, col_dim=FRAME2``. A plain numpy array is accepted too:
+its last two axes are taken as rows and columns.
+
+Matrix entries are read by position (0..N-1), never by coordinate label. Reductions run
+in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from attnlab.core.dims import KEY, OFFSET, QUERY
+
+__all__ = [
+    "band_concentration",
+    "band_profile",
+    "diagonalness",
+    "gaussian_prior",
+    "map_distance",
+    "minmax_normalise",
+    "resample_maps",
+    "row_entropy",
+]
+
+# row sums within this tolerance of 1 mark a map as row-stochastic (attention probabilities)
+_STOCHASTIC_ATOL = 1e-3
+
+
+def gaussian_prior(n: int, sigma: float) -> np.ndarray:
+    """The TAR regularisation matrix of the paper's Eq. (2), shape ``(n, n)``, float64.
+
+    ``dA[i, j] = exp(-0.5 * ((j - i) / sigma) ** 2)``: a symmetric Toeplitz matrix with ones
+    on the diagonal that decays with the frame offset. Smaller ``sigma`` = stronger
+    regularisation (more dynamic video). This is the single definition used by the TAR edit.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"n (number of frames) must be an integer >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"n (number of frames) must be >= 1, got {n}")
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}") from None
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    idx = np.arange(n, dtype=np.float64)
+    offset = idx[None, :] - idx[:, None]
+    return np.exp(-0.5 * (offset / sigma) ** 2)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _as_maps(maps: xr.DataArray | np.ndarray, row_dim: str, col_dim: str) -> xr.DataArray:
+    """Validate the matrix dims; wrap a numpy array (last two axes = rows, columns)."""
+    if not isinstance(maps, xr.DataArray):
+        arr = np.asarray(maps)
+        if arr.ndim < 2:
+            raise ValueError(f"expected at least a 2-D matrix, got shape {arr.shape}")
+        lead = [f"dim_{k}" for k in range(arr.ndim - 2)]
+        maps = xr.DataArray(arr, dims=[*lead, row_dim, col_dim])
+    missing = [d for d in (row_dim, col_dim) if d not in maps.dims]
+    if missing:
+        raise ValueError(
+            f"maps lack the matrix dimension(s) {missing}; they have {list(maps.dims)}. "
+            "Pass row_dim=/col_dim= (e.g. row_dim='frame', col_dim='frame2' for similarity)."
+        )
+    if row_dim == col_dim:
+        raise ValueError("row_dim and col_dim must differ")
+    return maps.astype(np.float64)
+
+
+def _square(maps: xr.DataArray, row_dim: str, col_dim: str) -> int:
+    n, m = maps.sizes[row_dim], maps.sizes[col_dim]
+    if n != m:
+        raise ValueError(f"expected square {row_dim} x {col_dim} maps, got {n} x {m}")
+    return n
+
+
+def _index(n: int, dim: str) -> xr.DataArray:
+    return xr.DataArray(np.arange(n, dtype=np.float64), dims=[dim])
+
+
+def _abs_offset(n: int, row_dim: str, col_dim: str) -> xr.DataArray:
+    return abs(_index(n, row_dim) - _index(n, col_dim))
+
+
+def _check_nonnegative(maps: xr.DataArray, what: str) -> None:
+    if bool((maps < 0).any()):
+        raise ValueError(
+            f"{what} needs non-negative entries (probabilities or similarities >= 0); "
+            "apply minmax_normalise() first to logits or signed similarities"
+        )
+
+
+def _row_normalised(maps: xr.DataArray, col_dim: str) -> xr.DataArray:
+    """Rows divided by their sum (no-op for attention probabilities); all-zero rows stay 0."""
+    total = maps.sum(col_dim)
+    return xr.where(total > 0, maps / total.where(total > 0, 1.0), 0.0)
+
+
+def _is_row_stochastic(maps: xr.DataArray, col_dim: str) -> bool:
+    return bool(np.allclose(maps.sum(col_dim).values, 1.0, atol=_STOCHASTIC_ATOL))
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def diagonalness(
+    maps: xr.DataArray | np.ndarray, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.DataArray:
+    """Correlation-based diagonal score in [-1, 1]: 1 for a pure diagonal, 0 for uniform.
+
+    The entries ``w_ij >= 0`` are read as weights of the index pairs ``(i, j)``; the score is
+    the weighted Pearson correlation between row index ``i`` and column index ``j``::
+
+        W      = sum_ij w_ij
+        mu_i   = sum_ij w_ij i / W                 mu_j = sum_ij w_ij j / W
+        cov    = sum_ij w_ij (i - mu_i)(j - mu_j) / W
+        var_i  = sum_ij w_ij (i - mu_i)^2 / W      var_j = sum_ij w_ij (j - mu_j)^2 / W
+        score  = cov / sqrt(var_i * var_j)
+
+    Mass concentrated near the diagonal makes ``j`` follow ``i`` (score near 1); attention
+    spread over all frames decouples them (score near 0). The scale of ``w`` cancels, so
+    maps need not be normalised. Where a marginal has zero variance (N = 1, or all mass in
+    one row or one column) the correlation is undefined and the score is 0.
+    """
+    maps = _as_maps(maps, row_dim, col_dim)
+    _check_nonnegative(maps, "diagonalness")
+    i = _index(maps.sizes[row_dim], row_dim)
+    j = _index(maps.sizes[col_dim], col_dim)
+    dims = [row_dim, col_dim]
+
+    # weighted raw moments by contraction: no temporaries of the maps' full size
+    def moment(weights: xr.DataArray) -> xr.DataArray:
+        return xr.dot(maps, weights, dim=dims)
+
+    ones = xr.ones_like(i) * xr.ones_like(j)
+    total = moment(ones)
+    safe_total = total.where(total > 0, 1.0)
+    mu_i = moment(i * ones) / safe_total
+    mu_j = moment(j * ones) / safe_total
+    cov = moment(i * j) / safe_total - mu_i * mu_j
+    var_i = moment(i**2 * ones) / safe_total - mu_i**2
+    var_j = moment(j**2 * ones) / safe_total - mu_j**2
+    denom = np.sqrt((var_i * var_j).clip(min=0.0))
+    # variances below float noise count as zero (e.g. all mass in one column)
+    defined = denom > 1e-9
+    score = xr.where(defined, cov / denom.where(defined, 1.0), 0.0)
+    return score.clip(-1.0, 1.0).rename("diagonalness")
+
+
+def band_profile(
+    maps: xr.DataArray | np.ndarray, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.DataArray:
+    """Mean entry at each frame offset ``d = |i - j|``: new dim ``offset`` with coords 0..N-1.
+
+    Averages the ``N`` diagonal entries for ``d = 0`` and the ``2 (N - d)`` entries of both
+    off-diagonals for ``d > 0``: how fast attention (or similarity) decays with distance in
+    time. For a symmetric Toeplitz matrix it returns the generating sequence.
+    """
+    maps = _as_maps(maps, row_dim, col_dim)
+    n = _square(maps, row_dim, col_dim)
+    offset = _abs_offset(n, row_dim, col_dim)
+    d = xr.DataArray(np.arange(n, dtype=np.float64), dims=[OFFSET], coords={OFFSET: np.arange(n)})
+    mask = (offset == d).astype(np.float64)  # (offset, row, col) one-hot
+    sums = xr.dot(maps, mask, dim=[row_dim, col_dim])
+    return (sums / mask.sum([row_dim, col_dim])).rename("band_profile")
+
+
+def band_concentration(
+    maps: xr.DataArray | np.ndarray, k: int = 1, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.DataArray:
+    """Mean over rows of the fraction of each row's mass within the band ``|i - j| <= k``.
+
+    For attention probabilities (rows sum to 1) this is the attention mass on the ``k``
+    nearest frames on either side; rows are divided by their sum so that similarity matrices
+    read the same way. Identity gives 1; uniform gives ``(N (2k+1) - k (k+1)) / N^2``
+    (``(3N - 2) / N^2`` for ``k = 1``).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    maps = _as_maps(maps, row_dim, col_dim)
+    n = _square(maps, row_dim, col_dim)
+    _check_nonnegative(maps, "band_concentration")
+    inside = (_abs_offset(n, row_dim, col_dim) <= k).astype(np.float64)
+    rows = _row_normalised(maps, col_dim)
+    return (rows * inside).sum(col_dim).mean(row_dim).rename("band_concentration")
+
+
+def row_entropy(
+    maps: xr.DataArray | np.ndarray,
+    normalise: bool = True,
+    row_dim: str = QUERY,
+    col_dim: str = KEY,
+) -> xr.DataArray:
+    """Shannon entropy (nats) of each row; the result keeps ``row_dim``, drops ``col_dim``.
+
+    ``H_i = -sum_j p_ij log p_ij`` with ``0 log 0 = 0``, after dividing each row by its sum
+    (a no-op for attention probabilities). ``normalise=True`` divides by ``log N`` so that 0
+    means attending to one frame and 1 means attending uniformly (N = 1 gives 0).
+    """
+    maps = _as_maps(maps, row_dim, col_dim)
+    _check_nonnegative(maps, "row_entropy")
+    p = _row_normalised(maps, col_dim)
+    plogp = xr.where(p > 0, p * np.log(p.where(p > 0, 1.0)), 0.0)
+    h = -plogp.sum(col_dim)
+    if normalise:
+        n = maps.sizes[col_dim]
+        h = h / np.log(n) if n > 1 else h * 0.0
+    return h.rename("row_entropy")
+
+
+def minmax_normalise(
+    maps: xr.DataArray | np.ndarray,
+    row_dim: str = QUERY,
+    col_dim: str = KEY,
+    *,
+    shared_dims: Sequence[str] = (),
+) -> xr.DataArray:
+    """Scale each map to [0, 1] by its own min and max, as the paper draws its heat maps.
+
+    ``shared_dims`` adds dimensions over which one common min/max is taken, e.g.
+    ``shared_dims=("run",)`` to normalise synthetic and real maps together as in Fig. S.1.
+    Constant maps become 0.
+    """
+    maps = _as_maps(maps, row_dim, col_dim)
+    missing = [d for d in shared_dims if d not in maps.dims]
+    if missing:
+        raise ValueError(f"shared_dims {missing} not in maps dims {list(maps.dims)}")
+    over = [row_dim, col_dim, *shared_dims]
+    lo, hi = maps.min(over), maps.max(over)
+    span = hi - lo
+    out = xr.where(span > 0, (maps - lo) / span.where(span > 0, 1.0), 0.0)
+    return out.transpose(*maps.dims).assign_attrs(maps.attrs)
+
+
+def _interp_weights(n_src: int, n: int) -> np.ndarray:
+    """``(n, n_src)`` linear-interpolation matrix, corners aligned (first/last frames match)."""
+    if n == 1:
+        pos = np.array([(n_src - 1) / 2.0])
+    else:
+        pos = np.arange(n) * (n_src - 1) / (n - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, n_src - 1)
+    hi = np.minimum(lo + 1, n_src - 1)
+    frac = pos - lo
+    w = np.zeros((n, n_src))
+    np.add.at(w, (np.arange(n), lo), 1.0 - frac)
+    np.add.at(w, (np.arange(n), hi), frac)
+    return w
+
+
+def resample_maps(
+    maps: xr.DataArray | np.ndarray, n: int, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.DataArray:
+    """Bilinearly resample square ``N x N`` maps to ``n x n`` (extra dims broadcast).
+
+    Output entry ``(s, t)`` is the bilinear interpolation of the input at the fractional
+    positions ``p(s), p(t)`` with ``p(s) = s (N - 1) / (n - 1)`` (corners aligned: the first
+    and last frames map onto each other). Computed as ``R M R^T`` with the same ``(n, N)``
+    interpolation matrix ``R`` on both axes, so symmetric maps stay symmetric. Values are
+    interpolated, not renormalised.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    maps = _as_maps(maps, row_dim, col_dim)
+    n_src = _square(maps, row_dim, col_dim)
+    w = _interp_weights(n_src, int(n))
+    tmp_r, tmp_c = f"__{row_dim}_new", f"__{col_dim}_new"
+    r_rows = xr.DataArray(w, dims=[tmp_r, row_dim])
+    r_cols = xr.DataArray(w, dims=[tmp_c, col_dim])
+    out = xr.dot(r_rows, maps.drop_vars([row_dim, col_dim], errors="ignore"), dim=row_dim)
+    out = xr.dot(out, r_cols, dim=col_dim)
+    out = out.rename({tmp_r: row_dim, tmp_c: col_dim})
+    out = out.assign_coords({row_dim: np.arange(n), col_dim: np.arange(n)})
+    return out.transpose(*maps.dims)
+
+
+def map_distance(
+    a: xr.DataArray | np.ndarray,
+    b: xr.DataArray | np.ndarray,
+    kind: Literal["l1", "js", "fro"] = "l1",
+    *,
+    resample: bool = False,
+    row_dim: str = QUERY,
+    col_dim: str = KEY,
+) -> xr.DataArray:
+    """Distance between two sets of maps (e.g. synthetic vs real); extra dims broadcast.
+
+    - ``"l1"``: mean over rows of ``sum_j |a_ij - b_ij|`` (in [0, 2] for probability rows).
+    - ``"js"``: mean over rows of the Jensen-Shannon divergence in bits (in [0, 1]); rows are
+      first divided by their sums.
+    - ``"fro"``: Frobenius norm ``sqrt(sum_ij (a_ij - b_ij)^2)``.
+
+    Maps with different N are an error unless ``resample=True``: then the larger set is
+    resampled to the smaller N with :func:`resample_maps` (bilinear, corners aligned), and if
+    it was row-stochastic (rows sum to 1) its rows are renormalised to sum to 1 again.
+    """
+    a = _as_maps(a, row_dim, col_dim)
+    b = _as_maps(b, row_dim, col_dim)
+    na, nb = _square(a, row_dim, col_dim), _square(b, row_dim, col_dim)
+    if na != nb:
+        if not resample:
+            raise ValueError(
+                f"maps have different frame counts ({na} vs {nb}); pass resample=True to "
+                "bilinearly resample both to the smaller one"
+            )
+        n = min(na, nb)
+
+        def _to(m: xr.DataArray, size: int) -> xr.DataArray:
+            if m.sizes[row_dim] == size:
+                return m
+            stochastic = _is_row_stochastic(m, col_dim)
+            m = resample_maps(m, size, row_dim, col_dim)
+            return _row_normalised(m, col_dim) if stochastic else m
+
+        a, b = _to(a, n), _to(b, n)
+    # compare by position: drop matrix coords so differing labels do not misalign
+    a = a.drop_vars([row_dim, col_dim], errors="ignore")
+    b = b.drop_vars([row_dim, col_dim], errors="ignore")
+    if kind == "l1":
+        out = abs(a - b).sum(col_dim).mean(row_dim)
+    elif kind == "fro":
+        out = np.sqrt(((a - b) ** 2).sum([row_dim, col_dim]))
+    elif kind == "js":
+        _check_nonnegative(a, "map_distance(kind='js')")
+        _check_nonnegative(b, "map_distance(kind='js')")
+        p, q = _row_normalised(a, col_dim), _row_normalised(b, col_dim)
+        m = 0.5 * (p + q)
+
+        def _kl(x: xr.DataArray) -> xr.DataArray:
+            ratio = (x / m.where(m > 0, 1.0)).where(x > 0, 1.0)
+            return xr.where(x > 0, x * np.log2(ratio), 0.0).sum(col_dim)
+
+        out = (0.5 * _kl(p) + 0.5 * _kl(q)).mean(row_dim)
+    else:
+        raise ValueError(f"kind must be 'l1', 'js' or 'fro', got {kind!r}")
+    return out.rename(f"map_distance_{kind}")

@@ -1,0 +1,290 @@
+"""Logit-bias edits: TAR (paper Sec. 3.3, Eq. 2-3) and reference-dynamics transfer (Sec. 4.1)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnlab.core.protocol import CallContext, LogitPrior, Stage
+from attnlab.core.selection import Layers
+from attnlab.core.sites import Site
+from attnlab.edits.base import Edit, EditError, _positive, register
+
+MAX_MODES = ("row", "head", "global")
+# the reference code's TAR window: first 14 of 25 DDIM steps (leading spacing, offset 1) = t >= 441
+TAR_T_MIN = 0.441
+_PRESET = re.compile(r"^(\d+)D(\d+(?:\.\d+)?)$")
+
+
+def preset_sigma(name: str, full_resolution: int = 64) -> dict[int, float]:
+    """Parse the paper code's preset names ("64D1", "64D1_32D8", ...) into {level: sigma}.
+
+    ``<res>D<sigma>``: resolution ``res`` is the latent width at that level for a 320x512
+    video (64, 32, 16, 8 = levels 0..3); ``full_resolution`` changes the width of level 0.
+    """
+    out: dict[int, float] = {}
+    for part in name.split("_"):
+        m = _PRESET.match(part)
+        if m is None:
+            raise EditError(
+                f"bad TAR preset {name!r}: expected parts like '64D1' joined by '_' (e.g. '64D1_32D8')"
+            )
+        res, sigma = int(m.group(1)), float(m.group(2))
+        level = math.log2(full_resolution / res) if res > 0 else -1
+        if level < 0 or level != int(level):
+            raise EditError(f"TAR preset {name!r}: resolution {res} is not {full_resolution}/2^k")
+        out[int(level)] = sigma
+    return out
+
+
+PRESETS = ("64D1", "64D4", "64D8", "64D1_32D8", "64D1_32D1")
+
+
+class LogitBias(Edit):
+    """``logits' = logits + scale * max(logits) * prior`` with a per-layer N x N prior."""
+
+    stage = Stage.BIAS
+    default_blocks = ("down", "mid", "up")  # the reference code never regularises transformer_in
+
+    def __init__(self, *, max_mode: str = "row", scale: float = 1.0, **target: Any):
+        super().__init__(**target)
+        if max_mode not in MAX_MODES:
+            raise EditError(f"max_mode must be one of {', '.join(MAX_MODES)}; got {max_mode!r}")
+        self.max_mode = max_mode
+        try:
+            self.scale = float(scale)
+        except (TypeError, ValueError):
+            raise EditError(f"scale must be a number, got {scale!r}") from None
+        if not math.isfinite(self.scale):
+            raise EditError(f"scale must be finite, got {scale!r}")
+        self._priors: dict[tuple, torch.Tensor] = {}
+
+    def prior(self, site: Site, frames: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def bias_params(self) -> dict[str, Any]:
+        return {"max_mode": self.max_mode, "scale": self.scale}
+
+    def row_local(self, ctx: CallContext) -> bool:
+        """Per-row and per-map maxima act on each map alone; a global max needs the whole
+        tensor, and editing one CFG half needs the batch layout."""
+        return self.max_mode != "global" and self.halves(ctx) is None
+
+    def logit_prior(self, site: Site, ctx: CallContext) -> LogitPrior:
+        return LogitPrior(self.prior(site, ctx.frames), self.max_mode, self.scale)
+
+    def bias(self, site: Site, ctx: CallContext, logits: torch.Tensor) -> torch.Tensor:
+        key = (site.level, ctx.frames, logits.device, logits.dtype)
+        dA = self._priors.get(key)
+        if dA is None:
+            dA = self._priors[key] = torch.as_tensor(
+                self.prior(site, ctx.frames), dtype=logits.dtype, device=logits.device
+            )
+        return self._apply(
+            logits, ctx, site, lambda x: regularise(x, dA, self.max_mode, self.scale)
+        )
+
+
+def regularise(
+    logits: torch.Tensor, dA: torch.Tensor, max_mode: str = "row", scale: float = 1.0
+) -> torch.Tensor:
+    """Eq. 3 before the softmax: ``logits + scale * max(logits) * dA``.
+
+    ``logits``: ``[..., heads, F, F]``. ``max_mode``: "row" (per query frame, as the paper's
+    code), "head" (per head and position: one max per N x N map), or "global" (one max over
+    the whole tensor: every row, position and head of this layer call).
+    """
+    if max_mode == "row":
+        m = logits.amax(dim=-1, keepdim=True)
+    elif max_mode == "head":
+        m = logits.amax(dim=(-2, -1), keepdim=True)
+    else:
+        m = logits.amax()
+    bias = (scale * m) * dA
+    if bias.shape == logits.shape and bias.dtype == torch.result_type(logits, bias):
+        return bias.add_(logits)  # == logits + bias (addition commutes), one allocation fewer
+    return logits + bias
+
+
+@register
+class TAR(LogitBias):
+    """Temporal Attention Regularization (paper Eq. 2-3).
+
+    ``dA[i, j] = exp(-0.5 ((j - i) / sigma)^2)`` per level, added as
+    ``logits + scale * max(logits) * dA`` before the softmax. Defaults follow the paper's code:
+    per-row max, both CFG halves, the down/mid/up temporal layers at the given levels (not
+    ``transformer_in``), active while ``t >= 0.441 T`` (the code's first 14 of 25 DDIM steps;
+    the window is on the timestep so it means the same for any scheduler, step count, and
+    for bare denoiser calls as in real-video analysis). ``sigma``: a number (level 0), a
+    ``{level: sigma}`` dict, or a preset name: ``TAR("64D1_32D8")``.
+    """
+
+    kind = "tar"
+
+    def __init__(
+        self,
+        sigma: float | dict[int, float] | str = "64D1",
+        *,
+        t_min: float | None = TAR_T_MIN,
+        max_mode: str = "row",
+        scale: float = 1.0,
+        **target: Any,
+    ):
+        self.preset = sigma if isinstance(sigma, str) else None
+        if isinstance(sigma, str):
+            sigma = preset_sigma(sigma)
+        elif not isinstance(sigma, dict):
+            sigma = {0: sigma}
+        if not sigma:
+            raise EditError("TAR needs at least one level with a sigma")
+        self.sigma = {int(k): _positive(f"sigma at level {k}", v) for k, v in sigma.items()}
+        if target.get("levels") is not None and sorted(
+            Layers.make(target["levels"]).levels or ()
+        ) != sorted(self.sigma):
+            raise EditError(
+                f"TAR levels come from sigma's keys {sorted(self.sigma)}; do not pass levels={target['levels']!r}"
+            )
+        target["levels"] = sorted(self.sigma)
+        super().__init__(t_min=t_min, max_mode=max_mode, scale=scale, **target)
+
+    def params(self) -> dict[str, Any]:
+        sigma: Any = self.preset or {str(k): v for k, v in self.sigma.items()}
+        return {"sigma": sigma, **self.bias_params()}
+
+    def target_params(self) -> dict[str, Any]:
+        d = super().target_params()
+        d.pop("levels")  # implied by sigma
+        return d
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Edit:
+        params = dict(params)
+        if isinstance(params.get("sigma"), dict):
+            params["sigma"] = {int(k): v for k, v in params["sigma"].items()}
+        return super().from_params(params)
+
+    def prior(self, site: Site, frames: int) -> np.ndarray:
+        from attnlab.data.metrics import gaussian_prior
+
+        return gaussian_prior(frames, self.sigma[site.level])
+
+
+@register
+class Transfer(LogitBias):
+    """Reference-dynamics transfer (paper Sec. 4.1, Fig. 8): TAR with a reference video's
+    inter-frame similarity matrix as ``dA`` instead of the Gaussian band.
+
+    ``reference``: a video path (read with :func:`attnlab.video.read_video`), a sample clip
+    name (``cup``, ``box``, ...; see ``attnlab datasets list``), frames
+    (``[F, H, W, 3]`` uint8 or ``[F, 3, H, W]`` in [-1, 1]) or a precomputed F x F similarity
+    matrix. The matrix (from ``similarity`` backend: "dreamsim", "stlpips", "pixel", ...) is
+    resampled to the generated frame count and ``normalise``d: "minmax" (to [0, 1], the band's
+    range), "max" (divide by the maximum) or "none". ``frames``: how many frames to take from a
+    reference video (evenly over the clip). Similarity matrices are cached on disk.
+    """
+
+    kind = "transfer"
+
+    def __init__(
+        self,
+        reference: str | Path | np.ndarray | torch.Tensor,
+        *,
+        similarity: str = "stlpips",
+        normalise: str = "minmax",
+        frames: int | None = 16,
+        levels: Any = 0,
+        t_min: float | None = TAR_T_MIN,
+        max_mode: str = "row",
+        scale: float = 1.0,
+        similarity_kwargs: dict[str, Any] | None = None,
+        **target: Any,
+    ):
+        if normalise not in ("minmax", "max", "none"):
+            raise EditError(f"normalise must be 'minmax', 'max' or 'none'; got {normalise!r}")
+        super().__init__(levels=levels, t_min=t_min, max_mode=max_mode, scale=scale, **target)
+        self.similarity = similarity
+        self.normalise = normalise
+        self.frames = frames
+        self.similarity_kwargs = dict(similarity_kwargs or {})
+        self.reference_matrix: np.ndarray | None = None
+        if isinstance(reference, (str, Path)):
+            self.reference: str | None = str(reference)
+            if not Path(reference).exists():
+                from attnlab.data.datasets import list_samples
+
+                names = [s.name for s in list_samples()]
+                if str(reference) not in names:
+                    raise EditError(
+                        f"reference video {str(reference)!r} not found: not a file or frame "
+                        f"folder, and not a sample clip ({', '.join(names)})"
+                    )
+        else:
+            self.reference = None
+            arr = (
+                reference.detach().cpu().numpy()
+                if torch.is_tensor(reference)
+                else np.asarray(reference)
+            )
+            if arr.ndim == 2:
+                if arr.shape[0] != arr.shape[1] or not np.isfinite(arr).all():
+                    raise EditError(
+                        f"a reference similarity matrix must be square and finite, got shape {arr.shape}"
+                    )
+                self.reference_matrix = arr.astype(np.float64)
+            elif arr.ndim == 4:
+                self.reference_matrix = self._similarity_of(arr)
+            else:
+                raise EditError(
+                    f"reference must be a video path, frames [F,H,W,3]/[F,3,H,W] or an F x F matrix; got shape {arr.shape}"
+                )
+
+    def _similarity_of(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        from attnlab.data.similarity import similarity_matrix
+
+        return similarity_matrix(frames, self.similarity, **self.similarity_kwargs).values
+
+    def reference_similarity(self) -> np.ndarray:
+        """The reference's F_ref x F_ref similarity matrix (computed once, cached on disk)."""
+        if self.reference_matrix is None:
+            from attnlab.data.video import read_video
+
+            assert self.reference is not None
+            if Path(self.reference).exists():
+                video = read_video(self.reference, frames=self.frames)
+            else:  # a sample clip name (checked in __init__), fetched on first use
+                from attnlab.data.datasets import read_sample
+
+                video = read_sample(self.reference, frames=self.frames)
+            self.reference_matrix = self._similarity_of(video.frames)
+        return self.reference_matrix
+
+    def params(self) -> dict[str, Any]:
+        ref: Any = (
+            self.reference if self.reference is not None else self.reference_similarity().tolist()
+        )
+        return {
+            "reference": ref,
+            "similarity": self.similarity,
+            "normalise": self.normalise,
+            "frames": self.frames,
+            "similarity_kwargs": self.similarity_kwargs,
+            **self.bias_params(),
+        }
+
+    def prior(self, site: Site, frames: int) -> np.ndarray:
+        from attnlab.data.similarity import resample_matrix
+
+        sim = self.reference_similarity()
+        dA = resample_matrix(sim, frames) if sim.shape[0] != frames else sim
+        dA = np.asarray(dA, dtype=np.float64)
+        if self.normalise == "minmax":
+            lo, hi = dA.min(), dA.max()
+            dA = (dA - lo) / (hi - lo) if hi > lo else np.ones_like(dA)
+        elif self.normalise == "max":
+            dA = dA / dA.max()
+        return dA

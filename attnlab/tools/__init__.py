@@ -1,0 +1,1 @@
+"""Tools: the ``attnlab`` command line and the benchmarks."""

