@@ -134,6 +134,14 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module) -> None:
         pass
 
+    # ``python -m attnlab.<old>`` (runpy asks the loader for the code to run as __main__)
+    def get_code(self, fullname):
+        target = _MOVED[fullname.partition(".")[2]]
+        return importlib.util.find_spec(target).loader.get_code(target)
+
+    def is_package(self, fullname) -> bool:
+        return False
+
 
 if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
     sys.meta_path.append(_MovedModuleFinder())

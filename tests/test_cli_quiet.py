@@ -81,9 +81,9 @@ def test_model_name_typo_is_one_line_with_the_embedded_names_and_the_closest(cap
 
 
 def test_hub_id_while_offline_is_one_line_before_any_network_call(capsys, monkeypatch, tmp_path):
-    from attnlab import models
+    from attnlab.models import loading
 
-    monkeypatch.setattr(models, "_hub_offline", lambda: True)
+    monkeypatch.setattr(loading, "_hub_offline", lambda: True)
 
     def no_network(*args, **kwargs):
         raise AssertionError("the hub was asked")

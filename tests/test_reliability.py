@@ -215,7 +215,7 @@ def start_sweep(spec: dict, store: Path, tmp_path: Path, fault: str | None, name
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     if fault:
         env[FAULT_ENV] = fault
-    argv = ["-m", "attnlab.sweep", str(path), "--store", str(store), "--workers", "1"]
+    argv = ["-m", "attnlab.lab.sweep", str(path), "--store", str(store), "--workers", "1"]
     with open(tmp_path / f"{name}.err", "w") as err:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, *argv, "--no-progress"],

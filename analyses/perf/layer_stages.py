@@ -1,6 +1,6 @@
 """Where recording's time goes on one ModelScope level-0 temporal layer (issue 18).
 
-``python analyses/perf/layer_stages.py OUT.json [REPEATS]``: ``attnlab.bench.layer_paths`` at
+``python analyses/perf/layer_stages.py OUT.json [REPEATS]``: ``attnlab.tools.bench.layer_paths`` at
 16, 48 and 128 frames (one torch thread), which times the explicit path stage by stage
 (nothing kept, + probability tensor, + logits copy, full tensor then mean, fused sums) against
 the fused default processor, interleaved in rounds.

@@ -129,13 +129,13 @@ class ChildModulePatch(Patch):
         self.module = module
 
     def _apply(self) -> None:
-        if self.name in self.target._modules or hasattr(self.target, self.name):
+        if hasattr(self.target, self.name):
             raise RuntimeError(f"{self.description}: the attribute already exists")
         self.target.add_module(self.name, self.module)
 
     def _restore(self) -> None:
-        if self.target._modules.get(self.name) is self.module:
-            del self.target._modules[self.name]
+        if getattr(self.target, self.name, None) is self.module:
+            delattr(self.target, self.name)  # nn.Module.__delattr__ removes the child
 
 
 class CallbackPatch(Patch):

@@ -276,7 +276,9 @@ def _check_chunks(path: Path, run_id: str, group) -> None:
 
 def open_run(path: str | os.PathLike, run_id: str) -> xr.Dataset:
     """One run of a store, lazily, as written (no ``run`` dimension)."""
-    chunks: dict[str, int] | None = {} if _has_dask_array() else None  # lazy dask arrays where dask is installed
+    chunks: dict[str, int] | None = (
+        {} if _has_dask_array() else None
+    )  # lazy dask arrays where dask is installed
     try:
         ds = xr.open_zarr(
             Path(path), group=_group(run_id), consolidated=False, zarr_format=3, chunks=chunks

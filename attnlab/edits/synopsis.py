@@ -64,7 +64,9 @@ def default_key_frames(num_states: int, frames: int) -> np.ndarray:
     return np.floor(np.linspace(0, frames - 1, num_states)).astype(np.int64)
 
 
-def frame_weights(key_frames: Sequence[int] | np.ndarray, frames: int, mode: str = "linear") -> np.ndarray:
+def frame_weights(
+    key_frames: Sequence[int] | np.ndarray, frames: int, mode: str = "linear"
+) -> np.ndarray:
     """``[frames, K]`` blend weights: row f says how much of each key state frame f gets."""
     k = np.asarray(key_frames, dtype=np.int64)
     w = np.zeros((frames, len(k)))

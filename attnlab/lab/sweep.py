@@ -807,14 +807,13 @@ _CELL_LOCK = threading.Lock()  # one cell at a time per process: pipelines are n
 
 def pipe_is_clean(pipe: Any) -> bool:
     """Whether no attnlab processor, hook point, client or pipeline wrapper is left on ``pipe``."""
-    from attnlab.core.control import _controllers
+    from attnlab.core.control import is_instrumented
     from attnlab.core.processor import TemporalAttnProcessor
     from attnlab.core.sites import denoiser_of
 
-    model = denoiser_of(pipe)
-    ctrl = _controllers.get(model)
-    if ctrl is not None and (ctrl.clients or ctrl._undo):
+    if is_instrumented(pipe):
         return False
+    model = denoiser_of(pipe)
     cls = type(pipe)
     if "__call__" in cls.__dict__ and cls.__mro__[1].__qualname__ == cls.__qualname__:
         return False  # the pipeline-call wrapper class is still in place

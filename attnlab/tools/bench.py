@@ -21,7 +21,7 @@ libraries and all), ``delta`` the peak minus the resident memory just before the
 
 Micro-benchmarks time one temporal attention module (projections included) on the ModelScope
 level-0 shape through each processor path, and the attention core alone for the TAR
-implementations that were considered. ``attnlab bench`` / ``python -m attnlab.bench`` run it.
+implementations that were considered. ``attnlab bench`` / ``python -m attnlab.tools.bench`` run it.
 """
 
 from __future__ import annotations
@@ -506,7 +506,7 @@ def memory_variants_cpu(
     )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     proc = subprocess.run(
-        [sys.executable, "-m", "attnlab.bench", "--memory-child", json.dumps(spec)],
+        [sys.executable, "-m", "attnlab.tools.bench", "--memory-child", json.dumps(spec)],
         env=env,
         capture_output=True,
         text=True,
@@ -953,7 +953,7 @@ def run_bench(
     if cfg.vae == "sd" and torch.device(device).type == "cpu":
         raise ValueError(
             f"config {cfg.name!r} is full size: run it on a GPU (device='cuda'); "
-            f"on CPU use 'mid' (its FLOP shares: attnlab.bench.flop_share({cfg.name!r}, 16))"
+            f"on CPU use 'mid' (its FLOP shares: attnlab.tools.bench.flop_share({cfg.name!r}, 16))"
         )
     repeats = repeats or cfg.repeats
     frames = tuple(frames or cfg.frames)
@@ -1241,7 +1241,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m attnlab.bench [--config mid] ...``."""
+    """``python -m attnlab.tools.bench [--config mid] ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--memory-child"]:
         print("MEMORY " + json.dumps(_memory_child(json.loads(argv[1]))), flush=True)

@@ -16,7 +16,7 @@ process (each round's ratio to that round's plain call; median and quartiles rep
 Peak memory: a child process with glibc's mmap threshold at 64 KiB (so the resident set follows
 live tensors) resets the kernel's high-water mark before each call and reads ``VmHWM`` after.
 
-    python3 -m attnlab.bench_joint --threads 1 --out bench-joint.json
+    python3 -m attnlab.tools.bench_joint --threads 1 --out bench-joint.json
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def memory_variants(cfg: JointBenchConfig, variants: list[str], repeats: int = 2
     spec = {"cfg": asdict(cfg), "variants": variants, "repeats": repeats, "threads": torch.get_num_threads()}  # fmt: skip
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     proc = subprocess.run(
-        [sys.executable, "-m", "attnlab.bench_joint", "--memory-child", json.dumps(spec)],
+        [sys.executable, "-m", "attnlab.tools.bench_joint", "--memory-child", json.dumps(spec)],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     line = next((s for s in proc.stdout.splitlines() if s.startswith("MEMORY ")), None)
@@ -203,7 +203,7 @@ def memory_variants(cfg: JointBenchConfig, variants: list[str], repeats: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m attnlab.bench_joint", description=__doc__.split("\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(prog="python3 -m attnlab.tools.bench_joint", description=__doc__.split("\n")[0])  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--frames", type=int, default=7, help="latent frames")

@@ -203,7 +203,7 @@ def _configure_sites(p: argparse.ArgumentParser) -> None:
 @command("sites", "list the temporal self-attention layers of a model", _configure_sites)
 def cmd_sites(args: argparse.Namespace) -> int:
     """Print the temporal self-attention sites of a model."""
-    from attnlab.core import sites
+    from attnlab.core.sites import sites
     from attnlab.models.loading import resolve_model
 
     latent = tuple(args.latent) if args.latent else None
