@@ -105,6 +105,32 @@ def test_explicit_path_equals_own_processor_svd_and_latte():
     assert _compare_with_own_processor(latte, latte_call) < TOL
 
 
+def test_explicit_path_equals_own_processor_i2vgenxl():
+    from diffusers import I2VGenXLUNet
+
+    torch.manual_seed(0)
+    unet = I2VGenXLUNet(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
+    )  # fmt: skip
+
+    def call(model):
+        g = torch.Generator().manual_seed(0)
+        return model(
+            torch.randn(1, 4, 3, 8, 8, generator=g),
+            torch.tensor([500]),
+            fps=torch.tensor([8]),
+            image_latents=torch.randn(1, 4, 3, 8, 8, generator=g),
+            image_embeddings=torch.randn(1, 32, generator=g),
+            encoder_hidden_states=torch.randn(1, 4, 32, generator=g),
+        ).sample
+
+    assert family_of(unet).name == "i2vgenxl"
+    assert _compare_with_own_processor(unet, call) < TOL
+
+
 # ---- the extension point ---------------------------------------------------------------------
 
 

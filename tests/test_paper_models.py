@@ -622,6 +622,22 @@ def test_vc2_fps_conditions_the_model(vc2):
     assert (a - b).abs().max() > 1e-4
 
 
+def test_vc2_explicit_path_equals_its_own_processor(vc2):
+    """attnlab's explicit path on every temporal layer (``attnlab.hooks``) against the model's
+    own fused attention: float rounding only (1e-5: summation order of SDPA vs softmax @ v)."""
+    _, _, pipe = vc2
+    unet = pipe.unet
+    torch.manual_seed(8)
+    x, ctx = torch.randn(1, 4, 5, 8, 8), torch.randn(1, 7, 64)
+    with torch.no_grad():
+        own = unet(x, 400, ctx).sample
+        with attnlab.hooks(unet):
+            explicit = unet(x, 400, ctx).sample
+        assert torch.equal(unet(x, 400, ctx).sample, own)
+    assert attnlab.sites(unet).family.name == "videocrafter2"
+    assert (explicit - own).abs().max() < 1e-5
+
+
 def _lvdm_ddim(eps_fn, x, cfg: VC2Config, steps: int, eta: float, noises):
     """lvdm DDIMSampler.ddim_sampling with use_scale, from its arrays (independent of diffusers)."""
     bufs = _lvdm_schedule_buffers(cfg)
