@@ -114,10 +114,17 @@ class ProcessorPatch(Patch):
 
     def _apply(self) -> None:
         self.saved = self.target.processor
-        self.target.set_processor(self.processor)
+        self._set(self.processor)
 
     def _restore(self) -> None:
-        self.target.set_processor(self.saved)
+        self._set(self.saved)
+
+    def _set(self, processor: Any) -> None:
+        # Mochi's ``MochiAttention`` has no ``set_processor``; it reads ``.processor``
+        if hasattr(self.target, "set_processor"):
+            self.target.set_processor(processor)
+        else:
+            self.target.processor = processor
 
 
 class ChildModulePatch(Patch):

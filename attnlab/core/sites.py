@@ -24,8 +24,12 @@ import torch
 
 # "transformer": the single level of patch-based transformers (Latte)
 BLOCKS = ("in", "down", "mid", "up", "transformer")
-# "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie)
-PE_KINDS = ("none", "sinusoidal", "learned", "rope", "rope+relative")
+# "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie); "...3d": the
+# frame axis of a full-3D attention DiT's encoding (3D RoPE; 3D sin-cos or learned, added to
+# the tokens), details in attnlab.models.families.dit.FramePE
+PE_KINDS = (
+    "none", "sinusoidal", "learned", "rope", "rope+relative", "rope3d", "sinusoidal3d", "learned3d",
+)  # fmt: skip
 
 
 # module-path prefixes of the diffusers video models -> block vocabulary
@@ -86,8 +90,10 @@ class Family:
         model: torch.nn.Module,
         latent: tuple[int, int] | None = None,
         frames: int | None = None,
+        temporal_compression: int | None = None,
     ) -> SiteTable:
-        """The site table of ``model`` (``frames``: latent frames, used by joint families)."""
+        """The site table of ``model`` (``frames``: latent frames, ``temporal_compression``:
+        the pipeline VAE's, both used by joint families)."""
         return build_table(model, self, latent)
 
 
@@ -405,7 +411,8 @@ def sites(
 
     Give ``latent=(H, W)`` (latent size) or ``height``/``width`` (video size, with a pipeline's
     VAE scale factor) to get each site's feature size ``h x w``. Full-3D attention models
-    (CogVideoX, Wan) give a :class:`~attnlab.models.families.dit.JointSiteTable` of their video
+    (CogVideoX, Wan, HunyuanVideo, LTX-Video, Mochi) give a
+    :class:`~attnlab.models.families.dit.JointSiteTable` of their video
     self-attentions; ``frames`` (latent frames) adds each site's token frames.
     """
     pipe = model_or_pipe
@@ -420,15 +427,30 @@ def sites(
             scale
             or getattr(pipe, "vae_scale_factor", None)
             or getattr(pipe, "vae_scale_factor_spatial", None)
+            or getattr(pipe, "vae_spatial_compression_ratio", None)  # LTX-Video
+            or getattr(pipe, "vae_spatial_scale_factor", None)  # Mochi
             or 8
         )
         latent = (-(-height // scale), -(-width // scale))
-    table = fam.build_table(model, latent, frames)
+    table = fam.build_table(model, latent, frames, _temporal_compression(pipe))
     if not table.sites:
         raise UnsupportedModelError(
             f"{type(model).__name__}: no temporal self-attention module found"
         )
     return table
+
+
+def _temporal_compression(pipe: Any) -> int | None:
+    """The VAE's temporal compression as a pipeline states it (None: not a pipeline)."""
+    for attr in (
+        "vae_scale_factor_temporal",  # CogVideoX, Wan, HunyuanVideo
+        "vae_temporal_compression_ratio",  # LTX-Video
+        "vae_temporal_scale_factor",  # Mochi
+    ):
+        value = getattr(pipe, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def _vae_scale(path: Path) -> int | None:

@@ -88,6 +88,7 @@ class JointFamily(Family):
         model: torch.nn.Module,
         latent: tuple[int, int] | None = None,
         frames: int | None = None,
+        temporal_compression: int | None = None,
     ) -> SiteTable:
         return build_joint_table(model, self, latent, frames)
 
