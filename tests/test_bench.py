@@ -51,7 +51,12 @@ def test_tiny_bench_runs_end_to_end_and_returns_ratios(tmp_path, capsys):
         # one round: each ratio is that variant's time over plain's time in the same round
         assert t["time_ratio"]["n"] == t["time_s"]["n"] == 1
         assert t["time_ratio"]["median"] == pytest.approx(t["time_s"]["median"] / plain), name
+        # the same for the process's CPU time (robust on a shared machine)
+        cpu_plain = timing["plain"]["cpu_s"]["median"]
+        assert t["cpu_ratio"]["median"] == pytest.approx(t["cpu_s"]["median"] / cpu_plain), name
+        assert 0 < t["cpu_s"]["median"]
     assert timing["plain"]["time_ratio"]["median"] == 1.0
+    assert "CPU time ratio" in report.read_text()
     # attnlab installed, nobody selecting anything: bit-identical output
     assert timing["installed"]["identical"]
     # edits change the video; recording changes it only by the explicit path's rounding

@@ -372,15 +372,19 @@ def generate(pipe: Any, cfg: BenchConfig, frames: int, seed: int = 0) -> torch.T
 
 def _timed_call(pipe: Any, cfg: BenchConfig, frames: int, name: str, workdir: Path):
     device = pipe.unet.device
+    """Wall seconds, CPU seconds of this process (all its threads) and the video of one call.
+
+    The CPU time is the robust measure on a shared machine (waiting for a core does not count);
+    on a GPU it counts only the host's share of the work."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with variant_context(name, pipe, workdir):
         if name == "peer-nnsight":
             video, _ = peer_nnsight(pipe, cfg, frames)
         else:
             video = generate(pipe, cfg, frames)
         _sync(device)
-    return time.perf_counter() - t0, video
+    return time.perf_counter() - t0, time.process_time() - c0, video
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,27 +424,32 @@ def time_variants(
     """Interleaved timed runs of every variant; ratios against plain within each round."""
     variants = ["plain", *[v for v in variants if v != "plain"]]
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     outputs: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory(prefix="attnlab-bench-") as tmp:
         for r in range(warmup + repeats):
             k = r % len(variants)
             for name in variants[k:] + variants[:k]:  # rotate the order each round
-                dt, video = _timed_call(pipe, cfg, frames, name, Path(tmp))
+                dt, dc, video = _timed_call(pipe, cfg, frames, name, Path(tmp))
                 outputs.setdefault(name, video.detach().float().cpu())
                 if r >= warmup:
                     times[name].append(dt)
+                    cpu[name].append(dc)
                 if log:
                     log(
-                        f"  {frames} frames, round {r - warmup + 1 if r >= warmup else 'warm-up'}: {name} {dt:.2f} s"
+                        f"  {frames} frames, round {r - warmup + 1 if r >= warmup else 'warm-up'}: {name} {dt:.2f} s (CPU {dc:.2f} s)"
                     )
     ref = outputs["plain"]
     result: dict[str, Any] = {}
     for name in variants:
         ratios = [t / p for t, p in zip(times[name], times["plain"])]
+        cpu_ratios = [t / p for t, p in zip(cpu[name], cpu["plain"])]
         diff = (outputs[name] - ref).abs().max().item()
         result[name] = {
             "time_s": summary(times[name]),
             "time_ratio": summary(ratios),
+            "cpu_s": summary(cpu[name]),
+            "cpu_ratio": summary(cpu_ratios),
             "identical": bool(torch.equal(outputs[name], ref)),
             "max_abs_diff": diff,
         }
@@ -1110,17 +1119,16 @@ def format_report(result: dict[str, Any]) -> str:
     for f, entry in result.get("end_to_end", {}).items():
         lines += ["", f"End to end, {f} frames (ratio to plain: median [q1-q3] over rounds):", ""]
         mem = entry.get("memory")
-        head = "| variant | time (median s) | time ratio | output vs plain |"
-        sep = "|---|---|---|---|"
+        head = "| variant | time (median s) | time ratio | CPU time ratio | output vs plain |"
+        sep = "|---|---|---|---|---|"
         if mem:
             head += " peak memory ratio | peak MiB | call's working memory ratio | working MiB |"
             sep += "---|---|---|---|"
         lines += [head, sep]
         for name, t in entry["time"].items():
             same = "identical" if t["identical"] else f"max diff {t['max_abs_diff']:.2g}"
-            row = (
-                f"| {name} | {t['time_s']['median']:.2f} | {_fmt_ratio(t['time_ratio'])} | {same} |"
-            )
+            cpu_ratio = _fmt_ratio(t["cpu_ratio"]) if "cpu_ratio" in t else "-"
+            row = f"| {name} | {t['time_s']['median']:.2f} | {_fmt_ratio(t['time_ratio'])} | {cpu_ratio} | {same} |"
             if mem:
                 mm = mem[name]
                 row += (
