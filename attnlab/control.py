@@ -230,8 +230,8 @@ class Controller:
         for site in self.table:
             attn = modules[site.name]
             original = attn.processor
-            attn.set_processor(processor(self, site, original))
-            undo.append(lambda a=attn, p=original: a.set_processor(p))
+            _set_processor(attn, processor(self, site, original))
+            undo.append(lambda a=attn, p=original: _set_processor(a, p))
             for hook_name in HOOK_NAMES if not joint else ():
                 if not hasattr(attn, hook_name):
                     attn.add_module(hook_name, HookPoint())
@@ -503,6 +503,14 @@ class Controller:
                 f"{ctx.frames} frames (shape says level {level})"
             )
         return ctx
+
+
+def _set_processor(attn: torch.nn.Module, processor: Any) -> None:
+    """``attn.set_processor``; Mochi's ``MochiAttention`` has none and reads ``.processor``."""
+    if hasattr(attn, "set_processor"):
+        attn.set_processor(processor)
+    else:
+        attn.processor = processor
 
 
 def split_batch(x: torch.Tensor, ctx: CallContext, site: Site) -> torch.Tensor:

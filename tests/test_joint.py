@@ -279,9 +279,10 @@ def test_site_tables_and_frame_pe_as_data(cog, wan):
     # Wan: h = w = 2 (D // 6), t = D - 4 (D // 6)
     assert (w.pe.t_dim, w.pe.h_dim, w.pe.w_dim, w.pe.max_frames) == (4, 4, 4, 32)
     assert "separate cross-attention" in str(w)
-    for name in ("MochiTransformer3DModel", "AllegroTransformer3DModel"):
-        with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level"):
-            family_of(name)
+    with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level"):
+        family_of("AllegroTransformer3DModel")
+    with pytest.raises(UnsupportedModelError, match=r"PixArt.*image transformer.*no frame axis"):
+        family_of("PixArtTransformer2DModel")
 
 
 def test_cli_sites_prints_the_frame_pe(cog, tmp_path, capsys):

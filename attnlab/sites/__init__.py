@@ -1,8 +1,9 @@
 """Site tables: every temporal self-attention module of a diffusers video model.
 
 ``attnlab.sites(model_or_pipe)`` returns a :class:`SiteTable`. Support for a model family is a
-data module beside this one; models whose attention is full 3D attention over space and time
-get a clear :class:`UnsupportedModelError`.
+data module beside this one; full-3D attention DiTs are mapped to latent frames (``dit.py``);
+the rest (unmapped full-3D models, image models without a frame axis) get a clear
+:class:`UnsupportedModelError` naming the reason.
 """
 
 from __future__ import annotations
@@ -45,14 +46,25 @@ JOINT_FAMILIES = dit.JOINT_FAMILIES
 # Other models with only joint space-time attention: not mapped (yet); a clear error names them.
 FULL_3D_ATTENTION = {
     "AllegroTransformer3DModel": "Allegro",
-    "MochiTransformer3DModel": "Mochi",
     "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
-    "LTXVideoTransformer3DModel": "LTX-Video",
     "WanVACETransformer3DModel": "Wan VACE",
     "SkyReelsV2Transformer3DModel": "SkyReels-V2",
     "ConsisIDTransformer3DModel": "ConsisID",
     "EasyAnimateTransformer3DModel": "EasyAnimate",
     "CosmosTransformer3DModel": "Cosmos",
+}
+
+# Image transformers: their tokens are the patches of one image, with no frame axis at all.
+IMAGE_TRANSFORMERS = {
+    "SD3Transformer2DModel": "Stable Diffusion 3",
+    "FluxTransformer2DModel": "Flux",
+    "PixArtTransformer2DModel": "PixArt",
+    "SanaTransformer2DModel": "Sana",
+    "DiTTransformer2DModel": "DiT",
+    "HunyuanDiT2DModel": "Hunyuan-DiT",
+    "AuraFlowTransformer2DModel": "AuraFlow",
+    "Lumina2Transformer2DModel": "Lumina 2",
+    "QwenImageTransformer2DModel": "Qwen-Image",
 }
 
 __all__ = [
@@ -96,6 +108,14 @@ def family_of(model: torch.nn.Module | str) -> Family:
             "mapping of its joint attention yet. Supported: "
             + ", ".join(c for f in FAMILIES + JOINT_FAMILIES for c in f.model_classes)
         )
+    if name in IMAGE_TRANSFORMERS:
+        raise UnsupportedModelError(
+            f"{IMAGE_TRANSFORMERS[name]} ({name}) is an image transformer: its tokens are the "
+            "patches of a single image, with no frame axis, so there is no temporal attention "
+            "and no frame-level map of its attention; attnlab needs a video model whose latents "
+            "have frames. Supported: "
+            + ", ".join(c for f in FAMILIES + JOINT_FAMILIES for c in f.model_classes)
+        )
     raise UnsupportedModelError(
         f"{name} has no temporal attention that attnlab knows of. Supported denoisers: "
         + ", ".join(c for f in FAMILIES + JOINT_FAMILIES for c in f.model_classes)
@@ -128,7 +148,8 @@ def sites(
 
     Give ``latent=(H, W)`` (latent size) or ``height``/``width`` (video size, with a pipeline's
     VAE scale factor) to get each site's feature size ``h x w``. Full-3D attention models
-    (CogVideoX, Wan) give a :class:`~attnlab.sites.dit.JointSiteTable` of their video
+    (CogVideoX, Wan, HunyuanVideo, LTX-Video, Mochi) give a
+    :class:`~attnlab.sites.dit.JointSiteTable` of their video
     self-attentions; ``frames`` (latent frames) adds each site's token frames.
     """
     pipe = model_or_pipe
@@ -143,11 +164,15 @@ def sites(
             scale
             or getattr(pipe, "vae_scale_factor", None)
             or getattr(pipe, "vae_scale_factor_spatial", None)
+            or getattr(pipe, "vae_spatial_compression_ratio", None)  # LTX-Video
+            or getattr(pipe, "vae_spatial_scale_factor", None)  # Mochi
             or 8
         )
         latent = (-(-height // scale), -(-width // scale))
     if isinstance(fam, dit.JointFamily):
-        table: SiteTable = dit.build_joint_table(model, fam, latent, frames)
+        table: SiteTable = dit.build_joint_table(
+            model, fam, latent, frames, temporal_compression=_temporal_compression(pipe)
+        )
     else:
         table = build_table(model, fam, latent)
     if not table.sites:
@@ -155,6 +180,19 @@ def sites(
             f"{type(model).__name__}: no temporal self-attention module found"
         )
     return table
+
+
+def _temporal_compression(pipe: Any) -> int | None:
+    """The VAE's temporal compression as a pipeline states it (None: not a pipeline)."""
+    for attr in (
+        "vae_scale_factor_temporal",  # CogVideoX, Wan, HunyuanVideo
+        "vae_temporal_compression_ratio",  # LTX-Video
+        "vae_temporal_scale_factor",  # Mochi
+    ):
+        value = getattr(pipe, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def _vae_scale(path: Path) -> int | None:

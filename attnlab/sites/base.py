@@ -17,8 +17,12 @@ import torch
 
 # "transformer": the single level of patch-based transformers (Latte)
 BLOCKS = ("in", "down", "mid", "up", "transformer")
-# "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie)
-PE_KINDS = ("none", "sinusoidal", "learned", "rope", "rope+relative")
+# "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie); "...3d": the
+# frame axis of a full-3D attention DiT's encoding (3D RoPE; 3D sin-cos or learned, added to
+# the tokens), details in attnlab.sites.dit.FramePE
+PE_KINDS = (
+    "none", "sinusoidal", "learned", "rope", "rope+relative", "rope3d", "sinusoidal3d", "learned3d",
+)  # fmt: skip
 
 
 # module-path prefixes of the diffusers video models -> block vocabulary
