@@ -439,6 +439,7 @@ def test_unknown_model_is_refused_before_anything_is_written(tiny_dirs, tmp_path
         ("transformer", {"_class_name": "AllegroTransformer3DModel"}, "full 3D attention"),
         ("unet", {"_class_name": "UNet2DConditionModel"}, "without a motion adapter"),
     ],
+    ids=["image-transformer", "full-3d", "unet"],
 )
 def test_model_without_temporal_attention_is_refused(tmp_path, folder, config, match):
     model = tmp_path / "model"
