@@ -88,6 +88,8 @@ class FramePE:
             )
         elif self.kind == "rope3d" and self.axes == "mixture":
             text = "3D RoPE with learned per-head frequencies mixing t/h/w"
+            if self.frame_freqs is None:
+                text += " (weights not loaded: frame frequencies unknown)"
         else:
             text = self.kind
         if self.frame_freqs is not None:
