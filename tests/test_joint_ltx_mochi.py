@@ -316,6 +316,10 @@ def test_pipelines_idle_record_and_cfg_halves(kind, ltx_pipe, mochi_pipe):
     """In the real pipeline: idle and recording are bit-identical; the maps have both CFG
     halves; an edit on the cond half moves only the cond maps; leaving restores exactly."""
     pipe = {"ltx": ltx_pipe, "mochi": mochi_pipe}[kind]
+    table = attnlab.sites(pipe)  # the VAE's temporal compression as the pipeline states it
+    assert table.temporal_compression == {"ltx": 4, "mochi": 6}[kind]
+    if kind == "ltx":  # the tiny VAE compresses time 4x: the frame step follows
+        assert table.pe.frame_step == pytest.approx(4 / (25 * 20))
     ref = _gen(pipe, kind)
     with attnlab.record(pipe):
         pass
