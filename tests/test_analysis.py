@@ -7,6 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
+from attnlab.core import dims as D
 from attnlab.lab.analysis import Context, draw_all, frame_change, run_experiment
 from attnlab.tools.cli import main
 
@@ -135,3 +136,37 @@ def test_detail_measures_fine_structure_per_frame():
     checker[:, ::2, ::2] = checker[:, 1::2, 1::2] = 255
     # 3x3 box blur of a checkerboard: 4/9 or 5/9 of full scale in the interior
     assert 0.4 < detail(checker) < 0.6
+
+
+def test_models_experiment_puts_a_dit_beside_a_unet(tmp_path, tiny_dirs):
+    """Fig. 10 with a full-3D attention DiT (tiny CogVideoX pipeline) beside a UNet: the DiT
+    runs on its own frame grid (c_t k + 1 video frames), its maps are over latent frames, and
+    both land in one figure with the PE kind as the row facet."""
+    from attnlab.models.tiny_dit import cogvideox_pipeline
+
+    unet = str(tiny_dirs["tiny-modelscope"])
+    ctx = _ctx(tmp_path, tiny_dirs, models=(unet, "tiny-cogvideox"))
+    ctx.frames = (4, 8)
+    from attnlab.models import NAME_ATTR
+
+    ctx._pipes["tiny-cogvideox"] = pipe = cogvideox_pipeline()
+    setattr(pipe, NAME_ATTR, "tiny-cogvideox")  # as load_pipeline names what it loads
+    paths = run_experiment("models", ctx)
+    assert {"fig10_models.png", "fig10_metrics.json"} <= {p.name for p in paths}
+    rows = json.loads(ctx.figure("fig10_metrics.json").read_text())
+    dit = sorted((r["map_frames"], r["frames"]) for r in rows if r["model"] == "tiny-cogvideox")
+    # 4, 8, 12 frames -> the 4x-compressing VAE's grid 5, 9, 13 -> 2, 3, 4 latent frames
+    assert [m for m, _ in dit] == [2, 3, 4] and all(n > m for m, n in dit)  # n: decoded frames
+    assert sorted((r["frames"], r["map_frames"]) for r in rows if r["model"] == unet) == [
+        (4, 4), (8, 8), (12, 12)
+    ]  # fmt: skip
+    from attnlab import load
+
+    # CogVideoX's text is in its attention sequence: its runs (with text mass) have a store
+    # of their own; the UNet's have the plain layout
+    unets, dits = load(ctx.store("models")), load(ctx.store("models-text"))
+    for ds, model, pe in ((unets, unet, "none"), (dits, "tiny-cogvideox", "rope3d")):
+        assert set(ds[D.MODEL].values) == {model} and set(ds[D.PE].values) == {pe}
+    assert D.TEXT_MASS in dits and D.TEXT_MASS not in unets
+    img = np.asarray(Image.open(ctx.figure("fig10_models.png")).convert("L"), dtype=float)
+    assert img.std() > 10

@@ -198,6 +198,21 @@ def test_frame_mass_equals_brute_force_and_is_blocked(text, monkeypatch):
         assert tm is None
 
 
+@pytest.mark.parametrize("frames, d", [(6, 4), (3, 16), (7, 8)])
+def test_frame_mass_with_more_frames_than_head_channels(frames, d):
+    """The one-hot value is zero-padded to a multiple of the head dim (fused kernels want that
+    width): F + 1 > d takes several column chunks; the masses are the same."""
+    g = torch.Generator().manual_seed(4)
+    layout = TokenLayout(frames=frames, per_frame=3, text="first")
+    S = 2 + layout.video
+    q, k = (torch.randn(1, 2, S, d, generator=g) for _ in range(2))
+    mass, tm = frame_mass(q, k, layout)
+    P = (q.double() @ k.double().transpose(-1, -2) / math.sqrt(d)).softmax(-1)[:, :, 2:]
+    per = P[..., 2:].unflatten(-1, (frames, 3)).sum(-1)
+    torch.testing.assert_close(mass.double(), per / per.sum(-1, keepdim=True), atol=1e-6, rtol=0)
+    torch.testing.assert_close(tm.double(), 1 - per.sum(-1), atol=1e-6, rtol=0)
+
+
 def test_neutral_edited_attention_equals_sdpa_and_probes_reduce_to_identity_and_ones():
     g = torch.Generator().manual_seed(1)
     layout = TokenLayout(frames=5, per_frame=1, text="cross")  # one token per frame
@@ -279,9 +294,10 @@ def test_site_tables_and_frame_pe_as_data(cog, wan):
     # Wan: h = w = 2 (D // 6), t = D - 4 (D // 6)
     assert (w.pe.t_dim, w.pe.h_dim, w.pe.w_dim, w.pe.max_frames) == (4, 4, 4, 32)
     assert "separate cross-attention" in str(w)
-    for name in ("MochiTransformer3DModel", "AllegroTransformer3DModel"):
-        with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level"):
-            family_of(name)
+    with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level"):
+        family_of("AllegroTransformer3DModel")
+    with pytest.raises(UnsupportedModelError, match=r"PixArt.*image transformer.*no frame axis"):
+        family_of("PixArtTransformer2DModel")
 
 
 def test_cli_sites_prints_the_frame_pe(cog, tmp_path, capsys):

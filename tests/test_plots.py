@@ -333,6 +333,32 @@ def test_fig_cross_model(tmp_path):
     assert "ad\nPE: rope" in all_text(fig2)
 
 
+def test_fig_cross_model_puts_dits_beside_unets_with_the_pe_kind_as_facet(tmp_path):
+    """Rows grouped by PE kind (PE_KINDS order), whatever order the models come in; a DiT
+    (PE kind "rope3d": frame-level maps of joint attention) says its maps are over latent
+    frames."""
+    models = {
+        "CogVideoX": concat([make_run(4, model="cog", pe="rope3d")]),
+        "LaVie": concat([make_run(8, model="lv", pe="rope")]),
+        "ModelScope": concat([make_run(8, model="ms")]),
+        "AnimateDiff": concat([make_run(8, model="ad", pe="sinusoidal")]),
+    }
+    fig = plots.fig_cross_model(models)
+    check_saved(fig, tmp_path, "fig10_dit")
+    labelled = sorted(
+        (ax for ax in image_axes(fig) if ax.get_ylabel()), key=lambda a: -a.get_position().y0
+    )
+    firsts = [ax.get_ylabel().split("\n")[0] for ax in labelled]
+    assert firsts == ["ModelScope", "AnimateDiff", "LaVie", "CogVideoX"]
+    assert "CogVideoX\nPE: rope3d\n(joint 3D attn., latent frames)" in all_text(fig)
+    assert all_text(fig).count("(joint 3D attn.") == 1  # only the DiT gets the note
+    kept = plots.fig_cross_model(models, by_pe=False)
+    labelled = sorted(
+        (ax for ax in image_axes(kept) if ax.get_ylabel()), key=lambda a: -a.get_position().y0
+    )
+    assert labelled[0].get_ylabel().startswith("CogVideoX")  # the given order
+
+
 def test_fig_probe_grid(probs, tmp_path):
     kinds, levels = ("identity", "ones"), ("0", "1", "0+1", "3")
     videos = {

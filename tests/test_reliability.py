@@ -431,9 +431,15 @@ def test_unknown_model_is_refused_before_anything_is_written(tiny_dirs, tmp_path
 @pytest.mark.parametrize(
     "folder, config, match",
     [
-        ("transformer", {"_class_name": "MochiTransformer3DModel"}, "full 3D attention"),
+        (
+            "transformer",
+            {"_class_name": "FluxTransformer2DModel"},
+            "image transformer.*no frame axis",
+        ),
+        ("transformer", {"_class_name": "AllegroTransformer3DModel"}, "full 3D attention"),
         ("unet", {"_class_name": "UNet2DConditionModel"}, "without a motion adapter"),
     ],
+    ids=["image-transformer", "full-3d", "unet"],
 )
 def test_model_without_temporal_attention_is_refused(tmp_path, folder, config, match):
     model = tmp_path / "model"

@@ -155,21 +155,23 @@ def test_latte_and_i2vgenxl_tables():
 
 
 def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
-    """CogVideoX, Wan and HunyuanVideo are mapped to the frame level (tests/test_joint.py);
-    the others not yet."""
-    from diffusers import MochiTransformer3DModel
+    """CogVideoX, Wan, HunyuanVideo, LTX-Video and Mochi are mapped to the frame level
+    (tests/test_joint*.py); Allegro not yet; an image transformer has no frame axis at all."""
+    from diffusers import SD3Transformer2DModel
 
     with torch.device("meta"):
-        model = MochiTransformer3DModel(
-            patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1,
-            pooled_projection_dim=16, in_channels=4, text_embed_dim=16, time_embed_dim=4,
+        model = SD3Transformer2DModel(
+            sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+            pooled_projection_dim=16, out_channels=4,
         )  # fmt: skip
-    with pytest.raises(UnsupportedModelError, match="full 3D attention"):
+    with pytest.raises(UnsupportedModelError, match=r"Stable Diffusion 3.*image transformer.*no frame axis"):  # fmt: skip
         attnlab.sites(model)
-    with pytest.raises(UnsupportedModelError, match="full 3D attention"):
-        family_of("LTXVideoTransformer3DModel")
+    with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level mapping"):
+        family_of("AllegroTransformer3DModel")
     assert family_of("WanTransformer3DModel").name == "wan"
-    assert family_of("HunyuanVideoTransformer3DModel") is not None  # mapped since HunyuanVideo
+    assert family_of("LTXVideoTransformer3DModel").name == "ltx-video"
+    assert family_of("MochiTransformer3DModel").name == "mochi"
 
 
 def test_image_model_has_no_temporal_attention():

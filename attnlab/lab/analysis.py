@@ -368,18 +368,37 @@ def draw_sigma(ctx: Context) -> list[Path]:
 # ---- Fig. 10: models with different positional encodings -------------------------------------
 def run_models(ctx: Context) -> None:
     """Each model at 1x, 2x and 3x the short length. A bounded sinusoidal table is extended
-    (naive extrapolation) on attnlab's organisms; other models are skipped past their limit."""
+    (naive extrapolation) on attnlab's organisms; other models are skipped past their limit.
+
+    Full-3D attention DiTs (CogVideoX, Wan, ...) run beside the UNets: their VAE compresses
+    time ``c_t``-fold, so a length of ``n`` frames becomes the pipeline's frame grid
+    ``c_t * ceil((n - 1) / c_t) + 1`` (16 -> 17 with ``c_t = 4``), and their maps are over
+    latent frames (:mod:`attnlab.core.joint`). DiTs with the text in the attention sequence also
+    record its text mass, so their runs go to a store of their own (``models-text``)."""
     from attnlab.core.sites import sites
     from attnlab.models.organisms import extend_frame_positions
 
-    store = ctx.store("models")
     for model in ctx.models:
         for n in (ctx.frames[0], 2 * ctx.frames[0], 3 * ctx.frames[0]):
             name = f"{ctx.slug(model)}-f{n}"
-            if name in _done(store):
+            if any(name in _done(s) for s in _model_stores(ctx)):
                 ctx.log(f"  {name}: stored, skipped")
                 continue
-            limit = sites(ctx.pipe(model)).max_frames
+            table = sites(ctx.pipe(model))
+            limit = table.max_frames
+            text = getattr(table, "joint", False) and table.text != "cross"  # type: ignore[attr-defined]
+            store = ctx.store(MODELS_TEXT if text else "models")
+            if getattr(table, "joint", False):
+                tc = table.temporal_compression  # type: ignore[attr-defined]
+                video = tc * -(-(n - 1) // tc) + 1
+                token_frames = table.token_frames((video - 1) // tc + 1)  # type: ignore[attr-defined]
+                if limit is not None and token_frames > limit:
+                    ctx.log(
+                        f"  {name}: skipped, {token_frames} latent frames exceed the PE ({limit})"
+                    )
+                    continue
+                _synthetic(ctx, store, name, video, model=model)
+                continue
             if limit is not None and n > limit:
                 unet = ctx.pipe(model).unet
                 if type(unet).__name__ != "OrganismUNet":
@@ -389,23 +408,38 @@ def run_models(ctx: Context) -> None:
             _synthetic(ctx, store, name, n, model=model)
 
 
+#: the models experiment's store for DiTs whose text is in the attention sequence (they also
+#: record ``text_mass``, a store layout of its own)
+MODELS_TEXT = "models-text"
+
+
+def _model_stores(ctx: Context) -> list[Path]:
+    return [ctx.store("models"), ctx.store(MODELS_TEXT)]
+
+
 def draw_models(ctx: Context) -> list[Path]:
     from attnlab.data.metrics import band_concentration
     from attnlab.lab.plots import fig_cross_model, save_figure
 
-    store = ctx.store("models")
-    ds = load(store)
-    ev = video_metrics(store, ("dynamic_degree", "temporal_flickering", "consistency"))
+    stores = [s for s in _model_stores(ctx) if s.exists()] or [ctx.store("models")]
+    parts = [
+        (load(s), video_metrics(s, ("dynamic_degree", "temporal_flickering", "consistency")))
+        for s in stores
+    ]
+    ev = xr.concat([e for _, e in parts], dim=D.RUN, join="outer") if len(parts) > 1 else parts[0][1]  # fmt: skip
     by_model, rows, curves = {}, [], {}
     for model in ctx.models:
-        ids = _run_ids(ds, f"{ctx.slug(model)}-f")
+        found = [(k, _run_ids(d, f"{ctx.slug(model)}-f")) for k, (d, _) in enumerate(parts)]
+        k, ids = next(((k, i) for k, i in found if i), (0, []))
+        ds, store = parts[k][0], stores[k]
         if ids:
             by_model[model] = ds[D.PROBS].sel(run=ids)
         for rid in ids:
-            n = int(ds[D.FRAMES].sel(run=rid))
+            m = int(ds[D.FRAMES].sel(run=rid))  # map frames (latent frames for DiTs)
             p = ds[D.PROBS].sel(run=rid, cfg="cond")
-            p = p.isel({D.QUERY: slice(0, n), D.KEY: slice(0, n)})
+            p = p.isel({D.QUERY: slice(0, m), D.KEY: slice(0, m)})
             video = load_video(store, rid)
+            n = len(video)  # video frames (= map frames for UNets)
             half = n // 2
             curves[f"{model} f{n}"] = rid
             flow = ev["flow_magnitude"].sel({D.RUN: rid}).values[: n - 1]
@@ -413,6 +447,7 @@ def draw_models(ctx: Context) -> list[Path]:
                 {
                     "model": model,
                     "frames": n,
+                    "map_frames": m,
                     "band_concentration_k1": float(
                         band_concentration(p.mean([D.STEP, D.LAYER, D.SAMPLE]), k=1)
                     ),
@@ -431,11 +466,14 @@ def draw_models(ctx: Context) -> list[Path]:
 
     palette = dict(zip(ctx.models, ("C0", "C1", "C2", "C3", "C4", "C5")))
     lengths = sorted({int(k.rsplit(" f", 1)[1]) for k in curves})
-    dash = dict(zip(lengths, ("-", "--", ":", "-.")))
+    # line style: 1x, 2x, 3x length within each model (DiTs run on their own frame grid)
+    styles = ("-", "--", ":", "-.")
+    split = {k: (k.rsplit(" f", 1)[0], int(k.rsplit(" f", 1)[1])) for k in curves}
+    rank = {k: sorted(n for m, n in split.values() if m == split[k][0]).index(split[k][1]) for k in curves}  # fmt: skip
     fig = fig_metric_curves(
         ev, curves, ("flow_magnitude", "consistency_to_first", "consistency_to_previous"),
         colors={k: palette.get(k.rsplit(" f", 1)[0], "0.3") for k in curves},
-        linestyles={k: dash[int(k.rsplit(" f", 1)[1])] for k in curves},
+        linestyles={k: styles[rank[k] % len(styles)] for k in curves},
         mark_frame=TRAIN_FRAMES if any(n > TRAIN_FRAMES for n in lengths) else None,
         title="dynamics and consistency per frame index (dashed line: organisms' training length)",
     )  # fmt: skip
@@ -528,7 +566,10 @@ def draw_all(ctx: Context, names: list[str] | None = None) -> dict[str, list[Pat
     out: dict[str, list[Path] | str] = {}
     for name in names or list(EXPERIMENTS):
         store_name = "maps" if name == "similarity" else name
-        if name != "prior" and not (folder / f"{store_name}.zarr").exists():
+        extra = [f"{MODELS_TEXT}.zarr"] if name == "models" else []
+        if name != "prior" and not any(
+            (folder / f).exists() for f in [f"{store_name}.zarr", *extra]
+        ):
             out[name] = "no store (run the analysis first)"
             continue
         out[name] = EXPERIMENTS[name][1](ctx)

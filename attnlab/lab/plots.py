@@ -867,12 +867,18 @@ def fig_cross_model(
     title: str | None = None,
     panel: float = 1.7,
     scale: str = "absolute",
+    by_pe: bool = True,
 ) -> Figure:
     """Fig. 10: attention maps per model (rows) and frame count (columns), PE type annotated.
 
     ``probs`` is a dict ``model label -> DataArray`` (models have different layer sets, so
     they are usually stored apart) or one DataArray with a run coordinate ``model``.  Each
     row label reads "<model>\\nPE: <pe>" from the ``pe`` coordinate of the selected layers.
+    ``by_pe``: the PE kind is a facet -- rows grouped by kind (in the order of
+    ``attnlab.sites.PE_KINDS``; models keep their order within a kind) unless ``row_order``
+    is given. Full-3D attention DiTs (PE kinds ending in "3d") sit beside the UNets: their
+    maps are frame-level maps of joint attention over latent frames (:mod:`attnlab.joint`),
+    and their row label says so; their column is their latent frame count.
     Colours and panel notes as in :func:`fig_attention_maps` (``scale``).
     """
     reduce_kw = {"steps": steps, "layers": layers, "levels": levels, "cfg": cfg}
@@ -887,14 +893,26 @@ def fig_cross_model(
     rows: list[str] = []
     cols: list[str] = []
     names: dict[str, str] = {}
+    kinds: dict[str, str] = {}
     for label, da in probs.items():
         pe = _pe_text(_select(da, **reduce_kw))
         rlab = f"{label}\nPE: {pe}" if pe else str(label)
+        if pe and pe.endswith("3d"):
+            rlab += "\n(joint 3D attn., latent frames)"
         names[str(label)] = rlab
+        kinds[rlab] = pe or ""
         c, _, cs = _facet_cells(da, None, col, reduce_kw, row_label=rlab)
         cells.update(c)
         rows.append(rlab)
         cols.extend(x for x in cs if x not in cols)
+    if by_pe and row_order is None:
+        from attnlab.core.sites import PE_KINDS
+
+        def rank(r: str) -> int:
+            first = kinds[r].split("/")[0]
+            return PE_KINDS.index(first) if first in PE_KINDS else len(PE_KINDS)
+
+        rows = sorted(rows, key=rank)
     if col == FRAMES:
         cols.sort(key=lambda s: int(s.split()[0]))
     rows = _order(rows, [names.get(str(r), str(r)) for r in row_order] if row_order else None)

@@ -1,4 +1,5 @@
-"""Tiny random-weight full-3D attention video models (CogVideoX, Wan, HunyuanVideo), built offline.
+"""Tiny random-weight full-3D attention video models (CogVideoX, Wan, HunyuanVideo, LTX-Video,
+Mochi), built offline.
 
 The transformers have the real layer structure (joint text+video attention with 3D RoPE in
 CogVideoX; video self-attention with 3D RoPE and a separate text cross-attention in Wan) at a
@@ -152,6 +153,92 @@ def wan_pipeline(seed: int = 0):
         vae=vae,
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ltx_transformer(seed: int = 0, *, layers: int = 2, heads: int = 2, head_dim: int = 8):
+    """``LTXVideoTransformer3DModel``: heads 2 x 8, patch 1 (diffusers' test config at 2 layers)."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return LTXVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        cross_attention_dim=TEXT_DIM,
+        num_layers=layers,
+        caption_channels=TEXT_DIM,
+    ).eval()
+
+
+def mochi_transformer(seed: int = 0, *, layers: int = 2):
+    """``MochiTransformer3DModel``: patch 2, heads 2 x 8, RMS q/k norm; its learned RoPE
+    frequencies ``pos_frequencies`` (zeros at init) are drawn at random so that the RoPE acts."""
+    from diffusers import MochiTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=layers,
+        pooled_projection_dim=16,
+        in_channels=4,
+        qk_norm="rms_norm",
+        text_embed_dim=TEXT_DIM,
+        time_embed_dim=4,
+        max_sequence_length=8,
+    ).eval()
+    with torch.no_grad():
+        model.pos_frequencies.normal_(0.0, 0.5)
+    return model
+
+
+def ltx_pipeline(seed: int = 0):
+    """An ``LTXPipeline`` (tiny transformer, ``AutoencoderKLLTXVideo`` with 4x spatial and 4x
+    temporal compression, T5, flow-matching Euler)."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline
+
+    transformer = ltx_transformer(seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+        spatio_temporal_scaling=(True, True, False, False), layers_per_block=(1, 1, 1, 1, 1),
+        patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    ).eval()  # fmt: skip
+    pipe = LTXPipeline(
+        tokenizer=clip_tokenizer(),
+        text_encoder=_t5(),
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mochi_pipeline(seed: int = 0):
+    """A ``MochiPipeline`` (tiny transformer, ``AutoencoderKLMochi`` at width 32 (its group norms
+    use 32 groups), T5, flow-matching Euler)."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline
+
+    transformer = mochi_transformer(seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLMochi(
+        latent_channels=4, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
+    ).eval()  # fmt: skip
+    pipe = MochiPipeline(
+        tokenizer=clip_tokenizer(),
+        text_encoder=_t5(),
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

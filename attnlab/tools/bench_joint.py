@@ -1,10 +1,12 @@
 """Benchmark of attnlab on full-3D attention: frame-map recording and 3D TAR vs the untouched
-transformer (time ratios) and peak memory of a frame-map recording vs plain.
+transformer (time ratios: wall and CPU time) and peak memory of a frame-map recording vs plain.
 
 A random-weight ``CogVideoXTransformer3DModel`` (CogVideoX-2b's layer structure: joint text +
 video attention, 3D RoPE, head dim 64, at reduced width and depth) is called on one latent
 video, without a pipeline. Variants, interleaved in rotating order over several rounds in one
-process (each round's ratio to that round's plain call; median and quartiles reported):
+process (each round's ratio to that round's plain call; median and quartiles reported, for
+wall time and for the process's CPU time -- the latter is the robust one on a shared machine
+with ``--threads 1``):
 
 * ``plain``: the untouched transformer;
 * ``record``: ``attnlab.record`` of every layer, per-head frame maps (and text mass);
@@ -122,11 +124,14 @@ def variant(model: torch.nn.Module, name: str):
     raise ValueError(f"unknown variant {name!r}")
 
 
-def call(model: torch.nn.Module, kw: dict[str, Any], name: str) -> tuple[torch.Tensor, float]:
+def call(
+    model: torch.nn.Module, kw: dict[str, Any], name: str
+) -> tuple[torch.Tensor, float, float]:
+    """One call under variant ``name``: (output, wall seconds, CPU seconds of this process)."""
     with torch.no_grad(), variant(model, name):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model(**kw)[0]
-        return out, time.perf_counter() - t0
+        return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def _summary(xs: list[float]) -> dict[str, float]:
@@ -137,22 +142,29 @@ def _summary(xs: list[float]) -> dict[str, float]:
 def time_variants(cfg: JointBenchConfig, variants: list[str]) -> dict[str, Any]:
     model = build(cfg)
     kw = inputs(cfg)
-    ref, _ = call(model, kw, "plain")
+    ref, _, _ = call(model, kw, "plain")
     for name in variants:
         call(model, kw, name)  # warm-up
     times: dict[str, list[float]] = {v: [] for v in ["plain", *variants]}
+    cpu: dict[str, list[float]] = {v: [] for v in ["plain", *variants]}
     outs: dict[str, torch.Tensor] = {}
     order = ["plain", *variants]
     for r in range(cfg.rounds):
         k = r % len(order)
         for name in order[k:] + order[:k]:
-            outs[name], t = call(model, kw, name)
+            outs[name], t, c = call(model, kw, name)
             times[name].append(t)
-    result: dict[str, Any] = {"plain_s": _summary(times["plain"])}
+            cpu[name].append(c)
+    result: dict[str, Any] = {
+        "plain_s": _summary(times["plain"]),
+        "plain_cpu_s": _summary(cpu["plain"]),
+    }
     for name in variants:
-        ratios = [t / p for t, p in zip(times[name], times["plain"])]
         result[name] = {
-            "time_ratio": _summary(ratios),
+            "time_ratio": _summary([t / p for t, p in zip(times[name], times["plain"])]),
+            # CPU time of the process: with one thread, the work done, whatever else runs on
+            # a shared machine (wall time counts the waits for a core too)
+            "cpu_time_ratio": _summary([t / p for t, p in zip(cpu[name], cpu["plain"])]),
             "max_abs_diff": float((outs[name] - ref).abs().max()),
         }
     return result

@@ -36,14 +36,25 @@ FAMILIES = (
 # Other models with only joint space-time attention: not mapped (yet); a clear error names them.
 FULL_3D_ATTENTION = {
     "AllegroTransformer3DModel": "Allegro",
-    "MochiTransformer3DModel": "Mochi",
     "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
-    "LTXVideoTransformer3DModel": "LTX-Video",
     "WanVACETransformer3DModel": "Wan VACE",
     "SkyReelsV2Transformer3DModel": "SkyReels-V2",
     "ConsisIDTransformer3DModel": "ConsisID",
     "EasyAnimateTransformer3DModel": "EasyAnimate",
     "CosmosTransformer3DModel": "Cosmos",
+}
+
+# Image transformers: their tokens are the patches of one image, with no frame axis at all.
+IMAGE_TRANSFORMERS = {
+    "SD3Transformer2DModel": "Stable Diffusion 3",
+    "FluxTransformer2DModel": "Flux",
+    "PixArtTransformer2DModel": "PixArt",
+    "SanaTransformer2DModel": "Sana",
+    "DiTTransformer2DModel": "DiT",
+    "HunyuanDiT2DModel": "Hunyuan-DiT",
+    "AuraFlowTransformer2DModel": "AuraFlow",
+    "Lumina2Transformer2DModel": "Lumina 2",
+    "QwenImageTransformer2DModel": "Qwen-Image",
 }
 
 
@@ -58,4 +69,11 @@ def register_builtin() -> None:
             "separate temporal self-attention with N x N frame maps, so temporal attention "
             "analysis, replacement probes and TAR do not apply, and attnlab has no frame-level "
             "mapping of its joint attention yet.",
+        )
+    for cls, name in IMAGE_TRANSFORMERS.items():
+        register_unmapped(
+            cls,
+            f"{name} ({cls}) is an image transformer: its tokens are the patches of a single "
+            "image, with no frame axis, so there is no temporal attention and no frame-level map "
+            "of its attention; attnlab needs a video model whose latents have frames.",
         )
