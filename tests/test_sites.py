@@ -220,3 +220,17 @@ def test_recording_on_svd_and_latte_bare_calls():
         )
     p = rec.to_xarray()["probs"]
     assert p.sizes["query_frame"] == 4 and list(p["level"].values) == [0, 0]
+
+
+def test_levels_that_share_a_size_are_recorded(ms_pipe):
+    """A 32 x 32 video of the tiny ModelScope has a 4 x 4 latent: levels 2 and 3 are both 1 x 1.
+    Each site is checked against its own level's size, so recording works at this size."""
+    table = attnlab.sites(ms_pipe, height=32, width=32)
+    sizes = {s.level: (s.h, s.w) for s in table}
+    assert sizes.get(2) == sizes.get(3) == (1, 1)
+    with attnlab.record(ms_pipe, levels=[2, 3]) as rec:
+        generate(ms_pipe, height=32, width=32)
+    p = rec.to_xarray()["probs"]
+    assert set(p["level"].values) == {2, 3}
+    sums = p.sum("key_frame").values
+    assert abs(sums - 1).max() < 1e-5

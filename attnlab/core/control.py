@@ -443,12 +443,15 @@ class Controller:
         return plan
 
     def check_rows(self, site: Site, rows: int, frames: int) -> CallContext:
-        """Check the run-time shape against the site table (level by shape == level by name)."""
+        """Check the run-time shape against the site table: the rows are ``batch * h * w`` of
+        the site's own level (levels of a small latent can share a size, e.g. two 1 x 1 levels
+        of a 4 x 4 latent, so the level is checked by its size, not looked up from it)."""
         ctx = self.ctx
         if ctx is None:
             raise RuntimeError(f"{site.name} called outside a denoiser forward")
-        level = self.table.level_from_rows(rows, ctx.batch, ctx.latent)
-        if level != site.level or frames != ctx.frames:
+        h, w = self.table.level_size(site.level, ctx.latent)
+        if rows != ctx.batch * h * w or frames != ctx.frames:
+            level = self.table.level_from_rows(rows, ctx.batch, ctx.latent)
             raise RuntimeError(
                 f"{site.name}: run-time shape ({rows} rows, {frames} frames) does not match level "
                 f"{site.level} of the site table for batch {ctx.batch}, latent {ctx.latent}, "
