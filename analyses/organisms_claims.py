@@ -394,22 +394,32 @@ def fig_maps_pe(maps: dict[str, Any], pe: dict[str, Any]):
         ax.set_ylabel("mean attention x N (uniform = 1)")
         ax.set_title(f"organism-none level 0, {n} frames", fontsize=9)
         ax.legend(fontsize=7)
-    for ax, key, label in (
-        (axes[2], "found", "object found (share of videos)"),
-        (axes[3], "step", "centroid step (fraction of frame)"),
-    ):
-        for model, color in zip(MODELS, ("C0", "C1", "C2")):
-            y = np.array(pe["models"][model]["64"]["per_frame"][key], float)
-            ax.plot(np.arange(len(y)), y, color=color, label=model.removeprefix("organism-"))
-        ax.axvline(TRAIN_FRAMES - 0.5, color="0.4", ls=":", label="training length")
-        if key == "step":
-            ax.axhline(WORLD_SPEED, color="k", ls="-.", lw=1, label="real world clips (mean)")
-        ax.set_xlabel("frame index (64-frame videos)")
-        ax.set_ylabel(label)
-        ax.set_title(f"PE variants per frame index: {key}", fontsize=9)
-        ax.legend(fontsize=7)
-    axes[2].set_ylim(-0.02, 1.05)
-    axes[3].set_ylim(bottom=0)
+    ax = axes[2]  # coherence per 16-frame window of the 64-frame videos, with intervals
+    for k, (model, color) in enumerate(zip(MODELS, ("C0", "C1", "C2"))):
+        wins = pe["models"][model]["64"]["windows"]
+        x = np.array([(w["frames"][0] + w["frames"][1]) / 2 for w in wins]) + (k - 1) * 1.2
+        m = np.array([w["coherence"]["mean"] for w in wins])
+        err = [m - [w["coherence"]["lo"] for w in wins], [w["coherence"]["hi"] for w in wins] - m]
+        ax.errorbar(
+            x, m, yerr=err, fmt="o-", color=color, capsize=3, label=model.removeprefix("organism-")
+        )
+    ax.axvline(TRAIN_FRAMES - 0.5, color="0.4", ls=":", label="training length")
+    ax.set_ylim(0, 1.0)
+    ax.set_xlabel("16-frame window of the 64-frame videos (centre frame)")
+    ax.set_ylabel("coherence (evaluator)")
+    ax.set_title("PE variants: coherence per window", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[3]
+    for model, color in zip(MODELS, ("C0", "C1", "C2")):
+        y = np.array(pe["models"][model]["64"]["per_frame"]["step"], float)
+        ax.plot(np.arange(len(y)), y, color=color, label=model.removeprefix("organism-"))
+    ax.axvline(TRAIN_FRAMES - 0.5, color="0.4", ls=":", label="training length")
+    ax.axhline(WORLD_SPEED, color="k", ls="-.", lw=1, label="real world clips (mean)")
+    ax.set_xlabel("frame index (64-frame videos)")
+    ax.set_ylabel("centroid step (fraction of frame)")
+    ax.set_title("PE variants: centroid step per frame index (mean of 8)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylim(bottom=0)
     fig.suptitle("Claims 1 and 4 on the organisms (bands: 95% bootstrap over videos)", fontsize=10)
     fig.tight_layout()
     return fig
