@@ -1,8 +1,9 @@
-"""``attnlab demo``: the whole story end to end with small settings, and its pieces.
+"""``attnlab demo``: its story end to end with small settings, and its pieces.
 
 The end-to-end run uses the tiny model with 4/8 frames and 2 steps and leaves out the probes
-(covered by test_analysis) and the cross-model experiment (run below on an organism); the organisms' own pieces of the demo (the strips figure, the extended
-sinusoidal table of the cross-model experiment) are tested on their own, small.
+(covered by test_analysis) and the cross-model experiment (run below on an organism, with the
+sinusoidal table extended past 16 frames); the organisms' strips figure and the evaluator's
+readings beside the figures are tested on their own, small.
 """
 
 from __future__ import annotations
