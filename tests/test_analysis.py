@@ -103,30 +103,6 @@ def test_frame_change_golden():
     assert frame_change(flicker) == 1.0
 
 
-def test_demo_runs_the_whole_story_offline(tmp_path, tiny_dirs, samples, capsys):
-    code = main(
-        [
-            "demo",
-            "--quick",
-            "--out",
-            str(tmp_path / "demo"),
-            "--model",
-            str(tiny_dirs["tiny-modelscope"]),
-            "--reference",
-            "carphone",
-        ]
-    )
-    assert code == 0
-    text = capsys.readouterr().out
-    assert "attnlab demo: what went where" in text
-    figs = {p.name for p in (tmp_path / "demo" / "figures").rglob("*.png")}
-    assert figs == {
-        "fig3_attention_maps.png", "band_profile.png", "fig4_probes.png", "fig8_transfer.png",
-        "fig9_sigma.png", "figS1_similarity.png", "figS2_similarity_by_interval.png", "figS13_prior.png",
-        "fig10_models.png", "fig4_dynamics.png", "fig9_dynamics.png", "fig10_dynamics.png",
-    }  # fmt: skip
-
-
 def test_detail_measures_fine_structure_per_frame():
     from attnlab.lab.analysis import detail
 

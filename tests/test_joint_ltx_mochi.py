@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab import dims as D
+from attnlab.core import dims as D
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")  # MochiRoPE
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnlab import dims
+from attnlab.core import dims
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 from attnlab.lab.analysis import Context, run_experiment
 
@@ -12,27 +14,80 @@ from attnlab.lab.analysis import Context, run_experiment
 STORY = ("maps", "probes", "transfer", "sigma", "similarity", "prior", "models")
 
 
+def evaluator_readings(ctx: Context, experiment: str) -> dict[str, tuple[dict[str, Any], str]]:
+    """The world evaluator's reading (:func:`attnlab.evaluator.evaluate` against the runs'
+    prompt) of every generated video in ``experiment``'s store: per video a dict of scores and
+    the one-line text of the demo's strips. Real clips (``real-*``, ``reference``) are not
+    videos of the world and are left out; so is everything when the prompt is not a caption
+    of the world's grammar."""
+    from attnlab.core.store import list_arrays, load_video
+    from attnlab.data.evaluator import evaluate
+    from attnlab.data.world import parse_caption
+    from attnlab.lab.analysis import default_prompt
+    from attnlab.lab.organism_demo import _score_text
+
+    prompt = ctx.prompt or default_prompt(ctx.model)
+    try:
+        parse_caption(prompt)
+    except ValueError:
+        return {}
+    store = ctx.store(experiment)
+    out = {}
+    for name in list_arrays(store, "videos"):
+        if name.startswith("real") or name == "reference":
+            continue
+        s = evaluate(load_video(store, name) / 255.0, prompt)
+        scores = {
+            "found": s.found_rate,
+            "color_ok": s.color_ok,
+            "direction_ok": s.direction_ok,
+            "speed": round(s.speed, 4),
+            "coherence": round(s.coherence, 4),
+        }
+        out[name] = (scores, _score_text(s))
+    return out
+
+
 def run_demo(
-    out: Path, model: str | None = None, quick: bool = False, reference: str | None = None
+    out: Path,
+    model: str | None = None,
+    quick: bool = False,
+    reference: str | None = None,
+    *,
+    frames: tuple[int, int] | None = None,
+    steps: int | None = None,
+    size: int | None = None,
+    models: tuple[str, ...] | None = None,
+    story: tuple[str, ...] = STORY,
 ) -> dict[str, list[Path]]:
-    """Run every experiment with small settings into ``out`` and print where everything went."""
+    """Run every experiment with small settings into ``out`` and print where everything went.
+
+    ``frames`` (short, long), ``steps``, ``size`` (height = width) and ``models`` (those of the
+    cross-model experiment; default the three organisms) override the demo's settings (default:
+    (16, 32) frames and 6 steps, (8, 16) and 3 with ``quick``; 32 px for organisms, else 64);
+    ``story`` picks experiments of :data:`STORY`."""
+    unknown = [name for name in story if name not in STORY]
+    if unknown:
+        raise ValueError(f"unknown demo experiments {unknown}; available: {', '.join(STORY)}")
     from attnlab.core.sites import sites
     from attnlab.lab.analysis import REFERENCE_CLIP
-    from attnlab.models.loading import DEFAULT_MODEL
+    from attnlab.models import DEFAULT_MODEL
 
     t0 = time.time()
     organism = model is None or str(model).startswith("organism-")
-    size = 32 if organism else 64  # the organisms are trained at 32 x 32
+    size = size or (32 if organism else 64)  # the organisms are trained at 32 x 32
     ctx = Context(
         reference=reference or REFERENCE_CLIP,
         model=model or DEFAULT_MODEL,
         data=out / "data",
         figures=out / "figures",
-        frames=(8, 16) if quick else (16, 32),
-        steps=3 if quick else 6,
+        frames=frames or ((8, 16) if quick else (16, 32)),
+        steps=steps or (3 if quick else 6),
         height=size,
         width=size,
     )
+    if models is not None:
+        ctx.models = tuple(models)
     table = sites(ctx.pipe(), height=ctx.height, width=ctx.width)
     levels = sorted({s.level for s in table})
     counts = ", ".join(f"level {lv}: {sum(s.level == lv for s in table)}" for lv in levels)
@@ -56,7 +111,17 @@ def run_demo(
                 f"{summ['color_acc']:.0%}, direction {summ['direction_acc']:.0%} "
                 f"({len(r['scores'])} videos)"
             )
-    results.update({name: run_experiment(name, ctx) for name in STORY})
+    results.update({name: run_experiment(name, ctx) for name in story})
+    readings: dict[str, dict[str, str]] = {}
+    if organism:  # the world evaluator's reading of every generated video beside its figures
+        for name in story:
+            if name in ("prior", "similarity"):  # no store / the maps store
+                continue
+            found = evaluator_readings(ctx, name)
+            path = ctx.figure(f"{name}_evaluator.json")
+            path.write_text(json.dumps({k: v for k, (v, _) in found.items()}, indent=1))
+            results[name].append(path)
+            readings[name] = {k: text for k, (_, text) in found.items()}
     print("\nattnlab demo: what went where")
     for name, paths in results.items():
         store = "maps" if name == "similarity" else name
@@ -64,6 +129,8 @@ def run_demo(
         print(f"  {name:<10} store {where}")
         for p in paths:
             print(f"  {'':<10} {p}")
+        for run, text in readings.get(name, {}).items():
+            print(f"  {'':<10}   {run}: {text}")
     print(
         f"done in {time.time() - t0:.0f} s. Redraw with: attnlab figures --all --model {ctx.model} --data {ctx.data} --out {ctx.figures}"
     )

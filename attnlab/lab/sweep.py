@@ -1258,7 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run the imported module's main, so tasks pickle as attnlab.sweep.run_cell, not __main__'s
+    # run the imported module's main, so tasks pickle as attnlab.lab.sweep.run_cell, not __main__'s
     from attnlab.lab.sweep import main as _main
 
     sys.exit(_main())
