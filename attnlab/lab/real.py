@@ -22,7 +22,7 @@ from attnlab.core.api import record
 from attnlab.core.control import Controller
 from attnlab.core.sites import denoiser_of, family_of
 
-REAL_FAMILIES = ("unet3d", "motion", "videocrafter2", "lavie")
+REAL_FAMILIES = ("unet3d", "organism", "motion", "videocrafter2", "lavie")
 
 
 def load_clip(
