@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                     for s in scores
                 ],
             }
-            (out / f"{model}-f{frames}.json").write_text(json.dumps(rec, indent=1))
-            np.save(out / f"{model}-f{frames}-first8.npy", videos[:8].astype(np.float16))
+            tag = model.strip("/").replace("/", "_")  # a local folder: one file name
+            (out / f"{tag}-f{frames}.json").write_text(json.dumps(rec, indent=1))
+            np.save(out / f"{tag}-f{frames}-first8.npy", videos[:8].astype(np.float16))
             print(
                 f"| {model} | {frames} | {summ['videos']} | {summ['found_frames']:.3f} | "
                 f"{summ['color_acc']:.3f} | {summ['shape_acc']:.3f} | {summ['background_acc']:.3f} | "
