@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rescaled schedule whose last step is pure noise, trailing sampling (Lin et al.)",
     )
+    p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..999 only")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--batch", type=int, default=4, help="clips per video step")
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
             probe_timesteps=tuple(a.probe_t),
             zero_terminal_snr=a.zero_terminal_snr,
+            t_min=a.t_min,
         )
         tr = Trainer(cfg, codec, run / "ckpt.pt", init=init, text=text_encoder_and_tokenizer())
         log(f"finetune {name} from the committed weights: steps {tr.step} -> {a.video_steps}")

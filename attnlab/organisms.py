@@ -134,6 +134,8 @@ class OrganismUNet(UNet3DConditionModel):
     ``frame_pe="sinusoidal"`` adds a sinusoidal table of length ``frame_pe_max_len`` to the
     hidden states before each temporal attention (diffusers' own AnimateDiff mechanism,
     ``BasicTransformerBlock.pos_embed``); ``"rope"`` rotates temporal queries and keys.
+    ``temporal_text=True`` gives every temporal block the caption (:class:`TemporalText`,
+    zero-initialised: off, or freshly added, the model computes exactly what it did without it).
     """
 
     @register_to_config

@@ -154,6 +154,7 @@ class TrainConfig:
     motion_weights: tuple[float, ...] | None = MOTION_WEIGHTS  # None: equally likely
     probe_timesteps: tuple[int, ...] = PROBE_TIMESTEPS
     zero_terminal_snr: bool = False  # organism_scheduler(zero_terminal_snr=True)
+    t_min: int = 0  # training timesteps drawn from t_min..999 (> 0: the noisy end only)
 
 
 class TextCache:
@@ -287,6 +288,8 @@ class Trainer:
         )
         self.text = TextCache(self.pipe, text_cache)
         self.alphas = self.pipe.scheduler.alphas_cumprod.float()
+        if not 0 <= cfg.t_min < len(self.alphas):
+            raise ValueError(f"t_min={cfg.t_min}; allowed: 0..{len(self.alphas) - 1}")
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -349,7 +352,7 @@ class Trainer:
             lat = lat.unflatten(0, (b, f)).transpose(1, 2)
         drop = torch.rand(b, generator=self.gen) < cfg.uncond_prob
         emb = self.text(["" if d else c for d, c in zip(drop.tolist(), captions)])
-        t = torch.randint(0, len(self.alphas), (b,), generator=self.gen)
+        t = torch.randint(cfg.t_min, len(self.alphas), (b,), generator=self.gen)
         noise = torch.randn(lat.shape, generator=self.gen)
         if cfg.phase == "video" and cfg.pairs:  # a pair shares its noise and timestep
             t[1::2] = t[0::2][: len(t[1::2])]
