@@ -22,6 +22,10 @@ outside the package:
 
     python analyses/train_organisms.py --finetune --variant rope --run RUN --video-steps 300 \
         [--min-snr 0] [--temporal-text] [--motions directions] --save DIR
+
+The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min``,
+``--probe-t``) apply to every phase; their defaults are the committed recipe. ``--lr``,
+``--warmup``, ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune``.
 """
 
 import argparse
@@ -128,10 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         (codec_dir / "fit.json").write_text(json.dumps(rec, indent=1))
         log(f"codec: {spec.latent_channels} of {3 * spec.patch**2} components, {rec}")
     codec = PatchCodec.from_pretrained(codec_dir)
+    # loss weighting and noise schedule (--image, --worker, --export; defaults: the committed recipe)
+    schedule = dict(
+        min_snr=a.min_snr or None,
+        zero_terminal_snr=a.zero_terminal_snr,
+        t_min=a.t_min,
+        probe_timesteps=tuple(a.probe_t),
+    )
     image_ckpt = run / "image" / "ckpt.pt"
     if a.image:
         cfg = TrainConfig(
-            frame_pe="none", phase="image", steps=a.image_steps, warmup=40, seed=a.seed, spec=spec
+            frame_pe="none",
+            phase="image",
+            steps=a.image_steps,
+            warmup=40,
+            seed=a.seed,
+            spec=spec,
+            **schedule,
         )
         tr = Trainer(cfg, codec, image_ckpt)
         log(f"image phase from step {tr.step} to {a.image_steps}")
@@ -163,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     lock.close()
                     continue
                 try:
-                    cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec)
+                    cfg = TrainConfig(
+                        frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule
+                    )
                     cfg.steps = target
                     tr = Trainer(
                         cfg,
@@ -200,14 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             batch=a.batch,
             lr=a.lr,
             warmup=a.warmup,
-            min_snr=a.min_snr or None,
             seed=a.seed,
             spec=ft_spec,
             motions=DIRECTIONS if a.motions == "directions" else MOTIONS,
             motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
-            probe_timesteps=tuple(a.probe_t),
-            zero_terminal_snr=a.zero_terminal_snr,
-            t_min=a.t_min,
+            **schedule,
         )
         tr = Trainer(cfg, codec, run / "ckpt.pt", init=init, text=text_encoder_and_tokenizer())
         log(f"finetune {name} from the committed weights: steps {tr.step} -> {a.video_steps}")
@@ -226,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.export:
         image_rec = json.loads((run / "image" / "record.json").read_text())
         for pe in variants:
-            cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec)
+            cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule)
             tr = Trainer(cfg, codec, run / pe / "ckpt.pt")
             tr.cfg.steps = tr.step
             rec = tr.record()

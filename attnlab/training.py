@@ -208,7 +208,8 @@ def flip_probe(
     """Caption-flip probe: unweighted v-loss of ``clips`` fixed moving world clips noised at
     each of ``timesteps`` with fixed noise, under the true caption, the direction-swapped
     caption and the empty caption. ``gap`` = (swapped - true) / (empty - true): the share of
-    what the caption tells the model that is the direction word (0: ignored). The three losses
+    what the caption tells the model that is the direction word (0: ignored; NaN where the
+    empty caption does at least as well as the true one). The three losses
     and ``gap`` are means over ``timesteps``; ``by_t`` has them per timestep (the direction word
     can only matter where the noisy input does not already show the trajectory: at high noise)."""
     rng = np.random.default_rng(seed)
@@ -237,7 +238,8 @@ def flip_probe(
     unet.train(was)
 
     def gap(true: float, swapped: float, empty: float) -> float:
-        return (swapped - true) / max(empty - true, 1e-12)
+        # undefined (NaN) where the caption as a whole does not lower the loss
+        return (swapped - true) / (empty - true) if empty > true else float("nan")
 
     out: dict[str, Any] = {k: float(np.mean(v)) for k, v in per.items()}
     out["gap"] = gap(out["true"], out["swapped"], out["empty"])
