@@ -32,11 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="analyses/data/organisms_eval")
+    p.add_argument(
+        "--moving",
+        action="store_true",
+        help="only moving captions: the first n moving ones of the same sequence",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     captions = eval_captions(a.n)
+    if a.moving:
+        pool, k = [], a.n
+        while len(pool) < a.n:
+            k *= 2
+            pool = [c for c in eval_captions(k) if " moving " in c]
+        captions = pool[: a.n]
     for model in a.model:
         pipe = load_pipeline(model, progress=False)
         for frames in a.frames:
@@ -71,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                     for s in scores
                 ],
             }
-            (out / f"{model}-f{frames}.json").write_text(json.dumps(rec, indent=1))
-            np.save(out / f"{model}-f{frames}-first8.npy", videos[:8].astype(np.float16))
+            tag = model.strip("/").replace("/", "_")  # a local folder: one file name
+            tag += "-moving" if a.moving else ""
+            (out / f"{tag}-f{frames}.json").write_text(json.dumps(rec, indent=1))
+            np.save(out / f"{tag}-f{frames}-first8.npy", videos[:8].astype(np.float16))
             print(
                 f"| {model} | {frames} | {summ['videos']} | {summ['found_frames']:.3f} | "
                 f"{summ['color_acc']:.3f} | {summ['shape_acc']:.3f} | {summ['background_acc']:.3f} | "

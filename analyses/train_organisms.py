@@ -15,6 +15,17 @@ the same as an uninterrupted one (its random states are in its checkpoint). A fi
 ``<run>/target_steps`` overrides ``--video-steps`` while workers run; a file ``<run>/STOP`` makes
 them checkpoint and exit. Stopping a process loses
 at most a few minutes; rerunning the same command resumes.
+
+Controlled fine-tunes (the direction-binding experiments of docs/organisms.md) start one variant
+from the committed weights (fresh optimiser) into their own run folder and save the EMA weights
+outside the package:
+
+    python analyses/train_organisms.py --finetune --variant rope --run RUN --video-steps 300 \
+        [--min-snr 0] [--temporal-text] [--motions directions] --save DIR
+
+The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min``,
+``--probe-t``) apply to every phase; their defaults are the committed recipe. ``--lr``,
+``--warmup``, ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune``.
 """
 
 import argparse
@@ -31,7 +42,10 @@ from attnlab.models.organisms import (
     FRAME_PES,
     WEIGHTS,
     OrganismSpec,
+    OrganismUNet,
     PatchCodec,
+    build_pipeline,
+    organism_scheduler,
     text_encoder_and_tokenizer,
 )
 from attnlab.models.training import (
@@ -42,6 +56,7 @@ from attnlab.models.training import (
     fit_codec,
     save_organism,
 )
+from attnlab.world import DIRECTIONS, MOTIONS
 
 DEFAULT_RUN = Path.home() / ".cache" / "attnlab-train" / "world32"
 
@@ -75,6 +90,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--run", default=str(DEFAULT_RUN), help="checkpoint folder (outside git)")
     p.add_argument("--out", default=str(WEIGHTS), help="weights folder")
+    p.add_argument(
+        "--finetune", action="store_true", help="fine-tune one --variant from its committed weights"
+    )
+    p.add_argument("--min-snr", type=float, default=5.0, help="min-SNR gamma; 0: plain v-loss")
+    p.add_argument(
+        "--temporal-text", action="store_true", help="give the temporal blocks the caption"
+    )
+    p.add_argument("--motions", choices=("all", "directions"), default="all")
+    p.add_argument(
+        "--zero-terminal-snr",
+        action="store_true",
+        help="rescaled schedule whose last step is pure noise, trailing sampling (Lin et al.)",
+    )
+    p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..999 only")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--batch", type=int, default=4, help="clips per video step")
+    p.add_argument("--probe-every", type=int, default=50)
+    p.add_argument(
+        "--probe-t", type=int, nargs="+", default=[300, 500, 700], help="probe timesteps"
+    )
+    p.add_argument("--save", help="with --finetune: write the EMA organism here (not the package)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     run = Path(a.run)
@@ -95,10 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         (codec_dir / "fit.json").write_text(json.dumps(rec, indent=1))
         log(f"codec: {spec.latent_channels} of {3 * spec.patch**2} components, {rec}")
     codec = PatchCodec.from_pretrained(codec_dir)
+    # loss weighting and noise schedule (--image, --worker, --export; defaults: the committed recipe)
+    schedule = dict(
+        min_snr=a.min_snr or None,
+        zero_terminal_snr=a.zero_terminal_snr,
+        t_min=a.t_min,
+        probe_timesteps=tuple(a.probe_t),
+    )
     image_ckpt = run / "image" / "ckpt.pt"
     if a.image:
         cfg = TrainConfig(
-            frame_pe="none", phase="image", steps=a.image_steps, warmup=40, seed=a.seed, spec=spec
+            frame_pe="none",
+            phase="image",
+            steps=a.image_steps,
+            warmup=40,
+            seed=a.seed,
+            spec=spec,
+            **schedule,
         )
         tr = Trainer(cfg, codec, image_ckpt)
         log(f"image phase from step {tr.step} to {a.image_steps}")
@@ -130,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     lock.close()
                     continue
                 try:
-                    cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec)
+                    cfg = TrainConfig(
+                        frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule
+                    )
                     cfg.steps = target
                     tr = Trainer(
                         cfg,
@@ -153,10 +205,44 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if not took:
                 time.sleep(20)
+    if a.finetune:
+        if not a.variant or len(a.variant) != 1:
+            p.error("--finetune needs exactly one --variant")
+        pe = a.variant[0]
+        name = f"organism-{pe}"
+        init = OrganismUNet.from_pretrained(WEIGHTS / name / "unet").state_dict()
+        ft_spec = OrganismSpec(temporal_text=a.temporal_text)
+        cfg = TrainConfig(
+            frame_pe=pe,
+            phase="video",
+            steps=a.video_steps,
+            batch=a.batch,
+            lr=a.lr,
+            warmup=a.warmup,
+            seed=a.seed,
+            spec=ft_spec,
+            motions=DIRECTIONS if a.motions == "directions" else MOTIONS,
+            motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
+            **schedule,
+        )
+        tr = Trainer(cfg, codec, run / "ckpt.pt", init=init, text=text_encoder_and_tokenizer())
+        log(f"finetune {name} from the committed weights: steps {tr.step} -> {a.video_steps}")
+        tr.run(a.video_steps, probe_every=a.probe_every, stop_file=run / "STOP", log=log)
+        rec = tr.record()
+        rec["init"] = f"committed {name} (attnlab/organism_weights), fresh optimiser"
+        rec["command"] = "python analyses/train_organisms.py " + " ".join(argv or sys.argv[1:])
+        (run / "record.json").write_text(json.dumps(rec, indent=1, default=str))
+        if a.save:
+            out = save_organism(tr.ema, rec, Path(a.save))
+            # and a complete diffusers folder for analyses/organisms_eval.py --model
+            text = (tr.pipe.text_encoder, tr.pipe.tokenizer)
+            sched = organism_scheduler(a.zero_terminal_snr)
+            build_pipeline(tr.ema, codec, text, sched).save_pretrained(out / "pipeline")
+            log(f"saved: {out} (UNet, training.json) and {out / 'pipeline'}")
     if a.export:
         image_rec = json.loads((run / "image" / "record.json").read_text())
         for pe in variants:
-            cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec)
+            cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule)
             tr = Trainer(cfg, codec, run / pe / "ckpt.pt")
             tr.cfg.steps = tr.step
             rec = tr.record()

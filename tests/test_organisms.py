@@ -279,3 +279,204 @@ def test_training_resumes_bit_for_bit_and_starts_from_the_image_phase(tmp_path):
     assert back.config.frame_pe == "rope" and back.config.text_adapter_dim == 8
     assert all(torch.equal(x, y) for x, y in zip(back.parameters(), resumed.ema.parameters()))
     assert json.loads((out / "training.json").read_text())["steps"] == 3
+
+
+def _tiny_unet(**kw) -> OrganismUNet:
+    spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
+    torch.manual_seed(0)
+    return OrganismUNet(**{**spec.unet_config("rope"), **kw}).eval()
+
+
+def test_temporal_text_path_starts_as_identity_and_adds_the_pooled_caption():
+    """``temporal_text=True`` loads weights made without it (only its own zero-initialised
+    projections are missing) and is then bit-identical; once trained (here: random), a temporal
+    block's input is its input without the path plus ``W mean_tokens(adapted text)``, computed
+    independently here from the block's input and the text adapter."""
+    from attnlab.organisms import TemporalText
+
+    plain = _tiny_unet()
+    path = _tiny_unet(temporal_text=True)
+    missing, unexpected = path.load_state_dict(plain.state_dict(), strict=False)
+    assert (
+        unexpected == [] and missing and all(".attnlab_temporal_text.proj." in k for k in missing)
+    )
+    blocks = list(_temporal_blocks(path))
+    assert len(missing) == 2 * len(blocks) and len(blocks) == len(list(_temporal_blocks(plain)))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 8, 5, 4, 4, generator=g)
+    emb = torch.randn(2, 24, 384, generator=g)
+    t = torch.tensor([100, 900])
+    with torch.no_grad():
+        assert torch.equal(plain(x, t, emb).sample, path(x, t, emb).sample)
+
+    # only the first temporal block's path trained: its input = plain input + the bias
+    first = blocks[0].attnlab_temporal_text
+    assert isinstance(first, TemporalText)
+    with torch.no_grad():
+        first.proj.weight.normal_(generator=g)
+        first.proj.bias.normal_(generator=g)
+    seen = {}
+
+    def grab(key):
+        def hook(module, args, kwargs):
+            seen[key] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+        return hook
+
+    # registered after the path's own pre-hook, so it sees the block's input with the bias
+    hooks = [
+        next(_temporal_blocks(plain)).register_forward_pre_hook(grab("plain"), with_kwargs=True),
+        blocks[0].register_forward_pre_hook(grab("path"), with_kwargs=True),
+    ]
+    try:
+        with torch.no_grad():
+            plain(x, t, emb)
+            out = path(x, t, emb).sample
+    finally:
+        for h in hooks:
+            h.remove()
+    pooled = plain.text_adapter(emb).mean(1)  # [2, 384]
+    bias = pooled @ first.proj.weight.T + first.proj.bias  # [2, dim]
+    rows = seen["plain"].shape[0] // 2  # batch-major rows: sample b owns rows b*h*w ...
+    want = seen["plain"] + bias.repeat_interleave(rows, 0)[:, None, :]
+    assert torch.allclose(seen["path"], want, atol=1e-5)
+    assert (out - plain(x, t, emb).sample).abs().max() > 1e-3
+    assert first.context is None  # set only during the forward call
+    with pytest.raises(RuntimeError, match=r"outside OrganismUNet\.forward"):
+        first(seen["plain"])
+
+
+def test_temporal_text_keeps_the_organism_sites_and_recording(organisms):
+    """A committed organism given the caption path (here with random projections) has the same
+    attention sites, and attnlab's explicit recording path reproduces its output."""
+    pipe = organisms["organism-rope"]
+    unet = OrganismUNet(**{**pipe.unet.config, "temporal_text": True})
+    unet.load_state_dict(pipe.unet.state_dict(), strict=False)
+    torch.manual_seed(0)
+    for block in _temporal_blocks(unet):
+        torch.nn.init.normal_(block.attnlab_temporal_text.proj.weight, std=0.05)
+    unet.eval()
+    from attnlab.organisms import build_pipeline
+
+    other = build_pipeline(unet, pipe.vae, (pipe.text_encoder, pipe.tokenizer))
+    before = [(s.name, s.pe, s.h) for s in attnlab.sites(pipe, height=32, width=32)]
+    assert [(s.name, s.pe, s.h) for s in attnlab.sites(other, height=32, width=32)] == before
+    prompt = "a blue square moving up on a gray background"
+    plain = generate(other, prompt, frames=8, steps=2)
+    assert (plain - generate(pipe, prompt, frames=8, steps=2)).abs().max() > 1e-3
+    with attnlab.record(other, levels=[0]) as rec:
+        recorded = generate(other, prompt, frames=8, steps=2)
+    assert (recorded - plain).abs().max() < 1e-4
+    assert rec.to_xarray()["probs"].sizes["query_frame"] == 8
+
+
+def test_flip_probe_reports_each_timestep_and_their_mean():
+    """The probe's losses per timestep are the v-loss (computed here from the formula) of the
+    fixed noised clips under each caption; the top-level numbers are their means, and ``gap``
+    is (swapped - true) / (empty - true) at each timestep and for the means. A stand-in model
+    whose output scales with a caption-dependent number makes the three captions differ."""
+    from types import SimpleNamespace
+
+    from attnlab.training import PROBE_TIMESTEPS, flip_probe
+    from attnlab.world import DIRECTIONS, render, sample_scene
+
+    codec = PatchCodec(patch=4, latent_channels=8).fit(torch.rand(8, 3, 32, 32) * 2 - 1)
+    alphas = torch.linspace(0.999, 0.005, 1000)
+
+    def scale_of(caption: str) -> float:
+        return 0.0 if not caption else (0.3 if " up " in caption or "right" in caption else 0.6)
+
+    def text(captions):
+        return torch.tensor([scale_of(c) for c in captions]).view(-1, 1, 1).expand(-1, 2, 4)
+
+    class Stand(torch.nn.Module):
+        def forward(self, x, t, emb):
+            return SimpleNamespace(sample=x * emb[:, 0, 0].view(-1, 1, 1, 1, 1))
+
+    ts = (200, 900)
+    out = flip_probe(Stand(), codec, text, alphas, clips=3, seed=5, timesteps=ts)
+    assert set(out["by_t"]) == set(ts)
+    rng = np.random.default_rng(5)
+    clips = [render(sample_scene(rng, DIRECTIONS), 16, 32) for _ in range(3)]
+    lat = codec.encode(torch.cat([c.video for c in clips])).latent_dist.mode()
+    lat = lat.unflatten(0, (3, 16)).transpose(1, 2)
+    gen = torch.Generator().manual_seed(5)
+    noises = [torch.randn(lat.shape, generator=gen) for _ in ts]
+    swap = {"right": "left", "left": "right", "up": "down", "down": "up"}
+    for name, caps in (
+        ("true", [c.caption for c in clips]),
+        ("swapped", [c.caption.replace(c.scene.motion, swap[c.scene.motion]) for c in clips]),
+        ("empty", [""] * 3),
+    ):
+        s = torch.tensor([scale_of(c) for c in caps]).view(-1, 1, 1, 1, 1)
+        for t, noise in zip(ts, noises):
+            a = alphas[t]
+            x = a.sqrt() * lat + (1 - a).sqrt() * noise
+            want = ((x * s - (a.sqrt() * noise - (1 - a).sqrt() * lat)) ** 2).mean()
+            assert out["by_t"][t][name] == pytest.approx(want.item(), rel=1e-5)
+        assert out[name] == pytest.approx(np.mean([out["by_t"][t][name] for t in ts]), rel=1e-9)
+    defined = 0
+    for d in (out, *out["by_t"].values()):
+        if d["empty"] > d["true"]:
+            assert d["gap"] == pytest.approx((d["swapped"] - d["true"]) / (d["empty"] - d["true"]))
+            assert abs(d["gap"]) > 0.01  # the stand-in model does use the direction word
+            defined += 1
+        else:  # the caption does not help at all: no share to speak of
+            assert np.isnan(d["gap"])
+    assert defined >= 1
+    assert PROBE_TIMESTEPS == (300, 500, 700)  # the default, as logged in training.json
+
+
+def test_zero_terminal_snr_schedule_is_lin_et_al_rescaling_and_default_is_unchanged():
+    """Default: ModelScope's scaled-linear schedule (computed here from its formula), sampling
+    from t = 961 (leading spacing). ``zero_terminal_snr``: sqrt(alpha_bar) shifted and scaled so
+    the first step keeps its value and the last is 0 (Lin et al. 2024, Algorithm 1), sampling
+    from t = 999 (trailing spacing)."""
+    from attnlab.organisms import organism_scheduler
+
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    sqrt_ab = torch.cumprod(1 - betas, 0).sqrt()
+    plain, zero = organism_scheduler(), organism_scheduler(zero_terminal_snr=True)
+    assert torch.allclose(plain.alphas_cumprod.double(), sqrt_ab**2, atol=1e-6)
+    want = (sqrt_ab - sqrt_ab[-1]) * sqrt_ab[0] / (sqrt_ab[0] - sqrt_ab[-1])
+    assert torch.allclose(zero.alphas_cumprod.double(), want**2, atol=1e-6)
+    assert zero.alphas_cumprod[-1] == 0 and plain.alphas_cumprod[-1] > 0.004
+    plain.set_timesteps(25)
+    zero.set_timesteps(25)
+    assert plain.timesteps[0] == 961 and zero.timesteps[0] == 999 and len(zero.timesteps) == 25
+
+
+def test_a_saved_organism_folder_loads_by_path_with_its_own_scheduler(tmp_path, monkeypatch):
+    """A fine-tuned organism saved as a complete folder (as ``train_organisms.py --finetune
+    --save`` writes it) loads with ``load_pipeline(folder)`` even when the pipeline class was
+    never registered on diffusers in this process, with its zero-terminal-SNR scheduler."""
+    import diffusers
+
+    from attnlab.organisms import build_pipeline, organism_scheduler
+
+    unet = _tiny_unet(temporal_text=True)
+    codec = PatchCodec(patch=4, latent_channels=8).fit(torch.rand(4, 3, 32, 32) * 2 - 1)
+    text = text_encoder_and_tokenizer()
+    build_pipeline(unet, codec, text, organism_scheduler(True)).save_pretrained(tmp_path / "p")
+    monkeypatch.delattr(diffusers, "OrganismPipeline", raising=False)
+    pipe = load_pipeline(tmp_path / "p", progress=False)
+    assert type(pipe).__name__ == "OrganismPipeline" and pipe.unet.config.temporal_text
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), unet.parameters()))
+
+
+def test_world_batch_motion_curriculum_and_refusals():
+    from attnlab.training import world_batch
+    from attnlab.world import DIRECTIONS, parse_caption
+
+    videos, caps = world_batch(
+        np.random.default_rng(0), 12, motions=DIRECTIONS, motion_weights=None
+    )
+    assert videos.shape[:2] == (12, 16)
+    motions = [parse_caption(c)["motion"] for c in caps]
+    assert set(motions) <= set(DIRECTIONS) and len(set(motions)) >= 3
+    with pytest.raises(ValueError, match="allowed"):
+        world_batch(np.random.default_rng(0), 2, motions=("sideways",), motion_weights=None)
+    with pytest.raises(ValueError, match="motion_weights"):
+        world_batch(np.random.default_rng(0), 2, motions=DIRECTIONS)  # 7 default weights

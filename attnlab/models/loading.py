@@ -135,6 +135,10 @@ def _pipeline_class(ref: str):
             # them from sys.modules only, so import attnlab's module first
             if isinstance(value, list) and value and str(value[0]).startswith("attnlab."):
                 importlib.import_module(str(value[0]))
+        if spec.get("_class_name") == "OrganismPipeline":  # a saved organism folder
+            from .organisms import _pipeline_class as organism_pipeline
+
+            return organism_pipeline()
         if spec.get("_class_name") == "VideoCrafter2Pipeline":
             from attnlab.models.videocrafter import VideoCrafter2Pipeline
 

@@ -134,6 +134,8 @@ class OrganismUNet(UNet3DConditionModel):
     ``frame_pe="sinusoidal"`` adds a sinusoidal table of length ``frame_pe_max_len`` to the
     hidden states before each temporal attention (diffusers' own AnimateDiff mechanism,
     ``BasicTransformerBlock.pos_embed``); ``"rope"`` rotates temporal queries and keys.
+    ``temporal_text=True`` gives every temporal block the caption (:class:`TemporalText`,
+    zero-initialised: off, or freshly added, the model computes exactly what it did without it).
     """
 
     @register_to_config
@@ -168,6 +170,7 @@ class OrganismUNet(UNet3DConditionModel):
         frame_pe: str = "none",
         frame_pe_max_len: int = TRAIN_FRAMES,
         text_adapter_dim: int = 0,
+        temporal_text: bool = False,
     ):
         if frame_pe not in FRAME_PES:
             raise ValueError(f"frame_pe={frame_pe!r}; allowed: {', '.join(FRAME_PES)}")
@@ -194,6 +197,9 @@ class OrganismUNet(UNet3DConditionModel):
             self.text_adapter = TextAdapter(cross_attention_dim, text_adapter_dim)
         for block in _temporal_blocks(self):
             dim = block.attn1.to_q.in_features
+            if temporal_text:
+                block.attnlab_temporal_text = TemporalText(cross_attention_dim, dim)
+                block.register_forward_pre_hook(_add_temporal_text, with_kwargs=True)
             if frame_pe == "sinusoidal":
                 block.pos_embed = SinusoidalPositionalEmbedding(dim, frame_pe_max_len)
             elif frame_pe == "rope":
@@ -203,10 +209,21 @@ class OrganismUNet(UNet3DConditionModel):
 
     def forward(self, sample, timestep, encoder_hidden_states, *args: Any, **kwargs: Any):
         """``UNet3DConditionModel.forward``, with the text states passed through the learned
-        text adapter first (when the organism has one)."""
+        text adapter first (when the organism has one) and, with ``temporal_text``, their mean
+        over tokens handed to every temporal block for this call."""
         if self.text_adapter is not None:
             encoder_hidden_states = self.text_adapter(encoder_hidden_states)
-        return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        if not self.config.temporal_text:
+            return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        paths = [b.attnlab_temporal_text for b in _temporal_blocks(self)]
+        pooled = encoder_hidden_states.mean(1)
+        for path in paths:
+            path.context = pooled
+        try:
+            return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        finally:
+            for path in paths:
+                path.context = None
 
 
 class TextAdapter(torch.nn.Module):
@@ -225,6 +242,43 @@ class TextAdapter(torch.nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.fc2(F.gelu(self.fc1(self.norm(h))))
+
+
+class TemporalText(torch.nn.Module):
+    """The caption's path into a temporal transformer block (``OrganismUNet(temporal_text=True)``).
+
+    In ModelScope's layout the text reaches only the spatial cross-attention, frame by frame;
+    the temporal blocks never see it. This adds ``W mean_tokens(text)`` to the block's input
+    ``[batch * h * w, frames, dim]`` (the same vector at every frame and position, like a
+    caption-dependent bias of the temporal attention's queries, keys and values and of its
+    residual stream). ``W`` starts at zero, so a model given the path computes exactly what it
+    did without it until training moves ``W``. The pooled caption of the current call is set
+    by :meth:`OrganismUNet.forward` (``context`` ``[batch, text_dim]``)."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(text_dim, dim)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+        self.context: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.context is None:
+            raise RuntimeError("TemporalText called outside OrganismUNet.forward (no caption set)")
+        rows, batch = hidden_states.shape[0], self.context.shape[0]
+        if rows % batch:
+            raise ValueError(f"{rows} temporal rows do not split into a batch of {batch}")
+        bias = self.proj(self.context).to(hidden_states.dtype)
+        return hidden_states + bias.repeat_interleave(rows // batch, dim=0)[:, None, :]
+
+
+def _add_temporal_text(block, args: tuple, kwargs: dict):
+    """Forward pre-hook of a temporal ``BasicTransformerBlock``: its ``hidden_states`` plus the
+    caption's bias (:class:`TemporalText`)."""
+    if args:
+        return (block.attnlab_temporal_text(args[0]), *args[1:]), kwargs
+    kwargs = dict(kwargs, hidden_states=block.attnlab_temporal_text(kwargs["hidden_states"]))
+    return args, kwargs
 
 
 def extend_frame_positions(unet: OrganismUNet, frames: int) -> None:
@@ -368,6 +422,7 @@ class OrganismSpec:
     attention_head_dim: int = 8
     layers_per_block: int = 1
     text_adapter_dim: int = 128
+    temporal_text: bool = False  # the caption's path into the temporal blocks (TemporalText)
 
     def unet_config(self, frame_pe: str) -> dict[str, Any]:
         return dict(
@@ -382,14 +437,26 @@ class OrganismSpec:
             frame_pe=frame_pe,
             frame_pe_max_len=TRAIN_FRAMES,
             text_adapter_dim=self.text_adapter_dim,
+            temporal_text=self.temporal_text,
         )
 
 
-def organism_scheduler():
+def organism_scheduler(zero_terminal_snr: bool = False):
     """ModelScope's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps), DDIM, with
-    the organisms' v-prediction parameterisation (Salimans & Ho 2022)."""
+    the organisms' v-prediction parameterisation (Salimans & Ho 2022).
+
+    ``zero_terminal_snr``: the betas rescaled so that the last timestep is pure noise, and
+    sampling starting there ("trailing" spacing), as Lin et al. 2024 ("Common diffusion noise
+    schedules and sample steps are flawed") prescribe. The plain schedule leaves
+    sqrt(alpha_bar) = 0.069 of the clip in its noisiest input: a trained organism reads the
+    trajectory from that residue (its x0 prediction at t = 950 already moves the way the clip
+    does, whatever the caption says), so the direction words are never needed in training, and
+    from pure noise the direction follows the seed."""
     from diffusers import DDIMScheduler
 
+    extra: dict[str, Any] = {}
+    if zero_terminal_snr:
+        extra = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -398,6 +465,7 @@ def organism_scheduler():
         set_alpha_to_one=False,
         steps_offset=1,
         prediction_type="v_prediction",
+        **extra,
     )
 
 
@@ -481,15 +549,16 @@ def _pipeline_class():
     return OrganismPipeline
 
 
-def build_pipeline(unet: OrganismUNet, codec: PatchCodec, text=None):
-    """Assemble an :class:`OrganismPipeline` from an organism UNet and codec."""
+def build_pipeline(unet: OrganismUNet, codec: PatchCodec, text=None, scheduler=None):
+    """Assemble an :class:`OrganismPipeline` from an organism UNet and codec (``scheduler``:
+    :func:`organism_scheduler` unless given)."""
     encoder, tokenizer = text if text is not None else text_encoder_and_tokenizer()
     return _pipeline_class()(
         vae=codec,
         text_encoder=encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=organism_scheduler(),
+        scheduler=organism_scheduler() if scheduler is None else scheduler,
     )
 
 

@@ -52,6 +52,7 @@ from attnlab.models.organisms import (
     OrganismUNet,
     PatchCodec,
     build_pipeline,
+    organism_scheduler,
 )
 
 # share of each motion in training clips: the four directions get 70% together
@@ -74,13 +75,26 @@ def reverse_caption(caption: str) -> str:
 
 
 def world_batch(
-    rng: np.random.Generator, n: int, frames: int = TRAIN_FRAMES, size: int = 32, pairs: bool = True
+    rng: np.random.Generator,
+    n: int,
+    frames: int = TRAIN_FRAMES,
+    size: int = 32,
+    pairs: bool = True,
+    motions: tuple[str, ...] = MOTIONS,
+    motion_weights: tuple[float, ...] | None = MOTION_WEIGHTS,
 ) -> tuple[torch.Tensor, list[str]]:
     """``n`` world clips ``[n, F, 3, size, size]`` in [-1, 1] and their captions; with ``pairs``
-    elements ``2k`` and ``2k + 1`` are a clip and its time reversal (opposite caption)."""
+    elements ``2k`` and ``2k + 1`` are a clip and its time reversal (opposite caption).
+    ``motions`` (weighted by ``motion_weights``, None: equally) restricts the clips, e.g. to
+    :data:`~attnlab.world.DIRECTIONS` for a direction-only curriculum."""
+    bad = [m for m in motions if m not in MOTIONS]
+    if bad or not motions:
+        raise ValueError(f"motions={motions!r}; allowed: a non-empty subset of {MOTIONS}")
+    if motion_weights is not None and len(motion_weights) != len(motions):
+        raise ValueError(f"{len(motion_weights)} motion_weights for {len(motions)} motions")
     videos, captions = [], []
     while len(videos) < n:
-        clip = render(sample_scene(rng, MOTIONS, MOTION_WEIGHTS), frames, size)
+        clip = render(sample_scene(rng, motions, motion_weights), frames, size)
         videos.append(clip.video)
         captions.append(clip.caption)
         if pairs and len(videos) < n:
@@ -131,11 +145,16 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 150
     ema: float = 0.995
-    min_snr: float = 5.0
+    min_snr: float | None = 5.0  # None: the plain v-loss (no min-SNR weighting)
     uncond_prob: float = 0.1
     pairs: bool = True
     seed: int = 0
     spec: OrganismSpec = field(default_factory=OrganismSpec)
+    motions: tuple[str, ...] = MOTIONS  # video clips' motions (DIRECTIONS: direction curriculum)
+    motion_weights: tuple[float, ...] | None = MOTION_WEIGHTS  # None: equally likely
+    probe_timesteps: tuple[int, ...] = PROBE_TIMESTEPS
+    zero_terminal_snr: bool = False  # organism_scheduler(zero_terminal_snr=True)
+    t_min: int = 0  # training timesteps drawn from t_min..999 (> 0: the noisy end only)
 
 
 class TextCache:
@@ -184,11 +203,15 @@ def flip_probe(
     alphas: torch.Tensor,
     clips: int = 8,
     seed: int = 999,
-) -> dict[str, float]:
+    timesteps: tuple[int, ...] = PROBE_TIMESTEPS,
+) -> dict[str, Any]:
     """Caption-flip probe: unweighted v-loss of ``clips`` fixed moving world clips noised at
-    t = 300/500/700 with fixed noise, under the true caption, the direction-swapped caption
-    and the empty caption. ``gap`` = (swapped - true) / (empty - true): the share of what the
-    caption tells the model that is the direction word (0: ignored)."""
+    each of ``timesteps`` with fixed noise, under the true caption, the direction-swapped
+    caption and the empty caption. ``gap`` = (swapped - true) / (empty - true): the share of
+    what the caption tells the model that is the direction word (0: ignored; NaN where the
+    empty caption does at least as well as the true one). The three losses
+    and ``gap`` are means over ``timesteps``; ``by_t`` has them per timestep (the direction word
+    can only matter where the noisy input does not already show the trajectory: at high noise)."""
     rng = np.random.default_rng(seed)
     vids, caps = [], []
     for _ in range(clips):
@@ -198,7 +221,7 @@ def flip_probe(
     lat = codec.encode(torch.cat(vids)).latent_dist.mode()
     lat = lat.unflatten(0, (clips, TRAIN_FRAMES)).transpose(1, 2)
     gen = torch.Generator().manual_seed(seed)
-    out: dict[str, float] = {}
+    per: dict[str, list[float]] = {}
     was = unet.training
     unet.eval()
     for name, cs in (
@@ -207,14 +230,28 @@ def flip_probe(
         ("empty", [""] * clips),
     ):
         gen.manual_seed(seed)
-        total = 0.0
-        for t in PROBE_TIMESTEPS:
+        per[name] = []
+        for t in timesteps:
             noise = torch.randn(lat.shape, generator=gen)
             tt = torch.full((clips,), t)
-            total += v_loss(unet, alphas, lat, text(cs), tt, noise, None).mean().item()
-        out[name] = total / len(PROBE_TIMESTEPS)
+            per[name].append(v_loss(unet, alphas, lat, text(cs), tt, noise, None).mean().item())
     unet.train(was)
-    out["gap"] = (out["swapped"] - out["true"]) / max(out["empty"] - out["true"], 1e-12)
+
+    def gap(true: float, swapped: float, empty: float) -> float:
+        # undefined (NaN) where the caption as a whole does not lower the loss
+        return (swapped - true) / (empty - true) if empty > true else float("nan")
+
+    out: dict[str, Any] = {k: float(np.mean(v)) for k, v in per.items()}
+    out["gap"] = gap(out["true"], out["swapped"], out["empty"])
+    out["by_t"] = {
+        int(t): {
+            "true": per["true"][i],
+            "swapped": per["swapped"][i],
+            "empty": per["empty"][i],
+            "gap": gap(per["true"][i], per["swapped"][i], per["empty"][i]),
+        }
+        for i, t in enumerate(timesteps)
+    }
     return out
 
 
@@ -241,13 +278,20 @@ class Trainer:
         self.unet = OrganismUNet(**cfg.spec.unet_config(cfg.frame_pe))
         if init is not None:
             missing, unexpected = self.unet.load_state_dict(init, strict=False)
-            bad = [k for k in missing if not k.endswith("pos_embed.pe")] + list(unexpected)
+            # a new frame table, or a new zero-initialised caption path, may be missing
+            fresh = ("pos_embed.pe", "attnlab_temporal_text.proj.weight")
+            fresh += ("attnlab_temporal_text.proj.bias",)
+            bad = [k for k in missing if not k.endswith(fresh)] + list(unexpected)
             if bad:
                 raise ValueError(f"initial weights do not fit: {bad[:5]}")
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
-        self.pipe = build_pipeline(self.unet, codec, text)
+        self.pipe = build_pipeline(
+            self.unet, codec, text, organism_scheduler(cfg.zero_terminal_snr)
+        )
         self.text = TextCache(self.pipe, text_cache)
         self.alphas = self.pipe.scheduler.alphas_cumprod.float()
+        if not 0 <= cfg.t_min < len(self.alphas):
+            raise ValueError(f"t_min={cfg.t_min}; allowed: 0..{len(self.alphas) - 1}")
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -296,7 +340,10 @@ class Trainer:
         size = self.cfg.spec.size
         if self.cfg.phase == "image":
             return image_batch(self.rng, self.cfg.image_batch, size)
-        return world_batch(self.rng, self.cfg.batch, TRAIN_FRAMES, size, self.cfg.pairs)
+        cfg = self.cfg
+        return world_batch(
+            self.rng, cfg.batch, TRAIN_FRAMES, size, cfg.pairs, cfg.motions, cfg.motion_weights
+        )
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -307,7 +354,7 @@ class Trainer:
             lat = lat.unflatten(0, (b, f)).transpose(1, 2)
         drop = torch.rand(b, generator=self.gen) < cfg.uncond_prob
         emb = self.text(["" if d else c for d, c in zip(drop.tolist(), captions)])
-        t = torch.randint(0, len(self.alphas), (b,), generator=self.gen)
+        t = torch.randint(cfg.t_min, len(self.alphas), (b,), generator=self.gen)
         noise = torch.randn(lat.shape, generator=self.gen)
         if cfg.phase == "video" and cfg.pairs:  # a pair shares its noise and timestep
             t[1::2] = t[0::2][: len(t[1::2])]
@@ -352,13 +399,17 @@ class Trainer:
             self.train_step()
             self.wall += time.perf_counter() - t0
             if probe_every and self.step % probe_every == 0:
-                p = {"step": self.step, **flip_probe(self.ema, self.codec, self.text, self.alphas)}
+                p = flip_probe(
+                    self.ema, self.codec, self.text, self.alphas, timesteps=self.cfg.probe_timesteps
+                )
+                p = {"step": self.step, **p}
                 self.probes.append(p)
                 if log:
                     log(
                         f"[{self.cfg.phase} {self.cfg.frame_pe}] step {self.step} probe(EMA): "
                         f"true {p['true']:.4f} swapped {p['swapped']:.4f} empty {p['empty']:.4f} "
-                        f"gap {p['gap']:.3f}"
+                        f"gap {p['gap']:.3f} by t "
+                        + " ".join(f"{t}:{d['gap']:.3f}" for t, d in p["by_t"].items())
                     )
             if log and self.step % 25 == 0:
                 log(
