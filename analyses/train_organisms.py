@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.data.world import DIRECTIONS, MOTIONS
 from attnlab.models.organisms import (
     FRAME_PES,
     WEIGHTS,
@@ -56,7 +57,6 @@ from attnlab.models.training import (
     fit_codec,
     save_organism,
 )
-from attnlab.world import DIRECTIONS, MOTIONS
 
 DEFAULT_RUN = Path.home() / ".cache" / "attnlab-train" / "world32"
 

@@ -292,7 +292,7 @@ def test_temporal_text_path_starts_as_identity_and_adds_the_pooled_caption():
     projections are missing) and is then bit-identical; once trained (here: random), a temporal
     block's input is its input without the path plus ``W mean_tokens(adapted text)``, computed
     independently here from the block's input and the text adapter."""
-    from attnlab.organisms import TemporalText
+    from attnlab.models.organisms import TemporalText
 
     plain = _tiny_unet()
     path = _tiny_unet(temporal_text=True)
@@ -356,7 +356,7 @@ def test_temporal_text_keeps_the_organism_sites_and_recording(organisms):
     for block in _temporal_blocks(unet):
         torch.nn.init.normal_(block.attnlab_temporal_text.proj.weight, std=0.05)
     unet.eval()
-    from attnlab.organisms import build_pipeline
+    from attnlab.models.organisms import build_pipeline
 
     other = build_pipeline(unet, pipe.vae, (pipe.text_encoder, pipe.tokenizer))
     before = [(s.name, s.pe, s.h) for s in attnlab.sites(pipe, height=32, width=32)]
@@ -377,8 +377,8 @@ def test_flip_probe_reports_each_timestep_and_their_mean():
     whose output scales with a caption-dependent number makes the three captions differ."""
     from types import SimpleNamespace
 
-    from attnlab.training import PROBE_TIMESTEPS, flip_probe
-    from attnlab.world import DIRECTIONS, render, sample_scene
+    from attnlab.data.world import DIRECTIONS, render, sample_scene
+    from attnlab.models.training import PROBE_TIMESTEPS, flip_probe
 
     codec = PatchCodec(patch=4, latent_channels=8).fit(torch.rand(8, 3, 32, 32) * 2 - 1)
     alphas = torch.linspace(0.999, 0.005, 1000)
@@ -432,7 +432,7 @@ def test_zero_terminal_snr_schedule_is_lin_et_al_rescaling_and_default_is_unchan
     from t = 961 (leading spacing). ``zero_terminal_snr``: sqrt(alpha_bar) shifted and scaled so
     the first step keeps its value and the last is 0 (Lin et al. 2024, Algorithm 1), sampling
     from t = 999 (trailing spacing)."""
-    from attnlab.organisms import organism_scheduler
+    from attnlab.models.organisms import organism_scheduler
 
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     sqrt_ab = torch.cumprod(1 - betas, 0).sqrt()
@@ -452,7 +452,7 @@ def test_a_saved_organism_folder_loads_by_path_with_its_own_scheduler(tmp_path, 
     never registered on diffusers in this process, with its zero-terminal-SNR scheduler."""
     import diffusers
 
-    from attnlab.organisms import build_pipeline, organism_scheduler
+    from attnlab.models.organisms import build_pipeline, organism_scheduler
 
     unet = _tiny_unet(temporal_text=True)
     codec = PatchCodec(patch=4, latent_channels=8).fit(torch.rand(4, 3, 32, 32) * 2 - 1)
@@ -467,8 +467,8 @@ def test_a_saved_organism_folder_loads_by_path_with_its_own_scheduler(tmp_path, 
 
 
 def test_world_batch_motion_curriculum_and_refusals():
-    from attnlab.training import world_batch
-    from attnlab.world import DIRECTIONS, parse_caption
+    from attnlab.data.world import DIRECTIONS, parse_caption
+    from attnlab.models.training import world_batch
 
     videos, caps = world_batch(
         np.random.default_rng(0), 12, motions=DIRECTIONS, motion_weights=None

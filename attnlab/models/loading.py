@@ -136,7 +136,7 @@ def _pipeline_class(ref: str):
             if isinstance(value, list) and value and str(value[0]).startswith("attnlab."):
                 importlib.import_module(str(value[0]))
         if spec.get("_class_name") == "OrganismPipeline":  # a saved organism folder
-            from .organisms import _pipeline_class as organism_pipeline
+            from attnlab.models.organisms import _pipeline_class as organism_pipeline
 
             return organism_pipeline()
         if spec.get("_class_name") == "VideoCrafter2Pipeline":
