@@ -181,22 +181,24 @@ def build_pipeline(
     """A ``TextToVideoSDPipeline`` with a random-weight UNet3D of ``config`` (no downloads)."""
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
+    from attnlab.core.quiet import quiet_library_logs
     from attnlab.models.tiny import clip_tokenizer, ddim_scheduler
 
     cfg = CONFIGS[config] if isinstance(config, str) else config
     torch.manual_seed(seed)
     scheduler = ddim_scheduler()
-    pipe = TextToVideoSDPipeline(
-        unet=UNet3DConditionModel(**cfg.unet),
-        vae=_vae(cfg.vae),
-        text_encoder=_text_encoder(cfg.text_hidden),
-        tokenizer=clip_tokenizer(),
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    if cfg.vae == "sd":
-        pipe.vae.enable_slicing()
-    return pipe.to(device=device, dtype=dtype)
+    with quiet_library_logs():  # only the known-harmless deprecation / float32 lines
+        pipe = TextToVideoSDPipeline(
+            unet=UNet3DConditionModel(**cfg.unet),
+            vae=_vae(cfg.vae),
+            text_encoder=_text_encoder(cfg.text_hidden),
+            tokenizer=clip_tokenizer(),
+            scheduler=scheduler,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        if cfg.vae == "sd":
+            pipe.vae.enable_slicing()
+        return pipe.to(device=device, dtype=dtype)
 
 
 @contextlib.contextmanager
