@@ -173,16 +173,14 @@ class Controller:
         modules = dict(self.model.named_modules())
         # full-3D attention models get their family's joint processor (and no hook points)
         joint = self.table.family.joint
-        processor = self.table.processor_class if joint else TemporalAttnProcessor  # type: ignore[attr-defined]
         family = self.table.family
         for site in self.table:
             attn = modules[site.name]
-            terms = family.position_terms(attn) if family.position_terms is not None else None
-            proc = (
-                processor(self, site, attn.processor)
-                if joint
-                else TemporalAttnProcessor(self, site, attn.processor, terms)
-            )
+            if joint:
+                proc = self.table.processor_class(self, site, attn.processor)  # type: ignore[attr-defined]
+            else:
+                terms = family.position_terms(attn) if family.position_terms else None
+                proc = TemporalAttnProcessor(self, site, attn.processor, terms)
             patches.apply(ProcessorPatch(attn, proc, f"{site.name}.processor"))
             for hook_name in HOOK_NAMES if not joint else ():
                 if not hasattr(attn, hook_name):

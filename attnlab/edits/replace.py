@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnlab.core.protocol import CallContext, Stage, Target
+from attnlab.core.protocol import CallContext, Stage, Target, target_matrix
 from attnlab.core.sites import Site
 from attnlab.edits.base import Edit, EditError, register
 
@@ -59,17 +59,11 @@ class Replace(Edit):
         return {"matrix": self.matrix if isinstance(self.matrix, str) else self.matrix.tolist()}
 
     def target_matrix(self, frames: int) -> np.ndarray:
-        if isinstance(self.matrix, str):
-            return (
-                np.eye(frames)
-                if self.matrix == "identity"
-                else np.full((frames, frames), 1.0 / frames)
-            )
-        if self.matrix.shape[0] != frames:
+        if not isinstance(self.matrix, str) and self.matrix.shape[0] != frames:
             raise EditError(
                 f"Replace matrix is {self.matrix.shape[0]} x {self.matrix.shape[0]} but the run has {frames} frames"
             )
-        return self.matrix
+        return target_matrix(self.matrix, frames)
 
     def row_local(self, ctx: CallContext) -> bool:
         """A fixed matrix per map: row-local unless only one CFG half is replaced."""
