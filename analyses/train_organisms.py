@@ -24,7 +24,8 @@ outside the package:
         [--min-snr 0] [--temporal-text] [--motions directions] --save DIR
 
 The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min``,
-``--probe-t``) apply to every phase; their defaults are the committed recipe. ``--lr``,
+``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase; their defaults are the
+committed recipe. ``--lr``,
 ``--warmup``, ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune``.
 """
 
@@ -104,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         help="rescaled schedule whose last step is pure noise, trailing sampling (Lin et al.)",
     )
     p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..999 only")
+    p.add_argument(
+        "--noisy-share",
+        type=float,
+        default=0.0,
+        help="share of clips with timesteps drawn from --noisy-min..999 (the rest: t-min..999)",
+    )
+    p.add_argument("--noisy-min", type=int, default=800)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--batch", type=int, default=4, help="clips per video step")
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         min_snr=a.min_snr or None,
         zero_terminal_snr=a.zero_terminal_snr,
         t_min=a.t_min,
+        noisy_share=a.noisy_share,
+        noisy_min=a.noisy_min,
         probe_timesteps=tuple(a.probe_t),
     )
     image_ckpt = run / "image" / "ckpt.pt"
@@ -233,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         rec["command"] = "python analyses/train_organisms.py " + " ".join(argv or sys.argv[1:])
         (run / "record.json").write_text(json.dumps(rec, indent=1, default=str))
         if a.save:
-            out = save_organism(tr.ema, rec, Path(a.save))
+            sched = organism_scheduler(a.zero_terminal_snr)
+            out = save_organism(tr.ema, rec, Path(a.save), scheduler=sched)
             # and a complete diffusers folder for analyses/organisms_eval.py --model
             text = (tr.pipe.text_encoder, tr.pipe.tokenizer)
-            sched = organism_scheduler(a.zero_terminal_snr)
             build_pipeline(tr.ema, codec, text, sched).save_pretrained(out / "pipeline")
             log(f"saved: {out} (UNet, training.json) and {out / 'pipeline'}")
     if a.export:
@@ -253,12 +263,24 @@ def main(argv: list[str] | None = None) -> int:
                 "right/left/up/down 0.175 each, grow/shrink/recolor 0.1 each, time-reversed "
                 "pairs with opposite captions; image phase: single random frames"
             )
+            opts = ""
+            if a.min_snr != 5.0:
+                opts += f" --min-snr {a.min_snr:g}"
+            if a.zero_terminal_snr:
+                opts += " --zero-terminal-snr"
+            if a.t_min:
+                opts += f" --t-min {a.t_min}"
+            if a.noisy_share:
+                opts += f" --noisy-share {a.noisy_share:g} --noisy-min {a.noisy_min}"
             rec["command"] = (
                 "python analyses/train_organisms.py --codec; "
-                f"--image --image-steps {image_rec['steps']}; "
-                f"--worker --video-steps {tr.step} (two workers side by side); --export"
+                f"--image --image-steps {image_rec['steps']}{opts}; "
+                f"--worker --video-steps {tr.step}{opts} (two workers side by side); "
+                f"--export{opts}"
             )
-            log(f"export {pe}: {save_organism(tr.ema, rec, Path(a.out))} at step {tr.step}")
+            sched = organism_scheduler(a.zero_terminal_snr)
+            out = save_organism(tr.ema, rec, Path(a.out), scheduler=sched)
+            log(f"export {pe}: {out} at step {tr.step}")
     return 0
 
 

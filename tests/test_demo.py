@@ -123,9 +123,7 @@ def test_organism_strips_show_frames_maps_and_the_evaluators_reading(tmp_path):
     assert any("coherence" in t for t in texts)
 
 
-def test_evaluator_readings_score_each_generated_video_and_leave_the_real_clip_out(
-    tmp_path, samples, cheap
-):
+def test_evaluator_readings_score_each_generated_video_and_leave_the_real_clip_out(tmp_path, cheap):
     from attnlab.core.store import load_video
     from attnlab.data.evaluator import evaluate
     from attnlab.lab.analysis import ORGANISM_PROMPT
@@ -139,9 +137,11 @@ def test_evaluator_readings_score_each_generated_video_and_leave_the_real_clip_o
         steps=2,
         height=32,
         width=32,
-        reference="carphone",
     )
+    assert ctx.real_clip() == f"world:{ORGANISM_PROMPT}"  # the organisms' default reference
     run_experiment("transfer", ctx, draw=False)  # reference (a real clip), before, after
+    real = evaluate(load_video(ctx.store("transfer"), "reference") / 255.0, ORGANISM_PROMPT)
+    assert real.found_rate == 1.0 and real.color_ok and real.direction_ok  # a clip of the prompt
     readings = evaluator_readings(ctx, "transfer")
     assert set(readings) == {"before", "after"}
     for name, (scores, text) in readings.items():

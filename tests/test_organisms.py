@@ -281,6 +281,64 @@ def test_training_resumes_bit_for_bit_and_starts_from_the_image_phase(tmp_path):
     assert json.loads((out / "training.json").read_text())["steps"] == 3
 
 
+def test_noisy_share_trains_that_share_of_clip_pairs_at_the_noisy_end(tmp_path, monkeypatch):
+    """``noisy_share`` draws that share of the (pair-shared) timesteps from noisy_min..999;
+    bad values are refused before training."""
+    from attnlab.models import training as T
+
+    spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
+    codec = T.fit_codec(spec, torch.rand(8, 3, 32, 32) * 2 - 1)
+    text = text_encoder_and_tokenizer()
+    seen: list[list[int]] = []
+    v_loss = T.v_loss
+    monkeypatch.setattr(
+        T,
+        "v_loss",
+        lambda u, a, lat, e, t, *r: seen.append(t.tolist()) or v_loss(u, a, lat, e, t, *r),
+    )
+    for share, name in ((1.0, "all"), (0.0, "none")):
+        cfg = T.TrainConfig(
+            frame_pe="none", batch=8, seed=1, spec=spec, noisy_share=share, noisy_min=990
+        )
+        T.Trainer(cfg, codec, tmp_path / f"{name}.pt", text=text).run(2, log=None)
+    high, plain = seen[:2], seen[2:]
+    assert all(t >= 990 for ts in high for t in ts)
+    assert all(ts[0::2] == ts[1::2] for ts in high + plain)  # a pair shares its timestep
+    assert sum(t >= 990 for ts in plain for t in ts) < len(plain) * 8  # uniform 0..999
+    with pytest.raises(ValueError, match="noisy_share"):
+        T.Trainer(T.TrainConfig(spec=spec, noisy_share=1.5), codec, tmp_path / "x.pt", text=text)
+
+
+def test_an_organism_samples_with_the_schedule_it_was_trained_with(tmp_path, monkeypatch):
+    """``save_organism(..., scheduler=)`` stores the training schedule beside the weights and
+    ``organism_path`` builds the pipeline with it (here the zero-terminal-SNR one); weights
+    saved without one (the committed ones) get the default schedule, and re-exporting without
+    one removes a stale schedule."""
+    import shutil
+
+    from diffusers import DiffusionPipeline
+
+    from attnlab.models import organisms as O
+    from attnlab.models.training import save_organism
+
+    shutil.copytree(WEIGHTS / "codec", tmp_path / "w" / "codec")
+    monkeypatch.setattr(O, "WEIGHTS", tmp_path / "w")
+    unet = _tiny_unet()
+    out = save_organism(unet, {"steps": 0}, tmp_path / "w", scheduler=O.organism_scheduler(True))
+    pipe = DiffusionPipeline.from_pretrained(organism_path("organism-rope", tmp_path / "zt"))
+    cfg = pipe.scheduler.config
+    assert cfg.rescale_betas_zero_snr and cfg.timestep_spacing == "trailing"
+    pipe.scheduler.set_timesteps(25)
+    assert (
+        int(pipe.scheduler.timesteps[0]) == 999 and float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
+    )
+    save_organism(unet, {"steps": 0}, tmp_path / "w")
+    assert not (out / "scheduler").exists()
+    plain = DiffusionPipeline.from_pretrained(organism_path("organism-rope", tmp_path / "plain"))
+    assert not plain.scheduler.config.rescale_betas_zero_snr
+    assert plain.scheduler.config.timestep_spacing == O.organism_scheduler().config.timestep_spacing
+
+
 def _tiny_unet(**kw) -> OrganismUNet:
     spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
     torch.manual_seed(0)

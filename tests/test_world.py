@@ -18,7 +18,9 @@ from attnlab.data.world import (
     parse_caption,
     render,
     sample_scene,
+    scene_for_caption,
     world_clip,
+    world_video,
 )
 from attnlab.models.training import reverse_caption, world_batch
 
@@ -94,6 +96,33 @@ def test_caption_grammar_parses_flips_and_reverses():
             parse_caption(bad)
     with pytest.raises(ValueError, match="allowed"):
         Scene("circle", "red", "black", "sideways", 0.5, 0.5, 0.1)
+
+
+def test_world_clips_by_caption_or_seed_are_real_clips_for_the_experiments():
+    """``world:<caption>`` renders a clip of that caption (its words, random geometry),
+    ``world:<seed>`` the clip of the seed; ``load_clip`` reads both, at any length."""
+    from attnlab.lab.real import load_clip
+
+    for c in grammar()[::7]:
+        scene = scene_for_caption(c, seed=3)
+        assert scene.caption == c
+        clip = render(scene, 16, 32)
+        s = evaluate(clip.frames01(), c)
+        assert s.found_rate == 1.0 and s.color_ok, c
+        if s.direction_ok is not None:
+            assert s.direction_ok, c
+    video = load_clip("world:a blue square moving up on a gray background", frames=48)
+    assert video.frames.shape == (48, 64, 64, 3) and video.frames.dtype == np.uint8
+    assert evaluate(video.frames / 255.0, video.id[len("world:") :]).direction_ok
+    by_seed = world_video("world:7", frames=16, size=32)
+    want = (world_clip(7).frames01() * 255).round().astype(np.uint8)
+    assert np.array_equal(by_seed.frames, want)
+    later = load_clip("world:7", frames=8, start=4)
+    assert np.array_equal(later.frames, world_video("world:7", frames=12).frames[4:])
+    with pytest.raises(ValueError, match="not a caption of the world"):
+        load_clip("world:a purple cat", frames=8)
+    with pytest.raises(FileNotFoundError, match=r"world:<caption>"):
+        load_clip("no-such-clip", frames=8)
 
 
 def test_training_pairs_are_time_reversals_with_the_opposite_caption():

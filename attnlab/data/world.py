@@ -21,7 +21,7 @@ pixels, RGB colour); :mod:`attnlab.evaluator` scores any video of this world *wi
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -236,6 +236,42 @@ def render(scene: Scene, frames: int = 16, size: int = 32, only: int | None = No
 def world_clip(seed: int, frames: int = 16, size: int = 32, **scene_kwargs: Any) -> Clip:
     """The clip of ``seed``: the same scene (and so the same first frames) for any length."""
     return render(sample_scene(np.random.default_rng(seed), **scene_kwargs), frames, size)
+
+
+def scene_for_caption(caption: str, seed: int = 0) -> Scene:
+    """A scene of ``caption`` (a caption of the grammar): its words as the caption says, its
+    geometry (start, radius, speed) drawn from ``seed`` as :func:`sample_scene` draws it."""
+    words = parse_caption(caption)
+    scene = sample_scene(np.random.default_rng(seed), motions=(words["motion"],))
+    return replace(
+        scene,
+        shape=words["shape"],
+        color=words["color"],
+        background=words["background"],
+        color2=words["color2"] if words["motion"] == "recolor" else None,
+    )
+
+
+WORLD_PREFIX = "world:"
+
+
+def world_video(spec: str, frames: int = 16, size: int = 64):
+    """A real world clip as an :class:`attnlab.data.video.Video` (8 fps), named by ``spec``:
+    ``"world:<seed>"`` (the clip of :func:`world_clip`) or ``"world:<caption>"`` (a clip of
+    that caption, seed 0); ``frames`` of any length (objects bounce off the borders)."""
+    from attnlab.data.video import Video
+
+    if not spec.startswith(WORLD_PREFIX):
+        raise ValueError(f"a world clip is named 'world:<seed>' or 'world:<caption>', got {spec!r}")
+    rest = spec[len(WORLD_PREFIX) :].strip()
+    scene = (
+        sample_scene(np.random.default_rng(int(rest)))
+        if rest.isdigit()
+        else scene_for_caption(rest)
+    )
+    clip = render(scene, frames, size)
+    u8 = (clip.frames01() * 255).round().astype(np.uint8)
+    return Video(u8, fps=8.0, source_fps=8.0, indices=np.arange(frames), id=spec)
 
 
 _CAPTION = re.compile(

@@ -40,6 +40,10 @@ from attnlab.models.organisms import TRAIN_FRAMES
 REFERENCE_CLIP = "cup"
 # a caption of the procedural world the organisms were trained on (attnlab.world)
 ORGANISM_PROMPT = "a red circle moving to the right on a black background"
+REFERENCE_HELP = (
+    "real clip: a sample name, a video path or frame folder, 'world:<caption>' or "
+    "'world:<seed>' (default: a world clip of the prompt for organisms, else cup)"
+)
 SIMILARITY_BACKEND = "stlpips"  # offline, real weights (DreamSim needs user-supplied weights)
 
 
@@ -58,7 +62,8 @@ class Context:
     seed: int = 0
     device: str | None = None
     models: tuple[str, ...] = ("organism-none", "organism-sinusoidal", "organism-rope")
-    reference: str = REFERENCE_CLIP  # the real clip of the maps, similarity and transfer runs
+    # the real clip of the maps, similarity and transfer runs (None: default_reference)
+    reference: str | None = None
     log: Callable[[str], None] = print
     _pipes: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -83,6 +88,10 @@ class Context:
             )
         return self._pipes[model]
 
+    def real_clip(self) -> str:
+        """The real clip of this context: ``reference`` or :func:`default_reference`."""
+        return self.reference or default_reference(self.model, self.prompt)
+
     def settings(self, frames: int, **kw: Any) -> GenerationSettings:
         return GenerationSettings(
             prompt=kw.pop("prompt", self.prompt or default_prompt(self.model)),
@@ -101,6 +110,22 @@ def default_prompt(model: str) -> str:
     if str(model).startswith("organism-"):
         return ORGANISM_PROMPT
     return "a polar bear playing drums in Times Square"
+
+
+def default_reference(model: str, prompt: str | None = None) -> str:
+    """The real clip an experiment compares ``model`` with: for the organisms a clip of their
+    own world showing the prompt's caption (``"world:<caption>"``: in their training
+    distribution, any length); for every other model the natural sample clip ``cup``."""
+    if not str(model).startswith("organism-"):
+        return REFERENCE_CLIP
+    from attnlab.data.world import parse_caption
+
+    caption = prompt or ORGANISM_PROMPT
+    try:
+        parse_caption(caption)
+    except ValueError:
+        caption = ORGANISM_PROMPT
+    return f"world:{caption}"
 
 
 def _done(store: Path) -> set[str]:
@@ -131,7 +156,7 @@ def _real(ctx: Context, store: Path, name: str, frames: int, timesteps=(600, 400
         return
     from attnlab.lab.real import load_clip, record_real
 
-    clip = load_clip(ctx.reference, frames=frames, fps=8.0, if_short="spread")
+    clip = load_clip(ctx.real_clip(), frames=frames, fps=8.0, if_short="spread")
     record_real(
         ctx.pipe(),
         clip,
@@ -293,7 +318,7 @@ def run_transfer(ctx: Context) -> None:
     n = ctx.frames[0]
     _real(ctx, store, "reference", n)
     _synthetic(ctx, store, "before", n)
-    clip = load_clip(ctx.reference, frames=n, fps=8.0, if_short="spread")
+    clip = load_clip(ctx.real_clip(), frames=n, fps=8.0, if_short="spread")
     _synthetic(
         ctx, store, "after", n, [Transfer(clip.frames, similarity=SIMILARITY_BACKEND, levels=[0])]
     )
@@ -594,7 +619,7 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--data", default="analyses/data")
     p.add_argument("--figures", default="figures")
-    p.add_argument("--reference", default=REFERENCE_CLIP, help="real sample clip for real maps")
+    p.add_argument("--reference", default=None, help=REFERENCE_HELP)
     a = p.parse_args(argv)
     size = 32 if str(a.model).startswith("organism-") else 64
     ctx = Context(

@@ -70,14 +70,13 @@ def run_demo(
     if unknown:
         raise ValueError(f"unknown demo experiments {unknown}; available: {', '.join(STORY)}")
     from attnlab.core.sites import sites
-    from attnlab.lab.analysis import REFERENCE_CLIP
     from attnlab.models import DEFAULT_MODEL
 
     t0 = time.time()
     organism = model is None or str(model).startswith("organism-")
     size = size or (32 if organism else 64)  # the organisms are trained at 32 x 32
     ctx = Context(
-        reference=reference or REFERENCE_CLIP,
+        reference=reference,
         model=model or DEFAULT_MODEL,
         data=out / "data",
         figures=out / "figures",

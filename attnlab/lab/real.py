@@ -34,8 +34,11 @@ def load_clip(
     davis_root: str | os.PathLike | None = None,
     if_short: str = "error",
 ):
-    """A :class:`attnlab.video.Video` from a path, a DAVIS sequence name, a sample name or a Video."""
+    """A :class:`attnlab.video.Video` from a path, a DAVIS sequence name, a sample name, a
+    world clip (``"world:<seed>"`` or ``"world:<caption>"``, rendered at ``frames`` frames,
+    64 x 64, from frame ``start``; ``fps`` does not apply) or a Video."""
     from attnlab.data.video import Video, read_davis, read_video
+    from attnlab.data.world import WORLD_PREFIX, world_video
 
     if isinstance(video, Video):
         return (
@@ -44,6 +47,9 @@ def load_clip(
             else video
         )
     ref = str(video)
+    if ref.startswith(WORLD_PREFIX) and not Path(ref).exists():
+        clip = world_video(ref, frames=start + frames)
+        return clip if not start else clip.select(frames, fps=None, start=start)
     if davis_root is not None and not Path(ref).exists():
         return read_davis(davis_root, ref, frames=frames, fps=fps, start=start, if_short=if_short)
     if not Path(ref).exists():
@@ -54,7 +60,8 @@ def load_clip(
             return read_sample(ref, frames=frames, fps=fps, start=start, if_short=if_short)
         raise FileNotFoundError(
             f"video {ref!r} not found: not a file or frame folder, not a sample clip "
-            f"({', '.join(sorted(names))}), and no --davis-root given for a DAVIS sequence"
+            f"({', '.join(sorted(names))}), not a world clip ('world:<seed>' or "
+            "'world:<caption>'), and no --davis-root given for a DAVIS sequence"
         )
     return read_video(ref, frames=frames, fps=fps, start=start, if_short=if_short)
 

