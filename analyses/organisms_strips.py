@@ -2,6 +2,12 @@
 maps recorded while generating it (attnlab.metrics.band_concentration, k = 1).
 
     python analyses/organisms_strips.py [--out docs/figures/organisms/organisms_strips]
+
+Other models (committed names or saved pipeline folders, ``LABEL=FOLDER`` to name a row) and
+the four direction captions instead of the demo's:
+
+    python analyses/organisms_strips.py --model organism-sinusoidal --model zt=/tmp/zt/pipeline \
+        --directions --out /tmp/directions
 """
 
 import argparse
@@ -13,15 +19,32 @@ import torch
 
 from attnlab.data.evaluator import summarize
 from attnlab.data.metrics import band_concentration
-from attnlab.lab.organism_demo import demo_figure
+from attnlab.lab.organism_demo import DEMO_CAPTIONS, demo_figure
+
+DIRECTION_CAPTIONS = (
+    "a red circle moving to the right on a black background",
+    "a red circle moving to the left on a black background",
+    "a yellow square moving down on a dark blue background",
+    "a yellow square moving up on a dark blue background",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="docs/figures/organisms/organisms_strips")
+    p.add_argument("--model", action="append", help="name, folder or LABEL=FOLDER (repeatable)")
+    p.add_argument("--directions", action="store_true", help="four direction captions")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    paths, results = demo_figure(Path(a.out))
+    kw = {}
+    labels: dict[str, str] = {}
+    if a.model:
+        for m in a.model:
+            label, _, ref = m.rpartition("=")
+            labels[ref] = label or ref
+        kw["models"] = tuple(labels)
+    kw["captions"] = DIRECTION_CAPTIONS if a.directions else DEMO_CAPTIONS
+    paths, results = demo_figure(Path(a.out), labels=labels, **kw)
     print(paths)
     n = results[0]["map"].shape[0]
     print(f"uniform band concentration k=1 at {n} frames: {(3 * n - 2) / n**2:.3f}")

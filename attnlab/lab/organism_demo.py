@@ -119,11 +119,16 @@ def fig_organism_strips(results: list[dict[str, Any]], n_frames: int = 8):
     return fig
 
 
-def demo_figure(out: Path, **kwargs: Any) -> tuple[list[Path], list[dict[str, Any]]]:
-    """Generate, draw and save the strips figure to ``out`` (png); returns paths and results."""
+def demo_figure(
+    out: Path, labels: dict[str, str] | None = None, **kwargs: Any
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Generate, draw and save the strips figure to ``out`` (png); returns paths and results.
+    ``labels`` names models in the figure (e.g. a pipeline folder by a short label)."""
     from attnlab.lab.plots import save_figure
 
     results = run_organisms(**kwargs)
+    for r in results:
+        r["model"] = (labels or {}).get(r["model"], r["model"])
     fig = fig_organism_strips(results)
     return save_figure(fig, out, formats=("png",), dpi=150), results
 
