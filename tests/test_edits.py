@@ -108,6 +108,7 @@ def test_presets_and_parsing():
         (lambda: Replace([[1.0, -1.0], [1, 1]]), "negative"),
         (lambda: Replace([[0.0, 0.0], [1, 1]]), "sum to 0"),
         (lambda: Transfer("/no/such/video.mp4"), "not found"),
+        (lambda: Transfer("world:a purple cat"), "not a caption of the world"),
         (lambda: Transfer(np.ones((2, 3))), "square"),
         (lambda: attnlab.Synopsis(["a", "b"], key_frames=[3, 1]), "strictly increasing"),
         (lambda: attnlab.Synopsis(["a", "b"], key_frames=[0]), "one frame per state"),
@@ -323,6 +324,25 @@ def test_transfer_from_frames_with_an_offline_backend(tmp_path, monkeypatch):
     sim = edit.reference_similarity()
     assert sim.shape == (6, 6)
     np.testing.assert_allclose(np.diag(sim), 1.0, atol=1e-6)
+
+
+def test_transfer_from_a_world_clip_is_that_clips_similarity(tmp_path, monkeypatch):
+    """``Transfer("world:<caption>")`` (also ``transfer:world:...`` on the command line) takes
+    the similarity matrix of that world clip, as computed from its frames directly."""
+    from attnlab.data.similarity import similarity_matrix
+    from attnlab.data.world import world_video
+    from attnlab.edits import parse_edit
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    ref = "world:a red circle moving to the right on a black background"
+    edit = parse_edit(f"transfer:{ref}")
+    assert isinstance(edit, Transfer) and edit.reference == ref
+    edit.similarity = "pixel"
+    want = similarity_matrix(world_video(ref, frames=16).frames, "pixel").values
+    np.testing.assert_allclose(edit.reference_similarity(), want, rtol=0, atol=0)
+    # a moving object: similarity falls with the frame distance until the object no longer
+    # overlaps its first position (from about 4 frames on: no further change worth comparing)
+    assert want[0, 1] > want[0, 2] + 0.1 > want[0, 4] + 0.2 > 0.2 > want[0, 8]
 
 
 def test_timestep_windows_refuse_continuous_noise_levels():

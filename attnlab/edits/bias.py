@@ -174,13 +174,21 @@ class TAR(LogitBias):
         return gaussian_prior(frames, self.sigma[site.level])
 
 
+def _is_world(reference: str) -> bool:
+    """``world:<caption>`` / ``world:<seed>``: a clip of attnlab's procedural world."""
+    from attnlab.data.world import WORLD_PREFIX
+
+    return reference.startswith(WORLD_PREFIX) and not Path(reference).exists()
+
+
 @register
 class Transfer(LogitBias):
     """Reference-dynamics transfer (paper Sec. 4.1, Fig. 8): TAR with a reference video's
     inter-frame similarity matrix as ``dA`` instead of the Gaussian band.
 
     ``reference``: a video path (read with :func:`attnlab.video.read_video`), a sample clip
-    name (``cup``, ``box``, ...; see ``attnlab datasets list``), frames
+    name (``cup``, ``box``, ...; see ``attnlab datasets list``), a world clip
+    (``"world:<caption>"`` or ``"world:<seed>"``, :func:`attnlab.data.world.world_video`), frames
     (``[F, H, W, 3]`` uint8 or ``[F, 3, H, W]`` in [-1, 1]) or a precomputed F x F similarity
     matrix. The matrix (from ``similarity`` backend: "dreamsim", "stlpips", "pixel", ...) is
     resampled to the generated frame count and ``normalise``d: "minmax" (to [0, 1], the band's
@@ -214,14 +222,22 @@ class Transfer(LogitBias):
         self.reference_matrix: np.ndarray | None = None
         if isinstance(reference, (str, Path)):
             self.reference: str | None = str(reference)
-            if not Path(reference).exists():
+            if _is_world(self.reference):
+                from attnlab.data.world import world_video
+
+                try:
+                    world_video(self.reference, frames=1, size=8)
+                except ValueError as e:
+                    raise EditError(f"reference {self.reference!r}: {e}") from None
+            elif not Path(reference).exists():
                 from attnlab.data.datasets import list_samples
 
                 names = [s.name for s in list_samples()]
                 if str(reference) not in names:
                     raise EditError(
                         f"reference video {str(reference)!r} not found: not a file or frame "
-                        f"folder, and not a sample clip ({', '.join(names)})"
+                        f"folder, not a sample clip ({', '.join(names)}), and not a world clip "
+                        "('world:<caption>' or 'world:<seed>')"
                     )
         else:
             self.reference = None
@@ -254,7 +270,11 @@ class Transfer(LogitBias):
             from attnlab.data.video import read_video
 
             assert self.reference is not None
-            if Path(self.reference).exists():
+            if _is_world(self.reference):
+                from attnlab.data.world import world_video
+
+                video = world_video(self.reference, frames=self.frames or 16)
+            elif Path(self.reference).exists():
                 video = read_video(self.reference, frames=self.frames)
             else:  # a sample clip name (checked in __init__), fetched on first use
                 from attnlab.data.datasets import read_sample
