@@ -445,7 +445,7 @@ def time_variants(
     result: dict[str, Any] = {}
     for name in variants:
         ratios = [t / p for t, p in zip(times[name], times["plain"])]
-        cpu_ratios = [t / p for t, p in zip(cpu[name], cpu["plain"])]
+        cpu_ratios = [t / p if p > 0 else float("nan") for t, p in zip(cpu[name], cpu["plain"])]
         diff = (outputs[name] - ref).abs().max().item()
         result[name] = {
             "time_s": summary(times[name]),

@@ -164,7 +164,11 @@ def time_variants(cfg: JointBenchConfig, variants: list[str]) -> dict[str, Any]:
             "time_ratio": _summary([t / p for t, p in zip(times[name], times["plain"])]),
             # CPU time of the process: with one thread, the work done, whatever else runs on
             # a shared machine (wall time counts the waits for a core too)
-            "cpu_time_ratio": _summary([t / p for t, p in zip(cpu[name], cpu["plain"])]),
+            # (a sub-millisecond call's process CPU time is at the clock's resolution: no ratio
+            # where plain's reads as zero or less)
+            "cpu_time_ratio": _summary(
+                [t / p if p > 0 else float("nan") for t, p in zip(cpu[name], cpu["plain"])]
+            ),
             "max_abs_diff": float((outs[name] - ref).abs().max()),
         }
     return result
