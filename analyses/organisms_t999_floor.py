@@ -31,6 +31,7 @@ from attnlab.data.world import (
     render,
     sample_scene,
     scene_for_caption,
+    world_clip,
 )
 from attnlab.models.organisms import WEIGHTS, PatchCodec
 from attnlab.models.training import TRAIN_FRAMES
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(999)  # the flip probe's clips
     probe = [render(sample_scene(rng, DIRECTIONS), TRAIN_FRAMES, size) for _ in range(8)]
     x = latents([c.video for c in probe])
-    blind = latents([world_clip_video(50_000 + s, size) for s in range(a.clips)]).mean(0)
+    blind = latents([world_clip(50_000 + s, TRAIN_FRAMES, size).video for s in range(a.clips)])
+    blind = blind.mean(0)
     rows: dict[str, list[float]] = {"true": [], "no direction": [], "swapped": [], "empty": []}
     for i, clip in enumerate(probe):
         cap = clip.caption
@@ -75,10 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in rows.items():
         print(f"  {name:<13} {np.mean(v):.3f}")
     return 0
-
-
-def world_clip_video(seed: int, size: int) -> torch.Tensor:
-    return render(sample_scene(np.random.default_rng(seed)), TRAIN_FRAMES, size).video
 
 
 if __name__ == "__main__":

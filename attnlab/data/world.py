@@ -255,6 +255,13 @@ def scene_for_caption(caption: str, seed: int = 0) -> Scene:
 WORLD_PREFIX = "world:"
 
 
+def is_world_spec(ref: str) -> bool:
+    """``ref`` names a world clip (``world:<caption>`` / ``world:<seed>``), not a file."""
+    from pathlib import Path
+
+    return ref.startswith(WORLD_PREFIX) and not Path(ref).exists()
+
+
 def world_video(spec: str, frames: int = 16, size: int = 64):
     """A real world clip as an :class:`attnlab.data.video.Video` (8 fps), named by ``spec``:
     ``"world:<seed>"`` (the clip of :func:`world_clip`) or ``"world:<caption>"`` (a clip of
@@ -264,12 +271,10 @@ def world_video(spec: str, frames: int = 16, size: int = 64):
     if not spec.startswith(WORLD_PREFIX):
         raise ValueError(f"a world clip is named 'world:<seed>' or 'world:<caption>', got {spec!r}")
     rest = spec[len(WORLD_PREFIX) :].strip()
-    scene = (
-        sample_scene(np.random.default_rng(int(rest)))
-        if rest.isdigit()
-        else scene_for_caption(rest)
-    )
-    clip = render(scene, frames, size)
+    if rest.isdigit():
+        clip = world_clip(int(rest), frames, size)
+    else:
+        clip = render(scene_for_caption(rest), frames, size)
     u8 = (clip.frames01() * 255).round().astype(np.uint8)
     return Video(u8, fps=8.0, source_fps=8.0, indices=np.arange(frames), id=spec)
 

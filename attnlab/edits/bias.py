@@ -174,13 +174,6 @@ class TAR(LogitBias):
         return gaussian_prior(frames, self.sigma[site.level])
 
 
-def _is_world(reference: str) -> bool:
-    """``world:<caption>`` / ``world:<seed>``: a clip of attnlab's procedural world."""
-    from attnlab.data.world import WORLD_PREFIX
-
-    return reference.startswith(WORLD_PREFIX) and not Path(reference).exists()
-
-
 @register
 class Transfer(LogitBias):
     """Reference-dynamics transfer (paper Sec. 4.1, Fig. 8): TAR with a reference video's
@@ -222,9 +215,9 @@ class Transfer(LogitBias):
         self.reference_matrix: np.ndarray | None = None
         if isinstance(reference, (str, Path)):
             self.reference: str | None = str(reference)
-            if _is_world(self.reference):
-                from attnlab.data.world import world_video
+            from attnlab.data.world import is_world_spec, world_video
 
+            if is_world_spec(self.reference):
                 try:
                     world_video(self.reference, frames=1, size=8)
                 except ValueError as e:
@@ -270,9 +263,9 @@ class Transfer(LogitBias):
             from attnlab.data.video import read_video
 
             assert self.reference is not None
-            if _is_world(self.reference):
-                from attnlab.data.world import world_video
+            from attnlab.data.world import is_world_spec, world_video
 
+            if is_world_spec(self.reference):
                 video = world_video(self.reference, frames=self.frames or 16)
             elif Path(self.reference).exists():
                 video = read_video(self.reference, frames=self.frames)

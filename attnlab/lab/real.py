@@ -38,7 +38,7 @@ def load_clip(
     world clip (``"world:<seed>"`` or ``"world:<caption>"``, rendered at ``frames`` frames,
     64 x 64, from frame ``start``; ``fps`` does not apply) or a Video."""
     from attnlab.data.video import Video, read_davis, read_video
-    from attnlab.data.world import WORLD_PREFIX, world_video
+    from attnlab.data.world import is_world_spec, world_video
 
     if isinstance(video, Video):
         return (
@@ -47,7 +47,7 @@ def load_clip(
             else video
         )
     ref = str(video)
-    if ref.startswith(WORLD_PREFIX) and not Path(ref).exists():
+    if is_world_spec(ref):
         clip = world_video(ref, frames=start + frames)
         return clip if not start else clip.select(frames, fps=None, start=start)
     if davis_root is not None and not Path(ref).exists():
