@@ -44,8 +44,7 @@ from attnlab.core import dims as D
 from attnlab.core.api import edit, record
 from attnlab.data.evaluator import WORLD_SPEED, evaluate, per_frame_rates
 from attnlab.data.metrics import band_concentration, band_profile
-from attnlab.data.video import Video
-from attnlab.data.world import DIRECTIONS, render, sample_scene, world_clip
+from attnlab.data.world import DIRECTIONS, render, sample_scene, video_of, world_clip
 from attnlab.edits import PRESETS, TAR, Replace, Transfer
 from attnlab.lab.analysis import LEVEL_SETS, SIMILARITY_BACKEND, frame_change
 from attnlab.lab.experiments import level_set_label
@@ -88,12 +87,6 @@ def moving_seeds(n: int) -> list[int]:
             out.append(EVAL_SEED + i)
         i += 1
     return out
-
-
-def as_video(frames01: np.ndarray, name: str) -> Video:
-    """World frames ``[F, H, W, 3]`` in [0, 1] as an attnlab Video (uint8, 8 fps)."""
-    u8 = (np.asarray(frames01) * 255).round().clip(0, 255).astype(np.uint8)
-    return Video(u8, fps=8.0, source_fps=8.0, indices=np.arange(len(u8)), id=name)
 
 
 def video_scores(videos: np.ndarray, captions: list[str]) -> dict[str, list[float]]:
@@ -212,7 +205,7 @@ def claim_maps(lab: Lab) -> dict[str, Any]:
             clip = world_clip(s, frames=n)
             rec = record_real(
                 pipe,
-                as_video(clip.frames01(), f"world-{s}"),
+                clip.to_video(f"world-{s}"),
                 prompt=clip.caption,
                 frames=n,
                 height=32,
@@ -350,7 +343,7 @@ def claim_transfer(lab: Lab) -> dict[str, Any]:
     for name, speed in (("slow", SLOW), ("fast", FAST)):
         ref = reference_clip(lab.seeds[0], speed, n)
         s = evaluate(ref, lab.captions[0])
-        sim = similarity_matrix(as_video(ref, "ref").frames, SIMILARITY_BACKEND).values
+        sim = similarity_matrix(video_of(ref, "ref").frames, SIMILARITY_BACKEND).values
         rows = video_scores(
             lab.generate("organism-none", n, [Transfer(sim, similarity=SIMILARITY_BACKEND)]),
             lab.captions,

@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         help="share of clips with timesteps drawn from --noisy-min..999 (the rest: t-min..999)",
     )
     p.add_argument("--noisy-min", type=int, default=800)
+    p.add_argument(
+        "--reference-clips",
+        type=int,
+        default=0,
+        help="video phases: regress on the posterior-weighted mean of the clip and this many "
+        "fresh clips of its caption (stable target field; 0: the clip alone)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--batch", type=int, default=4, help="clips per video step")
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         noisy_share=a.noisy_share,
         noisy_min=a.noisy_min,
         probe_timesteps=tuple(a.probe_t),
+        reference_clips=a.reference_clips,
     )
     image_ckpt = run / "image" / "ckpt.pt"
     if a.image:
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=40,
             seed=a.seed,
             spec=spec,
-            **schedule,
+            **{**schedule, "reference_clips": 0},  # (single frames: no reference clips)
         )
         tr = Trainer(cfg, codec, image_ckpt)
         log(f"image phase from step {tr.step} to {a.image_steps}")
@@ -263,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                 "right/left/up/down 0.175 each, grow/shrink/recolor 0.1 each, time-reversed "
                 "pairs with opposite captions; image phase: single random frames"
             )
+            if a.reference_clips:
+                rec["data"] += (
+                    f"; video targets: posterior-weighted mean of each clip and "
+                    f"{a.reference_clips} fresh clips of its caption (stable target field)"
+                )
             opts = ""
             if a.min_snr != 5.0:
                 opts += f" --min-snr {a.min_snr:g}"
@@ -272,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                 opts += f" --t-min {a.t_min}"
             if a.noisy_share:
                 opts += f" --noisy-share {a.noisy_share:g} --noisy-min {a.noisy_min}"
+            refs = f" --reference-clips {a.reference_clips}" if a.reference_clips else ""
             rec["command"] = (
                 "python analyses/train_organisms.py --codec; "
                 f"--image --image-steps {image_rec['steps']}{opts}; "
-                f"--worker --video-steps {tr.step}{opts} (two workers side by side); "
+                f"--worker --video-steps {tr.step}{opts}{refs} (two workers side by side); "
                 f"--export{opts}"
             )
             sched = organism_scheduler(a.zero_terminal_snr)

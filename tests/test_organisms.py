@@ -309,6 +309,91 @@ def test_noisy_share_trains_that_share_of_clip_pairs_at_the_noisy_end(tmp_path, 
         T.Trainer(T.TrainConfig(spec=spec, noisy_share=1.5), codec, tmp_path / "x.pt", text=text)
 
 
+def test_reference_target_is_the_posterior_mean_of_the_clip_and_its_references():
+    """Stable target field (Xu et al. 2023) against a direct computation: softmax over the
+    candidates (clip first) of -|x_t - sqrt(a) z|^2 / (2 (1 - a)), then the weighted mean.
+    Pure noise (a = 0): the plain mean of all; a clear input (a near 1): the clip itself. The
+    two computations differ (float64 differences vs float32 distances): tolerance 1e-5."""
+    from attnlab.models.training import reference_target
+
+    g = torch.Generator().manual_seed(0)
+    lat, refs = torch.randn(3, 2, 4, 3, 3, generator=g), torch.randn(3, 5, 2, 4, 3, 3, generator=g)
+    noise = torch.randn(3, 2, 4, 3, 3, generator=g)
+    alpha = torch.tensor([0.0, 0.004, 0.999])
+    got = reference_target(lat, refs, alpha, noise)
+    for i, a in enumerate(alpha.tolist()):
+        xt = a**0.5 * lat[i] + (1 - a) ** 0.5 * noise[i]
+        cands = torch.cat([lat[i : i + 1], refs[i]])
+        logp = torch.stack([-((xt - a**0.5 * z) ** 2).sum() / (2 * (1 - a)) for z in cands])
+        want = (torch.softmax(logp, 0).view(-1, 1, 1, 1, 1) * cands).sum(0)
+        assert torch.allclose(got[i], want, atol=1e-5), i
+    assert torch.allclose(got[0], torch.cat([lat[:1], refs[0]]).mean(0), atol=1e-6)
+    assert torch.allclose(got[2], lat[2], atol=1e-6)
+    w = torch.softmax(torch.tensor([0.0]), 0)  # (one candidate: the clip, whatever the noise)
+    assert torch.allclose(reference_target(lat, refs[:, :0], alpha, noise), lat * w)
+
+
+def test_v_loss_regresses_on_the_given_estimate_of_the_clip():
+    """With ``x0`` the v target is (sqrt(a) x_t - x0) / sqrt(1 - a): at a = 0 (pure noise,
+    zero terminal SNR) that is -x0 whatever the clip; with the clip itself as the estimate it is
+    the plain target (float rounding apart: tolerance 1e-5)."""
+    from types import SimpleNamespace
+
+    from attnlab.models.training import v_loss
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, tt, emb):
+            return SimpleNamespace(sample=torch.zeros_like(x))
+
+    torch.manual_seed(0)
+    alphas = torch.linspace(0.99, 0.0, 1000)
+    lat, noise, est = (torch.randn(2, 4, 3, 2, 2) for _ in range(3))
+    t = torch.tensor([100, 999])
+    plain = v_loss(Zero(), alphas, lat, None, t, noise, None)
+    assert torch.allclose(v_loss(Zero(), alphas, lat, None, t, noise, None, lat), plain, atol=1e-5)
+    got = v_loss(Zero(), alphas, lat, None, t, noise, None, est)
+    assert torch.allclose(got[1], (est[1] ** 2).mean(), atol=1e-6)  # target -est at t = 999
+    assert not torch.allclose(got[1], plain[1], atol=1e-3)
+
+
+def test_reference_clips_are_clips_of_each_caption_and_change_the_noisy_end_target(
+    tmp_path, monkeypatch
+):
+    """``reference_clips``: each training clip gets that many fresh clips of its own caption (of
+    the training mix for the empty caption) and the v target at the pure-noise end becomes
+    their mean with the clip; 0 (the default) leaves the step as it was; negative is refused."""
+    from attnlab.models import training as T
+
+    spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
+    codec = T.fit_codec(spec, torch.rand(8, 3, 32, 32) * 2 - 1)
+    text = text_encoder_and_tokenizer()
+    drawn: list[str] = []
+    render = T.render
+    monkeypatch.setattr(
+        T, "render", lambda sc, *r, **k: drawn.append(sc.caption) or render(sc, *r, **k)
+    )
+    cfg = T.TrainConfig(frame_pe="none", batch=2, seed=1, spec=spec, reference_clips=3)
+    tr = T.Trainer(cfg, codec, tmp_path / "r.pt", text=text)
+    cap = "a red circle moving up on a black background"
+    drawn.clear()
+    z = tr._references([cap, ""], 16)
+    assert z.shape == (2, 3, 8, 16, 8, 8)
+    assert drawn[:3] == [cap] * 3 and len(drawn) == 6
+    seen: list[tuple] = []
+    v_loss = T.v_loss
+    monkeypatch.setattr(T, "v_loss", lambda *r: seen.append(r) or v_loss(*r))
+    for k, name in ((3, "with"), (0, "without")):
+        c = T.TrainConfig(frame_pe="none", batch=2, seed=1, spec=spec, reference_clips=k)
+        c.noisy_share, c.noisy_min = 1.0, 999  # pure noise: the estimate is the mean of 4 clips
+        T.Trainer(c, codec, tmp_path / f"{name}.pt", text=text).run(1, log=None)
+    (lat, t, x0), plain = (seen[0][i] for i in (2, 4, 7)), seen[1]
+    assert t.tolist() == [999, 999] and plain[7] is None
+    assert not torch.allclose(x0, lat, atol=1e-3)  # a mean of four clips, not the clip
+    assert torch.allclose(plain[2], lat)  # (same data either way: references drawn after it)
+    with pytest.raises(ValueError, match="reference_clips"):
+        T.Trainer(T.TrainConfig(spec=spec, reference_clips=-1), codec, tmp_path / "x.pt", text=text)
+
+
 def test_an_organism_samples_with_the_schedule_it_was_trained_with(tmp_path, monkeypatch):
     """``save_organism(..., scheduler=)`` stores the training schedule beside the weights and
     ``organism_path`` builds the pipeline with it (here the zero-terminal-SNR one); weights

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from attnlab.data.video import Video
 
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.9, 0.1, 0.1),
@@ -119,6 +122,18 @@ class Clip:
     def frames01(self) -> np.ndarray:
         """The video as ``[F, H, W, 3]`` in [0, 1] (the evaluator's and plots' layout)."""
         return ((self.video.permute(0, 2, 3, 1).numpy() + 1) / 2).clip(0, 1)
+
+    def to_video(self, name: str) -> Video:
+        """The clip as an attnlab :class:`~attnlab.data.video.Video` named ``name``."""
+        return video_of(self.frames01(), name)
+
+
+def video_of(frames01: np.ndarray, name: str) -> Video:
+    """World frames ``[F, H, W, 3]`` in [0, 1] as an attnlab ``Video`` (uint8, 8 fps)."""
+    from attnlab.data.video import Video
+
+    u8 = (np.asarray(frames01) * 255).round().clip(0, 255).astype(np.uint8)
+    return Video(u8, fps=8.0, source_fps=8.0, indices=np.arange(len(u8)), id=name)
 
 
 def _reflect(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -262,12 +277,10 @@ def is_world_spec(ref: str) -> bool:
     return ref.startswith(WORLD_PREFIX) and not Path(ref).exists()
 
 
-def world_video(spec: str, frames: int = 16, size: int = 64):
+def world_video(spec: str, frames: int = 16, size: int = 64) -> Video:
     """A real world clip as an :class:`attnlab.data.video.Video` (8 fps), named by ``spec``:
     ``"world:<seed>"`` (the clip of :func:`world_clip`) or ``"world:<caption>"`` (a clip of
     that caption, seed 0); ``frames`` of any length (objects bounce off the borders)."""
-    from attnlab.data.video import Video
-
     if not spec.startswith(WORLD_PREFIX):
         raise ValueError(f"a world clip is named 'world:<seed>' or 'world:<caption>', got {spec!r}")
     rest = spec[len(WORLD_PREFIX) :].strip()
@@ -275,8 +288,7 @@ def world_video(spec: str, frames: int = 16, size: int = 64):
         clip = world_clip(int(rest), frames, size)
     else:
         clip = render(scene_for_caption(rest), frames, size)
-    u8 = (clip.frames01() * 255).round().astype(np.uint8)
-    return Video(u8, fps=8.0, source_fps=8.0, indices=np.arange(frames), id=spec)
+    return clip.to_video(spec)
 
 
 _CAPTION = re.compile(

@@ -44,7 +44,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnlab.data.world import DIRECTIONS, MOTIONS, flip_direction, grammar, render, sample_scene
+from attnlab.data.world import (
+    DIRECTIONS,
+    MOTIONS,
+    flip_direction,
+    grammar,
+    render,
+    sample_scene,
+    scene_for_caption,
+)
 from attnlab.models.organisms import (
     ORGANISMS,
     TRAIN_FRAMES,
@@ -160,6 +168,12 @@ class TrainConfig:
     # training where the input no longer shows the trajectory and only the caption can tell it
     noisy_share: float = 0.0
     noisy_min: int = 800
+    # > 0: the v target uses the posterior-weighted mean of the clip and this many fresh clips of
+    # the same caption instead of the clip alone (stable target field, Xu et al. 2023;
+    # reference_target): the same optimum, far less variance where the input is nearly pure
+    # noise, so the caption-dependent mean there (e.g. where a "moving right" object is at each
+    # frame) becomes learnable; 0: the plain target (and no extra random draws)
+    reference_clips: int = 0
 
 
 class TextCache:
@@ -178,6 +192,28 @@ class TextCache:
         return torch.stack([self.cache[t] for t in texts])
 
 
+def reference_target(
+    lat: torch.Tensor, refs: torch.Tensor, alpha: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """Stable-target-field estimate of E[x0 | x_t] (Xu et al., ICLR 2023): the mean of the clip
+    ``lat`` ``[B, ...]`` and its references ``refs`` ``[B, K, ...]`` (clips of the same caption)
+    weighted by their likelihood of having produced x_t = sqrt(a) lat + sqrt(1-a) noise,
+    p(x_t | z) ~ exp(-|x_t - sqrt(a) z|^2 / (2 (1 - a))). ``alpha`` ``[B]``. At a = 0 (pure
+    noise) the weights are equal (the references' mean); where the input still shows the
+    clip, the clip itself (its weight -> 1)."""
+    b = lat.shape[0]
+    a = alpha.double().view(b, 1)
+    z = lat.double().flatten(1)
+    d = z[:, None] - refs.double().flatten(2)  # clip minus each reference  [B, K, D]
+    eps = noise.double().flatten(1)
+    # log p(x_t | ref) - log p(x_t | clip), with x_t - sqrt(a) ref = sqrt(a) d + sqrt(1-a) eps
+    rel = -(a * (d**2).sum(-1) + 2 * (a * (1 - a)).sqrt() * (d * eps[:, None]).sum(-1))
+    rel = rel / (2 * (1 - a)).clamp_min(1e-12)
+    w = torch.softmax(torch.cat([torch.zeros(b, 1, dtype=rel.dtype), rel], 1), 1)  # clip first
+    est = w[:, :1] * z + (w[:, 1:, None] * (z[:, None] - d)).sum(1)
+    return est.view_as(lat).to(lat.dtype)
+
+
 def v_loss(
     unet: OrganismUNet,
     alphas: torch.Tensor,
@@ -186,12 +222,17 @@ def v_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     min_snr: float | None,
+    x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sample v-prediction loss; ``lat`` ``[B, C, F, h, w]``. v = sqrt(a) eps - sqrt(1-a) x0
-    (Salimans & Ho 2022, eq. in Sec. 4); weight min(SNR, gamma) / (SNR + 1) (Hang et al. 2023)."""
+    (Salimans & Ho 2022, eq. in Sec. 4); weight min(SNR, gamma) / (SNR + 1) (Hang et al. 2023).
+    ``x0``: an estimate of E[lat | x_t] to regress on instead of ``lat`` (:func:`reference_target`);
+    the v target is then the one consistent with it, (sqrt(a) x_t - x0) / sqrt(1 - a)."""
     a = alphas[t].view(-1, 1, 1, 1, 1)
     noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * lat
+    if x0 is not None:  # the same, with the estimate in place of the clip
+        target = target + (lat - x0) / (1 - a).sqrt()
     pred = unet(noisy, t, emb).sample
     per = ((pred - target) ** 2).mean((1, 2, 3, 4))
     if min_snr is None:
@@ -302,6 +343,8 @@ class Trainer:
                 f"noisy_min={cfg.noisy_min}, noisy_share={cfg.noisy_share}; allowed: "
                 f"noisy_min in 0..{len(self.alphas) - 1}, noisy_share in [0, 1]"
             )
+        if cfg.reference_clips < 0:
+            raise ValueError(f"reference_clips={cfg.reference_clips}; allowed: 0 (off) or more")
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -355,6 +398,23 @@ class Trainer:
             self.rng, cfg.batch, TRAIN_FRAMES, size, cfg.pairs, cfg.motions, cfg.motion_weights
         )
 
+    def _references(self, captions: list[str], frames: int) -> torch.Tensor:
+        """``cfg.reference_clips`` fresh latent clips per caption ``[B, K, C, F, h, w]``: clips of
+        that caption (:func:`scene_for_caption`), or of the training mix for the empty one."""
+        cfg, size = self.cfg, self.cfg.spec.size
+        vids = []
+        for c in captions:
+            for _ in range(cfg.reference_clips):
+                if c:
+                    scene = scene_for_caption(c, seed=int(self.rng.integers(2**31)))
+                else:
+                    scene = sample_scene(self.rng, cfg.motions, cfg.motion_weights)
+                vids.append(render(scene, frames, size).video)
+        with torch.no_grad():
+            z = self.codec.encode(torch.cat(vids)).latent_dist.mode()
+        z = z.unflatten(0, (len(captions), cfg.reference_clips, frames))
+        return z.transpose(2, 3)
+
     def train_step(self) -> float:
         cfg = self.cfg
         pixels, captions = self._batch()
@@ -363,7 +423,7 @@ class Trainer:
             lat = self.codec.encode(pixels.flatten(0, 1)).latent_dist.mode()
             lat = lat.unflatten(0, (b, f)).transpose(1, 2)
         drop = torch.rand(b, generator=self.gen) < cfg.uncond_prob
-        emb = self.text(["" if d else c for d, c in zip(drop.tolist(), captions)])
+        used = ["" if d else c for d, c in zip(drop.tolist(), captions)]
         t = torch.randint(cfg.t_min, len(self.alphas), (b,), generator=self.gen)
         if cfg.noisy_share > 0:  # (no extra draws otherwise: earlier runs resume unchanged)
             noisy = torch.rand(b, generator=self.gen) < cfg.noisy_share
@@ -376,10 +436,14 @@ class Trainer:
             # and is dropped to the empty caption together
             for i in range(1, b, 2):
                 if drop[i - 1]:
-                    emb[i] = emb[i - 1]
+                    used[i] = ""
+        emb = self.text(used)
+        x0 = None
+        if cfg.reference_clips > 0 and cfg.phase == "video":
+            x0 = reference_target(lat, self._references(used, f), self.alphas[t], noise)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
-        loss = v_loss(self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr).mean()
+        loss = v_loss(self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr, x0).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
