@@ -3,6 +3,7 @@ generate deterministically, and their components (RoPE, codec, data, training) d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -264,6 +265,13 @@ def test_training_resumes_bit_for_bit_and_starts_from_the_image_phase(tmp_path):
     for (n, x), y in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values()):
         assert torch.equal(x, y), n
     assert straight.losses == resumed.losses
+    assert resumed.record()["stages"] == []  # resumed with the same options: one stage
+    curriculum = dataclasses.replace(cfg, steps=4, noisy_share=0.5, noisy_min=900)
+    later = Trainer(curriculum, codec, tmp_path / "b.pt", text=text)
+    later.run(4, log=None)
+    again = Trainer(curriculum, codec, tmp_path / "b.pt", text=text)  # (and once more: no new)
+    want = [{"from_step": 3, "changed": {"noisy_share": 0.5, "noisy_min": 900}}]
+    assert again.record()["stages"] == want and again.step == 4
     init = {k: v + 1 for k, v in straight.unet.state_dict().items()}
     video = Trainer(
         TrainConfig(frame_pe="sinusoidal", spec=spec),

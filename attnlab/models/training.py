@@ -352,6 +352,7 @@ class Trainer:
         self.wall = 0.0
         self.losses: list[float] = []
         self.probes: list[dict[str, float]] = []
+        self.stages: list[dict[str, Any]] = [{"from_step": 0, "config": asdict(cfg)}]
         if self.ckpt.exists():
             self._load()
 
@@ -371,6 +372,7 @@ class Trainer:
                 "wall": self.wall,
                 "losses": self.losses,
                 "probes": self.probes,
+                "stages": self.stages,
             },
             self.ckpt,
         )
@@ -387,6 +389,15 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
         self.losses, self.probes = state["losses"], state["probes"]
+        # a run resumed with other options (a curriculum) records where each stage began
+        saved = {**asdict(TrainConfig()), **state["config"]}
+        self.stages = state.get("stages", [{"from_step": 0, "config": saved}])
+        now, was = asdict(self.cfg), {**saved}
+        for stage in self.stages[1:]:
+            was.update(stage["changed"])
+        changed = {k: v for k, v in now.items() if k != "steps" and was.get(k) != v}
+        if changed:
+            self.stages.append({"from_step": self.step, "changed": changed})
 
     # -- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, list[str]]:
@@ -512,6 +523,10 @@ class Trainer:
                 float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)
             ],
             "flip_probe": self.probes,
+            # the options in force from each step on (more than one: resumed with other options)
+            "stages": [
+                {"from_step": st["from_step"], "changed": st["changed"]} for st in self.stages[1:]
+            ],
             "parameters": sum(p.numel() for p in self.unet.parameters()),
             "torch_threads": torch.get_num_threads(),
             "device": "cpu",
