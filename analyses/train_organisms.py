@@ -24,9 +24,11 @@ outside the package:
         [--min-snr 0] [--temporal-text] [--motions directions] --save DIR
 
 The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min``,
-``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase; their defaults are the
-committed recipe. ``--lr``,
-``--warmup``, ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune``.
+``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase, ``--reference-clips`` and
+``--ema`` to the video phases; their defaults are the committed recipe. ``--lr``,
+``--warmup``, ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune``. A run
+resumed with other options records where each set began (``stages`` in its checkpoint and in
+``training.json``).
 """
 
 import argparse
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "fresh clips of its caption (stable target field; 0: the clip alone)",
     )
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--ema", type=float, default=0.995, help="video phases: EMA decay of the weights"
+    )
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--batch", type=int, default=4, help="clips per video step")
     p.add_argument("--probe-every", type=int, default=50)
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         noisy_min=a.noisy_min,
         probe_timesteps=tuple(a.probe_t),
         reference_clips=a.reference_clips,
+        ema=a.ema,
     )
     image_ckpt = run / "image" / "ckpt.pt"
     if a.image:
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=40,
             seed=a.seed,
             spec=spec,
-            **{**schedule, "reference_clips": 0},  # (single frames: no reference clips)
+            **{**schedule, "reference_clips": 0, "ema": 0.995},  # (video options)
         )
         tr = Trainer(cfg, codec, image_ckpt)
         log(f"image phase from step {tr.step} to {a.image_steps}")
@@ -286,12 +292,18 @@ def main(argv: list[str] | None = None) -> int:
             if a.noisy_share:
                 opts += f" --noisy-share {a.noisy_share:g} --noisy-min {a.noisy_min}"
             refs = f" --reference-clips {a.reference_clips}" if a.reference_clips else ""
+            refs += f" --ema {a.ema:g}" if a.ema != 0.995 else ""
             rec["command"] = (
                 "python analyses/train_organisms.py --codec; "
                 f"--image --image-steps {image_rec['steps']}{opts}; "
                 f"--worker --video-steps {tr.step}{opts}{refs} (two workers side by side); "
-                f"--export{opts}"
+                f"--export{opts}{refs}"
             )
+            was = dict(tr.stages[0]["config"])  # (the options above are the last stage's)
+            for stage in tr.stages[1:]:
+                before = ", ".join(f"{k}={was.get(k)}" for k in stage["changed"])
+                rec["command"] += f"; before video step {stage['from_step']}: {before}"
+                was.update(stage["changed"])
             sched = organism_scheduler(a.zero_terminal_snr)
             out = save_organism(tr.ema, rec, Path(a.out), scheduler=sched)
             log(f"export {pe}: {out} at step {tr.step}")
