@@ -37,6 +37,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -77,6 +78,24 @@ def _log(path: Path):
 def _target(run: Path, default: int) -> int:
     f = run / "target_steps"
     return int(f.read_text().strip()) if f.exists() else default
+
+
+def _options(config: dict) -> str:
+    """The command-line options that give a phase's recorded ``config`` (those not at default)."""
+    opts, config = "", {**asdict(TrainConfig()), **config}  # (older records lack newer fields)
+    if config["min_snr"] != 5.0:
+        opts += f" --min-snr {config['min_snr'] or 0:g}"
+    if config["zero_terminal_snr"]:
+        opts += " --zero-terminal-snr"
+    if config["t_min"]:
+        opts += f" --t-min {config['t_min']}"
+    if config["noisy_share"]:
+        opts += f" --noisy-share {config['noisy_share']:g} --noisy-min {config['noisy_min']}"
+    if config["phase"] == "video" and config["reference_clips"]:
+        opts += f" --reference-clips {config['reference_clips']}"
+    if config["phase"] == "video" and config["ema"] != 0.995:
+        opts += f" --ema {config['ema']:g}"
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,22 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"; video targets: posterior-weighted mean of each clip and "
                     f"{a.reference_clips} fresh clips of its caption (stable target field)"
                 )
-            opts = ""
-            if a.min_snr != 5.0:
-                opts += f" --min-snr {a.min_snr:g}"
-            if a.zero_terminal_snr:
-                opts += " --zero-terminal-snr"
-            if a.t_min:
-                opts += f" --t-min {a.t_min}"
-            if a.noisy_share:
-                opts += f" --noisy-share {a.noisy_share:g} --noisy-min {a.noisy_min}"
-            refs = f" --reference-clips {a.reference_clips}" if a.reference_clips else ""
-            refs += f" --ema {a.ema:g}" if a.ema != 0.995 else ""
+            video = _options(rec["config"])
             rec["command"] = (
                 "python analyses/train_organisms.py --codec; "
-                f"--image --image-steps {image_rec['steps']}{opts}; "
-                f"--worker --video-steps {tr.step}{opts}{refs} (two workers side by side); "
-                f"--export{opts}{refs}"
+                f"--image --image-steps {image_rec['steps']}{_options(image_rec['config'])}; "
+                f"--worker --video-steps {tr.step}{video} (two workers side by side); "
+                f"--export{video}"
             )
             was = dict(tr.stages[0]["config"])  # (the options above are the last stage's)
             for stage in tr.stages[1:]:
