@@ -296,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                 "right/left/up/down 0.175 each, grow/shrink/recolor 0.1 each, time-reversed "
                 "pairs with opposite captions; image phase: single random frames"
             )
-            if a.reference_clips:
+            if rec["config"]["reference_clips"]:
                 rec["data"] += (
                     f"; video targets: posterior-weighted mean of each clip and "
-                    f"{a.reference_clips} fresh clips of its caption (stable target field)"
+                    f"{rec['config']['reference_clips']} fresh clips of its caption "
+                    "(stable target field)"
                 )
             video = _options(rec["config"])
             rec["command"] = (
@@ -308,11 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"--worker --video-steps {tr.step}{video} (two workers side by side); "
                 f"--export{video}"
             )
-            was = dict(tr.stages[0]["config"])  # (the options above are the last stage's)
-            for stage in tr.stages[1:]:
+            configs = tr.stage_configs()  # (the options above are the last stage's)
+            for was, stage in zip(configs, tr.stages[1:]):
                 before = ", ".join(f"{k}={was.get(k)}" for k in stage["changed"])
                 rec["command"] += f"; before video step {stage['from_step']}: {before}"
-                was.update(stage["changed"])
             sched = organism_scheduler(a.zero_terminal_snr)
             out = save_organism(tr.ema, rec, Path(a.out), scheduler=sched)
             log(f"export {pe}: {out} at step {tr.step}")

@@ -392,12 +392,17 @@ class Trainer:
         # a run resumed with other options (a curriculum) records where each stage began
         saved = {**asdict(TrainConfig()), **state["config"]}
         self.stages = state.get("stages", [{"from_step": 0, "config": saved}])
-        now, was = asdict(self.cfg), {**saved}
-        for stage in self.stages[1:]:
-            was.update(stage["changed"])
+        now, was = asdict(self.cfg), self.stage_configs()[-1]
         changed = {k: v for k, v in now.items() if k != "steps" and was.get(k) != v}
         if changed:
             self.stages.append({"from_step": self.step, "changed": changed})
+
+    def stage_configs(self) -> list[dict[str, Any]]:
+        """The options in force in each stage: the first stage's, with each change applied."""
+        configs = [dict(self.stages[0]["config"])]
+        for stage in self.stages[1:]:
+            configs.append({**configs[-1], **stage["changed"]})
+        return configs
 
     # -- training ----------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, list[str]]:
