@@ -25,8 +25,9 @@ outside the package:
 
 The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min``,
 ``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase, ``--reference-clips`` and
-``--ema`` to the video phases; their defaults are the committed recipe. ``--lr``,
-``--warmup``, ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune``. A run
+``--ema``, ``--lr`` and ``--warmup`` to the video phases; their defaults are the committed
+recipe. ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune`` only (refused
+elsewhere). A run
 resumed with other options records where each set began (``stages`` in its checkpoint and in
 ``training.json``).
 """
@@ -95,6 +96,10 @@ def _options(config: dict) -> str:
         opts += f" --reference-clips {config['reference_clips']}"
     if config["phase"] == "video" and config["ema"] != 0.995:
         opts += f" --ema {config['ema']:g}"
+    if config["phase"] == "video" and config["lr"] != 1e-3:
+        opts += f" --lr {config['lr']:g}"
+    if config["phase"] == "video" and config["warmup"] != 150:
+        opts += f" --warmup {config['warmup']}"
     return opts
 
 
@@ -140,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         help="video phases: regress on the posterior-weighted mean of the clip and this many "
         "fresh clips of its caption (stable target field; 0: the clip alone)",
     )
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="video phases: peak learning rate")
     p.add_argument(
         "--ema", type=float, default=0.995, help="video phases: EMA decay of the weights"
     )
-    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=150, help="video phases: warm-up steps")
     p.add_argument("--batch", type=int, default=4, help="clips per video step")
     p.add_argument("--probe-every", type=int, default=50)
     p.add_argument(
@@ -152,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--save", help="with --finetune: write the EMA organism here (not the package)")
     a = p.parse_args(argv)
+    if not a.finetune:
+        only = {"--batch": a.batch != 4, "--motions": a.motions != "all"}
+        only["--temporal-text"] = a.temporal_text
+        if given := [k for k, v in only.items() if v]:
+            p.error(
+                f"{', '.join(given)}: only with --finetune (its own run), not in a run's phases"
+            )
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -182,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_clips=a.reference_clips,
         ema=a.ema,
     )
+    video_opt = dict(lr=a.lr, warmup=a.warmup)  # (the image phase keeps its own)
     image_ckpt = run / "image" / "ckpt.pt"
     if a.image:
         cfg = TrainConfig(
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 try:
                     cfg = TrainConfig(
-                        frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule
+                        frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule, **video_opt
                     )
                     cfg.steps = target
                     tr = Trainer(
@@ -260,13 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             phase="video",
             steps=a.video_steps,
             batch=a.batch,
-            lr=a.lr,
-            warmup=a.warmup,
             seed=a.seed,
             spec=ft_spec,
             motions=DIRECTIONS if a.motions == "directions" else MOTIONS,
             motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
             **schedule,
+            **video_opt,
         )
         tr = Trainer(cfg, codec, run / "ckpt.pt", init=init, text=text_encoder_and_tokenizer())
         log(f"finetune {name} from the committed weights: steps {tr.step} -> {a.video_steps}")
@@ -285,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.export:
         image_rec = json.loads((run / "image" / "record.json").read_text())
         for pe in variants:
-            cfg = TrainConfig(frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule)
+            cfg = TrainConfig(
+                frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule, **video_opt
+            )
             tr = Trainer(cfg, codec, run / pe / "ckpt.pt")
             tr.cfg.steps = tr.step
             rec = tr.record()
