@@ -1,7 +1,7 @@
 """Is the caption-dependent prediction from pure noise learnable, and what stops it?
 
-A diagnostic for the direction-binding experiments of docs/organisms.md. It fine-tunes the
-weights of a zero-terminal-SNR run (``--init``, a ``train_organisms.py`` checkpoint) on the
+A diagnostic for the direction-binding experiments of docs/organisms-direction.md. It
+fine-tunes the weights of a zero-terminal-SNR run (``--init``, a ``train_organisms.py`` checkpoint) on the
 pure-noise end only (t = 999, alpha_bar = 0: the input is pure noise and the v target is -x0),
 on moving clips, with one of two targets:
 

@@ -16,9 +16,9 @@ the same as an uninterrupted one (its random states are in its checkpoint). A fi
 them checkpoint and exit. Stopping a process loses
 at most a few minutes; rerunning the same command resumes.
 
-Controlled fine-tunes (the direction-binding experiments of docs/organisms.md) start one variant
-from the committed weights (fresh optimiser) into their own run folder and save the EMA weights
-outside the package:
+Controlled fine-tunes (the direction-binding experiments of docs/organisms-direction.md) start
+one variant from the committed weights (fresh optimiser) into their own run folder and save the
+EMA weights outside the package:
 
     python analyses/train_organisms.py --finetune --variant rope --run RUN --video-steps 300 \
         [--min-snr 0] [--temporal-text] [--motions directions] --save DIR

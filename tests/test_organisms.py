@@ -427,8 +427,8 @@ def test_reference_clips_are_clips_of_each_caption_and_change_the_noisy_end_targ
 def test_an_organism_samples_with_the_schedule_it_was_trained_with(tmp_path, monkeypatch):
     """``save_organism(..., scheduler=)`` stores the training schedule beside the weights and
     ``organism_path`` builds the pipeline with it (here the zero-terminal-SNR one); weights
-    saved without one (the committed ones) get the default schedule, and re-exporting without
-    one removes a stale schedule."""
+    saved without one (as the session-4 organisms were) get the default schedule, and
+    re-exporting without one removes a stale schedule."""
     import shutil
 
     from diffusers import DiffusionPipeline
