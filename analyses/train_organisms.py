@@ -83,8 +83,9 @@ def _target(run: Path, default: int) -> int:
 
 def _options(config: dict) -> str:
     """The command-line options that give a phase's recorded ``config`` (those not at default)."""
-    opts, config = "", {**asdict(TrainConfig()), **config}  # (older records lack newer fields)
-    if config["min_snr"] != 5.0:
+    default = asdict(TrainConfig())
+    opts, config = "", {**default, **config}  # (older records lack newer fields)
+    if config["min_snr"] != default["min_snr"]:
         opts += f" --min-snr {config['min_snr'] or 0:g}"
     if config["zero_terminal_snr"]:
         opts += " --zero-terminal-snr"
@@ -94,12 +95,10 @@ def _options(config: dict) -> str:
         opts += f" --noisy-share {config['noisy_share']:g} --noisy-min {config['noisy_min']}"
     if config["phase"] == "video" and config["reference_clips"]:
         opts += f" --reference-clips {config['reference_clips']}"
-    if config["phase"] == "video" and config["ema"] != 0.995:
-        opts += f" --ema {config['ema']:g}"
-    if config["phase"] == "video" and config["lr"] != 1e-3:
-        opts += f" --lr {config['lr']:g}"
-    if config["phase"] == "video" and config["warmup"] != 150:
-        opts += f" --warmup {config['warmup']}"
+    if config["phase"] == "video":
+        for key in ("ema", "lr", "warmup"):
+            if config[key] != default[key]:
+                opts += f" --{key} {config[key]:g}"
     return opts
 
 
@@ -120,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--finetune", action="store_true", help="fine-tune one --variant from its committed weights"
     )
-    p.add_argument("--min-snr", type=float, default=5.0, help="min-SNR gamma; 0: plain v-loss")
+    p.add_argument(
+        "--min-snr", type=float, default=TrainConfig.min_snr, help="min-SNR gamma; 0: plain v-loss"
+    )
     p.add_argument(
         "--temporal-text", action="store_true", help="give the temporal blocks the caption"
     )
@@ -145,12 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         help="video phases: regress on the posterior-weighted mean of the clip and this many "
         "fresh clips of its caption (stable target field; 0: the clip alone)",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="video phases: peak learning rate")
     p.add_argument(
-        "--ema", type=float, default=0.995, help="video phases: EMA decay of the weights"
+        "--lr", type=float, default=TrainConfig.lr, help="video phases: peak learning rate"
     )
-    p.add_argument("--warmup", type=int, default=150, help="video phases: warm-up steps")
-    p.add_argument("--batch", type=int, default=4, help="clips per video step")
+    p.add_argument(
+        "--ema", type=float, default=TrainConfig.ema, help="video phases: EMA decay of the weights"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=TrainConfig.warmup, help="video phases: warm-up steps"
+    )
+    p.add_argument("--batch", type=int, default=TrainConfig.batch, help="clips per video step")
     p.add_argument("--probe-every", type=int, default=50)
     p.add_argument(
         "--probe-t", type=int, nargs="+", default=[300, 500, 700], help="probe timesteps"
@@ -158,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", help="with --finetune: write the EMA organism here (not the package)")
     a = p.parse_args(argv)
     if not a.finetune:
-        only = {"--batch": a.batch != 4, "--motions": a.motions != "all"}
-        only["--temporal-text"] = a.temporal_text
-        if given := [k for k, v in only.items() if v]:
+        only = {"--batch": "batch", "--motions": "motions", "--temporal-text": "temporal_text"}
+        if given := [k for k, dest in only.items() if getattr(a, dest) != p.get_default(dest)]:
             p.error(
                 f"{', '.join(given)}: only with --finetune (its own run), not in a run's phases"
             )

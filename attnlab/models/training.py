@@ -4,9 +4,10 @@ Recipe (measured on this CPU, see ``docs/organisms.md``): 32 x 32 clips of :mod:
 through a 4 x 4 PCA codec refitted on world frames (8 x 8 x 16 latents); v-prediction
 (Salimans & Ho 2022) with min-SNR-5 loss weighting by default (Hang et al. 2023: weight
 ``min(SNR, 5) / (SNR + 1)`` for v-prediction; the committed organisms use the plain v-loss, the
-zero-terminal-SNR schedule and reference-clip targets, :class:`TrainConfig`); AdamW, lr 1e-3 with linear warm-up, gradient norm
-clipped at 1, an EMA of the weights (what is saved); captions replaced by the empty prompt 10%
-of the time (what classifier-free guidance uses). Two phases:
+zero-terminal-SNR schedule and reference-clip targets, :class:`TrainConfig`); AdamW, lr 1e-3
+with linear warm-up, gradient norm clipped at 1, an EMA of the weights (what is saved);
+captions replaced by the empty prompt 10% of the time (what classifier-free guidance uses). Two
+phases:
 
 1. a shared *image* phase: batches of single frames (``num_frames=1``), so the spatial layers
    learn to draw objects and colours first (as ModelScope and AnimateDiff start from an image
