@@ -27,9 +27,9 @@ The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min
 ``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase, ``--reference-clips`` and
 ``--ema``, ``--lr`` and ``--warmup`` to the video phases; their defaults are the committed
 recipe. ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune`` only (refused
-elsewhere). A run
-resumed with other options records where each set began (``stages`` in its checkpoint and in
-``training.json``).
+elsewhere). A run resumed with other options records where each set began (``stages`` in its
+checkpoint and in ``training.json``). ``--export`` takes the options (and the scheduler it ships)
+from each checkpoint's last stage and refuses given ones that disagree with it.
 """
 
 import argparse
@@ -57,6 +57,7 @@ from attnlab.models.organisms import (
 from attnlab.models.training import (
     TrainConfig,
     Trainer,
+    checkpoint_config,
     codec_error,
     codec_frames,
     fit_codec,
@@ -79,6 +80,22 @@ def _log(path: Path):
 def _target(run: Path, default: int) -> int:
     f = run / "target_steps"
     return int(f.read_text().strip()) if f.exists() else default
+
+
+# command-line options recorded in a video checkpoint: dest -> (TrainConfig field, its value)
+_RECORDED = {
+    "min_snr": ("min_snr", lambda a: a.min_snr or None),
+    "zero_terminal_snr": ("zero_terminal_snr", lambda a: a.zero_terminal_snr),
+    "t_min": ("t_min", lambda a: a.t_min),
+    "noisy_share": ("noisy_share", lambda a: a.noisy_share),
+    "noisy_min": ("noisy_min", lambda a: a.noisy_min),
+    "reference_clips": ("reference_clips", lambda a: a.reference_clips),
+    "ema": ("ema", lambda a: a.ema),
+    "lr": ("lr", lambda a: a.lr),
+    "warmup": ("warmup", lambda a: a.warmup),
+    "probe_t": ("probe_timesteps", lambda a: tuple(a.probe_t)),
+    "seed": ("seed", lambda a: a.seed),
+}
 
 
 def _options(config: dict) -> str:
@@ -299,11 +316,22 @@ def main(argv: list[str] | None = None) -> int:
             build_pipeline(tr.ema, codec, text, sched).save_pretrained(out / "pipeline")
             log(f"saved: {out} (UNet, training.json) and {out / 'pipeline'}")
     if a.export:
+        # each checkpoint's last stage, not the command line, says what its weights were trained
+        # with (so the record gains no spurious stage and the scheduler is the trained one);
+        # options given here must agree with it
+        configs = {pe: checkpoint_config(run / pe / "ckpt.pt") for pe in variants}
+        for pe, cfg in configs.items():
+            if differ := [
+                f"--{dest.replace('_', '-')} {getattr(a, dest)} (checkpoint: {getattr(cfg, key)})"
+                for dest, (key, value) in _RECORDED.items()
+                if getattr(a, dest) != p.get_default(dest) and value(a) != getattr(cfg, key)
+            ]:
+                p.error(
+                    f"--export takes the options of each checkpoint's last stage; {pe} was "
+                    f"trained otherwise: {', '.join(differ)}; leave these out"
+                )
         image_rec = json.loads((run / "image" / "record.json").read_text())
-        for pe in variants:
-            cfg = TrainConfig(
-                frame_pe=pe, phase="video", seed=a.seed, spec=spec, **schedule, **video_opt
-            )
+        for pe, cfg in configs.items():
             tr = Trainer(cfg, codec, run / pe / "ckpt.pt")
             tr.cfg.steps = tr.step
             rec = tr.record()
@@ -331,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             for was, stage in zip(configs, tr.stages[1:]):
                 before = ", ".join(f"{k}={was.get(k)}" for k in stage["changed"])
                 rec["command"] += f"; before video step {stage['from_step']}: {before}"
-            sched = organism_scheduler(a.zero_terminal_snr)
+            sched = organism_scheduler(cfg.zero_terminal_snr)
             out = save_organism(tr.ema, rec, Path(a.out), scheduler=sched)
             log(f"export {pe}: {out} at step {tr.step}")
     return 0

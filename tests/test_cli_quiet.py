@@ -203,6 +203,27 @@ def test_loading_a_pipeline_logs_no_known_harmless_message(tiny_dirs, diffusers_
     assert not [m for m in diffusers_log if any(h in m for h in harmless)]
 
 
+def test_progress_false_loads_without_the_libraries_bars_and_restores_them(tmp_path, capsys):
+    """``load_pipeline(progress=False)`` (what the demo uses) draws none of diffusers' or
+    transformers' loading bars; ``progress=True`` does; the libraries' own settings come back
+    after the load, also after a load that fails."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from attnlab.models import load_pipeline
+
+    load_pipeline("organism-none", progress=True)
+    assert "Loading pipeline components" in capsys.readouterr().err
+    load_pipeline("organism-none", progress=False)
+    assert "Loading" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()
+    with pytest.raises(FileNotFoundError):
+        load_pipeline(str(tmp_path), progress=False)  # (an empty folder)
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()
+
+
 def test_ffmpeg_notes_are_dropped_and_other_c_stderr_lines_kept(capfd):
     from attnlab.core.quiet import filtered_stderr
 

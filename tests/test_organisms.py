@@ -676,3 +676,43 @@ def test_train_organisms_refuses_finetune_only_options_and_records_the_learning_
     assert mod["_options"](video) == " --zero-terminal-snr"
     assert mod["_options"]({**video, "lr": 3e-4}) == " --zero-terminal-snr --lr 0.0003"
     assert mod["_options"]({"phase": "image", "lr": 3e-4}) == ""  # (the image phase's own)
+
+
+def test_export_takes_each_checkpoints_last_stage_and_refuses_disagreeing_options(tmp_path):
+    """``train_organisms.py --export`` writes a checkpoint's weights with the options of its
+    last stage (a curriculum recorded once, no spurious stage, the zero-terminal-SNR scheduler it
+    was trained with although the command line does not say so) and refuses, before writing
+    anything, an option that disagrees with the checkpoint."""
+    import runpy
+    from pathlib import Path
+
+    from attnlab.models.training import TrainConfig, Trainer, checkpoint_config, fit_codec
+
+    spec = OrganismSpec(block_out_channels=(16, 16, 32, 32), latent_channels=8, text_adapter_dim=8)
+    codec = fit_codec(spec, torch.rand(8, 3, 32, 32) * 2 - 1)
+    codec.save_pretrained(tmp_path / "out" / "codec")
+    run, text = tmp_path / "run", text_encoder_and_tokenizer()
+    (run / "image").mkdir(parents=True)
+    image = {"steps": 0, "wall_s": 0.0, "config": {"phase": "image"}}
+    (run / "image" / "record.json").write_text(json.dumps(image))
+    first = TrainConfig(frame_pe="rope", steps=1, batch=2, spec=spec, zero_terminal_snr=True)
+    Trainer(first, codec, run / "rope" / "ckpt.pt", text=text).run(1, log=None)
+    second = dataclasses.replace(first, steps=2, noisy_share=0.5, noisy_min=900)
+    Trainer(second, codec, run / "rope" / "ckpt.pt", text=text).run(2, log=None)
+    assert checkpoint_config(run / "rope" / "ckpt.pt") == second
+
+    script = Path(attnlab.__file__).parents[1] / "analyses" / "train_organisms.py"
+    main = runpy.run_path(str(script), run_name="train_organisms")["main"]
+    common = ["--export", "--variant", "rope", "--run", str(run), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit):
+        main([*common, "--noisy-share", "1"])
+    assert not (tmp_path / "out" / "organism-rope").exists()  # refused before writing
+    assert main(common) == 0
+    rec = json.loads((tmp_path / "out" / "organism-rope" / "training.json").read_text())
+    assert rec["steps"] == 2 and rec["config"]["noisy_share"] == 0.5
+    assert rec["stages"] == [{"from_step": 1, "changed": {"noisy_share": 0.5, "noisy_min": 900}}]
+    assert "--zero-terminal-snr --noisy-share 0.5 --noisy-min 900" in rec["command"]
+    sched = json.loads(
+        (tmp_path / "out" / "organism-rope" / "scheduler" / "scheduler_config.json").read_text()
+    )
+    assert sched["rescale_betas_zero_snr"] and sched["timestep_spacing"] == "trailing"

@@ -59,6 +59,30 @@ def quiet_library_logs(rules: Sequence[tuple[str, str]] = HARMLESS_LOGS) -> Iter
 
 
 @contextlib.contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """Turn off the progress bars diffusers, transformers and huggingface_hub draw while loading
+    (pipeline components, weights, downloads) inside the block; each library's setting is
+    restored on exit, also after an exception."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    switches = []
+    for lib in (diffusers_logging, transformers_logging):
+        if lib.is_progress_bar_enabled():
+            lib.disable_progress_bar()
+            switches.append(lib.enable_progress_bar)
+    if not hub_utils.are_progress_bars_disabled():
+        hub_utils.disable_progress_bars()
+        switches.append(hub_utils.enable_progress_bars)
+    try:
+        yield
+    finally:
+        for enable in switches:
+            enable()
+
+
+@contextlib.contextmanager
 def filtered_stderr(patterns: Sequence[str] = HARMLESS_FFMPEG) -> Iterator[None]:
     """Capture what C libraries write to file descriptor 2 inside the block and pass on every
     line that matches none of ``patterns`` (on exit, also after an exception)."""

@@ -99,13 +99,18 @@ def load_pipeline(
     progress: bool = True,
     **kwargs: Any,
 ):
-    """Load a diffusers video pipeline from an embedded name, a local folder or a hub id."""
+    """Load a diffusers video pipeline from an embedded name, a local folder or a hub id.
+    ``progress=False``: no progress bars, neither the libraries' while loading nor the
+    pipeline's while sampling."""
     ref = resolve_model(str(model))
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    from attnlab.core.quiet import quiet_library_logs
+    import contextlib
 
-    with quiet_library_logs():
+    from attnlab.core.quiet import no_loading_bars, quiet_library_logs
+
+    bars = contextlib.nullcontext() if progress else no_loading_bars()
+    with quiet_library_logs(), bars:
         try:
             pipe = _pipeline_class(ref).from_pretrained(ref, **kwargs)
         except OSError as err:

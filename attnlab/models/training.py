@@ -38,7 +38,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,21 @@ class TrainConfig:
     # noise, so the caption-dependent mean there (e.g. where a "moving right" object is at each
     # frame) becomes learnable; 0: the plain target (and no extra random draws)
     reference_clips: int = 0
+
+
+def checkpoint_config(path: str | Path) -> TrainConfig:
+    """The options a training checkpoint was last trained with (its last stage) as a
+    :class:`TrainConfig`: what a :class:`Trainer` resumes or exports it with so that no new
+    stage is recorded (fields the checkpoint predates take their defaults)."""
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    kw = {**asdict(TrainConfig()), **state["config"]}
+    kw = {f.name: kw[f.name] for f in fields(TrainConfig)}
+    if isinstance(kw["spec"], dict):
+        spec = {k: tuple(v) if isinstance(v, list) else v for k, v in kw["spec"].items()}
+        kw["spec"] = OrganismSpec(**spec)
+    for k in ("motions", "motion_weights", "probe_timesteps"):
+        kw[k] = None if kw[k] is None else tuple(kw[k])
+    return TrainConfig(**kw)
 
 
 class TextCache:
@@ -570,6 +585,7 @@ __all__ = [
     "MOTION_WEIGHTS",
     "TrainConfig",
     "Trainer",
+    "checkpoint_config",
     "codec_error",
     "codec_frames",
     "fit_codec",
