@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"--worker --video-steps {tr.step}{video} (two workers side by side); "
                 f"--export{video}"
             )
-            configs = tr.stage_configs()  # (the options above are the last stage's)
-            for was, stage in zip(configs, tr.stages[1:]):
+            stage_configs = tr.stage_configs()  # (the options above are the last stage's)
+            for was, stage in zip(stage_configs, tr.stages[1:]):
                 before = ", ".join(f"{k}={was.get(k)}" for k in stage["changed"])
                 rec["command"] += f"; before video step {stage['from_step']}: {before}"
             sched = organism_scheduler(cfg.zero_terminal_snr)
