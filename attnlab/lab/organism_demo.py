@@ -74,8 +74,17 @@ def fig_organism_strips(results: list[dict[str, Any]], n_frames: int = 8):
     import matplotlib.pyplot as plt
 
     rows = sum(len(r["captions"]) for r in results)
-    fig = plt.figure(figsize=(14, 1.1 * rows + 1.2))
-    grid = fig.add_gridspec(rows, 3, width_ratios=[6.2, 3.0, 1.8], wspace=0.08, hspace=0.7)
+    height = 1.1 * rows + 1.2  # inches; the title and the bottom tick labels get ~0.5 in each
+    fig = plt.figure(figsize=(14, height))
+    grid = fig.add_gridspec(
+        rows,
+        3,
+        width_ratios=[6.2, 3.0, 1.8],
+        wspace=0.08,
+        hspace=0.7,
+        top=1 - 0.6 / height,
+        bottom=0.4 / height,
+    )
     vmax = max(float(r["map"].max()) for r in results)
     row = 0
     for r in results:
