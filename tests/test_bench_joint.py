@@ -4,7 +4,7 @@ times. (No assertion on how fast anything is.)"""
 
 from __future__ import annotations
 
-from attnlab.tools.bench_joint import JointBenchConfig, time_variants
+from attnlab.tools.bench_joint import JointBenchConfig, _summary, time_variants
 
 
 def test_time_variants_on_a_tiny_cogvideox():
@@ -22,3 +22,13 @@ def test_time_variants_on_a_tiny_cogvideox():
         c = result[name]["cpu_time_ratio"]
         assert set(c) >= {"q1", "median", "q3"}
     assert result["plain_s"]["median"] > 0 and result["plain_cpu_s"]["median"] > 0
+
+
+def test_summary_quartiles_stay_within_the_measurements():
+    """Two rounds that differ a lot (a loaded machine) once gave a negative first quartile of
+    positive ratios: the quartiles are interpolated between the measurements, never past them."""
+    assert _summary([1.0, 10.0]) == {"median": 5.5, "q1": 3.25, "q3": 7.75}
+    assert _summary([2.0]) == {"median": 2.0, "q1": 2.0, "q3": 2.0}
+    xs = [0.9, 1.1, 1.0, 7.0, 1.2]
+    s = _summary(xs)
+    assert min(xs) <= s["q1"] <= s["median"] <= s["q3"] <= max(xs)

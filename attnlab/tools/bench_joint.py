@@ -135,7 +135,9 @@ def call(
 
 
 def _summary(xs: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    # "inclusive": quartiles interpolated within the data (the default "exclusive" method
+    # extrapolates past the extremes for few rounds: [1, 10] gave q1 = -1.25)
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
     return {"median": statistics.median(xs), "q1": q[0], "q3": q[2]}
 
 
