@@ -82,22 +82,6 @@ def _target(run: Path, default: int) -> int:
     return int(f.read_text().strip()) if f.exists() else default
 
 
-# command-line options recorded in a video checkpoint: dest -> (TrainConfig field, its value)
-_RECORDED = {
-    "min_snr": ("min_snr", lambda a: a.min_snr or None),
-    "zero_terminal_snr": ("zero_terminal_snr", lambda a: a.zero_terminal_snr),
-    "t_min": ("t_min", lambda a: a.t_min),
-    "noisy_share": ("noisy_share", lambda a: a.noisy_share),
-    "noisy_min": ("noisy_min", lambda a: a.noisy_min),
-    "reference_clips": ("reference_clips", lambda a: a.reference_clips),
-    "ema": ("ema", lambda a: a.ema),
-    "lr": ("lr", lambda a: a.lr),
-    "warmup": ("warmup", lambda a: a.warmup),
-    "probe_t": ("probe_timesteps", lambda a: tuple(a.probe_t)),
-    "seed": ("seed", lambda a: a.seed),
-}
-
-
 def _options(config: dict) -> str:
     """The command-line options that give a phase's recorded ``config`` (those not at default)."""
     default = asdict(TrainConfig())
@@ -318,13 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.export:
         # each checkpoint's last stage, not the command line, says what its weights were trained
         # with (so the record gains no spurious stage and the scheduler is the trained one);
-        # options given here must agree with it
+        # options given here (those not at the recipe's default) must agree with it
+        given = {
+            k: v
+            for k, v in {**schedule, **video_opt, "seed": a.seed}.items()
+            if v != getattr(TrainConfig, k)
+        }
+        flag = {"probe_timesteps": "--probe-t"}
         configs = {pe: checkpoint_config(run / pe / "ckpt.pt") for pe in variants}
         for pe, cfg in configs.items():
             if differ := [
-                f"--{dest.replace('_', '-')} {getattr(a, dest)} (checkpoint: {getattr(cfg, key)})"
-                for dest, (key, value) in _RECORDED.items()
-                if getattr(a, dest) != p.get_default(dest) and value(a) != getattr(cfg, key)
+                f"{flag.get(k, '--' + k.replace('_', '-'))} {0 if v is None else v} "
+                f"(checkpoint: {getattr(cfg, k)})"
+                for k, v in given.items()
+                if getattr(cfg, k) != v
             ]:
                 p.error(
                     f"--export takes the options of each checkpoint's last stage; {pe} was "
