@@ -18,18 +18,22 @@ at most a few minutes; rerunning the same command resumes.
 
 Controlled fine-tunes (the direction-binding experiments of docs/organisms-direction.md) start
 one variant from the committed weights (fresh optimiser) into their own run folder and save the
-EMA weights outside the package:
+EMA weights outside the package, with the record of the weights it started from inside its
+``training.json``; the committed organisms' fifth stage is such a fine-tune of each variant
+(docs/organisms.md, *Training*):
 
     python analyses/train_organisms.py --finetune --variant rope --run RUN --video-steps 300 \
         [--min-snr 0] [--temporal-text] [--motions directions] --save DIR
 
 The loss and schedule options (``--min-snr``, ``--zero-terminal-snr``, ``--t-min``,
-``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase, ``--reference-clips`` and
-``--ema``, ``--lr`` and ``--warmup`` to the video phases; their defaults are the committed
-recipe. ``--batch``, ``--motions`` and ``--temporal-text`` apply to ``--finetune`` only (refused
-elsewhere). A run resumed with other options records where each set began (``stages`` in its
-checkpoint and in ``training.json``). ``--export`` takes the options (and the scheduler it ships)
-from each checkpoint's last stage and refuses given ones that disagree with it.
+``--noisy-share``, ``--noisy-min``, ``--probe-t``) apply to every phase, ``--reference-clips``,
+``--self-inputs`` and ``--self-depth`` (sampler states as inputs: the EMA model's own first DDIM
+steps from pure noise, with the references' posterior mean as target), ``--ema``, ``--lr`` and
+``--warmup`` to the video phases; their defaults are the committed recipe. ``--batch``,
+``--motions`` and ``--temporal-text`` apply to ``--finetune`` only (refused elsewhere). A run
+resumed with other options records where each set began (``stages`` in its checkpoint and in
+``training.json``). ``--export`` takes the options (and the scheduler it ships) from each
+checkpoint's last stage and refuses given ones that disagree with it.
 """
 
 import argparse
@@ -53,6 +57,7 @@ from attnlab.models.organisms import (
     build_pipeline,
     organism_scheduler,
     text_encoder_and_tokenizer,
+    training_record,
 )
 from attnlab.models.training import (
     TrainConfig,
@@ -96,6 +101,8 @@ def _options(config: dict) -> str:
         opts += f" --noisy-share {config['noisy_share']:g} --noisy-min {config['noisy_min']}"
     if config["phase"] == "video" and config["reference_clips"]:
         opts += f" --reference-clips {config['reference_clips']}"
+    if config["phase"] == "video" and config["self_inputs"]:
+        opts += f" --self-inputs {config['self_inputs']:g} --self-depth {config['self_depth']}"
     if config["phase"] == "video":
         for key in ("ema", "lr", "warmup"):
             if config[key] != default[key]:
@@ -156,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--warmup", type=int, default=TrainConfig.warmup, help="video phases: warm-up steps"
     )
+    p.add_argument(
+        "--self-inputs",
+        type=float,
+        default=TrainConfig.self_inputs,
+        help="video phases: share of pairs whose input is the EMA model's own sampler state "
+        "(1..--self-depth DDIM steps from pure noise), target: the references' posterior mean",
+    )
+    p.add_argument("--self-depth", type=int, default=TrainConfig.self_depth)
     p.add_argument("--batch", type=int, default=TrainConfig.batch, help="clips per video step")
     p.add_argument("--probe-every", type=int, default=50)
     p.add_argument(
@@ -198,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         probe_timesteps=tuple(a.probe_t),
         reference_clips=a.reference_clips,
         ema=a.ema,
+        self_inputs=a.self_inputs,
+        self_depth=a.self_depth,
     )
     video_opt = dict(lr=a.lr, warmup=a.warmup)  # (the image phase keeps its own)
     image_ckpt = run / "image" / "ckpt.pt"
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=40,
             seed=a.seed,
             spec=spec,
-            **{**schedule, "reference_clips": 0, "ema": 0.995},  # (video options)
+            **{**schedule, "reference_clips": 0, "ema": 0.995, "self_inputs": 0.0},  # (video)
         )
         tr = Trainer(cfg, codec, image_ckpt)
         log(f"image phase from step {tr.step} to {a.image_steps}")
@@ -290,6 +307,22 @@ def main(argv: list[str] | None = None) -> int:
         tr.run(a.video_steps, probe_every=a.probe_every, stop_file=run / "STOP", log=log)
         rec = tr.record()
         rec["init"] = f"committed {name} (attnlab/organism_weights), fresh optimiser"
+        # how the weights it started from were made (and so, for the package, the whole lineage)
+        rec["init_record"] = before = training_record(name)
+        if "image_phase" in before:
+            rec["image_phase"] = before["image_phase"]
+            rec["wall_s_total_incl_image_phase"] = round(
+                rec["wall_s"] + before["wall_s_total_incl_image_phase"], 1
+            )
+        rec["video_steps_total"] = before.get("video_steps_total", before["steps"]) + tr.step
+        if "data" in before:
+            rec["data"] = before["data"]
+            if cfg.self_inputs:
+                rec["data"] += (
+                    f"; {cfg.self_inputs:g} of the pairs: the EMA model's own sampler state after "
+                    f"1..{cfg.self_depth} DDIM steps from the pair's pure noise under its caption, "
+                    "target the posterior mean of its reference clips given that state"
+                )
         rec["command"] = "python analyses/train_organisms.py " + " ".join(argv or sys.argv[1:])
         (run / "record.json").write_text(json.dumps(rec, indent=1, default=str))
         if a.save:

@@ -56,6 +56,8 @@ from attnlab.data.world import (
     scene_for_caption,
 )
 from attnlab.models.organisms import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
     ORGANISMS,
     TRAIN_FRAMES,
     WEIGHTS,
@@ -176,6 +178,13 @@ class TrainConfig:
     # noise, so the caption-dependent mean there (e.g. where a "moving right" object is at each
     # frame) becomes learnable; 0: the plain target (and no extra random draws)
     reference_clips: int = 0
+    # > 0: share of the pairs whose input is not a noised clip but the EMA model's own sampler
+    # state: 1..self_depth trailing DDIM steps (of DEFAULT_STEPS, at DEFAULT_GUIDANCE) from the
+    # pair's pure noise under its caption, with the posterior mean of the caption's reference
+    # clips given that state as target (sampler_target). Trains the states sampling actually
+    # visits (against exposure bias); needs zero_terminal_snr and reference_clips
+    self_inputs: float = 0.0
+    self_depth: int = 4
 
 
 def checkpoint_config(path: str | Path) -> TrainConfig:
@@ -229,6 +238,20 @@ def reference_target(
     w = torch.softmax(torch.cat([torch.zeros(b, 1, dtype=rel.dtype), rel], 1), 1)  # clip first
     est = w[:, :1] * z + (w[:, 1:, None] * (z[:, None] - d)).sum(1)
     return est.view_as(lat).to(lat.dtype)
+
+
+def sampler_target(x_t: torch.Tensor, refs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """E[x0 | x_t] when x0 is one of the reference clips ``refs`` ``[B, K, ...]`` (equally likely
+    a priori) and x_t ``[B, ...]`` any input, e.g. a sampler state rather than a noised clip:
+    weights p(x_t | z) ~ exp(-|x_t - sqrt(a) z|^2 / (2 (1 - a))) over the references. ``alpha``
+    ``[B]``, below 1. At a = 0 the references' mean; as a grows, the references the input
+    already shows."""
+    b = x_t.shape[0]
+    a = alpha.double().view(b, 1, 1)
+    z = refs.double().flatten(2)
+    d2 = ((x_t.double().flatten(1)[:, None] - a.sqrt() * z) ** 2).sum(-1, keepdim=True)
+    w = torch.softmax(-d2 / (2 * (1 - a)), 1)
+    return (w * z).sum(1).view_as(x_t).to(x_t.dtype)
 
 
 def v_loss(
@@ -362,6 +385,18 @@ class Trainer:
             )
         if cfg.reference_clips < 0:
             raise ValueError(f"reference_clips={cfg.reference_clips}; allowed: 0 (off) or more")
+        if cfg.self_inputs and not (
+            0.0 < cfg.self_inputs <= 1.0
+            and cfg.zero_terminal_snr
+            and cfg.reference_clips > 0
+            and 1 <= cfg.self_depth < DEFAULT_STEPS
+        ):
+            raise ValueError(
+                f"self_inputs={cfg.self_inputs} (self_depth={cfg.self_depth}, zero_terminal_snr="
+                f"{cfg.zero_terminal_snr}, reference_clips={cfg.reference_clips}); allowed: "
+                f"self_inputs in (0, 1] with zero_terminal_snr, reference_clips > 0 and "
+                f"self_depth in 1..{DEFAULT_STEPS - 1}"
+            )
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -448,6 +483,38 @@ class Trainer:
         z = z.unflatten(0, (len(captions), cfg.reference_clips, frames))
         return z.transpose(2, 3)
 
+    @torch.no_grad()
+    def _sampler_inputs(self, lat, noise, t, x0, emb, refs):
+        """Replace a ``cfg.self_inputs`` share of the pairs by sampler states (see
+        :class:`TrainConfig`): the EMA model's trailing DDIM steps at the pipeline's guidance
+        from the pair's noise (pure noise at t = 999), 1..``self_depth`` of them; the target is
+        :func:`sampler_target`, written as the clip and noise that give that state exactly."""
+        cfg, b = self.cfg, lat.shape[0]
+        sel = torch.rand(b, generator=self.gen) < cfg.self_inputs
+        depth = torch.randint(1, cfg.self_depth + 1, (b,), generator=self.gen)
+        if cfg.pairs:  # a pair shares its noise, and so its start and depth
+            sel[1::2], depth[1::2] = sel[0::2][: b // 2], depth[0::2][: b // 2]
+        idx = sel.nonzero().flatten()
+        if len(idx) == 0:
+            return lat, noise, t, x0
+        sched = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        sched.set_timesteps(DEFAULT_STEPS)
+        x, cond = noise[idx] * sched.init_noise_sigma, emb[idx]
+        both = torch.cat([self.text([""] * len(idx)), cond])
+        states = []
+        for step in sched.timesteps[: int(depth[idx].max())]:
+            u, c = self.ema(torch.cat([x, x]), step, both).sample.chunk(2)
+            x = sched.step(u + DEFAULT_GUIDANCE * (c - u), step, x).prev_sample
+            states.append(x)
+        x_t = torch.stack([states[int(d) - 1][i] for i, d in enumerate(depth[idx])])
+        t_s = sched.timesteps[depth[idx]].long()
+        a = self.alphas[t_s].view(-1, 1, 1, 1, 1)
+        target = sampler_target(x_t, refs[idx], self.alphas[t_s])
+        lat, noise, t, x0 = lat.clone(), noise.clone(), t.clone(), x0.clone()
+        lat[idx], x0[idx], t[idx] = target, target, t_s
+        noise[idx] = (x_t - a.sqrt() * target) / (1 - a).sqrt()
+        return lat, noise, t, x0
+
     def train_step(self) -> float:
         cfg = self.cfg
         pixels, captions = self._batch()
@@ -473,7 +540,10 @@ class Trainer:
         emb = self.text(used)
         x0 = None
         if cfg.reference_clips > 0 and cfg.phase == "video":
-            x0 = reference_target(lat, self._references(used, f), self.alphas[t], noise)
+            refs = self._references(used, f)
+            x0 = reference_target(lat, refs, self.alphas[t], noise)
+            if cfg.self_inputs > 0:
+                lat, noise, t, x0 = self._sampler_inputs(lat, noise, t, x0, emb, refs)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
         loss = v_loss(self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr, x0).mean()
