@@ -397,6 +397,9 @@ class Trainer:
                 f"self_inputs in (0, 1] with zero_terminal_snr, reference_clips > 0 and "
                 f"self_depth in 1..{DEFAULT_STEPS - 1}"
             )
+        # the sampling schedule of the sampler states (DDIM's step keeps no state between calls)
+        self.sampler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        self.sampler.set_timesteps(DEFAULT_STEPS)
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -497,8 +500,7 @@ class Trainer:
         idx = sel.nonzero().flatten()
         if len(idx) == 0:
             return lat, noise, t, x0
-        sched = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        sched.set_timesteps(DEFAULT_STEPS)
+        sched = self.sampler
         x, cond = noise[idx] * sched.init_noise_sigma, emb[idx]
         both = torch.cat([self.text([""] * len(idx)), cond])
         states = []
