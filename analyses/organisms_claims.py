@@ -1,7 +1,11 @@
 """The paper's five claims measured on the three committed organisms, with an interval for
 every number (docs/organisms.md, "The paper's claims on the organisms").
 
-    OMP_NUM_THREADS=1 nice -n 19 python analyses/organisms_claims.py [--seeds 8] [--steps 10]
+    OMP_NUM_THREADS=1 nice -n 19 python analyses/organisms_claims.py [--model organism-rope] \
+        [--seeds 8] [--steps 10] [--only maps probes tar transfer]
+
+Claims 1, 2, 3 and 5 are measured on one organism (``--model``, default organism-none); claim 4
+compares the PE variants and is the same whichever ``--model`` runs it.
 
 Every cell uses the same ``seeds`` moving captions of the world's grammar (the first moving
 captions of ``attnlab.organism_eval.eval_captions``: world clips ``EVAL_SEED + i``), sampled as
@@ -18,13 +22,15 @@ mean centroid step per frame as a fraction of the frame; coherence) and maps fro
    uniform attention.
 2. probes: ``Replace("identity" | "ones")`` at each level set of the paper (16 frames).
 3. tar: ``TAR(preset)`` for every sigma preset at 48 frames against plain sampling.
-4. pe: the three organisms at 16, 32, 48 and 64 frames (the sinusoidal table extended with
-   ``extend_frame_positions``): scores per frame index and per 16-frame window.
+4. pe: the three organisms at 16, 24, 32, 48 and 64 frames (the sinusoidal table extended with
+   ``extend_frame_positions``, and, as a fourth variant, interpolated over the length with
+   ``interpolate_frame_positions``): scores per frame index and per 16-frame window.
 5. transfer: ``Transfer`` with a real world clip as the reference: for each caption, a slow
    and a fast clip of the same scene; does the generated speed follow the reference's?
 
-Writes analyses/data/organisms_claims/<claim>.json (skipped when present unless --force) and
-the figures docs/figures/organisms/claims_maps_pe.png and claims_edits.png.
+Writes analyses/data/organisms_claims/<model>/<claim>.json (skipped when present unless
+--force) and the figures docs/figures/organisms/<model>/claims_maps_pe.png (where claims 1 and
+4 are both there) and claims_edits.png.
 """
 
 from __future__ import annotations
@@ -51,9 +57,18 @@ from attnlab.lab.experiments import level_set_label
 from attnlab.lab.organism_eval import EVAL_SEED, sample
 from attnlab.lab.real import record_real
 from attnlab.models import load_pipeline
-from attnlab.models.organisms import TRAIN_FRAMES, extend_frame_positions
+from attnlab.models.organisms import (
+    TRAIN_FRAMES,
+    extend_frame_positions,
+    frame_pe_of,
+    interpolate_frame_positions,
+)
 
 MODELS = ("organism-none", "organism-sinusoidal", "organism-rope")
+# claim 4 also runs the sinusoidal organism with its table interpolated to each length
+INTERPOLATED = "organism-sinusoidal:interpolated"
+PE_MODELS = (*MODELS, INTERPOLATED)
+PE_LENGTHS = (16, 24, 32, 48, 64)
 CLAIMS = ("maps", "probes", "tar", "pe", "transfer")
 REAL_TIMESTEPS = (600, 400, 200)
 SLOW, FAST = 0.01, 0.06  # reference speeds, fraction of the frame per frame (world: 0.025-0.04)
@@ -119,7 +134,8 @@ def summarise(rows: dict[str, list[float]], base: dict[str, list[float]] | None 
 class Lab:
     """Pipelines, captions and the generation settings shared by every claim."""
 
-    def __init__(self, seeds: int, steps: int, log=print):
+    def __init__(self, seeds: int, steps: int, log=print, model: str = "organism-none"):
+        self.model = model  # the organism of claims 1, 2, 3 and 5
         self.seeds = moving_seeds(seeds)
         self.captions = [world_clip(s, frames=1).caption for s in self.seeds]
         self.steps = steps
@@ -127,10 +143,19 @@ class Lab:
         self._pipes: dict[str, Any] = {}
         self.cache: dict[tuple[str, int], np.ndarray] = {}  # plain videos, shared by claims
 
-    def pipe(self, model: str):
+    def pipe(self, model: str, frames: int | None = None):
+        if model == INTERPOLATED:  # a pipeline per length: interpolation changes every row
+            key = f"{model}@{frames}"
+            if key not in self._pipes:
+                p = load_pipeline("organism-sinusoidal", progress=False)
+                if frames is not None and frames > TRAIN_FRAMES:
+                    interpolate_frame_positions(p.unet, frames)
+                p.set_progress_bar_config(disable=True)
+                self._pipes[key] = p
+            return self._pipes[key]
         if model not in self._pipes:
             p = load_pipeline(model, progress=False)
-            if p.unet.config.frame_pe == "sinusoidal":
+            if frame_pe_of(p.unet) == "sinusoidal":
                 # positions < 16 keep their trained rows: 16-frame videos are unchanged
                 extend_frame_positions(p.unet, 64)
             p.set_progress_bar_config(disable=True)
@@ -148,7 +173,7 @@ class Lab:
         returned in ``rec['probs']``)."""
         import contextlib
 
-        pipe = self.pipe(model)
+        pipe = self.pipe(model, frames)
         t0 = time.time()
         with contextlib.ExitStack() as stack:
             if rec is not None:
@@ -197,7 +222,7 @@ def per_video_level_maps(probs, level: int | str) -> list[np.ndarray]:
 
 def claim_maps(lab: Lab) -> dict[str, Any]:
     out: dict[str, Any] = {"frames": {}}
-    pipe = lab.pipe("organism-none")
+    pipe = lab.pipe(lab.model)
     for n in (16, 48):
         real_maps: dict[Any, list] = {}
         t0 = time.time()
@@ -221,8 +246,8 @@ def claim_maps(lab: Lab) -> dict[str, Any]:
                 real_maps.setdefault(lv, []).extend(per_video_level_maps(probs, lv))
         lab.log(f"  real world clips {n} frames: {time.time() - t0:.0f} s")
         rec_kw: dict[str, Any] = {"cfg": "cond"}
-        videos = lab.generate("organism-none", n, rec=rec_kw)
-        lab.cache[("organism-none", n)] = videos  # recording does not change them
+        videos = lab.generate(lab.model, n, rec=rec_kw)
+        lab.cache[(lab.model, n)] = videos  # recording does not change them
         syn_maps = {lv: per_video_level_maps(rec_kw["probs"], lv) for lv in real_maps}
         cell: dict[str, Any] = {
             "uniform_band_concentration_k1": (3 * n - 2) / n**2,
@@ -244,11 +269,11 @@ def claim_maps(lab: Lab) -> dict[str, Any]:
 # ---- claim 2: replacement probes -----------------------------------------------------------
 def claim_probes(lab: Lab) -> dict[str, Any]:
     n = TRAIN_FRAMES
-    base = video_scores(lab.plain("organism-none", n), lab.captions)
+    base = video_scores(lab.plain(lab.model, n), lab.captions)
     out: dict[str, Any] = {"frames": n, "baseline": summarise(base), "probes": {}}
     for kind in ("identity", "ones"):
         for ls in LEVEL_SETS:
-            videos = lab.generate("organism-none", n, [Replace(kind, levels=list(ls))])
+            videos = lab.generate(lab.model, n, [Replace(kind, levels=list(ls))])
             rows = video_scores(videos, lab.captions)
             out["probes"][f"{kind}-{level_set_label(ls)}"] = summarise(rows, base)
     return out
@@ -257,10 +282,10 @@ def claim_probes(lab: Lab) -> dict[str, Any]:
 # ---- claim 3: TAR and the sigma presets at 48 frames -----------------------------------------
 def claim_tar(lab: Lab) -> dict[str, Any]:
     n = 48
-    base = video_scores(lab.plain("organism-none", n), lab.captions)
+    base = video_scores(lab.plain(lab.model, n), lab.captions)
     out: dict[str, Any] = {"frames": n, "plain": summarise(base), "presets": {}}
     for preset in PRESETS:
-        rows = video_scores(lab.generate("organism-none", n, [TAR(preset)]), lab.captions)
+        rows = video_scores(lab.generate(lab.model, n, [TAR(preset)]), lab.captions)
         out["presets"][preset] = summarise(rows, base)
     return out
 
@@ -299,7 +324,7 @@ def claim_pe(lab: Lab) -> dict[str, Any]:
     out: dict[str, Any] = {"models": {}}
     for model in lab.pe_models:
         cells = {}
-        for n in (16, 32, 48, 64):
+        for n in PE_LENGTHS:
             videos = lab.plain(model, n)
             scores = [evaluate(v, c) for v, c in zip(videos, lab.captions)]
             rates = per_frame_rates(scores)
@@ -331,7 +356,7 @@ def claim_transfer(lab: Lab) -> dict[str, Any]:
     from attnlab.data.similarity import similarity_matrix
 
     n = TRAIN_FRAMES
-    base = video_scores(lab.plain("organism-none", n), lab.captions)
+    base = video_scores(lab.plain(lab.model, n), lab.captions)
     out: dict[str, Any] = {
         "frames": n,
         "similarity": SIMILARITY_BACKEND,
@@ -345,7 +370,7 @@ def claim_transfer(lab: Lab) -> dict[str, Any]:
         s = evaluate(ref, lab.captions[0])
         sim = similarity_matrix(video_of(ref, "ref").frames, SIMILARITY_BACKEND).values
         rows = video_scores(
-            lab.generate("organism-none", n, [Transfer(sim, similarity=SIMILARITY_BACKEND)]),
+            lab.generate(lab.model, n, [Transfer(sim, similarity=SIMILARITY_BACKEND)]),
             lab.captions,
         )
         by_speed[name] = rows
@@ -385,10 +410,10 @@ def fig_maps_pe(maps: dict[str, Any], pe: dict[str, Any]):
         ax.axhline(1.0, color="0.4", ls="--", label="uniform (1/N)")
         ax.set_xlabel("frame offset |i - j|")
         ax.set_ylabel("mean attention x N (uniform = 1)")
-        ax.set_title(f"organism-none level 0, {n} frames", fontsize=9)
+        ax.set_title(f"{maps.get('model', 'organism-none')} level 0, {n} frames", fontsize=9)
         ax.legend(fontsize=7)
     ax = axes[2]  # coherence per 16-frame window of the 64-frame videos, with intervals
-    for k, (model, color) in enumerate(zip(MODELS, ("C0", "C1", "C2"))):
+    for k, (model, color) in enumerate(zip(PE_MODELS, ("C0", "C1", "C2", "C3"))):
         wins = pe["models"][model]["64"]["windows"]
         x = np.array([(w["frames"][0] + w["frames"][1]) / 2 for w in wins]) + (k - 1) * 1.2
         m = np.array([w["coherence"]["mean"] for w in wins])
@@ -403,7 +428,7 @@ def fig_maps_pe(maps: dict[str, Any], pe: dict[str, Any]):
     ax.set_title("PE variants: coherence per window", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[3]
-    for model, color in zip(MODELS, ("C0", "C1", "C2")):
+    for model, color in zip(PE_MODELS, ("C0", "C1", "C2", "C3")):
         y = np.array(pe["models"][model]["64"]["per_frame"]["step"], float)
         ax.plot(np.arange(len(y)), y, color=color, label=model.removeprefix("organism-"))
     ax.axvline(TRAIN_FRAMES - 0.5, color="0.4", ls=":", label="training length")
@@ -458,8 +483,8 @@ def fig_edits(probes: dict, tar: dict, transfer: dict):
             if row == 0:
                 ax.set_title(title, fontsize=9)
     fig.suptitle(
-        "Claims 2, 3 and 5 on organism-none: evaluator scores (bars: mean over videos, "
-        "95% bootstrap)",
+        f"Claims 2, 3 and 5 on {probes.get('model', 'organism-none')}: evaluator scores (bars: "
+        "mean over videos, 95% bootstrap)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -470,10 +495,13 @@ def fig_edits(probes: dict, tar: dict, transfer: dict):
 def report(have: dict[str, Any]) -> str:
     """The tables of docs/organisms.md from the JSON results: mean [95% interval]."""
     lines: list[str] = []
+    # (results written before claims took --model were organism-none's)
+    model = next((r["model"] for r in have.values() if isinstance(r.get("model"), str)), None)
+    model = model or "organism-none"
     if "maps" in have:
         m = have["maps"]
         lines += [
-            "Claim 1: organism-none, level 0 and all levels (cond half; real: noised at t = "
+            f"Claim 1: {model}, level 0 and all levels (cond half; real: noised at t = "
             f"{'/'.join(map(str, m['real_timesteps']))}; synthetic: mean over the steps)",
             "",
             "| frames | level | uniform | real band conc. k=1 | synthetic | real - synthetic "
@@ -516,7 +544,7 @@ def report(have: dict[str, Any]) -> str:
     if "probes" in have:
         p = have["probes"]
         lines += scored(
-            "Claim 2: replacement probes, organism-none, 16 frames",
+            f"Claim 2: replacement probes, {model}, 16 frames",
             "none (plain)",
             p["baseline"],
             p["probes"],
@@ -524,13 +552,13 @@ def report(have: dict[str, Any]) -> str:
     if "tar" in have:
         t = have["tar"]
         lines += scored(
-            "Claim 3: TAR presets, organism-none, 48 frames", "plain", t["plain"], t["presets"]
+            f"Claim 3: TAR presets, {model}, 48 frames", "plain", t["plain"], t["presets"]
         )
     if "transfer" in have and "plain" in have["transfer"]:
         t = have["transfer"]
         cells = {f"{k} reference": t[k]["generated"] for k in ("slow", "fast")}
         lines += scored(
-            "Claim 5: Transfer from a real world clip, organism-none, 16 frames",
+            f"Claim 5: Transfer from a real world clip, {model}, 16 frames",
             "plain",
             t["plain"],
             cells,
@@ -568,20 +596,20 @@ def report(have: dict[str, Any]) -> str:
 
 def merge_pe_parts(out: Path) -> None:
     """Write pe.json from the pe-<models>.json parts of parallel runs once they cover all
-    three models (and pe.json is missing or a placeholder)."""
+    models of claim 4 (and pe.json is missing or a placeholder)."""
     path = out / "pe.json"
     if path.exists() and "placeholder" not in json.loads(path.read_text()):
         return
     parts = [json.loads(q.read_text()) for q in sorted(out.glob("pe-*.json"))]
     models = {m: c for part in parts for m, c in part["models"].items()}
-    if set(models) != set(MODELS):
+    if set(models) != set(PE_MODELS):
         return
     meta = {k: v for k, v in parts[0].items() if k not in ("models", "command", "wall_s")}
     merged = {
         **meta,
         "command": [part["command"] for part in parts],
         "wall_s": [part["wall_s"] for part in parts],
-        "models": {m: models[m] for m in MODELS},
+        "models": {m: models[m] for m in PE_MODELS},
     }
     path.write_text(json.dumps(merged, indent=1))
     for q in out.glob("pe-*.json"):
@@ -596,22 +624,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=CLAIMS, default=list(CLAIMS))
     p.add_argument("--force", action="store_true", help="recompute claims already written")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="analyses/data/organisms_claims")
-    p.add_argument("--figures", default="docs/figures/organisms")
+    p.add_argument("--out", help="default: analyses/data/organisms_claims/<model>")
+    p.add_argument("--figures", help="default: docs/figures/organisms/<model>")
     p.add_argument("--report", action="store_true", help="print the markdown tables")
+    p.add_argument(
+        "--model", choices=MODELS, default="organism-none", help="the organism of claims 1-3, 5"
+    )
     p.add_argument(
         "--pe-models",
         nargs="+",
-        choices=MODELS,
-        default=list(MODELS),
+        choices=PE_MODELS,
+        default=list(PE_MODELS),
         help="claim 4 for these models only, into pe-<model>.json (to run it in parallel; "
         "the parts are merged into pe.json once all three exist)",
     )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    out = Path(a.out)
+    out = Path(a.out or f"analyses/data/organisms_claims/{a.model}")
     out.mkdir(parents=True, exist_ok=True)
-    lab = Lab(a.seeds, a.steps)
+    lab = Lab(a.seeds, a.steps, model=a.model)
     lab.pe_models = tuple(a.pe_models)
     runners = {
         "maps": claim_maps,
@@ -621,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         "transfer": claim_transfer,
     }
     command = "python analyses/organisms_claims.py " + " ".join(argv or sys.argv[1:])
-    partial_pe = set(a.pe_models) != set(MODELS)
+    partial_pe = set(a.pe_models) != set(PE_MODELS)
     for name in a.only:
         path = out / f"{name}.json"
         if name == "pe" and partial_pe:
@@ -634,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         result = runners[name](lab)
         meta = {
             "claim": name,
+            "model": lab.model if name != "pe" else list(lab.pe_models),
             "command": command,
             "seeds": len(lab.seeds),
             "world_seeds": lab.seeds,
@@ -657,13 +689,14 @@ def main(argv: list[str] | None = None) -> int:
         print(report(have))
     from attnlab.lab.plots import save_figure
 
-    fig_dir = Path(a.figures)
-    if "maps" in have and "pe" in have:
-        print(
-            *save_figure(
-                fig_maps_pe(have["maps"], have["pe"]), fig_dir / "claims_maps_pe.png", dpi=120
-            )
-        )
+    fig_dir = Path(a.figures or f"docs/figures/organisms/{a.model}")
+    # claim 4 is the same whichever organism's run measured it: the figure takes it from a
+    # sibling folder when this one has none
+    pe = have.get("pe") or next(
+        (json.loads(q.read_text()) for q in sorted(out.parent.glob("*/pe.json"))), None
+    )
+    if "maps" in have and pe is not None and "placeholder" not in pe:
+        print(*save_figure(fig_maps_pe(have["maps"], pe), fig_dir / "claims_maps_pe.png", dpi=120))
     if {"probes", "tar", "transfer"} <= set(have):
         print(
             *save_figure(

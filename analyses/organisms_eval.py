@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from attnlab.data.evaluator import per_frame_rates, summarize
+from attnlab.data.world import parse_caption
 from attnlab.lab.organism_eval import eval_captions, sample, score_videos
 from attnlab.models import load_pipeline
-from attnlab.models.organisms import extend_frame_positions
+from attnlab.models.organisms import extend_frame_positions, frame_pe_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     for model in a.model:
         pipe = load_pipeline(model, progress=False)
         for frames in a.frames:
-            if model == "organism-sinusoidal" and frames > pipe.unet.config.frame_pe_max_len:
+            if frame_pe_of(pipe.unet) == "sinusoidal":  # (a longer table keeps its first rows)
                 extend_frame_positions(pipe.unet, frames)
             t0 = time.time()
             videos = sample(pipe, captions, frames=frames, seed=a.seed)
             scores = score_videos(videos, captions)
             summ = summarize(scores)
+            # clean backgrounds per captioned background (issue 27: >= 90 % on each)
+            by_bg: dict[str, list[bool]] = {}
+            for sc in scores:
+                by_bg.setdefault(parse_caption(sc.caption)["background"], []).append(
+                    sc.background_clean
+                )
+            summ["background_clean_by_background"] = {
+                k: float(np.mean(v)) for k, v in sorted(by_bg.items())
+            }
             rates = per_frame_rates(scores)
             rec = {
                 "model": model,
@@ -74,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         "color_ok": s.color_ok,
                         "shape_ok": s.shape_ok,
                         "background_ok": s.background_ok,
+                        "background_noise": round(s.background_noise, 4),
                         "motion_ok": s.motion_ok,
                         "direction_ok": s.direction_ok,
                         "displacement_px": round(s.displacement, 2),
@@ -90,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {model} | {frames} | {summ['videos']} | {summ['found_frames']:.3f} | "
                 f"{summ['color_acc']:.3f} | {summ['shape_acc']:.3f} | {summ['background_acc']:.3f} | "
                 f"{summ['direction_acc']:.3f} ({summ['moving_videos']}) | {summ['motion_acc']:.3f} | "
-                f"{summ['dynamics_ratio']:.2f} | {summ['coherence']:.3f} |",
+                f"{summ['dynamics_ratio']:.2f} | {summ['coherence']:.3f} | "
+                + " / ".join(
+                    f"{k} {v:.2f}" for k, v in summ["background_clean_by_background"].items()
+                )
+                + " |",
                 flush=True,
             )
     return 0

@@ -1,7 +1,7 @@
 """The organisms' demo figure for docs/organisms.md, and the level-0 band concentration of the
 maps recorded while generating it (attnlab.metrics.band_concentration, k = 1).
 
-    python analyses/organisms_strips.py [--out docs/figures/organisms/organisms_strips]
+    python analyses/organisms_strips.py [--out docs/figures/organisms/organisms_strips] [--dependence]
 
 Other models (committed names or saved pipeline folders, ``LABEL=FOLDER`` to name a row) and
 the four direction captions instead of the demo's:
@@ -19,7 +19,7 @@ import torch
 
 from attnlab.data.evaluator import summarize
 from attnlab.data.metrics import band_concentration
-from attnlab.lab.organism_demo import DEMO_CAPTIONS, demo_figure
+from attnlab.lab.organism_demo import DEMO_CAPTIONS, demo_figure, dependence_figure
 
 DIRECTION_CAPTIONS = (
     "a red circle moving to the right on a black background",
@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/figures/organisms/organisms_strips")
     p.add_argument("--model", action="append", help="name, folder or LABEL=FOLDER (repeatable)")
     p.add_argument("--directions", action="store_true", help="four direction captions")
+    p.add_argument(
+        "--dependence",
+        action="store_true",
+        help="also the probes-at-every-level figure (<out dir>/organisms_dependence.png)",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     kw = {}
@@ -56,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.diag(r['map']).mean():.3f}; found {s['found_frames']:.2f}, colour "
             f"{s['color_acc']:.2f}, direction {s['direction_acc']}"
         )
+    if a.dependence:
+        dep_kw = {"models": kw["models"]} if "models" in kw else {}
+        paths, probed = dependence_figure(Path(a.out).parent / "organisms_dependence", **dep_kw)
+        print(paths)
+        for r in probed:
+            ok = sum(bool(s.direction_ok) for s in r["scores"])
+            speed = np.mean([s.speed for s in r["scores"]])
+            print(
+                f"{r['model']} {r['probe']}: direction {ok}/{len(r['scores'])}, speed {speed:.3f}"
+            )
     return 0
 
 

@@ -42,7 +42,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -50,16 +50,18 @@ import torch
 from attnlab.data.world import DIRECTIONS, MOTIONS
 from attnlab.models.organisms import (
     FRAME_PES,
+    SHAPES,
     WEIGHTS,
     OrganismSpec,
-    OrganismUNet,
     PatchCodec,
     build_pipeline,
+    load_organism_unet,
     organism_scheduler,
+    spec_of,
     text_encoder_and_tokenizer,
-    training_record,
 )
 from attnlab.models.training import (
+    TRAINABLE,
     TrainConfig,
     Trainer,
     checkpoint_config,
@@ -101,6 +103,8 @@ def _options(config: dict) -> str:
         opts += f" --noisy-share {config['noisy_share']:g} --noisy-min {config['noisy_min']}"
     if config["phase"] == "video" and config["reference_clips"]:
         opts += f" --reference-clips {config['reference_clips']}"
+    if config.get("pixel_weight"):
+        opts += f" --pixel-weight {config['pixel_weight']:g}"
     if config["phase"] == "video" and config["self_inputs"]:
         opts += f" --self-inputs {config['self_inputs']:g} --self-depth {config['self_depth']}"
     if config["phase"] == "video":
@@ -171,15 +175,46 @@ def main(argv: list[str] | None = None) -> int:
         "(1..--self-depth DDIM steps from pure noise), target: the references' posterior mean",
     )
     p.add_argument("--self-depth", type=int, default=TrainConfig.self_depth)
+    p.add_argument(
+        "--pixel-weight",
+        type=float,
+        default=TrainConfig.pixel_weight,
+        help="share of the loss weighted as decoded pixels weigh the latent channels",
+    )
+    p.add_argument(
+        "--init",
+        help="with --finetune: start from this saved organism folder (its unet/ and "
+        "training.json) instead of the committed weights",
+    )
     p.add_argument("--batch", type=int, default=TrainConfig.batch, help="clips per video step")
     p.add_argument("--probe-every", type=int, default=50)
     p.add_argument(
         "--probe-t", type=int, nargs="+", default=[300, 500, 700], help="probe timesteps"
     )
     p.add_argument("--save", help="with --finetune: write the EMA organism here (not the package)")
+    p.add_argument(
+        "--shape",
+        choices=SHAPES,
+        help="with --finetune: the family layout to reshape the committed weights into "
+        "(default: their own)",
+    )
+    p.add_argument(
+        "--temporal-conv-levels",
+        type=int,
+        nargs="*",
+        help="with --finetune --shape modelscope: keep temporal convolutions at these levels only",
+    )
+    p.add_argument(
+        "--train",
+        choices=TRAINABLE,
+        default="all",
+        help="with --finetune: train all parameters or the temporal layers only (AnimateDiff)",
+    )
     a = p.parse_args(argv)
     if not a.finetune:
         only = {"--batch": "batch", "--motions": "motions", "--temporal-text": "temporal_text"}
+        only |= {"--shape": "shape", "--train": "train", "--init": "init"}
+        only["--temporal-conv-levels"] = "temporal_conv_levels"
         if given := [k for k, dest in only.items() if getattr(a, dest) != p.get_default(dest)]:
             p.error(
                 f"{', '.join(given)}: only with --finetune (its own run), not in a run's phases"
@@ -215,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         ema=a.ema,
         self_inputs=a.self_inputs,
         self_depth=a.self_depth,
+        pixel_weight=a.pixel_weight,
     )
     video_opt = dict(lr=a.lr, warmup=a.warmup)  # (the image phase keeps its own)
     image_ckpt = run / "image" / "ckpt.pt"
@@ -288,8 +324,16 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--finetune needs exactly one --variant")
         pe = a.variant[0]
         name = f"organism-{pe}"
-        init = OrganismUNet.from_pretrained(WEIGHTS / name / "unet").state_dict()
-        ft_spec = OrganismSpec(temporal_text=a.temporal_text)
+        origin = Path(a.init) if a.init else WEIGHTS / name
+        committed = load_organism_unet(origin / "unet")
+        init = committed.state_dict()
+        ft_spec = replace(spec_of(committed), temporal_text=a.temporal_text)
+        if a.shape is not None:
+            ft_spec = replace(ft_spec, shape=a.shape)
+        if a.temporal_conv_levels is not None:
+            if ft_spec.shape != "modelscope":
+                p.error("--temporal-conv-levels: only with the modelscope shape")
+            ft_spec = replace(ft_spec, temporal_conv_levels=tuple(a.temporal_conv_levels))
         cfg = TrainConfig(
             frame_pe=pe,
             phase="video",
@@ -299,16 +343,21 @@ def main(argv: list[str] | None = None) -> int:
             spec=ft_spec,
             motions=DIRECTIONS if a.motions == "directions" else MOTIONS,
             motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
+            trainable=a.train,
             **schedule,
             **video_opt,
         )
         tr = Trainer(cfg, codec, run / "ckpt.pt", init=init, text=text_encoder_and_tokenizer())
-        log(f"finetune {name} from the committed weights: steps {tr.step} -> {a.video_steps}")
+        log(f"finetune {name} from {origin}: steps {tr.step} -> {a.video_steps}")
         tr.run(a.video_steps, probe_every=a.probe_every, stop_file=run / "STOP", log=log)
         rec = tr.record()
-        rec["init"] = f"committed {name} (attnlab/organism_weights), fresh optimiser"
+        rec["init"] = (
+            f"{a.init} (saved by an earlier --finetune), fresh optimiser"
+            if a.init
+            else f"committed {name} (attnlab/organism_weights), fresh optimiser"
+        )
         # how the weights it started from were made (and so, for the package, the whole lineage)
-        rec["init_record"] = before = training_record(name)
+        rec["init_record"] = before = json.loads((origin / "training.json").read_text())
         if "image_phase" in before:
             rec["image_phase"] = before["image_phase"]
             rec["wall_s_total_incl_image_phase"] = round(

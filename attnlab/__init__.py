@@ -66,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "load_evaluation": "attnlab.lab.evaluation",
     # the models: diffusers finds attnlab's own component classes here when loading a folder
     "OrganismUNet": "attnlab.models.organisms",
+    "OrganismMotionUNet": "attnlab.models.organisms",
     "PatchCodec": "attnlab.models.organisms",
     "LaVieUNet": "attnlab.models.lavie",
     "VideoCrafter2UNet": "attnlab.models.videocrafter",
@@ -177,7 +178,7 @@ if TYPE_CHECKING:
     from attnlab.lab.evaluation import evaluate, load_evaluation
     from attnlab.lab.real import record_real
     from attnlab.models.lavie import LaVieUNet
-    from attnlab.models.organisms import OrganismUNet, PatchCodec
+    from attnlab.models.organisms import OrganismMotionUNet, OrganismUNet, PatchCodec
     from attnlab.models.videocrafter import (
         VideoCrafter2Pipeline,
         VideoCrafter2Scheduler,
@@ -195,6 +196,7 @@ __all__ = [
     "FrameLimitError",
     "LaVieUNet",
     "Layers",
+    "OrganismMotionUNet",
     "OrganismUNet",
     "PatchCodec",
     "PositionTerms",

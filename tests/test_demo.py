@@ -93,7 +93,7 @@ def test_cross_model_experiment_extends_the_sinusoidal_table_past_16_frames(tmp_
         models=("organism-sinusoidal",),
     )
     run_experiment("models", ctx)  # 6, 12 and 18 frames: 18 > the table of 16
-    assert ctx.pipe("organism-sinusoidal").unet.config.frame_pe_max_len == 18
+    assert ctx.pipe("organism-sinusoidal").unet.config.motion_max_seq_length == 18
     rows = json.loads(ctx.figure("fig10_metrics.json").read_text())
     assert sorted(r["frames"] for r in rows) == [6, 12, 18]
     assert (
@@ -121,6 +121,26 @@ def test_organism_strips_show_frames_maps_and_the_evaluators_reading(tmp_path):
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any(t.startswith(f"found {again.found_rate:.0%}") for t in texts)
     assert any("coherence" in t for t in texts)
+
+
+def test_dependence_figure_probes_every_level_from_the_same_noise(tmp_path):
+    import torch
+
+    from attnlab.lab.organism_demo import PROBES, fig_dependence, run_dependence
+    from attnlab.models import load_pipeline
+
+    caption = "a red circle moving to the right on a black background"
+    res = run_dependence(models=("organism-rope",), captions=(caption,), frames=8)
+    assert [r["probe"] for r in res] == list(PROBES)
+    plain = load_pipeline("organism-rope", progress=False)(
+        [caption], num_frames=8, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    np.testing.assert_array_equal(res[0]["videos"], np.asarray(plain.frames).clip(0, 1))
+    for r in res[1:]:  # each probe changes the video
+        assert np.abs(r["videos"] - res[0]["videos"]).max() > 0.05
+    fig = fig_dependence(res, n_frames=4)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert len(texts) == 3 and all("coherence" in t for t in texts)
 
 
 def test_evaluator_readings_score_each_generated_video_and_leave_the_real_clip_out(tmp_path, cheap):

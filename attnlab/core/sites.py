@@ -363,16 +363,18 @@ def _load_plugins() -> None:
                 register_family(fam)
 
 
-def family_of(model: torch.nn.Module | str) -> Family:
-    """The family of a denoiser (module or class name), or a clear error saying why not."""
+def family_of(model: torch.nn.Module | type | str) -> Family:
+    """The family of a denoiser (module, class or class name), or a clear error saying why
+    not."""
     families = registered_families()
-    name = model if isinstance(model, str) else type(model).__name__
+    klass = model if isinstance(model, type) else type(model)
+    name = model if isinstance(model, str) else klass.__name__
     for fam in families:
         if name in fam.model_classes:
             return fam
     # subclasses of a registered class (e.g. a user's UNet3D subclass) belong to its family
     if not isinstance(model, str):
-        for cls in type(model).__mro__:
+        for cls in klass.__mro__:
             for fam in families:
                 if not fam.joint and cls.__name__ in fam.model_classes:
                     return fam
@@ -498,15 +500,38 @@ def _meta_model(ref: str) -> torch.nn.Module:
         cls_name = config.get("_class_name", "")
         if cls_name == "UNet2DConditionModel":
             return _meta_motion(ref, path, config)
-        family_of(cls_name)  # clear error for unsupported models before building anything
         cls: Any = getattr(diffusers, cls_name, None)
-        if cls is None:  # a class of another package (attnlab's organisms, LaVie, ...)
-            cls = _class_of(family_of(cls_name), cls_name)
+        if cls is None:  # a class of another package, named with it in model_index.json
+            cls = _library_class(path, sub, cls_name)
+        if cls is None:
+            family_of(cls_name)  # clear error for unsupported models before building anything
+            cls = _class_of(family_of(cls_name), cls_name)  # attnlab's own (LaVie, ...)
+        family_of(cls)  # (a subclass of a mapped class maps as its base)
         with torch.device("meta"):
             return cls.from_config(config)
     raise FileNotFoundError(
         f"no unet/config.json or transformer/config.json under {ref!r}: not a diffusers pipeline"
     )
+
+
+def _library_class(path: Path, sub: str, name: str) -> type | None:
+    """The class ``model_index.json`` of a local folder names for component ``sub``
+    (``["library", "ClassName"]``, as diffusers resolves it) when it is ``name`` and not
+    diffusers'; None when the folder does not say or the library cannot be imported."""
+    import importlib
+
+    index = path / "model_index.json"
+    if not path.is_dir() or not index.exists():
+        return None
+    entry = json.loads(index.read_text()).get(sub)
+    if not isinstance(entry, list) or len(entry) != 2 or entry[1] != name:
+        return None
+    if entry[0] in (None, "diffusers"):
+        return None
+    try:
+        return getattr(importlib.import_module(entry[0]), name, None)
+    except ImportError:
+        return None
 
 
 def _class_of(family: Family, name: str) -> type:

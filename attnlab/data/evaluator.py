@@ -14,7 +14,9 @@ majority over found frames; a recolouring must start in its first colour and end
 displacement of the centroid over the first 16 frames points the captioned way along the
 dominant axis and is at least :data:`MIN_TRAVEL` of the frame), growth (area ratio of the last
 and first quarter >= 1.5 or <= 1/1.5), dynamics (mean centroid step per frame, and its ratio to
-the world's mean speed for a moving caption), coherence (one object of stable colour and area,
+the world's mean speed for a moving caption), background cleanliness (spatial noise of the
+corner patches' background pixels, at most :data:`BACKGROUND_NOISE_MAX`; the world's own clips
+read 0), coherence (one object of stable colour and area,
 no flicker, no jumps), and all per-frame quantities per frame index, so that where a long video
 breaks is visible.
 """
@@ -40,6 +42,11 @@ from attnlab.data.world import (
 )
 
 FG_DISTANCE = 0.25  # RGB distance from the background for a foreground pixel
+# background cleanliness: spatial std of the four corner patches (each CORNER of the frame
+# side) without the object; the world's own clips read 0.000 (flat backgrounds); a video is
+# clean when the median over its frames of the median over its corners is at most this
+CORNER = 6 / 32
+BACKGROUND_NOISE_MAX = 0.03
 MIN_AREA = 0.01  # fraction of the frame a found object covers at least
 SQUARE_FILL = 0.88  # region area / bounding-box area above which a shape is a square
 MIN_TRAVEL = 0.15  # fraction of the frame a moving object travels at least in 16 frames
@@ -64,6 +71,7 @@ class FrameReading:
     y: float | None
     area: float
     background: str
+    background_noise: float  # spatial std of the corner patches' background (0: flat)
 
 
 def _as_frames(video: Any) -> np.ndarray:
@@ -85,9 +93,12 @@ def read_frame(frame: np.ndarray) -> FrameReading:
     sizes = ndimage.sum_labels(np.ones_like(dist), labels, index=np.arange(1, n + 1)) if n else []
     big = [i + 1 for i, s in enumerate(sizes) if s >= min_px]
     if not big:
-        return FrameReading(False, 0, None, None, None, None, None, 0.0, background)
+        noise = background_noise(frame, np.ones((h, w), bool))
+        return FrameReading(False, 0, None, None, None, None, None, 0.0, background, noise)
     k = max(big, key=lambda i: sizes[i - 1])
     region = labels == k
+    # background: everything but the object and its soft edge (speckle stays in, however bright)
+    noise = background_noise(frame, ~ndimage.binary_dilation(region, iterations=2))
     ys, xs = np.nonzero(region)
     core = region & (dist >= 0.5 * dist[region].max())
     mean = frame[core].mean(0)
@@ -103,7 +114,25 @@ def read_frame(frame: np.ndarray) -> FrameReading:
         y=float(ys.mean() + 0.5),
         area=float(region.sum()),
         background=background,
+        background_noise=noise,
     )
+
+
+def background_noise(frame: np.ndarray, background: np.ndarray) -> float:
+    """Spatial noise of a frame's background: in each corner patch (:data:`CORNER` of the
+    side), the spatial standard deviation of its ``background`` pixels (the object and its edge
+    are left out), per RGB channel and their root mean square; the median over the corners
+    with at least 4 such pixels (0.0 if none). Flat backgrounds read 0; speckle reads its
+    amplitude."""
+    h, w, _ = frame.shape
+    ph, pw = max(2, round(CORNER * h)), max(2, round(CORNER * w))
+    stds = []
+    for ys in (slice(0, ph), slice(h - ph, h)):
+        for xs in (slice(0, pw), slice(w - pw, w)):
+            px = frame[ys, xs][background[ys, xs]]
+            if len(px) >= 4:
+                stds.append(float(np.sqrt(px.var(0).mean())))
+    return float(np.median(stds)) if stds else 0.0
 
 
 def _majority(values: list[Any]) -> Any:
@@ -122,6 +151,8 @@ class VideoScore:
     color_ok: bool
     shape_ok: bool
     background_ok: bool
+    background_noise: float  # median over frames of FrameReading.background_noise
+    background_clean: bool  # background_noise <= BACKGROUND_NOISE_MAX
     motion_ok: bool  # direction, growth or colour change as captioned
     direction_ok: bool | None  # only for moving captions
     displacement: float  # px over the first 16 frames along the captioned direction (0 if none)
@@ -170,6 +201,7 @@ def evaluate(video: Any, caption: str) -> VideoScore:
     motion = words["motion"]
     shape_ok = _majority([r.shape for r in found]) == words["shape"]
     background_ok = _majority([r.background for r in reads]) == words["background"]
+    noise = float(np.median([r.background_noise for r in reads]))
     q = max(1, min(n, TRANSITION) // 4)
     if motion == "recolor":
         first = _majority([r.color for r in reads[:q]])
@@ -222,6 +254,8 @@ def evaluate(video: Any, caption: str) -> VideoScore:
         color_ok=bool(color_ok),
         shape_ok=bool(shape_ok),
         background_ok=bool(background_ok),
+        background_noise=noise,
+        background_clean=noise <= BACKGROUND_NOISE_MAX,
         motion_ok=motion_ok,
         direction_ok=direction_ok,
         displacement=displacement,
@@ -254,7 +288,7 @@ def evaluate(video: Any, caption: str) -> VideoScore:
 
 def summarize(scores: list[VideoScore]) -> dict[str, float | int | None]:
     """Rates over videos: found frames, colour / shape / background / motion accuracy, direction
-    accuracy over moving captions, mean dynamics ratio, mean coherence."""
+    accuracy over moving captions, mean dynamics ratio, mean coherence, clean backgrounds."""
     moving = [s for s in scores if s.direction_ok is not None]
     return {
         "videos": len(scores),
@@ -262,6 +296,7 @@ def summarize(scores: list[VideoScore]) -> dict[str, float | int | None]:
         "color_acc": float(np.mean([s.color_ok for s in scores])),
         "shape_acc": float(np.mean([s.shape_ok for s in scores])),
         "background_acc": float(np.mean([s.background_ok for s in scores])),
+        "background_clean": float(np.mean([s.background_clean for s in scores])),
         "motion_acc": float(np.mean([s.motion_ok for s in scores])),
         "moving_videos": len(moving),
         "direction_acc": float(np.mean([s.direction_ok for s in moving])) if moving else None,
@@ -277,8 +312,10 @@ def per_frame_rates(scores: list[VideoScore]) -> dict[str, np.ndarray]:
 
 
 __all__ = [
+    "BACKGROUND_NOISE_MAX",
     "FrameReading",
     "VideoScore",
+    "background_noise",
     "evaluate",
     "per_frame_rates",
     "read_frame",

@@ -401,7 +401,7 @@ def run_models(ctx: Context) -> None:
     latent frames (:mod:`attnlab.core.joint`). DiTs with the text in the attention sequence also
     record its text mass, so their runs go to a store of their own (``models-text``)."""
     from attnlab.core.sites import sites
-    from attnlab.models.organisms import extend_frame_positions
+    from attnlab.models.organisms import extend_frame_positions, is_organism_unet
 
     for model in ctx.models:
         for n in (ctx.frames[0], 2 * ctx.frames[0], 3 * ctx.frames[0]):
@@ -426,7 +426,7 @@ def run_models(ctx: Context) -> None:
                 continue
             if limit is not None and n > limit:
                 unet = ctx.pipe(model).unet
-                if type(unet).__name__ != "OrganismUNet":
+                if not is_organism_unet(unet):
                     ctx.log(f"  {name}: skipped, {n} frames exceed the model's PE ({limit})")
                     continue
                 extend_frame_positions(unet, n)  # positions < limit are unchanged

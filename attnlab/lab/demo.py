@@ -110,6 +110,19 @@ def run_demo(
                 f"{summ['color_acc']:.0%}, direction {summ['direction_acc']:.0%} "
                 f"({len(r['scores'])} videos)"
             )
+        # then where their motion lives: the paper's probes at every level
+        from attnlab.lab.organism_demo import dependence_figure
+
+        paths, probed = dependence_figure(ctx.figures / "organisms_dependence")
+        results["organisms"] += paths
+        print("the probes at every level (direction as captioned, mean speed in frame/frame):")
+        for r in probed:
+            ok = sum(bool(s.direction_ok) for s in r["scores"])
+            speed = sum(s.speed for s in r["scores"]) / len(r["scores"])
+            print(
+                f"  {r['model']:<20} {r['probe']:<9} direction {ok}/{len(r['scores'])}, "
+                f"speed {speed:.3f}"
+            )
     results.update({name: run_experiment(name, ctx) for name in story})
     readings: dict[str, dict[str, str]] = {}
     if organism:  # the world evaluator's reading of every generated video beside its figures

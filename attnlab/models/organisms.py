@@ -26,11 +26,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import ModelMixin, UNet3DConditionModel
+from diffusers import ModelMixin, UNet3DConditionModel, UNetMotionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
@@ -39,6 +39,9 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from attnlab.core.cache import cache_dir, saved_once
 
 FRAME_PES = ("none", "sinusoidal", "rope")
+# the layouts of the families the organisms stand for (OrganismSpec.shape), and each variant's
+SHAPES = ("modelscope", "animatediff", "lavie")
+FAMILY_SHAPE = {"none": "modelscope", "sinusoidal": "animatediff", "rope": "lavie"}
 ORGANISMS: dict[str, str] = {f"organism-{pe}": pe for pe in FRAME_PES}
 # committed weights: <name>/unet/ per variant, plus the shared codec and scheduler
 WEIGHTS = Path(__file__).parent / "organism_weights"
@@ -122,10 +125,46 @@ class RoPEAttnProcessor:
 
 def _temporal_blocks(unet: torch.nn.Module):
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
     for module in unet.modules():
-        if isinstance(module, TransformerTemporalModel):
+        if isinstance(module, TransformerTemporalModel | AnimateDiffTransformer3D):
             yield from module.transformer_blocks
+
+
+class NoTemporalConv(torch.nn.Module):
+    """What stands where a ``TemporalConvLayer`` was removed: the identity (the layer's own
+    output with its last convolution at zero), with no parameters."""
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        return hidden_states
+
+
+def _unet3d_levels(unet: UNet3DConditionModel):
+    """``(level, block)`` of every down, mid and up block of a ``UNet3DConditionModel``."""
+    n = len(unet.down_blocks)
+    for i, block in enumerate(unet.down_blocks):
+        yield i, block
+    yield n - 1, unet.mid_block
+    for j, block in enumerate(unet.up_blocks):
+        yield n - 1 - j, block
+
+
+def _drop_temporal_convs(unet: UNet3DConditionModel, keep: set[int]) -> None:
+    for level, block in _unet3d_levels(unet):
+        if level not in keep:
+            block.temp_convs = torch.nn.ModuleList(NoTemporalConv() for _ in block.temp_convs)
+
+
+def _set_temporal_head_dim(unet: torch.nn.Module, head_dim: int) -> None:
+    """Split every temporal attention into heads of ``head_dim`` channels (same parameters)."""
+    for block in _temporal_blocks(unet):
+        for attn in (block.attn1, block.attn2):
+            inner = attn.to_q.out_features
+            if inner % head_dim:
+                raise ValueError(f"temporal_head_dim={head_dim} does not divide {inner} channels")
+            attn.heads = attn.sliceable_head_dim = inner // head_dim
+            attn.scale = head_dim**-0.5
 
 
 class OrganismUNet(UNet3DConditionModel):
@@ -136,6 +175,9 @@ class OrganismUNet(UNet3DConditionModel):
     ``BasicTransformerBlock.pos_embed``); ``"rope"`` rotates temporal queries and keys.
     ``temporal_text=True`` gives every temporal block the caption (:class:`TemporalText`,
     zero-initialised: off, or freshly added, the model computes exactly what it did without it).
+    ``temporal_conv_levels`` keeps the temporal convolutions at those resolution levels only
+    (``()``: none, LaVie's layout; ``None``: every level, ModelScope's); ``temporal_head_dim``
+    splits the temporal attention into heads of that many channels (UNet3D's own: 8).
     """
 
     @register_to_config
@@ -171,9 +213,17 @@ class OrganismUNet(UNet3DConditionModel):
         frame_pe_max_len: int = TRAIN_FRAMES,
         text_adapter_dim: int = 0,
         temporal_text: bool = False,
+        temporal_conv_levels: tuple[int, ...] | None = None,
+        temporal_head_dim: int | None = None,
     ):
         if frame_pe not in FRAME_PES:
             raise ValueError(f"frame_pe={frame_pe!r}; allowed: {', '.join(FRAME_PES)}")
+        levels = len(block_out_channels)
+        if temporal_conv_levels is not None and not set(temporal_conv_levels) <= set(range(levels)):
+            raise ValueError(
+                f"temporal_conv_levels={temporal_conv_levels}; allowed: levels 0..{levels - 1} "
+                "(None: every level)"
+            )
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -195,6 +245,10 @@ class OrganismUNet(UNet3DConditionModel):
         self.text_adapter = None
         if text_adapter_dim:
             self.text_adapter = TextAdapter(cross_attention_dim, text_adapter_dim)
+        if temporal_conv_levels is not None:
+            _drop_temporal_convs(self, set(temporal_conv_levels))
+        if temporal_head_dim is not None:
+            _set_temporal_head_dim(self, temporal_head_dim)
         for block in _temporal_blocks(self):
             dim = block.attn1.to_q.in_features
             if temporal_text:
@@ -281,19 +335,147 @@ def _add_temporal_text(block, args: tuple, kwargs: dict):
     return args, kwargs
 
 
-def extend_frame_positions(unet: OrganismUNet, frames: int) -> None:
+class OrganismMotionUNet(UNetMotionModel):
+    """The AnimateDiff-shaped organism: diffusers' ``UNetMotionModel`` (an image UNet with a
+    motion module after every spatial layer, no temporal convolution, a sinusoidal absolute
+    frame table of ``motion_max_seq_length`` positions added before each motion attention),
+    plus the organisms' learned text adapter (``text_adapter_dim``). attnlab maps it as the
+    AnimateDiff (``motion``) family. It takes every ``UNetMotionModel`` option (its config is
+    that model's plus ``text_adapter_dim``); build it from a UNet3D organism's weights with
+    :func:`reshape_weights`."""
+
+    @register_to_config
+    def __init__(self, text_adapter_dim: int = 0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.text_adapter = None
+        if text_adapter_dim:
+            self.text_adapter = TextAdapter(self.config.cross_attention_dim, text_adapter_dim)
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args: Any, **kwargs: Any):
+        """``UNetMotionModel.forward`` with the text states through the text adapter first.
+
+        ``encoder_hidden_states`` may be one per video ``[B, tokens, dim]`` (what
+        ``TextToVideoSDPipeline`` and the UNet3D organisms take: repeated here for every frame,
+        as ``AnimateDiffPipeline`` does before calling its UNet) or one per frame ``[B F, ...]``.
+        """
+        if self.text_adapter is not None:
+            encoder_hidden_states = self.text_adapter(encoder_hidden_states)
+        batch, frames = sample.shape[0], sample.shape[2]
+        if encoder_hidden_states.shape[0] == batch and frames > 1:
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(frames, dim=0)
+        elif encoder_hidden_states.shape[0] != batch * frames:
+            raise ValueError(
+                f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}; allowed: "
+                f"{batch} (one per video) or {batch * frames} (one per frame)"
+            )
+        return super().forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+
+def _with_parent_signature(cls: type, parent: type) -> None:
+    """Give ``cls.__init__(own..., **kwargs)`` the signature of its own parameters plus every
+    parameter of ``parent.__init__``: diffusers reads a model's config keys from its
+    ``__init__`` signature (saving, loading without "unexpected config attributes")."""
+    import inspect
+
+    own = inspect.signature(cls.__init__.__wrapped__)
+    base = inspect.signature(parent.__init__)
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in params}
+    params += [
+        p.replace(kind=p.KEYWORD_ONLY)
+        for name, p in base.parameters.items()
+        if name not in names and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    signature = own.replace(parameters=params)
+    cls.__init__.__signature__ = signature
+    cls.__init__.__wrapped__.__signature__ = signature
+
+
+_with_parent_signature(OrganismMotionUNet, UNetMotionModel)
+
+
+def is_organism_unet(unet: Any) -> bool:
+    return isinstance(unet, OrganismUNet | OrganismMotionUNet)
+
+
+def temporal_parameter_names(unet: torch.nn.Module) -> list[str]:
+    """Names of the parameters of the temporal layers: the temporal attention
+    (``transformer_in`` and ``temp_attentions`` of a UNet3D, the ``motion_modules`` of a motion
+    UNet) and the temporal convolutions (``temp_convs``) where the shape has them. What the
+    AnimateDiff recipe trains on top of a frozen image model."""
+    keys = ("transformer_in", "temp_attentions", "motion_modules", "temp_convs")
+    return [n for n, _ in unet.named_parameters() if any(k in n.split(".") for k in keys)]
+
+
+def reshape_weights(
+    state: dict[str, torch.Tensor], unet: torch.nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map a ModelScope-shaped organism's ``state`` onto ``unet`` (another organism shape).
+
+    Kept: every spatial layer, the text adapter and the temporal attention (``temp_attentions``
+    become ``motion_modules`` in a motion UNet); dropped: the temporal convolutions ``unet`` no
+    longer has and, for a motion UNet, ``transformer_in``. Returns the state to load and the
+    names of ``unet``'s parameters it does not provide (motion modules where the UNet3D had no
+    temporal attention): :func:`zero_new_temporal` makes those start as the identity."""
+    own = unet.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    motion = isinstance(unet, UNetMotionModel)
+    for k, v in state.items():
+        if motion:
+            if k.startswith("transformer_in."):
+                continue
+            k = k.replace(".temp_attentions.", ".motion_modules.")
+        if k in own:
+            if own[k].shape != v.shape:
+                raise ValueError(f"{k}: shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
+            out[k] = v
+        elif ".temp_convs." not in k and not k.endswith("pos_embed.pe"):
+            raise ValueError(f"{k} has no place in {type(unet).__name__}")
+    missing = [k for k in own if k not in out and not k.endswith("pos_embed.pe")]
+    return out, missing
+
+
+def zero_new_temporal(unet: torch.nn.Module, missing: list[str]) -> None:
+    """Zero the output projection of every temporal module whose weights are in ``missing``
+    (fresh motion modules): the module's residual makes it the identity until trained."""
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if isinstance(module, AnimateDiffTransformer3D) and any(
+                k.startswith(name + ".") for k in missing
+            ):
+                torch.nn.init.zeros_(module.proj_out.weight)
+                torch.nn.init.zeros_(module.proj_out.bias)
+
+
+def frame_pe_of(unet: torch.nn.Module) -> str:
+    """The frame positional encoding of an organism UNet: none, sinusoidal or rope."""
+    if isinstance(unet, UNetMotionModel):
+        return "sinusoidal"
+    return unet.config.frame_pe
+
+
+def _table_key(unet: torch.nn.Module, frames: int, least: int) -> str:
+    """The config key of a sinusoidal organism's table length, after checking ``unet`` has a
+    table and ``frames`` is at least ``least``."""
+    if frame_pe_of(unet) != "sinusoidal":
+        raise ValueError(
+            f"only sinusoidal organisms have a position table (this: {frame_pe_of(unet)})"
+        )
+    if frames < least:
+        raise ValueError(f"frames must be at least {least}, got {frames}")
+    return "motion_max_seq_length" if isinstance(unet, UNetMotionModel) else "frame_pe_max_len"
+
+
+def extend_frame_positions(unet: OrganismUNet | OrganismMotionUNet, frames: int) -> None:
     """Extend a sinusoidal organism's position table to ``frames`` positions (naive
     extrapolation: the same formula evaluated at positions it never saw in training).
 
     The stored rows are kept as they are and only the new positions are appended, so a video
     no longer than the old table is bit-identical before and after (on any CPU: the kept rows
     are the loaded ones, not recomputed). A table already that long is left alone."""
-    if unet.config.frame_pe != "sinusoidal":
-        raise ValueError(
-            f"only sinusoidal organisms have a position table (this: {unet.config.frame_pe})"
-        )
-    if frames < 1:
-        raise ValueError(f"frames must be a positive count, got {frames}")
+    key = _table_key(unet, frames, 1)
     for block in _temporal_blocks(unet):
         old = block.pos_embed.pe  # [1, L, d]
         if frames <= old.shape[1]:
@@ -301,8 +483,26 @@ def extend_frame_positions(unet: OrganismUNet, frames: int) -> None:
         new = SinusoidalPositionalEmbedding(old.shape[-1], frames).pe.to(old.device, old.dtype)
         new[:, : old.shape[1]] = old
         block.pos_embed.pe = new
-    if frames > unet.config.frame_pe_max_len:
-        unet.register_to_config(frame_pe_max_len=frames)
+    if frames > unet.config[key]:
+        unet.register_to_config(**{key: frames})
+
+
+def interpolate_frame_positions(unet: OrganismUNet | OrganismMotionUNet, frames: int) -> None:
+    """Stretch a sinusoidal table of ``L`` positions over ``frames`` (position interpolation,
+    Chen et al. 2023): row ``i`` becomes the stored table linearly interpolated at position
+    ``i (L - 1) / (frames - 1)``, so a longer video sees only the trained range of positions
+    (at finer steps) instead of new ones. The first and last rows stay the stored ones; every
+    other position changes, so unlike :func:`extend_frame_positions` this alters videos of the
+    training length too (and is undone only by reloading the weights)."""
+    key = _table_key(unet, frames, 2)
+    for block in _temporal_blocks(unet):
+        old = block.pos_embed.pe  # [1, L, d]
+        pos = torch.linspace(0, old.shape[1] - 1, frames, dtype=torch.float64)
+        lo = pos.floor().long().clamp(max=old.shape[1] - 1)
+        hi = (lo + 1).clamp(max=old.shape[1] - 1)
+        frac = (pos - lo).to(old.dtype)[None, :, None]
+        block.pos_embed.pe = old[:, lo] * (1 - frac) + old[:, hi] * frac
+    unet.register_to_config(**{key: frames})
 
 
 # --- codec ------------------------------------------------------------------------------------
@@ -423,8 +623,60 @@ class OrganismSpec:
     layers_per_block: int = 1
     text_adapter_dim: int = 128
     temporal_text: bool = False  # the caption's path into the temporal blocks (TemporalText)
+    # the family whose layout the UNet takes (SHAPES): "modelscope" (UNet3D: temporal
+    # convolutions and temporal attention), "animatediff" (UNetMotionModel: motion modules, no
+    # temporal convolution), "lavie" (UNet3D without temporal convolutions)
+    shape: str = "modelscope"
+    temporal_conv_levels: tuple[int, ...] | None = None  # modelscope: levels with convs (None: all)
+    temporal_head_dim: int | None = None  # None: UNet3D's 8 (lavie: 16, several RoPE frequencies)
 
     def unet_config(self, frame_pe: str) -> dict[str, Any]:
+        """The ``OrganismUNet`` config of a UNet3D-shaped organism (modelscope, lavie)."""
+        if self.shape not in SHAPES or self.shape == "animatediff":
+            raise ValueError(
+                f"shape={self.shape!r} has no UNet3D config; UNet3D shapes: modelscope, lavie"
+            )
+        conv_levels = self.temporal_conv_levels if self.shape == "modelscope" else ()
+        head_dim = self.temporal_head_dim
+        if self.shape == "lavie" and head_dim is None:
+            head_dim = 16
+        extra: dict[str, Any] = {}
+        if conv_levels is not None:
+            extra["temporal_conv_levels"] = tuple(conv_levels)
+        if head_dim is not None:
+            extra["temporal_head_dim"] = head_dim
+        return dict(
+            **self._unet3d_config(frame_pe),
+            **extra,
+        )
+
+    def motion_config(self) -> dict[str, Any]:
+        """The ``OrganismMotionUNet`` config of the AnimateDiff-shaped organism: the same image
+        layers (heads of 8 channels) and motion modules where the UNet3D had temporal
+        attention, with heads of ``temporal_head_dim`` (8) channels and a table of 16 frames."""
+        heads = tuple(c // self.attention_head_dim for c in self.block_out_channels)
+        motion_heads = tuple(c // (self.temporal_head_dim or 8) for c in self.block_out_channels)
+        return dict(
+            **self._image_config(),
+            num_attention_heads=heads,
+            motion_num_attention_heads=motion_heads,
+            motion_max_seq_length=TRAIN_FRAMES,
+            use_motion_mid_block=True,
+            use_linear_projection=True,  # as UNet3D's spatial transformers
+        )
+
+    def build_unet(self, frame_pe: str) -> OrganismUNet | OrganismMotionUNet:
+        """A fresh UNet of this shape with frame PE ``frame_pe``."""
+        if self.shape == "animatediff":
+            if frame_pe != "sinusoidal":
+                raise ValueError(
+                    f"shape 'animatediff' has AnimateDiff's sinusoidal table; frame_pe={frame_pe!r}"
+                )
+            return OrganismMotionUNet(**self.motion_config())
+        return OrganismUNet(**self.unet_config(frame_pe))
+
+    def _image_config(self) -> dict[str, Any]:
+        """The options of the image layers every shape shares."""
         return dict(
             sample_size=self.size // self.patch,
             in_channels=self.latent_channels,
@@ -433,10 +685,15 @@ class OrganismSpec:
             layers_per_block=self.layers_per_block,
             norm_num_groups=16,
             cross_attention_dim=384,
+            text_adapter_dim=self.text_adapter_dim,
+        )
+
+    def _unet3d_config(self, frame_pe: str) -> dict[str, Any]:
+        return dict(
+            **self._image_config(),
             attention_head_dim=self.attention_head_dim,
             frame_pe=frame_pe,
             frame_pe_max_len=TRAIN_FRAMES,
-            text_adapter_dim=self.text_adapter_dim,
             temporal_text=self.temporal_text,
         )
 
@@ -494,7 +751,7 @@ def _pipeline_class():
             vae: PatchCodec,
             text_encoder: BertModel,
             tokenizer: PreTrainedTokenizerBase,
-            unet: OrganismUNet,
+            unet: OrganismUNet | OrganismMotionUNet,
             scheduler: DDIMScheduler,
         ):
             # DiffusionPipeline's own __init__: skips the deprecation notice that
@@ -539,7 +796,7 @@ def _pipeline_class():
         "vae": PatchCodec,
         "text_encoder": BertModel,
         "tokenizer": PreTrainedTokenizerBase,
-        "unet": OrganismUNet,
+        "unet": Union[OrganismUNet, OrganismMotionUNet],  # noqa: UP007 (a runtime object)
         "scheduler": DDIMScheduler,
     }
     globals()["OrganismPipeline"] = OrganismPipeline
@@ -549,7 +806,9 @@ def _pipeline_class():
     return OrganismPipeline
 
 
-def build_pipeline(unet: OrganismUNet, codec: PatchCodec, text=None, scheduler=None):
+def build_pipeline(
+    unet: OrganismUNet | OrganismMotionUNet, codec: PatchCodec, text=None, scheduler=None
+):
     """Assemble an :class:`OrganismPipeline` from an organism UNet and codec (``scheduler``:
     :func:`organism_scheduler` unless given)."""
     encoder, tokenizer = text if text is not None else text_encoder_and_tokenizer()
@@ -572,6 +831,37 @@ def _weights_digest(name: str) -> str:
             h.update(f.name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
+
+
+def load_organism_unet(folder: str | os.PathLike) -> OrganismUNet | OrganismMotionUNet:
+    """An organism UNet saved with ``save_pretrained``, of the class its config names."""
+    name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name")
+    classes = {c.__name__: c for c in (OrganismUNet, OrganismMotionUNet)}
+    if name not in classes:
+        raise ValueError(f"{folder}: {name!r} is not an organism UNet ({', '.join(classes)})")
+    return classes[name].from_pretrained(folder)
+
+
+def spec_of(unet: OrganismUNet | OrganismMotionUNet) -> OrganismSpec:
+    """The :class:`OrganismSpec` (shape and temporal knobs) a UNet of the default size has."""
+    if isinstance(unet, OrganismMotionUNet):
+        heads = unet.config.motion_num_attention_heads
+        head_dim = unet.config.block_out_channels[0] // (
+            heads[0] if isinstance(heads, (list, tuple)) else heads
+        )
+        return OrganismSpec(
+            shape="animatediff", temporal_head_dim=None if head_dim == 8 else head_dim
+        )
+    levels = unet.config.get("temporal_conv_levels")
+    head_dim = unet.config.get("temporal_head_dim")
+    if levels is not None and len(levels) == 0:
+        return OrganismSpec(shape="lavie", temporal_head_dim=head_dim)
+    return OrganismSpec(
+        shape="modelscope",
+        temporal_conv_levels=None if levels is None else tuple(levels),
+        temporal_head_dim=head_dim,
+        temporal_text=bool(unet.config.temporal_text),
+    )
 
 
 def trained_scheduler(folder: str | os.PathLike):
@@ -602,7 +892,7 @@ def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
     )
 
     def write(tmp: Path) -> None:
-        unet = OrganismUNet.from_pretrained(WEIGHTS / name / "unet")
+        unet = load_organism_unet(WEIGHTS / name / "unet")
         codec = PatchCodec.from_pretrained(WEIGHTS / "codec")
         build_pipeline(unet, codec, scheduler=trained_scheduler(WEIGHTS / name)).save_pretrained(
             tmp

@@ -61,11 +61,16 @@ from attnlab.models.organisms import (
     ORGANISMS,
     TRAIN_FRAMES,
     WEIGHTS,
+    OrganismMotionUNet,
     OrganismSpec,
     OrganismUNet,
     PatchCodec,
     build_pipeline,
+    frame_pe_of,
     organism_scheduler,
+    reshape_weights,
+    temporal_parameter_names,
+    zero_new_temporal,
 )
 
 # share of each motion in training clips: the four directions get 70% together
@@ -146,6 +151,9 @@ def codec_error(codec: PatchCodec, frames: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / mse)
 
 
+TRAINABLE = ("all", "temporal")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training phase depends on (recorded next to the weights)."""
@@ -185,6 +193,11 @@ class TrainConfig:
     # visits (against exposure bias); needs zero_terminal_snr and reference_clips
     self_inputs: float = 0.0
     self_depth: int = 4
+    # share of the loss weighted as decoded pixels weigh the latent channels (channel_weights)
+    pixel_weight: float = 0.0
+    # "all" parameters, or the "temporal" layers only (temporal_parameter_names: attention and
+    # any temporal convolutions; AnimateDiff's recipe of motion modules on a frozen image model)
+    trainable: str = "all"
 
 
 def checkpoint_config(path: str | Path) -> TrainConfig:
@@ -255,7 +268,7 @@ def sampler_target(x_t: torch.Tensor, refs: torch.Tensor, alpha: torch.Tensor) -
 
 
 def v_loss(
-    unet: OrganismUNet,
+    unet: OrganismUNet | OrganismMotionUNet,
     alphas: torch.Tensor,
     lat: torch.Tensor,
     emb: torch.Tensor,
@@ -263,27 +276,49 @@ def v_loss(
     noise: torch.Tensor,
     min_snr: float | None,
     x0: torch.Tensor | None = None,
+    channel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sample v-prediction loss; ``lat`` ``[B, C, F, h, w]``. v = sqrt(a) eps - sqrt(1-a) x0
     (Salimans & Ho 2022, eq. in Sec. 4); weight min(SNR, gamma) / (SNR + 1) (Hang et al. 2023).
     ``x0``: an estimate of E[lat | x_t] to regress on instead of ``lat`` (:func:`reference_target`);
-    the v target is then the one consistent with it, (sqrt(a) x_t - x0) / sqrt(1 - a)."""
+    the v target is then the one consistent with it, (sqrt(a) x_t - x0) / sqrt(1 - a).
+    ``channel_weights`` ``[C]`` (mean 1): the squared error of each latent channel weighted so
+    (:func:`channel_weights`); None: every channel alike."""
     a = alphas[t].view(-1, 1, 1, 1, 1)
     noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * lat
     if x0 is not None:  # the same, with the estimate in place of the clip
         target = target + (lat - x0) / (1 - a).sqrt()
     pred = unet(noisy, t, emb).sample
-    per = ((pred - target) ** 2).mean((1, 2, 3, 4))
+    err = (pred - target) ** 2
+    if channel_weights is not None:
+        err = err * channel_weights.view(1, -1, 1, 1, 1)
+    per = err.mean((1, 2, 3, 4))
     if min_snr is None:
         return per
     snr = alphas[t] / (1 - alphas[t])
     return per * snr.clamp(max=min_snr) / (snr + 1)
 
 
+def channel_weights(codec: PatchCodec, pixel: float) -> torch.Tensor | None:
+    """Loss weights of the codec's latent channels: ``(1 - pixel)`` of them alike, ``pixel`` of
+    them as the decoded pixels weigh them (the codec is linear with orthonormal components, so a
+    latent error e_c costs scale_c^2 e_c^2 in pixel MSE; the whitened channels otherwise count
+    alike, and the leading ones, which carry a background's flat colour, are then almost free:
+    the first of the organisms' 16 channels has 80 % of the pixel weight but 1/16 of the loss).
+    Mean 1. ``pixel`` = 0: None (the plain loss)."""
+    if not 0.0 <= pixel <= 1.0:
+        raise ValueError(f"pixel_weight={pixel}; allowed: 0 (latent loss) .. 1 (pixel loss)")
+    if pixel == 0.0:
+        return None
+    s2 = codec.scales.detach().double() ** 2
+    w = (1 - pixel) + pixel * s2 / s2.mean()
+    return w.float()
+
+
 @torch.no_grad()
 def flip_probe(
-    unet: OrganismUNet,
+    unet: OrganismUNet | OrganismMotionUNet,
     codec: PatchCodec,
     text: TextCache,
     alphas: torch.Tensor,
@@ -361,20 +396,31 @@ class Trainer:
     ):
         self.cfg, self.codec, self.ckpt = cfg, codec, Path(ckpt)
         torch.manual_seed(cfg.seed)
-        self.unet = OrganismUNet(**cfg.spec.unet_config(cfg.frame_pe))
+        self.unet = cfg.spec.build_unet(cfg.frame_pe)
         if init is not None:
-            missing, unexpected = self.unet.load_state_dict(init, strict=False)
-            # a new frame table, or a new zero-initialised caption path, may be missing
-            fresh = ("pos_embed.pe", "attnlab_temporal_text.proj.weight")
-            fresh += ("attnlab_temporal_text.proj.bias",)
-            bad = [k for k in missing if not k.endswith(fresh)] + list(unexpected)
+            # a ModelScope-shaped organism's weights onto this shape (reshape_weights): the
+            # temporal convolutions it lacks are dropped; fresh motion modules start as the
+            # identity, a new zero-initialised caption path is zero already
+            state, missing = reshape_weights(init, self.unet)
+            fresh = ("attnlab_temporal_text.proj.weight", "attnlab_temporal_text.proj.bias")
+            new_motion = [k for k in missing if ".motion_modules." in k]
+            bad = [k for k in missing if not k.endswith(fresh) and k not in new_motion]
             if bad:
                 raise ValueError(f"initial weights do not fit: {bad[:5]}")
+            self.unet.load_state_dict(state, strict=False)
+            zero_new_temporal(self.unet, new_motion)
+        if cfg.trainable not in TRAINABLE:
+            raise ValueError(f"trainable={cfg.trainable!r}; allowed: {', '.join(TRAINABLE)}")
+        if cfg.trainable == "temporal":  # AnimateDiff's recipe: a frozen image model
+            names = set(temporal_parameter_names(self.unet))
+            for n, prm in self.unet.named_parameters():
+                prm.requires_grad_(n in names)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
         self.pipe = build_pipeline(
             self.unet, codec, text, organism_scheduler(cfg.zero_terminal_snr)
         )
         self.text = TextCache(self.pipe, text_cache)
+        self.channel_weights = channel_weights(codec, cfg.pixel_weight)
         self.alphas = self.pipe.scheduler.alphas_cumprod.float()
         if not 0 <= cfg.t_min < len(self.alphas):
             raise ValueError(f"t_min={cfg.t_min}; allowed: 0..{len(self.alphas) - 1}")
@@ -400,7 +446,8 @@ class Trainer:
         # the sampling schedule of the sampler states (DDIM's step keeps no state between calls)
         self.sampler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
         self.sampler.set_timesteps(DEFAULT_STEPS)
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+        trained = [prm for prm in self.unet.parameters() if prm.requires_grad]
+        self.opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -548,7 +595,9 @@ class Trainer:
                 lat, noise, t, x0 = self._sampler_inputs(lat, noise, t, x0, emb, refs)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
-        loss = v_loss(self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr, x0).mean()
+        loss = v_loss(
+            self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr, x0, self.channel_weights
+        ).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
@@ -630,12 +679,15 @@ class Trainer:
 
 
 def save_organism(
-    unet: OrganismUNet, record: dict[str, Any], root: Path = WEIGHTS, scheduler: Any = None
+    unet: OrganismUNet | OrganismMotionUNet,
+    record: dict[str, Any],
+    root: Path = WEIGHTS,
+    scheduler: Any = None,
 ) -> Path:
     """Write the EMA UNet (safetensors) and its training record under ``root/<name>``, and the
     noise ``scheduler`` it was trained with when given (``organism_path`` then samples with it;
     without one it uses the default :func:`organism_scheduler`)."""
-    name = f"organism-{unet.config.frame_pe}"
+    name = f"organism-{frame_pe_of(unet)}"
     if name not in ORGANISMS:
         raise ValueError(f"not an organism: {name}")
     out = Path(root) / name
@@ -657,6 +709,7 @@ __all__ = [
     "MOTION_WEIGHTS",
     "TrainConfig",
     "Trainer",
+    "channel_weights",
     "checkpoint_config",
     "codec_error",
     "codec_frames",

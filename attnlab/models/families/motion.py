@@ -27,4 +27,8 @@ FAMILY = Family(
     path=r"^(?P<block>down_blocks|mid_block|up_blocks)(?:\.(?P<index>\d+))?"
     r"\.motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]$",
     positional_encoding=_pe,
+    frame_limit_hint=(
+        ", or set its table first: attnlab.models.organisms.extend_frame_positions(unet, "
+        "{frames}) (new positions) or interpolate_frame_positions (the trained range stretched)"
+    ),
 )
