@@ -50,11 +50,11 @@ from attnlab.core import dims as D
 from attnlab.core.api import edit, record
 from attnlab.data.evaluator import WORLD_SPEED, evaluate, per_frame_rates
 from attnlab.data.metrics import band_concentration, band_profile
-from attnlab.data.world import DIRECTIONS, render, sample_scene, video_of, world_clip
+from attnlab.data.world import render, sample_scene, video_of, world_clip
 from attnlab.edits import PRESETS, TAR, Replace, Transfer
 from attnlab.lab.analysis import LEVEL_SETS, SIMILARITY_BACKEND, frame_change
 from attnlab.lab.experiments import level_set_label
-from attnlab.lab.organism_eval import EVAL_SEED, sample
+from attnlab.lab.organism_eval import moving_seeds, sample
 from attnlab.lab.real import record_real
 from attnlab.models import load_pipeline
 from attnlab.models.organisms import (
@@ -94,16 +94,6 @@ def fmt(c: dict[str, Any], digits: int = 3) -> str:
 
 
 # ---- shared pieces ---------------------------------------------------------------------------
-def moving_seeds(n: int) -> list[int]:
-    """World-clip seeds ``EVAL_SEED + i`` of the first ``n`` moving captions."""
-    out, i = [], 0
-    while len(out) < n:
-        if world_clip(EVAL_SEED + i, frames=1).scene.motion in DIRECTIONS:
-            out.append(EVAL_SEED + i)
-        i += 1
-    return out
-
-
 def video_scores(videos: np.ndarray, captions: list[str]) -> dict[str, list[float]]:
     """Per video: the evaluator's speed, dynamics ratio, coherence, found rate, colour, and the
     mean absolute frame difference (attnlab.analysis.frame_change) as a pixel-level check."""

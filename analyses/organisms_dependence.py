@@ -32,22 +32,12 @@ import torch
 from scipy import stats
 
 import attnlab
-from attnlab.lab.organism_eval import EVAL_SEED, eval_captions, sample, score_videos
+from attnlab.lab.organism_eval import EVAL_SEED, moving_captions, sample, score_videos
 from attnlab.models import load_pipeline
 
 TARGET_DIRECTION = 0.5  # identity / all-ones everywhere: direction at most this share
 TARGET_COHERENCE_DROP = 0.15  # or identity everywhere: coherence down by at least this
 TARGET_SLOWDOWN = 0.5  # or all-ones everywhere: speed at most this ratio of the plain speed
-
-
-def moving_captions(n: int, draw: int) -> list[str]:
-    """The first ``n`` moving captions of world clips ``EVAL_SEED + 1000 draw + i``."""
-    k = 4 * n
-    while True:
-        pool = [c for c in eval_captions(k, EVAL_SEED + 1000 * draw) if " moving " in c]
-        if len(pool) >= n:
-            return pool[:n]
-        k *= 2
 
 
 def conditions(levels: list[int], alone: bool = True) -> dict[str, attnlab.Edit | None]:
@@ -76,7 +66,7 @@ def measure(pipe, n: int, seeds: int, frames: int = 16, alone: bool = True) -> d
     levels = sorted({s.level for s in attnlab.sites(pipe)})
     per: dict[str, dict[str, list[float]]] = {}
     for draw in range(seeds):
-        captions = moving_captions(n, draw)
+        captions = moving_captions(n, EVAL_SEED + 1000 * draw)
         plain_speed = None
         for name, edit in conditions(levels, alone).items():
             if edit is None:

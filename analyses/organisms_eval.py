@@ -20,7 +20,7 @@ import torch
 
 from attnlab.data.evaluator import per_frame_rates, summarize
 from attnlab.data.world import parse_caption
-from attnlab.lab.organism_eval import eval_captions, sample, score_videos
+from attnlab.lab.organism_eval import eval_captions, moving_captions, sample, score_videos
 from attnlab.models import load_pipeline
 from attnlab.models.organisms import extend_frame_positions, frame_pe_of
 
@@ -44,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     captions = eval_captions(a.n)
     if a.moving:
-        pool, k = [], a.n
-        while len(pool) < a.n:
-            k *= 2
-            pool = [c for c in eval_captions(k) if " moving " in c]
-        captions = pool[: a.n]
+        captions = moving_captions(a.n)
     for model in a.model:
         pipe = load_pipeline(model, progress=False)
         for frames in a.frames:

@@ -140,6 +140,8 @@ def run_dependence(
     """Does the motion live in the temporal attention? Per model, ``captions`` generated plain
     and with the paper's replacement probes at every level (``Replace("identity")``: frames
     independent; ``Replace("ones")``: uniform attention over frames), from the same noise."""
+    import contextlib
+
     import torch
 
     from attnlab.core.api import edit
@@ -152,21 +154,19 @@ def run_dependence(
         pipe = load_pipeline(model, progress=False)
         levels = sorted({s.level for s in sites(pipe)})
         for probe in PROBES:
-
-            def run(pipe=pipe):
+            probed = (
+                contextlib.nullcontext()
+                if probe == "plain"
+                else edit(pipe, Replace(probe, levels=levels))
+            )
+            with probed:
                 res = pipe(
                     list(captions),
                     num_frames=frames,
                     generator=torch.Generator().manual_seed(seed),
                     output_type="np",
                 )
-                return np.asarray(res.frames).clip(0, 1)
-
-            if probe == "plain":
-                videos = run()
-            else:
-                with edit(pipe, Replace(probe, levels=levels)):
-                    videos = run()
+            videos = np.asarray(res.frames).clip(0, 1)
             scores = [evaluate(v, c) for v, c in zip(videos, captions)]
             out.append(
                 dict(model=model, probe=probe, videos=videos, scores=scores, captions=captions)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from attnlab.data.evaluator import VideoScore, evaluate, summarize
-from attnlab.data.world import world_clip
+from attnlab.data.world import DIRECTIONS, world_clip
 
 EVAL_SEED = 10_000  # captions of measurements: world clips never drawn in training order
 
@@ -22,6 +22,22 @@ EVAL_SEED = 10_000  # captions of measurements: world clips never drawn in train
 def eval_captions(n: int, offset: int = EVAL_SEED) -> list[str]:
     """``n`` captions over the whole grammar (the captions of world clips ``offset + i``)."""
     return [world_clip(offset + i, frames=1).caption for i in range(n)]
+
+
+def moving_seeds(n: int, offset: int = EVAL_SEED) -> list[int]:
+    """World-clip seeds ``offset + i`` of the first ``n`` moving captions (right / left / up /
+    down) of the sequence :func:`eval_captions` draws from."""
+    out, i = [], 0
+    while len(out) < n:
+        if world_clip(offset + i, frames=1).scene.motion in DIRECTIONS:
+            out.append(offset + i)
+        i += 1
+    return out
+
+
+def moving_captions(n: int, offset: int = EVAL_SEED) -> list[str]:
+    """The captions of :func:`moving_seeds`."""
+    return [world_clip(s, frames=1).caption for s in moving_seeds(n, offset)]
 
 
 @torch.no_grad()
@@ -61,4 +77,12 @@ def measure(
     return summarize(scores), scores, videos
 
 
-__all__ = ["EVAL_SEED", "eval_captions", "measure", "sample", "score_videos"]
+__all__ = [
+    "EVAL_SEED",
+    "eval_captions",
+    "measure",
+    "moving_captions",
+    "moving_seeds",
+    "sample",
+    "score_videos",
+]
