@@ -7,7 +7,7 @@ draws its figures into figures/<model>/. Same experiment on a real checkpoint on
 
 import sys
 
-from attnlab.lab.analysis import script_main
+from attnlab.tools.cli import script_main
 
 if __name__ == "__main__":
     sys.exit(script_main("models", sys.argv[1:]))

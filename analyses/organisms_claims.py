@@ -8,13 +8,13 @@ Claims 1, 2, 3 and 5 are measured on one organism (``--model``, default organism
 compares the PE variants and is the same whichever ``--model`` runs it.
 
 Every cell uses the same ``seeds`` moving captions of the world's grammar (the first moving
-captions of ``attnlab.organism_eval.eval_captions``: world clips ``EVAL_SEED + i``), sampled as
+captions of ``attnlab.lab.organisms.eval_captions``: world clips ``EVAL_SEED + i``), sampled as
 one batch with one generator seeded 0, so that video ``i`` of every condition of one length
 starts from the same noise under the same caption: differences between conditions are paired
 by video. Intervals are 95% percentile bootstraps over the videos (2000 resamples; of the
-paired differences where a difference is given). Scores come from ``attnlab.evaluator`` (speed:
+paired differences where a difference is given). Scores come from ``attnlab.data.evaluator`` (speed:
 mean centroid step per frame as a fraction of the frame; coherence) and maps from
-``attnlab.metrics`` (band concentration, band profile).
+``attnlab.data.metrics`` (band concentration, band profile).
 
 1. maps: temporal attention of noised real world clips (``record_real``, t = 600/400/200, the
    caption as prompt) against the organism's own generations (cond half, mean over steps), at
@@ -48,13 +48,12 @@ import torch
 
 from attnlab.core import dims as D
 from attnlab.core.api import edit, record
-from attnlab.data.evaluator import WORLD_SPEED, evaluate, per_frame_rates
+from attnlab.data.evaluator import WORLD_SPEED, per_frame_rates, score_world_video
 from attnlab.data.metrics import band_concentration, band_profile
 from attnlab.data.world import render, sample_scene, video_of, world_clip
 from attnlab.edits import PRESETS, TAR, Replace, Transfer
-from attnlab.lab.analysis import LEVEL_SETS, SIMILARITY_BACKEND, frame_change
-from attnlab.lab.experiments import level_set_label
-from attnlab.lab.organism_eval import moving_seeds, sample
+from attnlab.lab.experiments import LEVEL_SETS, SIMILARITY_BACKEND, frame_change, level_set_label
+from attnlab.lab.organisms import moving_seeds, sample
 from attnlab.lab.real import record_real
 from attnlab.models import load_pipeline
 from attnlab.models.organisms import (
@@ -96,12 +95,12 @@ def fmt(c: dict[str, Any], digits: int = 3) -> str:
 # ---- shared pieces ---------------------------------------------------------------------------
 def video_scores(videos: np.ndarray, captions: list[str]) -> dict[str, list[float]]:
     """Per video: the evaluator's speed, dynamics ratio, coherence, found rate, colour, and the
-    mean absolute frame difference (attnlab.analysis.frame_change) as a pixel-level check."""
+    mean absolute frame difference (attnlab.lab.experiments.frame_change) as a pixel-level check."""
     rows: dict[str, list[float]] = {
         k: [] for k in ("speed", "dynamics_ratio", "coherence", "found", "color_ok", "frame_change")
     }
     for v, c in zip(videos, captions):
-        s = evaluate(v, c)
+        s = score_world_video(v, c)
         rows["speed"].append(s.speed)
         rows["dynamics_ratio"].append(np.nan if s.dynamics_ratio is None else s.dynamics_ratio)
         rows["coherence"].append(s.coherence)
@@ -296,7 +295,7 @@ def per_frame_steps(videos: np.ndarray, captions: list[str]) -> np.ndarray:
     has no object), per video: the evaluator's per-frame readings."""
     out = []
     for v, c in zip(videos, captions):
-        pf = evaluate(v, c).per_frame()
+        pf = score_world_video(v, c).per_frame()
         step = np.hypot(np.diff(pf["x"]), np.diff(pf["y"])) / v.shape[1]
         out.append(np.concatenate([[np.nan], step]))
     return np.array(out)
@@ -316,7 +315,7 @@ def claim_pe(lab: Lab) -> dict[str, Any]:
         cells = {}
         for n in PE_LENGTHS:
             videos = lab.plain(model, n)
-            scores = [evaluate(v, c) for v, c in zip(videos, lab.captions)]
+            scores = [score_world_video(v, c) for v, c in zip(videos, lab.captions)]
             rates = per_frame_rates(scores)
             steps = per_frame_steps(videos, lab.captions)
             cells[str(n)] = {
@@ -357,7 +356,7 @@ def claim_transfer(lab: Lab) -> dict[str, Any]:
     by_speed = {}
     for name, speed in (("slow", SLOW), ("fast", FAST)):
         ref = reference_clip(lab.seeds[0], speed, n)
-        s = evaluate(ref, lab.captions[0])
+        s = score_world_video(ref, lab.captions[0])
         sim = similarity_matrix(video_of(ref, "ref").frames, SIMILARITY_BACKEND).values
         rows = video_scores(
             lab.generate(lab.model, n, [Transfer(sim, similarity=SIMILARITY_BACKEND)]),

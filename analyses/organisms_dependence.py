@@ -32,7 +32,7 @@ import torch
 from scipy import stats
 
 import attnlab
-from attnlab.lab.organism_eval import EVAL_SEED, moving_captions, sample, score_videos
+from attnlab.lab.organisms import EVAL_SEED, moving_captions, sample, score_videos
 from attnlab.models import load_pipeline
 
 TARGET_DIRECTION = 0.5  # identity / all-ones everywhere: direction at most this share

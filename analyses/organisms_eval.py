@@ -2,10 +2,10 @@
 
     python analyses/organisms_eval.py --model organism-none --n 64 [--frames 16 32 48]
 
-For each model: ``n`` captions over the grammar (attnlab.organism_eval.eval_captions), sampled
+For each model: ``n`` captions over the grammar (attnlab.lab.organisms.eval_captions), sampled
 from pure noise with the pipeline's own defaults (32 x 32, 25 DDIM steps, its default
 guidance), batches of 8 prompts, generator seeded ``seed + batch``; scored by
-attnlab.evaluator. Writes analyses/data/organisms_eval/<model>-f<frames>.json (summary, per
+attnlab.data.evaluator. Writes analyses/data/organisms_eval/<model>-f<frames>.json (summary, per
 video scores, per frame index rates) and prints one markdown row per model and length.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from attnlab.data.evaluator import per_frame_rates, summarize
 from attnlab.data.world import parse_caption
-from attnlab.lab.organism_eval import eval_captions, moving_captions, sample, score_videos
+from attnlab.lab.organisms import eval_captions, moving_captions, sample, score_videos
 from attnlab.models import load_pipeline
 from attnlab.models.organisms import extend_frame_positions, frame_pe_of
 

@@ -19,7 +19,7 @@ from attnlab import load
 from attnlab.core import dims as D
 from attnlab.core.store import load_video
 from attnlab.data.metrics import band_concentration, band_profile
-from attnlab.lab.analysis import EXPERIMENTS, Context, detail, frame_change, run_experiment
+from attnlab.lab.experiments import EXPERIMENTS, Context, detail, frame_change, run_experiment
 
 
 def _maps_table(ctx: Context) -> list[str]:

@@ -1,5 +1,5 @@
 """The organisms' demo figure for docs/organisms.md, and the level-0 band concentration of the
-maps recorded while generating it (attnlab.metrics.band_concentration, k = 1).
+maps recorded while generating it (attnlab.data.metrics.band_concentration, k = 1).
 
     python analyses/organisms_strips.py [--out docs/figures/organisms/organisms_strips] [--dependence]
 
@@ -19,7 +19,7 @@ import torch
 
 from attnlab.data.evaluator import summarize
 from attnlab.data.metrics import band_concentration
-from attnlab.lab.organism_demo import DEMO_CAPTIONS, demo_figure, dependence_figure
+from attnlab.lab.organisms import DEMO_CAPTIONS, demo_figure, dependence_figure
 
 DIRECTION_CAPTIONS = (
     "a red circle moving to the right on a black background",

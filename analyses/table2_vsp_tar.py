@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from attnlab.core.store import save_video
     from attnlab.edits import TAR
     from attnlab.edits.synopsis import Synopsis
-    from attnlab.lab.analysis import Context, _done
     from attnlab.lab.evaluation import CLIP_CHECKPOINT_ENV, evaluate
-    from attnlab.lab.experiments import generate_recorded
+    from attnlab.lab.experiments import Context, _done, generate_recorded
     from attnlab.models import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,4 +1,4 @@
-"""Train the model organisms (attnlab.organisms) on the procedural world (attnlab.world).
+"""Train the model organisms (attnlab.models.organisms) on the procedural world (attnlab.data.world).
 
 Resumable; checkpoints live outside git (default ~/.cache/attnlab-train/<run>/). The committed
 weights were made with (one torch thread per process, at most two processes at a time):
@@ -16,7 +16,7 @@ the same as an uninterrupted one (its random states are in its checkpoint). A fi
 them checkpoint and exit. Stopping a process loses
 at most a few minutes; rerunning the same command resumes.
 
-Controlled fine-tunes (the direction-binding experiments of docs/organisms-direction.md) start
+Controlled fine-tunes (the direction-binding experiments of docs/notes/2026-12-organisms-direction.md) start
 one variant from the committed weights (fresh optimiser) into their own run folder and save the
 EMA weights outside the package, with the record of the weights it started from inside its
 ``training.json``; the committed organisms' fifth stage is such a fine-tune of each variant
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = {
             "psnr_db_on_fit_frames": codec_error(codec, codec_frames(spec.size)),
             "psnr_db_on_other_world_frames": codec_error(codec, held),
-            "fit": "attnlab.training.codec_frames(32): every 4th frame of 256 world clips",
+            "fit": "attnlab.models.training.codec_frames(32): every 4th frame of 256 world clips",
         }
         (codec_dir / "fit.json").write_text(json.dumps(rec, indent=1))
         log(f"codec: {spec.latent_channels} of {3 * spec.patch**2} components, {rec}")
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             rec["image_phase"] = image_rec
             rec["wall_s_total_incl_image_phase"] = round(rec["wall_s"] + image_rec["wall_s"], 1)
             rec["data"] = (
-                "attnlab.world clips (no natural clips): 32 x 32, 16 frames, motions weighted "
+                "attnlab.data.world clips (no natural clips): 32 x 32, 16 frames, motions weighted "
                 "right/left/up/down 0.175 each, grow/shrink/recolor 0.1 each, time-reversed "
                 "pairs with opposite captions; image phase: single random frames"
             )

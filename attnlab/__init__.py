@@ -15,14 +15,11 @@ Quick start::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
-import sys
 from typing import TYPE_CHECKING
+
+from attnlab._version import __version__
 
 # public names -> the module that defines them; loaded on first use (PEP 562), so that
 # ``import attnlab`` and the ``attnlab`` command line start without torch, diffusers or xarray
@@ -73,79 +70,6 @@ _EXPORTS: dict[str, str] = {
     "VideoCrafter2Scheduler": "attnlab.models.videocrafter",
     "VideoCrafter2Pipeline": "attnlab.models.videocrafter",
 }
-
-# Modules of the flat layout before the layered one (0.1): ``attnlab.organisms`` is
-# ``attnlab.models.organisms`` and so on. Saved pipelines name their classes by module
-# (``["attnlab.organisms", "OrganismUNet"]`` in model_index.json) and user scripts import the
-# old paths, so both keep working; attnlab's own code imports the new paths only.
-_MOVED: dict[str, str] = {
-    "analysis": "attnlab.lab.analysis",
-    "api": "attnlab.core.api",
-    "bench": "attnlab.tools.bench",
-    "bench_joint": "attnlab.tools.bench_joint",
-    "cache": "attnlab.core.cache",
-    "cli": "attnlab.tools.cli",
-    "control": "attnlab.core.control",
-    "convert": "attnlab.models.convert",
-    "datasets": "attnlab.data.datasets",
-    "demo": "attnlab.lab.demo",
-    "dims": "attnlab.core.dims",
-    "evaluation": "attnlab.lab.evaluation",
-    "evaluation_plots": "attnlab.lab.evaluation_plots",
-    "evaluator": "attnlab.data.evaluator",
-    "experiments": "attnlab.lab.experiments",
-    "joint": "attnlab.core.joint",
-    "lavie": "attnlab.models.lavie",
-    "locks": "attnlab.core.locks",
-    "metrics": "attnlab.data.metrics",
-    "organism_demo": "attnlab.lab.organism_demo",
-    "organism_eval": "attnlab.lab.organism_eval",
-    "organisms": "attnlab.models.organisms",
-    "plots": "attnlab.lab.plots",
-    "processor": "attnlab.core.processor",
-    "quiet": "attnlab.core.quiet",
-    "real": "attnlab.lab.real",
-    "recording": "attnlab.core.recording",
-    "selection": "attnlab.core.selection",
-    "similarity": "attnlab.data.similarity",
-    "store": "attnlab.core.store",
-    "sweep": "attnlab.lab.sweep",
-    "synopsis": "attnlab.edits.synopsis",
-    "tiny": "attnlab.models.tiny",
-    "tiny_dit": "attnlab.models.tiny_dit",
-    "training": "attnlab.models.training",
-    "video": "attnlab.data.video",
-    "videocrafter": "attnlab.models.videocrafter",
-    "world": "attnlab.data.world",
-}
-
-
-class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports ``attnlab.<old>`` as the module it moved to (the same module object)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        package, _, name = fullname.partition(".")
-        if package != __name__ or name not in _MOVED:
-            return None
-        return importlib.machinery.ModuleSpec(fullname, self)
-
-    def create_module(self, spec):
-        return importlib.import_module(_MOVED[spec.name.partition(".")[2]])
-
-    def exec_module(self, module) -> None:
-        pass
-
-    # ``python -m attnlab.<old>`` (runpy asks the loader for the code to run as __main__)
-    def get_code(self, fullname):
-        target = _MOVED[fullname.partition(".")[2]]
-        return importlib.util.find_spec(target).loader.get_code(target)
-
-    def is_package(self, fullname) -> bool:
-        return False
-
-
-if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
 
 if TYPE_CHECKING:
     from attnlab.core.api import edit, hooks, record
@@ -234,8 +158,8 @@ __all__ = [
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
-        # subpackages and modules (attnlab.core, attnlab.plots, ...) as attributes
-        if name in _MOVED or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # subpackages and modules (attnlab.core, attnlab.lab.plots, ...) as attributes
+        if importlib.util.find_spec(f"{__name__}.{name}") is not None:
             return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

@@ -2,7 +2,8 @@
 
 import torch
 
-from attnlab.core.joint import ReplaceOp, TokenLayout, edited_attention
+from attnlab.core.joint_math import ReplaceOp, edited_attention
+from attnlab.core.joint_sites import TokenLayout
 
 # 1 text token first, then 2 latent frames x 2 tokens; two query rows of frame 0
 p = torch.tensor(

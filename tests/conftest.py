@@ -7,18 +7,14 @@ import tempfile
 import warnings
 
 import pytest
-import torch
+
+from tests.helpers import generate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # one throw-away cache per test session (sample clips, similarity matrices, tiny models)
 os.environ.setdefault("ATTNLAB_CACHE", tempfile.mkdtemp(prefix="attnlab-test-cache-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*deprecated.*")
-
-# CPU tests: small latents (8x6), 2 steps, 8 frames
-GEN = dict(
-    prompt="a polar bear playing drums", num_frames=8, height=64, width=48, num_inference_steps=2
-)
 
 
 @pytest.fixture(scope="session")
@@ -53,26 +49,9 @@ def pipe(request, ms_pipe, ad_pipe):
     return {"ms": ms_pipe, "ad": ad_pipe}[request.param]
 
 
-def generate(pipe, seed: int = 0, **overrides) -> torch.Tensor:
-    """One seeded run of a tiny pipeline; returns the decoded frames tensor."""
-    kw = {**GEN, **overrides}
-    out = pipe(**kw, generator=torch.Generator().manual_seed(seed), output_type="pt")
-    return out.frames
-
-
 @pytest.fixture
 def gen():
     return generate
-
-
-def capture(seen: dict, key: str, arg: bool = False):
-    """A forward hook (or pre-hook with ``arg=True``) storing a detached copy; returns None."""
-
-    def hook(module, args, output=None):
-        value = args[0] if arg else output
-        seen.setdefault(key, value.detach().clone())
-
-    return hook
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from attnlab.core.control import Plan
 from attnlab.core.processor import TemporalAttnProcessor
-from attnlab.tools import bench
+from attnlab.core.protocol import Plan
+from attnlab.tools.bench import micro
 
 torch.set_num_threads(1)
 out_path = Path(sys.argv[1])
@@ -21,13 +21,13 @@ repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 7
 
 def layer_fns(frames: int, rows: int) -> dict:
     torch.manual_seed(0)
-    attn = bench._layer(320, 5, "cpu", torch.float32)
+    attn = micro._layer(320, 5, "cpu", torch.float32)
     x = torch.randn(rows, frames, 320)
-    site, ctx = bench._one_layer_site(frames, rows, 5, 64)
+    site, ctx = micro._one_layer_site(frames, rows, 5, 64)
     default = AttnProcessor2_0()
 
     def call(plan):
-        proc = TemporalAttnProcessor(bench._OneLayer(plan, ctx), site, default)
+        proc = TemporalAttnProcessor(micro._OneLayer(plan, ctx), site, default)
 
         def fn():
             with torch.no_grad():
@@ -42,14 +42,14 @@ def layer_fns(frames: int, rows: int) -> dict:
     return {
         "fast": fast,
         "nothing kept": call(Plan()),
-        "full tensor then mean (before)": call(Plan(observe=[bench._MeanObserver()])),
-        "fused sums (now)": call(Plan(observe=[bench._SumsObserver()])),
+        "full tensor then mean (before)": call(Plan(observe=[micro._MeanObserver()])),
+        "fused sums (now)": call(Plan(observe=[micro._SumsObserver()])),
     }
 
 
 out = []
 for frames, rows in ((48, 5120), (128, 1920)):
-    res = bench._bench(layer_fns(frames, rows), repeats, "cpu")
+    res = micro._bench(layer_fns(frames, rows), repeats, "cpu")
     ref = res["fast"]["median"]
     print(frames, {k: round(v["median"] / ref, 3) for k, v in res.items()}, flush=True)
     out.append({"frames": frames, "rows": rows, "paths": res})

@@ -16,18 +16,18 @@ from pathlib import Path
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from attnlab.core.control import Plan
 from attnlab.core.processor import TemporalAttnProcessor
-from attnlab.tools import bench
+from attnlab.core.protocol import Plan
+from attnlab.tools.bench import harness, micro, unet
 
 torch.set_num_threads(1)
 frames, rows, variant = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-attn = bench._layer(320, 5, "cpu", torch.float32)
+attn = micro._layer(320, 5, "cpu", torch.float32)
 x = torch.randn(rows, frames, 320)
-site, ctx = bench._one_layer_site(frames, rows, 5, 64)
+site, ctx = micro._one_layer_site(frames, rows, 5, 64)
 plans = {
-    "before": Plan(observe=[bench._MeanObserver()]),
-    "fused": Plan(observe=[bench._SumsObserver()]),
+    "before": Plan(observe=[micro._MeanObserver()]),
+    "fused": Plan(observe=[micro._SumsObserver()]),
 }
 if variant == "fast":
     proc = AttnProcessor2_0()
@@ -37,13 +37,13 @@ elif variant == "peer":
 
     def get_attention_scores(q, k, mask=None):
         probs = original(q, k, mask)
-        kept.append(bench._classic_maps(probs, 2, frames))
+        kept.append(unet._classic_maps(probs, 2, frames))
         return probs
 
     attn.get_attention_scores = get_attention_scores
     proc = AttnProcessor()
 else:
-    proc = TemporalAttnProcessor(bench._OneLayer(plans[variant], ctx), site, AttnProcessor2_0())
+    proc = TemporalAttnProcessor(micro._OneLayer(plans[variant], ctx), site, AttnProcessor2_0())
 
 
 def status() -> dict:
@@ -56,7 +56,7 @@ def status() -> dict:
 
 with torch.no_grad():
     proc(attn, x)  # warm-up
-    bench._malloc_trim()
+    harness.malloc_trim()
     Path("/proc/self/clear_refs").write_text("5")
     before = status()["VmRSS"]
     proc(attn, x)

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import torch
 
-from attnlab.core import processor
+from attnlab.core import blocking
 from attnlab.tools import bench
+from attnlab.tools.bench import harness
 
 torch.set_num_threads(1)
 out_path = Path(sys.argv[1])
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 out = {
-    "machine": bench._machine("cpu"),
-    "block_elements": processor.BLOCK_ELEMENTS["cpu"],
+    "machine": harness.machine("cpu"),
+    "block_elements": blocking.block_elements("cpu"),
     "layers": [],
 }
 for frames, rows in ((16, 5120), (48, 5120), (128, 1920)):

@@ -34,7 +34,7 @@ FRAME2 = "frame2"
 # the frame offset |i - j| for band-decay profiles and similarity-vs-interval data
 OFFSET = "offset"
 # consecutive frame pairs (i, i + 1), numbered by i: per-pair video metrics (optical flow,
-# frame differences) in attnlab.evaluation
+# frame differences) in attnlab.lab.evaluation
 FRAME_PAIR = "frame_pair"
 
 # coordinates along `step`

@@ -1,5 +1,6 @@
 """The temporal-attention processor: one per temporal self-attention module, installed by the
-:class:`~attnlab.control.Controller` only while a recorder, edit or hook context is active.
+:class:`~attnlab.core.control.Controller` only while a recorder, edit or hook context is active,
+and reading it only as a :class:`~attnlab.core.protocol.ProcessorHost`.
 
 Paths, chosen per layer and call:
 
@@ -8,7 +9,8 @@ Paths, chosen per layer and call:
 * **explicit**: ``logits = q k^T / sqrt(d)`` (with the model's own position terms, if its
   family declares them (:class:`~attnlab.core.sites.PositionTerms`): a rotation of q and k, a
   ``[heads, F, F]`` logit bias) -> ``hook_logits`` -> bias edits -> softmax -> replacement edits
-  -> ``hook_probs`` -> recorders -> ``probs @ v``. Without hooks on the hook points, no autograd graph, and edits that act row by row (TAR/Transfer with a per-row or
+  -> ``hook_probs`` -> recorders -> ``probs @ v``. Without hooks on the hook points, no
+  autograd graph, and edits that act row by row (TAR/Transfer with a per-row or
   per-map max, replacements, on both CFG halves), it runs in cache-sized blocks of rows,
   materialising only what recorders keep: bit-identical to the whole-tensor computation, and
   on CPU about as fast as the fused default (see ``docs/performance.md``);
@@ -20,25 +22,25 @@ Tensor layout inside (diffusers folds space into the batch)::
 
     hidden_states  [B*h*w, F, C]          rows are b*(h*w) + y*w + x
     logits, probs  [B*h*w, heads, F, F]   query_frame x key_frame
+
+* :class:`HookPoint` - the identity module behind ``hook_logits`` / ``hook_probs``
+  (:data:`HOOK_NAMES`);
+* :class:`TemporalAttnProcessor` - the processor of one temporal self-attention site.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attnlab.core.protocol import CallContext, Plan, Target, target_matrix
+from attnlab.core.blocking import block_rows
+from attnlab.core.protocol import CallContext, Plan, ProcessorHost, Target, target_matrix
 from attnlab.core.sites import PositionTerms, Site
 
 if TYPE_CHECKING:
     from diffusers.models.attention_processor import Attention
-
-    from attnlab.core.control import Controller
 
 
 class HookPoint(nn.Module):
@@ -75,69 +77,6 @@ class HookPoint(nn.Module):
 HOOK_NAMES = ("hook_logits", "hook_probs")
 
 
-def l2_cache_bytes() -> int | None:
-    """Per-core L2 cache size this machine reports (glibc ``sysconf``, then Linux sysfs)."""
-    try:
-        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
-        if size and size > 0:
-            return int(size)
-    except (ValueError, OSError, AttributeError):
-        pass
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            if (index / "level").read_text().strip() != "2":
-                continue
-            if (index / "type").read_text().strip() not in ("Unified", "Data"):
-                continue
-            text = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        if text and text[-1] in units and text[:-1].isdigit():
-            return int(text[:-1]) * units[text[-1]]
-        if text.isdigit():
-            return int(text)
-    return None
-
-
-def cpu_block_elements() -> int:
-    """Elements of one block's ``[rows, F, F]`` logits (one head) on CPU: one per-core L2 cache
-    of float32 values, clamped to 2^15..2^21 (2^18 when the cache size is unknown).
-
-    A block's float32 logits then just fill L2. On the 2-core AMD EPYC this was tuned on
-    (512 KiB L2 per core) that is 2^17, inside the 2^16-2^18 range measured best there; a
-    2 MiB L2 gives 2^19. ``ATTNLAB_BLOCK_ELEMENTS`` overrides it (see docs/performance.md).
-    """
-    env = os.environ.get("ATTNLAB_BLOCK_ELEMENTS")
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(
-                f"ATTNLAB_BLOCK_ELEMENTS must be a positive integer, got {env!r}"
-            ) from None
-        if value < 1:
-            raise ValueError(f"ATTNLAB_BLOCK_ELEMENTS must be a positive integer, got {env!r}")
-        return value
-    l2 = l2_cache_bytes()
-    if l2 is None:
-        return 1 << 18
-    return int(min(1 << 21, max(1 << 15, l2 // 4)))
-
-
-#: elements of one block's ``[rows, F, F]`` logits (one head) in the blocked explicit path, per
-#: device type: on CPU a block fills the per-core L2 cache (:func:`cpu_block_elements`); on
-#: accelerators blocks only bound the memory of long videos
-BLOCK_ELEMENTS: dict[str, int] = {"cpu": cpu_block_elements()}
-DEFAULT_BLOCK_ELEMENTS = 1 << 26
-
-
-def block_rows(rows: int, frames: int, device: torch.device) -> int:
-    """Rows per block of the blocked explicit path."""
-    budget = BLOCK_ELEMENTS.get(device.type, DEFAULT_BLOCK_ELEMENTS)
-    return max(1, min(rows, budget // max(1, frames * frames)))
-
-
 def _blocks(rows: int, frames: int, device: torch.device) -> list[tuple[int, int]]:
     step = block_rows(rows, frames, device)
     return [(a, min(rows, a + step)) for a in range(0, rows, step)]
@@ -155,12 +94,12 @@ class TemporalAttnProcessor:
 
     def __init__(
         self,
-        controller: Controller,
+        host: ProcessorHost,
         site: Site,
         original: Any,
         position: PositionTerms | None = None,
     ):
-        self.controller = controller
+        self.host = host
         self.site = site
         self.original = original
         self.position = position
@@ -175,7 +114,7 @@ class TemporalAttnProcessor:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        plan = self.controller.plan(self.site.name)
+        plan = self.host.plan(self.site.name)
         hooked = _hooked(attn, plan)
         if plan is None and not hooked:
             return self.original(
@@ -203,7 +142,7 @@ class TemporalAttnProcessor:
                 f"{self.site.name}: expected [B*h*w, frames, channels] hidden states, got {tuple(hidden_states.shape)}"
             )
         rows, frames, _ = hidden_states.shape
-        ctx = self.controller.check_rows(self.site, rows, frames)
+        ctx = self.host.check_rows(self.site, rows, frames)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
@@ -448,8 +387,3 @@ def _attend_constant(
     target = probs.to(device=value.device, dtype=value.dtype).expand(rows, heads, frames, frames)
     out = torch.matmul(target, value)  # as the explicit path computes it with Replace's target
     return out.transpose(1, 2).reshape(rows, frames, heads * head_dim)
-
-
-def sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Fused attention as the default processor calls it (for tests and benchmarks)."""
-    return F.scaled_dot_product_attention(q, k, v)

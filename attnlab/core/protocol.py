@@ -14,21 +14,21 @@ The processors never look at a client's class: clients say themselves whether th
 ``F x F`` map alone (``row_local``, which allows the cache-blocked path), what probabilities a
 replacement fixes (``target``, which allows skipping q and k), and what logit prior a bias adds
 (``logit_prior``, which lets the joint-attention processor apply it to frame pairs).
+
+The processors in turn see the controller only as a :class:`ProcessorHost`: the site table,
+the current :class:`CallContext` and the :class:`Plan` of each site.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from attnlab.core.sites import Site
-
-if TYPE_CHECKING:
-    from attnlab.core.control import Controller
+from attnlab.core.sites import Site, SiteTable
 
 
 class Stage(str, enum.Enum):
@@ -132,8 +132,11 @@ class Client:
 
     stage: ClassVar[Stage | str] = Stage.OBSERVE
 
-    def bind(self, controller: Controller) -> None:
-        """Validate against the model's site table when attached (raise on bad selections)."""
+    def bind(self, controller: Any) -> None:
+        """Validate against the model's site table when attached (raise on bad selections).
+
+        ``controller``: the :class:`~attnlab.core.control.Controller` attaching the client
+        (typed ``Any`` so that the protocol stays below the controller; clients type it)."""
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
         """Whether this client acts on ``site`` during the current call."""
@@ -259,3 +262,26 @@ def split_batch(x: torch.Tensor, ctx: CallContext, site: Site) -> torch.Tensor:
     """View ``[B*h*w, heads, F, F]`` as ``[halves, n, h*w, heads, F, F]`` (batch is [uncond, cond])."""
     halves = len(ctx.halves())
     return x.view(halves, ctx.batch // halves, -1, *x.shape[1:])
+
+
+class ProcessorHost(Protocol):
+    """What a processor reads from whoever installed it: the
+    :class:`~attnlab.core.control.Controller`, or a stand-in in tests and benchmarks."""
+
+    @property
+    def table(self) -> SiteTable:
+        """The site table of the denoiser."""
+        ...
+
+    @property
+    def ctx(self) -> CallContext | None:
+        """The current denoiser call (None outside one)."""
+        ...
+
+    def plan(self, name: str) -> Plan | None:
+        """The clients acting on site ``name`` in the current call (None: fast path)."""
+        ...
+
+    def check_rows(self, site: Site, rows: int, frames: int) -> CallContext:
+        """The current call, after checking a layer call's shape against the site table."""
+        ...

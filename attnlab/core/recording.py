@@ -18,15 +18,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from attnlab import __version__
+from attnlab._version import __version__
 from attnlab.core import dims as D
-from attnlab.core.control import Controller
 from attnlab.core.protocol import CallContext, Observer, RunInfo, Stage, split_batch
 from attnlab.core.selection import Layers, SelectionError, Steps, cfg_halves, check_cfg
 from attnlab.core.sites import Site
@@ -38,6 +37,9 @@ from attnlab.core.store import (
     prepare_store,
     write_run,
 )
+
+if TYPE_CHECKING:
+    from attnlab.core.control import Controller
 
 REDUCTIONS = ("mean", "head", "spatial")
 
@@ -60,6 +62,44 @@ class Recorder(Observer):
 
     Use through :func:`attnlab.record`. ``to_xarray()`` gives all recorded runs as one Dataset
     (``run`` dimension); ``save(path)`` writes them to a zarr store.
+
+    Only completed runs are returned or saved (a run that raised is left out; streamed to a
+    store, it stays there marked ``complete: false``). One recorder records any number of runs;
+    an instance can be attached in one block at a time.
+
+    Args:
+        layers (:class:`~attnlab.core.selection.Layers`): which temporal layers
+            (``Layers.make(levels, blocks, names)``), resolved against the model on attach.
+        steps (:class:`~attnlab.core.selection.Steps`): which sampler steps
+            (``Steps.make(steps)``).
+        cfg (``str``, default ``"both"``): ``"both"``, ``"cond"`` or ``"uncond"``.
+        reduce (``str``, default ``"mean"``): ``"mean"``, ``"head"`` or ``"spatial"`` (see
+            the module docstring).
+        grid (``tuple[int, int]``, default ``(4, 4)``): ``(y, x)`` positions of
+            ``reduce="spatial"``.
+        logits (``bool``, default False): also record ``logits``.
+        store (``str | os.PathLike | None``, default None): zarr store to stream each step to.
+        name (``str | None``, default None): run id of the first run (later runs: generated).
+        meta (``dict | None``, default None): extra provenance attributes of every run.
+
+    Attributes:
+        layout (``dict``): ``{"reduction", "grid", "variables"}`` as written to the store root.
+        sites (``list[Site]``): the recorded layers (set on attach), in the ``layer`` order.
+        runs: every run seen (ids in ``r.id``, ``r.complete``).
+
+    Raises:
+        SelectionError: ``reduce`` not in ``("mean", "head", "spatial")``, a ``grid`` that is
+            not two positive ints (with ``reduce="spatial"``) or ``cfg`` not in
+            ``("both", "cond", "uncond")``.
+
+    Example::
+
+        with attnlab.record(pipe, levels=[0], steps=range(0, 14)) as rec:   # a Recorder
+            pipe("a polar bear playing drums", num_frames=16, num_inference_steps=25)
+            pipe("a peony blooming", num_frames=16, num_inference_steps=25)
+        ds = rec.to_xarray()           # run: 2, step: 14, layer: level-0 layers, cfg: 2, ...
+        [s.name for s in rec.sites]    # == list(ds.layer.values)
+        ids = rec.save("run.zarr")     # the two run ids
     """
 
     stage = Stage.OBSERVE
@@ -114,7 +154,7 @@ class Recorder(Observer):
         self.index = {s.name: i for i, s in enumerate(self.sites)}
         self.max_heads = max(s.heads for s in self.sites)
         table = controller.table
-        self._text_mass = getattr(table, "joint", False) and table.text != "cross"  # type: ignore[attr-defined]
+        self._text_mass = table.text != "cross"
         if self.store is not None:
             prepare_store(self.store, self.layout)
 
@@ -168,9 +208,7 @@ class Recorder(Observer):
             # model's default): latent size times the VAE's scale factor
             lh, lw = ctx.latent
             run.attrs["latent_height"], run.attrs["latent_width"] = lh, lw
-            pipe = getattr(self.controller, "_current_pipe", None) or getattr(
-                self.controller, "pipe", None
-            )
+            pipe = self.controller.pipe
             scale = getattr(pipe, "vae_scale_factor", None)
             if scale:
                 for key, n in (("height", lh), ("width", lw)):
@@ -361,7 +399,14 @@ class Recorder(Observer):
 
     # ---- results -------------------------------------------------------------------------
     def run_datasets(self) -> list[tuple[str, xr.Dataset]]:
-        """(run id, per-run Dataset with provenance attrs) of every completed run."""
+        """(run id, per-run Dataset with provenance attrs) of every completed run.
+
+        Returns:
+            ``list[tuple[str, xarray.Dataset]]``, in recording order: each Dataset as the run is
+            stored (no ``run`` dimension): ``probs`` (and ``logits``) with dims ``(step, layer,
+            cfg, sample, [head], query_frame, key_frame, [y, x])``, the provenance as
+            attributes (read back lazily from the store for streamed runs).
+        """
         from attnlab.core.store import open_run
 
         out = []
@@ -378,7 +423,24 @@ class Recorder(Observer):
         return out
 
     def to_xarray(self) -> xr.Dataset:
-        """Every completed run recorded so far as one Dataset (``run`` dimension)."""
+        """Every completed run recorded so far as one Dataset (``run`` dimension).
+
+        Returns:
+            :class:`xarray.Dataset` laid out as :func:`attnlab.load` returns it: ``probs`` (and
+            ``logits``), float32, dims ``(run, step, layer, cfg, sample, query_frame,
+            key_frame)`` (reduction ``"head"``: ``head`` before ``query_frame``;
+            ``"spatial"``: ``y, x`` after ``key_frame``), runs NaN-padded to the largest
+            step, layer and frame sets, with the run-level coordinates (``timestep``,
+            ``source``, ``prompt``, ``seed``, ``edits``, ``provenance``, ...).
+
+        Raises:
+            RuntimeError: no completed run recorded any of the selected layers and steps.
+
+        Example::
+
+            ds = rec.to_xarray()
+            ds.probs.sel(cfg="cond").isel(run=0, step=0, layer=0, sample=0)  # F x F map
+        """
         parts = self.run_datasets()
         if not parts:
             raise RuntimeError(
@@ -388,7 +450,26 @@ class Recorder(Observer):
         return concat_runs(list(datasets), list(ids))
 
     def save(self, path: str | os.PathLike) -> list[str]:
-        """Write the completed runs into the store at ``path`` (appending); returns their ids."""
+        """Write the completed runs into the store at ``path`` (appending); returns their ids.
+
+        Runs already streamed to ``path`` (``record(..., store=path)``) are not written again.
+
+        Args:
+            path (``str | os.PathLike``): a zarr v3 store, created if absent.
+
+        Returns:
+            ``list[str]``: the run ids, in recording order (read back with
+            ``attnlab.load(path, runs=ids)``).
+
+        Raises:
+            StoreError: ``path`` is not an attnlab store, has another layout (reduction, grid,
+                variables), or already holds a complete run of the same id.
+
+        Example::
+
+            ids = rec.save("run.zarr")
+            ds = attnlab.load("run.zarr", runs=ids)
+        """
         ids = []
         target = Path(path).resolve()
         for rid, ds in self.run_datasets():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ class Layers:
     def make(cls, levels: Any = None, blocks: Any = None, names: Any = None) -> Layers:
         levels = _tuple(levels)
         if levels is not None:
+            bad = [v for v in levels if not _is_level(v)]
+            if bad:
+                raise SelectionError(
+                    f"levels must be whole numbers >= 0 (0 = full latent resolution), got {bad}"
+                )
             levels = tuple(int(v) for v in levels)
         return cls(levels, _tuple(blocks), _tuple(names))
 
@@ -113,7 +119,7 @@ class Steps:
         if isinstance(steps, Steps):
             return steps
         if isinstance(steps, slice):
-            return cls(slice_=(steps.start, steps.stop, steps.step))
+            return cls(slice_=_check_slice(steps))
         if isinstance(steps, int):
             return cls(indices=(steps,))
         if isinstance(steps, Iterable) and not isinstance(steps, (str, bytes)):
@@ -125,6 +131,28 @@ class Steps:
             f"steps must be None, an int, a list/range of ints or a slice; got {steps!r}"
         )
 
+    @classmethod
+    def parse(cls, text: str) -> Steps:
+        """A step selection as written on the command line: ``'0,5,10'`` (indices), ``'0:14'``
+        or ``'::2'`` (a slice: start:stop[:step]) or ``'all'``."""
+        text = text.strip()
+        if text == "all":
+            return cls()
+        parts = text.split(":") if ":" in text else text.split(",")
+        try:
+            values = [int(p) if p.strip() else None for p in parts]
+        except ValueError:
+            values = []
+        if ":" in text:
+            if 2 <= len(values) <= 3:
+                return cls.make(slice(*values))
+        elif values and None not in values:
+            return cls.make([v for v in values if v is not None])
+        raise SelectionError(
+            f"invalid step selection {text!r}: give indices ('0,5,10'), a slice "
+            "('START:STOP[:STEP]', e.g. '0:14') or 'all'"
+        )
+
     def resolve(self, num_steps: int | None) -> set[int] | None:
         """Concrete indices for a run of ``num_steps`` steps (None = every step)."""
         if self.indices is None and self.slice_ is None:
@@ -132,7 +160,13 @@ class Steps:
         if self.slice_ is not None:
             if num_steps is None:
                 raise SelectionError("a step slice needs the run's number of steps")
-            return set(range(num_steps)[slice(*self.slice_)])
+            chosen = set(range(num_steps)[slice(*self.slice_)])
+            if not chosen:
+                raise SelectionError(
+                    f"steps {_slice_text(self.slice_)} select none of this run's {num_steps} "
+                    f"steps (0..{num_steps - 1})"
+                )
+            return chosen
         out = set()
         for i in self.indices or ():
             j = i + num_steps if (i < 0 and num_steps is not None) else i
@@ -149,6 +183,33 @@ class Steps:
         if self.slice_ is not None:
             return {"slice": list(self.slice_)}
         return list(self.indices) if self.indices is not None else None
+
+
+def _is_level(value: Any) -> bool:
+    """A level index: an int >= 0, or a string of digits (levels given as text)."""
+    if isinstance(value, str):
+        return value.strip().isdigit()
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+def _slice_text(parts: tuple[int | None, int | None, int | None]) -> str:
+    start, stop, step = ("" if v is None else str(v) for v in parts)
+    return f"{start}:{stop}" + (f":{step}" if step else "")
+
+
+def _check_slice(steps: slice) -> tuple[int | None, int | None, int | None]:
+    """A step slice's parts, refused when they are not integers or select nothing in any run."""
+    parts = (steps.start, steps.stop, steps.step)
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in parts):
+        raise SelectionError(f"a step slice takes integers, got {steps!r}")
+    start, stop, step = parts
+    if step == 0:
+        raise SelectionError(f"steps {_slice_text(parts)}: a slice step cannot be zero")
+    # same-signed bounds in the wrong order select nothing, whatever the run's length
+    if start is not None and stop is not None and (start >= 0) == (stop >= 0):
+        if (step or 1) > 0 and start >= stop or (step or 1) < 0 and start <= stop:
+            raise SelectionError(f"steps {_slice_text(parts)} select no step in any run")
+    return parts
 
 
 def check_cfg(cfg: str) -> str:

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +26,7 @@ import torch
 BLOCKS = ("in", "down", "mid", "up", "transformer")
 # "rope+relative": RoPE on q, k and a learned relative bias on the logits (LaVie); "...3d": the
 # frame axis of a full-3D attention DiT's encoding (3D RoPE; 3D sin-cos or learned, added to
-# the tokens), details in attnlab.models.families.dit.FramePE
+# the tokens), details in attnlab.core.joint_sites.FramePE
 PE_KINDS = (
     "none", "sinusoidal", "learned", "rope", "rope+relative", "rope3d", "sinusoidal3d", "learned3d",
 )  # fmt: skip
@@ -110,6 +110,16 @@ class PositionTerms:
     logit_bias: Callable[[int, torch.device], torch.Tensor] | None = None
 
 
+def attribute_terms(attn: torch.nn.Module) -> PositionTerms | None:
+    """The position terms a model keeps on its attention modules as ``attnlab_rope`` (rotate q
+    and k) and ``attnlab_logit_bias`` (an additive ``[heads, F, F]`` logit term)."""
+    rotate = getattr(attn, "attnlab_rope", None)
+    bias = getattr(attn, "attnlab_logit_bias", None)
+    if rotate is None and bias is None:
+        return None
+    return PositionTerms(rotate=rotate, logit_bias=bias)
+
+
 @dataclass(frozen=True)
 class Site:
     """One temporal self-attention module and where it sits.
@@ -136,7 +146,44 @@ class Site:
 
 @dataclass
 class SiteTable(Sequence):
-    """The temporal-attention sites of one model, in module registration order."""
+    """The temporal-attention sites of one model, in module registration order.
+
+    A sequence of :class:`Site` rows (``len(table)``, ``table[i]``, iteration), also indexed by
+    module path (``name in table``, ``table.get(name)``); ``print(table)`` shows one line per
+    site (name, block, level, ``h``, ``w``, heads, head_dim, pe), ``table.to_dataframe()`` the
+    same as a pandas DataFrame. Built by :func:`attnlab.sites`, not by hand.
+
+    Attributes:
+        family (:class:`Family`): the model family the table was built with.
+        sites (``list[Site]``): the rows; each has ``name`` (module path, the ``layer``
+            coordinate of recorded maps), ``family``, ``block`` (one of ``BLOCKS``),
+            ``block_index``, ``level`` (0 = full latent resolution), ``heads``, ``head_dim``,
+            ``pe`` (kind in ``PE_KINDS``), ``pe_max_len`` and ``h``/``w`` (feature size, None
+            without a latent size).
+        model_class (``str``): the denoiser's class name, e.g. ``"UNet3DConditionModel"``.
+        num_levels (``int``): resolution levels of the model (``len(block_out_channels)``;
+            1 for patch transformers).
+        latent (``tuple[int, int] | None``): the latent size ``(H, W)`` the feature sizes are
+            for; None when none was given.
+        patch_size (``int``): spatial patch size of patch transformers (1 for UNets).
+        names (``list[str]``): module paths of the sites, in order.
+        levels (``list[int]``): the levels that have sites, sorted.
+        max_frames (``int | None``): most frames the frame positional encoding allows (None:
+            no limit).
+        text (``str``): ``"cross"`` (text by cross-attention); joint tables: ``"first"`` or
+            ``"last"``.
+
+    Example::
+
+        table = attnlab.sites(pipe, height=320, width=512)
+        print(table)                       # UNet3DConditionModel (unet3d): ... latent 40x64
+        len(table), table.levels           # number of sites, e.g. [0, 1, 2, 3]
+        site = table[0]                    # Site(name=..., level=0, h=40, w=64, ...)
+        level0 = [s.name for s in table if s.level == 0]
+        table.get(site.name).heads
+        table.at_latent((32, 32)).level_size(1)    # (16, 16)
+        table.to_dataframe()
+    """
 
     family: Family
     sites: list[Site]
@@ -145,6 +192,10 @@ class SiteTable(Sequence):
     latent: tuple[int, int] | None = None
     patch_size: int = 1
     _by_name: dict[str, Site] = field(default_factory=dict, repr=False)
+
+    #: whether the sites are joint space-time attentions, mapped to the frame level (their
+    #: table is a :class:`~attnlab.core.joint_sites.JointSiteTable`)
+    joint: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self._by_name = {s.name: s for s in self.sites}
@@ -159,14 +210,38 @@ class SiteTable(Sequence):
         return name in self._by_name
 
     def get(self, name: str) -> Site:
+        """The site whose module path is ``name`` (``KeyError`` if none).
+
+        Example::
+
+            table.get("down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1").level  # 0
+        """
         return self._by_name[name]
 
     @property
     def names(self) -> list[str]:
+        """Module paths of the sites, in module registration order.
+
+        Example::
+
+            attnlab.sites(pipe).names[0]   # e.g. 'transformer_in.transformer_blocks.0.attn1'
+        """
         return [s.name for s in self.sites]
 
     @property
+    def text(self) -> str:
+        """Where the text tokens of the sites' attention sequence are: "first" or "last" (joint
+        tables with text in the sequence), else "cross" (not in it)."""
+        return "cross"
+
+    @property
     def levels(self) -> list[int]:
+        """The resolution levels that have sites, sorted (0 = full latent resolution).
+
+        Example::
+
+            attnlab.sites(pipe).levels     # e.g. [0, 1, 2, 3]
+        """
         return sorted({s.level for s in self.sites})
 
     @property
@@ -224,6 +299,13 @@ class SiteTable(Sequence):
         )
 
     def to_dataframe(self):
+        """One pandas row per site, with the :class:`Site` fields as columns.
+
+        Example::
+
+            df = attnlab.sites(pipe, latent=(40, 64)).to_dataframe()
+            df.groupby("level").size()
+        """
         import pandas as pd
 
         return pd.DataFrame([s.as_dict() for s in self.sites])
@@ -295,10 +377,6 @@ def _level(block: str, index: int, num_levels: int) -> int:
     if block == "up":
         return num_levels - 1 - index
     return 0
-
-
-def format_choices(values: Iterable[Any]) -> str:
-    return ", ".join(str(v) for v in values)
 
 
 class UnsupportedModelError(ValueError):
@@ -414,8 +492,44 @@ def sites(
     Give ``latent=(H, W)`` (latent size) or ``height``/``width`` (video size, with a pipeline's
     VAE scale factor) to get each site's feature size ``h x w``. Full-3D attention models
     (CogVideoX, Wan, HunyuanVideo, LTX-Video, Mochi) give a
-    :class:`~attnlab.models.families.dit.JointSiteTable` of their video
+    :class:`~attnlab.core.joint_sites.JointSiteTable` of their video
     self-attentions; ``frames`` (latent frames) adds each site's token frames.
+
+    A local directory or hub id is read from its config only: the denoiser is built on the
+    meta device, no weights are loaded.
+
+    Args:
+        model_or_pipe (pipeline, ``torch.nn.Module``, ``str`` or ``os.PathLike``): a diffusers
+            pipeline (its ``.unet`` or ``.transformer``), a denoiser module, a local pipeline
+            folder (with ``unet/config.json`` or ``transformer/config.json``) or a Hugging Face
+            hub id (``"owner/name"``).
+        latent (``tuple[int, int] | None``, default None): latent size ``(H, W)``; takes
+            precedence over ``height``/``width``.
+        height (``int | None``, default None): video height in pixels; used only together with
+            ``width``, divided (rounding up) by the VAE scale factor (the pipeline's, the
+            folder's ``vae/config.json``, else 8).
+        width (``int | None``, default None): video width in pixels, as ``height``.
+        frames (``int | None``, default None): latent frames; used by full-3D (joint) families
+            only, ignored by the others.
+
+    Returns:
+        :class:`SiteTable`: one :class:`Site` per temporal self-attention module, in module
+        registration order; ``site.h``/``site.w`` are set when a size was given, else None.
+
+    Raises:
+        UnsupportedModelError: the denoiser has no temporal attention attnlab knows of (no
+            registered :class:`Family`, or no matching module).
+        TypeError: ``model_or_pipe`` is neither a pipeline, a module nor a path / hub id.
+        FileNotFoundError: a path that does not exist, or a folder / hub id without a denoiser
+            config.
+
+    Example::
+
+        table = attnlab.sites(pipe, height=320, width=512)    # latent 40 x 64
+        print(table)
+        table.levels, [s.name for s in table if s.level == 0]
+        attnlab.sites(pipe.unet, latent=(40, 64))             # the same, from the denoiser
+        attnlab.sites("~/models/modelscope-t2v")              # config only, no weights
     """
     pipe = model_or_pipe
     scale = None

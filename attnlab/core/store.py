@@ -306,6 +306,53 @@ def load(
 
     ``path`` may be a list of stores with the same layout (e.g. a real-video store and a
     synthetic one, to compare along the ``source`` coordinate).
+
+    Runs are concatenated along ``run``, store by store, each store's sorted by run id
+    (generated ids sort by time; with ``runs``, in the order given), with an outer join: runs with other frame, step or layer sets are NaN-padded. Incomplete runs
+    (interrupted or still being written) are skipped with one warning per store; a damaged run
+    is skipped with a warning.
+
+    Args:
+        path (``str | os.PathLike | list | tuple``): one store, or a list/tuple of stores whose
+            root layouts (reduction, grid, variables) are equal.
+        runs (``Iterable[str] | None``, default None): run ids to read (from whichever store
+            holds them; complete or not). None: every complete run.
+        include_incomplete (``bool``, default False): also read incomplete runs (ignored when
+            ``runs`` is given).
+
+    Returns:
+        :class:`xarray.Dataset` with
+
+        - ``probs`` (and ``logits`` when recorded), float32, dims ``(run, step, layer, cfg,
+          sample, query_frame, key_frame)``; reduction ``"head"`` adds ``head`` before
+          ``query_frame``, ``"spatial"`` adds ``y, x`` after ``key_frame``; joint attention
+          with text in the sequence adds ``text_mass`` (dims of ``probs`` without
+          ``key_frame``);
+        - coordinates ``run`` (run ids), ``step``, ``layer`` (module paths), ``cfg``
+          (``"uncond"``/``"cond"``), ``sample``, ``query_frame``, ``key_frame`` (and ``head``,
+          ``y``, ``x``); ``timestep`` ``(run, step)``; ``level``, ``block`` ``(layer,)``;
+          ``h``, ``w``, ``heads``, ``head_dim`` ``(run, layer)``; ``source``, ``model``,
+          ``prompt``, ``seed`` (-1: unseeded), ``frames``, ``video``, ``pe``, ``pe_max_len``,
+          ``edits`` and ``provenance`` (JSON) ``(run,)``;
+        - attributes ``attnlab`` (the root layout: ``schema``, ``reduction``, ``grid``,
+          ``variables``) and ``store`` (the path(s), comma-separated).
+
+        See ``docs/store-schema.md``.
+
+    Raises:
+        StoreError: a path that does not exist or is not an attnlab store, stores with
+            different layouts, ids in ``runs`` found in no store, or no run to read.
+
+    Example::
+
+        ds = attnlab.load("run.zarr")
+        ds.probs.dims   # ('run', 'step', 'layer', 'cfg', 'sample', 'query_frame', 'key_frame')
+        level0 = ds.probs.sel(cfg="cond").where(ds.level == 0, drop=True)
+        fig = level0.mean(["step", "layer", "sample"]).isel(run=0)   # the paper's N x N map
+
+        both = attnlab.load(["real.zarr", "synthetic.zarr"])        # same layout
+        both.probs.groupby("source").mean()
+        one = attnlab.load("run.zarr", runs=[str(ds.run.values[0])])
     """
     paths = (
         [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]  # type: ignore[arg-type]

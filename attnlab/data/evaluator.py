@@ -1,16 +1,16 @@
-"""Score any video of the procedural world (:mod:`attnlab.world`), real or generated, from its
-pixels and caption alone (no ground truth).
+"""Score any video of the procedural world (:mod:`attnlab.data.world`), real or generated,
+from its pixels and caption alone (no ground truth).
 
 Per frame: the background is the median colour of the frame's one-pixel border; the object is
 the largest 4-connected region of pixels farther than :data:`FG_DISTANCE` (RGB, in [0, 1]) from
 it, *found* if it covers at least :data:`MIN_AREA` of the frame; its colour is the palette colour
-(:data:`attnlab.world.COLORS`) nearest to the mean of its core pixels; its shape is "square"
+(:data:`attnlab.data.world.COLORS`) nearest to the mean of its core pixels; its shape is "square"
 when it fills its bounding box (fill >= :data:`SQUARE_FILL`), else "circle"; centroid and area
 are those of the region (pixels).
 
 Per video (against the caption's words): caption accuracy (colour, shape, background by
 majority over found frames; a recolouring must start in its first colour and end, after
-:data:`attnlab.world.TRANSITION` frames, in its second), direction (the least-squares
+:data:`attnlab.data.world.TRANSITION` frames, in its second), direction (the least-squares
 displacement of the centroid over the first 16 frames points the captioned way along the
 dominant axis and is at least :data:`MIN_TRAVEL` of the frame), growth (area ratio of the last
 and first quarter >= 1.5 or <= 1/1.5), dynamics (mean centroid step per frame, and its ratio to
@@ -19,11 +19,15 @@ corner patches' background pixels, at most :data:`BACKGROUND_NOISE_MAX`; the wor
 read 0), coherence (one object of stable colour and area,
 no flicker, no jumps), and all per-frame quantities per frame index, so that where a long video
 breaks is visible.
+
+:func:`score_world_video` scores one video (:class:`VideoScore`, per frame :class:`FrameReading`);
+:func:`summarize` and :func:`per_frame_rates` aggregate over videos.
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from attnlab.data.video import to_unit_frames
 from attnlab.data.world import (
     BACKGROUNDS,
     COLORS,
@@ -72,13 +77,6 @@ class FrameReading:
     area: float
     background: str
     background_noise: float  # spatial std of the corner patches' background (0: flat)
-
-
-def _as_frames(video: Any) -> np.ndarray:
-    v = np.asarray(video.detach().cpu() if hasattr(video, "detach") else video, dtype=np.float64)
-    if v.ndim != 4 or v.shape[-1] != 3:
-        raise ValueError(f"video must be [frames, height, width, 3] in [0, 1], got {v.shape}")
-    return v
 
 
 def read_frame(frame: np.ndarray) -> FrameReading:
@@ -190,9 +188,13 @@ class VideoScore:
         return None  # mid-transition: any colour
 
 
-def evaluate(video: Any, caption: str) -> VideoScore:
-    """Score ``video`` (``[F, H, W, 3]`` in [0, 1]) against a caption of the world's grammar."""
-    frames = _as_frames(video)
+def score_world_video(video: Any, caption: str) -> VideoScore:
+    """Score ``video`` (``[F, H, W, 3]`` in [0, 1]) against a caption of the world's grammar.
+
+    ``video`` is anything :func:`attnlab.data.video.to_unit_frames` accepts (uint8 frames,
+    floats in [0, 1] or [-1, 1], tensors, either channel layout); it is read in float64.
+    """
+    frames = to_unit_frames(video, dtype=np.float64)
     words = parse_caption(caption)
     n, size = len(frames), frames.shape[1]
     reads = [read_frame(f) for f in frames]
@@ -286,6 +288,18 @@ def evaluate(video: Any, caption: str) -> VideoScore:
     return score
 
 
+def evaluate(video: Any, caption: str) -> VideoScore:
+    """Deprecated alias of :func:`score_world_video`, removed in attnlab 0.3.0."""
+    warnings.warn(
+        "`evaluate` is deprecated and will be removed in version 0.3.0. Use "
+        "`attnlab.data.evaluator.score_world_video` instead; `attnlab.evaluate` is the "
+        "unrelated video-metrics function.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return score_world_video(video, caption)
+
+
 def summarize(scores: list[VideoScore]) -> dict[str, float | int | None]:
     """Rates over videos: found frames, colour / shape / background / motion accuracy, direction
     accuracy over moving captions, mean dynamics ratio, mean coherence, clean backgrounds."""
@@ -319,5 +333,6 @@ __all__ = [
     "evaluate",
     "per_frame_rates",
     "read_frame",
+    "score_world_video",
     "summarize",
 ]

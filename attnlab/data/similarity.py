@@ -42,9 +42,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from attnlab.core.cache import cache_dir
 from attnlab.core.dims import FRAME, FRAME2, OFFSET
 from attnlab.data.metrics import resample_maps
+from attnlab.util.cache import cache_dir
 
 __all__ = [
     "DREAMSIM_ENV",
@@ -656,7 +656,7 @@ def resample_matrix(
     """Resample an ``F x F`` similarity matrix to ``n x n`` (returns the input's type).
 
     Bilinear with corners aligned (first and last frames map onto each other), computed as
-    ``R S R^T`` so symmetric input stays symmetric; see :func:`attnlab.metrics.resample_maps`.
+    ``R S R^T`` so symmetric input stays symmetric; see :func:`attnlab.data.metrics.resample_maps`.
     Plain bilinear would blend each diagonal entry with its off-diagonal neighbours; with
     ``keep_diagonal=True`` the diagonal is instead the 1-D interpolation of the source
     diagonal (a frame compared with itself stays at the maximum, 1). Use it to turn a

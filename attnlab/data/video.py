@@ -4,6 +4,9 @@ fit them to a model's input size, and write mp4/gif/frame folders for figures.
 Decoding goes through one small function per source kind: video files with ``decord`` (PyAV
 ``av`` where decord cannot be imported, e.g. on ARM), frame folders (DAVIS) and GIFs with PIL.
 All readers return the same :class:`Video`, with frames as ``(F, H, W, 3)`` uint8 RGB.
+:func:`to_unit_frames` is the one rule that turns any frame input (uint8, floats in [0, 1] or
+[-1, 1], tensors, either channel layout) into RGB in [0, 1], and :func:`to_uint8_frames` its
+uint8 form; writers, metrics and the world evaluator read frames through them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "sample_indices",
     "to_model_input",
     "to_uint8_frames",
+    "to_unit_frames",
     "write_frames",
     "write_video",
 ]
@@ -314,7 +318,7 @@ def _pick_backend(requested: Backend) -> str:
 def _decord_source(path: Path) -> _Source:
     import decord
 
-    from attnlab.core.quiet import filtered_stderr
+    from attnlab.util.quiet import filtered_stderr
 
     try:
         with filtered_stderr():  # FFmpeg's notes on clips it decodes fine ("non-intra slice")
@@ -563,6 +567,155 @@ def read_davis(
     return read_video(seq_dir, id=sequence, **kwargs)
 
 
+# --------------------------------------------------------------------------- frame coercion
+
+# channel counts a frame array may carry: RGB, gray (repeated to RGB), RGBA (alpha dropped)
+_CHANNELS = (3, 1, 4)
+# slack on the inferred ranges for rounding noise (a pipeline's 1.0000001); beyond it, refuse
+_RANGE_SLACK = 1e-3
+_ALLOWED = (
+    "allowed: uint8 in [0, 255], or floats in [0, 1] or [-1, 1], shaped (F, H, W, C) or "
+    "(F, C, H, W) with C = 3 (RGB), 1 (gray) or 4 (RGBA), or (F, H, W) gray; a Video; a "
+    "tensor; a DataArray with dims (frame, height, width[, channel])"
+)
+
+
+def _frame_array(frames: Any) -> np.ndarray:
+    """``(F, H, W, C)`` array of any accepted input, values untouched (C in 1, 3, 4)."""
+    if isinstance(frames, Video):
+        return frames.frames
+    channels_last = False
+    if isinstance(frames, torch.Tensor):
+        t = frames.detach().to("cpu")
+        # numpy has no bfloat16: widen the half types to float32, keep float64 as it is
+        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+            t = t.float()
+        frames = t.numpy()
+    elif type(frames).__module__.startswith("xarray."):  # imports xarray only for its objects
+        frames, channels_last = _dataarray_frames(frames), True
+    a = np.asarray(frames)
+    while a.ndim > 4 and a.shape[0] == 1:  # a pipeline's (batch=1, F, ...) output
+        a = a[0]
+    if a.ndim == 3:
+        if a.shape[-1] in (3, 4) and not channels_last:
+            raise VideoError(
+                f"frames of shape {a.shape} are ambiguous: one (H, W, {a.shape[-1]}) image or "
+                f"{a.shape[0]} gray frames; pass frames[None] for one image or (F, H, W, 1) for "
+                "gray frames"
+            )
+        a, channels_last = a[..., None], True
+    if a.ndim != 4:
+        raise VideoError(f"frames of shape {a.shape}: wrong number of dimensions; {_ALLOWED}")
+    if a.dtype.kind not in "biuf":
+        raise VideoError(f"frames of dtype {a.dtype}: not numbers; {_ALLOWED}")
+    if not channels_last:
+        last, first = a.shape[3], a.shape[1]
+        if last == 3 and first == 3:  # a 3-pixel side: uint8 arrays are mostly channels-last
+            channels_last = a.dtype == np.uint8
+        else:
+            axis = next((c for c in _CHANNELS if c in (last, first)), None)
+            if axis is None:
+                raise VideoError(f"frames of shape {a.shape}: no channel axis; {_ALLOWED}")
+            channels_last = axis == last
+        if not channels_last:
+            a = a.transpose(0, 2, 3, 1)
+    if a.shape[3] not in _CHANNELS:
+        raise VideoError(f"frames of shape {a.shape}: {a.shape[3]} channels; {_ALLOWED}")
+    return a
+
+
+def _dataarray_frames(da: Any) -> np.ndarray:
+    """The values of a DataArray video ordered ``(frame, height, width[, channel])``."""
+    import xarray as xr
+
+    named = (dims.FRAME, dims.HEIGHT, dims.WIDTH, dims.CHANNEL)
+    if not isinstance(da, xr.DataArray):
+        raise VideoError(f"frames must be an array, got a {type(da).__name__}; {_ALLOWED}")
+    extra = [d for d in da.dims if d not in named]
+    if any(da.sizes[d] != 1 for d in extra) or not set(named[:3]) <= set(da.dims):
+        raise VideoError(
+            f"a DataArray of frames with sizes {dict(da.sizes)}: its dims must be "
+            f"(frame, height, width[, channel]) plus dims of size 1; {_ALLOWED}"
+        )
+    da = da.squeeze(extra, drop=True) if extra else da
+    return da.transpose(*(d for d in named if d in da.dims)).values
+
+
+def _unit(a: np.ndarray, value_range: tuple[float, float] | None, dtype: Any) -> np.ndarray:
+    """Values of ``(F, H, W, C)`` frames mapped to [0, 1] in ``dtype`` (not yet clipped)."""
+    if a.dtype == np.uint8 and value_range is None:
+        return a.astype(dtype) / 255.0
+    given, a = a.dtype, a.astype(dtype)
+    if a.size and not np.isfinite(a).all():
+        raise VideoError(f"frames of shape {a.shape} hold NaN or infinite values")
+    if value_range is None:
+        lo_v, hi_v = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
+        if hi_v > 1.0 + _RANGE_SLACK or lo_v < -1.0 - _RANGE_SLACK:
+            raise VideoError(
+                f"{given} frames of shape {a.shape} with values in [{lo_v:.4g}, {hi_v:.4g}]: "
+                "floats must lie in [0, 1] or [-1, 1]; pass value_range=(0, 255) for floats in "
+                "[0, 255] (or value_range=(lo, hi) to clip another range), or uint8 frames"
+            )
+        value_range = (-1.0, 1.0) if lo_v < 0 else (0.0, 1.0)
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
+    return (a - lo) / (hi - lo)
+
+
+def to_unit_frames(
+    frames: Video | np.ndarray | torch.Tensor | xr.DataArray,
+    value_range: tuple[float, float] | None = None,
+    *,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Convert frames to ``(F, H, W, 3)`` RGB in [0, 1]: the one rule for every frame input.
+
+    Values: uint8 is ``[0, 255]``. Other dtypes hold values in ``value_range`` (clipped to
+    it) or, with ``value_range=None``, in ``[0, 1]``, or in ``[-1, 1]`` when any value is
+    below 0; values beyond ``[-1, 1]`` (by more than 1e-3), NaN and infinities raise
+    :class:`VideoError`: pass ``value_range=(0, 255)`` for floats in ``[0, 255]``. An
+    all-bright ``[-1, 1]`` video reads as ``[0, 1]`` unless ``value_range=(-1, 1)`` is given.
+
+    Layout: ``(F, H, W, C)`` or ``(F, C, H, W)`` with ``C`` = 3 (RGB), 1 (gray, repeated) or
+    4 (RGBA, alpha dropped); the channel axis is the one of axes 1 and 3 that is 3 (else 1 or
+    4); when both are 3, uint8 is taken as channels-last and other dtypes as channels-first.
+    ``(F, H, W)`` is gray; leading axes of size 1 (a pipeline's batch) are dropped; a
+    :class:`Video` gives its frames; a tensor is read on the CPU; a DataArray is ordered by its
+    dims ``(frame, height, width[, channel])``, dims of size 1 beyond those dropped.
+
+    Returns a new ``dtype`` (default float32) array. Anything else raises :class:`VideoError`
+    naming the shape or range received and what is allowed.
+    """
+    a = _frame_array(frames)
+    a = np.clip(_unit(a, value_range, dtype), 0.0, 1.0)
+    return np.ascontiguousarray(_rgb(a).astype(dtype, copy=False))
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    """Three channels of ``(F, H, W, C)``: gray repeated, alpha dropped."""
+    if a.shape[3] == 1:
+        return np.repeat(a, 3, axis=3)
+    return a if a.shape[3] == 3 else a[..., :3]
+
+
+def to_uint8_frames(
+    frames: Video | np.ndarray | torch.Tensor | xr.DataArray,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Convert frames to ``(F, H, W, 3)`` uint8 RGB: :func:`to_unit_frames`, rounded to 0..255.
+
+    Accepts and refuses exactly what :func:`to_unit_frames` does; uint8 frames (and a
+    :class:`Video`'s) come back unchanged, others as ``floor(255 u + 0.5)`` of their [0, 1]
+    values ``u``.
+    """
+    a = _frame_array(frames)
+    if a.dtype == np.uint8 and value_range is None:
+        return np.ascontiguousarray(_rgb(a))
+    u = np.clip(_unit(a, value_range, np.float32), 0.0, 1.0)
+    return np.ascontiguousarray(np.floor(_rgb(u) * 255.0 + 0.5).astype(np.uint8))
+
+
 # --------------------------------------------------------------------------- model input
 
 
@@ -601,49 +754,6 @@ def to_model_input(
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def to_uint8_frames(
-    frames: Video | np.ndarray | torch.Tensor,
-    value_range: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """Convert frames to ``(F, H, W, 3)`` uint8 RGB.
-
-    Layout: ``(F, H, W, 3)`` or ``(F, 3, H, W)``, whichever axis is 3; when both are, uint8 is
-    taken as channels-last and floats as channels-first. Floats hold values in ``value_range``; if that is None the range is inferred: any value below 0 means
-    ``[-1, 1]``, otherwise ``[0, 1]``; values above 1 raise (pass ``value_range=(0, 255)``).
-    Pass ``value_range`` explicitly when an all-bright ``[-1, 1]`` video would be misread.
-    """
-    if isinstance(frames, Video):
-        return frames.frames
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().to("cpu")
-        frames = frames.float().numpy() if frames.is_floating_point() else frames.numpy()
-    a = np.asarray(frames)
-    if a.ndim != 4:
-        raise VideoError(
-            f"frames must have 4 dimensions (F, H, W, 3) or (F, 3, H, W), got {a.shape}"
-        )
-    is_uint8 = a.dtype == np.uint8
-    # channel axis: the one of axes 1 and 3 that is 3; if both are, uint8 is channels-last
-    if a.shape[1] == 3 and (a.shape[3] != 3 or not is_uint8):
-        a = a.transpose(0, 2, 3, 1)
-    if not (is_uint8 and value_range is None):
-        a = a.astype(np.float32)
-        if value_range is None:
-            lo_v, hi_v = float(np.nanmin(a)), float(np.nanmax(a))
-            if hi_v > 1.0 + 1e-3:
-                raise VideoError(
-                    f"float frames with values up to {hi_v:.3g}: pass value_range=(0, 255) "
-                    "or scale them to [0, 1] / [-1, 1]"
-                )
-            value_range = (-1.0, 1.0) if lo_v < 0 else (0.0, 1.0)
-        lo, hi = value_range
-        a = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
-        a = np.floor(a * 255.0 + 0.5).astype(np.uint8)
-    if a.shape[3] != 3:
-        raise VideoError(f"frames must have 3 (RGB) channels, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _fps_fraction(fps: float) -> Fraction:

@@ -15,7 +15,7 @@ Captions follow one grammar::
     a {shape} turning from {colour} to {colour} on a {background} background
 
 Every clip comes with its per-frame ground truth (:class:`Truth`: centroid, radius, area in
-pixels, RGB colour); :mod:`attnlab.evaluator` scores any video of this world *without* it.
+pixels, RGB colour); :mod:`attnlab.data.evaluator` scores any video of this world *without* it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Apply with ``attnlab.edit(pipe, *edits)``. Every edit targets layers (``levels``
 ``names``), sampler steps (``steps`` indices and/or a timestep window ``t_min``..``t_max`` as
 fractions of the training horizon T) and CFG halves (``cfg``: "both", "cond", "uncond").
 
-Composition order inside each temporal layer (see :mod:`attnlab.processor`):
+Composition order inside each temporal layer (see :mod:`attnlab.core.processor`):
 
 1. bias edits (:class:`TAR`, :class:`Transfer`) add to the logits, in the order given;
 2. softmax;

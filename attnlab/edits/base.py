@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from attnlab.core.control import Controller
 from attnlab.core.protocol import CallContext, Client, split_batch
 from attnlab.core.selection import CFG_CHOICES, Layers, SelectionError, Steps, cfg_halves
 from attnlab.core.sites import Site
+
+if TYPE_CHECKING:
+    from attnlab.core.control import Controller
 
 REGISTRY: dict[str, type[Edit]] = {}
 

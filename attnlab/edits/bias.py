@@ -122,6 +122,46 @@ class TAR(LogitBias):
     the window is on the timestep so it means the same for any scheduler, step count, and
     for bare denoiser calls as in real-video analysis). ``sigma``: a number (level 0), a
     ``{level: sigma}`` dict, or a preset name: ``TAR("64D1_32D8")``.
+
+    ``dA`` is ``F x F`` for a run of ``F`` (latent) frames, the same for every head and spatial
+    position; smaller ``sigma`` = stronger regularisation (more dynamic video).
+
+    Args:
+        sigma (``float | dict[int, float] | str``, default ``"64D1"``): the band width in
+            frames, positive: a number (level 0 only), ``{level: sigma}``, or a preset
+            ``<res>D<sigma>`` joined by ``_`` (``res`` = latent width of the level for a
+            320 x 512 video: 64, 32, 16, 8 = levels 0..3), e.g. ``"64D1"``, ``"64D4"``,
+            ``"64D8"``, ``"64D1_32D8"``, ``"64D1_32D1"`` (``attnlab.PRESETS``). The levels
+            regularised are sigma's keys.
+        t_min (``float | None``, default ``0.441``): act only while the timestep
+            ``t >= t_min * T`` (``T``: the scheduler's training horizon); None: every step.
+        max_mode (``str``, default ``"row"``): the ``max(logits)`` of Eq. 3: ``"row"`` (per
+            query frame, as the paper's code), ``"head"`` (one per ``F x F`` map: per head and
+            position) or ``"global"`` (one over the layer call's whole tensor).
+        scale (``float``, default 1.0): finite factor on the bias.
+        levels: not to be passed (the levels are sigma's keys); if passed, it must equal them.
+        blocks (``str | list[str] | None``, default ``("down", "mid", "up")``): blocks among
+            ``"in"``, ``"down"``, ``"mid"``, ``"up"``, ``"transformer"``; None: all. On a model
+            with none of the default blocks (a transformer) every layer of the levels counts.
+        names (``str | list[str] | None``, default None): regexes searched in module paths.
+        steps (default None): sampler-step indices (int, list, ``range``, ``slice``); None: all.
+        t_max (``float | None``, default None): act only while ``t <= t_max * T``.
+        cfg (``str``, default ``"both"``): the CFG half edited: ``"both"``, ``"cond"`` or
+            ``"uncond"``.
+
+    Raises:
+        EditError: a bad preset name, a non-positive or non-numeric sigma, ``levels`` other
+            than sigma's keys, a ``max_mode`` not in ``("row", "head", "global")``, a
+            non-finite ``scale``, ``t_min``/``t_max`` outside [0, 1] or crossed, or a bad ``cfg``.
+
+    Example::
+
+        from attnlab import TAR
+        with attnlab.edit(pipe, TAR("64D1")):                  # the paper's default
+            video = pipe("a polar bear playing drums", num_frames=48).frames
+        TAR({0: 1.0, 1: 8.0})                                  # the dA of TAR("64D1_32D8")
+        TAR(2.0, t_min=None, cfg="cond", max_mode="head")      # level 0, every step, cond only
+        TAR("64D1").to_json()    # '{"kind": "tar", "sigma": "64D1", "max_mode": "row", ...}'
     """
 
     kind = "tar"
@@ -179,14 +219,59 @@ class Transfer(LogitBias):
     """Reference-dynamics transfer (paper Sec. 4.1, Fig. 8): TAR with a reference video's
     inter-frame similarity matrix as ``dA`` instead of the Gaussian band.
 
-    ``reference``: a video path (read with :func:`attnlab.video.read_video`), a sample clip
+    ``reference``: a video path (read with :func:`attnlab.data.video.read_video`), a sample clip
     name (``cup``, ``box``, ...; see ``attnlab datasets list``), a world clip
     (``"world:<caption>"`` or ``"world:<seed>"``, :func:`attnlab.data.world.world_video`), frames
     (``[F, H, W, 3]`` uint8 or ``[F, 3, H, W]`` in [-1, 1]) or a precomputed F x F similarity
     matrix. The matrix (from ``similarity`` backend: "dreamsim", "stlpips", "pixel", ...) is
     resampled to the generated frame count and ``normalise``d: "minmax" (to [0, 1], the band's
     range), "max" (divide by the maximum) or "none". ``frames``: how many frames to take from a
-    reference video (evenly over the clip). Similarity matrices are cached on disk.
+    reference video (consecutive frames from its first: ``read_video(reference, frames=frames)``
+    without ``fps``). Similarity matrices are cached on disk.
+
+    The bias is ``logits + scale * max(logits) * dA`` with ``dA`` the ``F x F`` (``F``: the
+    run's latent frames) resampled, normalised reference matrix, the same for every head and
+    position. A reference given by name or path is checked at construction and read (and its
+    similarity computed) on first use; the spec records the reference string, or the
+    similarity matrix for array references.
+
+    Args:
+        reference (``str | Path | np.ndarray | torch.Tensor``): a video file or frame folder,
+            a sample clip name, ``"world:<caption>"`` / ``"world:<seed>"``, frames
+            ``[F, H, W, 3]`` uint8 or ``[F, 3, H, W]`` in [-1, 1], or a square, finite
+            ``F_ref x F_ref`` similarity matrix.
+        similarity (``str``, default ``"stlpips"``): similarity backend for video and frame
+            references: ``"stlpips"``, ``"dreamsim"`` (local weights) or ``"pixel"`` (see
+            ``attnlab.data.similarity.available_backends()``).
+        normalise (``str``, default ``"minmax"``): ``"minmax"``, ``"max"`` or ``"none"``.
+        frames (``int | None``, default 16): frames read from a reference video or sample
+            clip, consecutive from its first frame (a shorter clip raises ``VideoError`` on
+            first use); None: every frame (a world clip: 16).
+        levels (default 0): resolution levels edited (int or list of ints).
+        t_min (``float | None``, default ``0.441``): act only while ``t >= t_min * T``; None:
+            every step.
+        max_mode (``str``, default ``"row"``): ``"row"``, ``"head"`` or ``"global"``, as
+            :class:`TAR`.
+        scale (``float``, default 1.0): finite factor on the bias.
+        similarity_kwargs (``dict | None``, default None): settings passed to the backend.
+        **target: the other targeting of every edit: ``blocks`` (default ``("down", "mid",
+            "up")``), ``names``, ``steps``, ``t_max``, ``cfg`` (default ``"both"``), as
+            :class:`TAR`.
+
+    Raises:
+        EditError: a ``normalise`` not in ``("minmax", "max", "none")``, a reference that is
+            no file, frame folder, sample clip or valid world clip, an array that is neither
+            ``[F, H, W, 3]`` / ``[F, 3, H, W]`` frames nor a square finite matrix, or bad
+            targeting (``max_mode``, ``scale``, ``t_min``/``t_max``, ``cfg``).
+
+    Example::
+
+        from attnlab import Transfer
+        with attnlab.edit(pipe, Transfer("reference.mp4", similarity="stlpips")):   # Fig. 8
+            video = pipe("a cup of coffee", num_frames=16).frames
+        Transfer("cup", levels=[0, 1])                # a sample clip, two levels
+        sim = np.exp(-np.abs(np.subtract.outer(np.arange(16), np.arange(16))) / 4)
+        Transfer(sim, normalise="none")               # a precomputed 16 x 16 matrix
     """
 
     kind = "transfer"

@@ -22,6 +22,38 @@ class Replace(Edit):
     (uniform attention over frames: full correlation, a quasi-static video).
     A matrix: any N x N array, finite and non-negative with positive row sums; its rows are
     normalised to sum to 1. Its N must equal the frame count of the run.
+
+    The matrix replaces the ``[F, F]`` probabilities of every head and spatial position of the
+    selected layers after the softmax (and after the bias edits), for the selected steps and CFG
+    halves; recorders then see it as ``probs``. Default targeting: every block at every level,
+    all steps, both CFG halves.
+
+    Args:
+        matrix (``str | np.ndarray | Sequence[Sequence[float]]``, default ``"identity"``):
+            ``"identity"``, ``"ones"`` or an ``N x N`` array (``N`` = the run's latent
+            frames), stored row-normalised.
+        levels (``int | list[int] | None``, default None): resolution levels (0 = full latent
+            resolution); None: all.
+        blocks (``str | list[str] | None``, default None): blocks among ``"in"``, ``"down"``,
+            ``"mid"``, ``"up"``, ``"transformer"``; None: all.
+        names (``str | list[str] | None``, default None): regexes searched in module paths.
+        steps (default None): sampler-step indices (int, list, ``range``, ``slice``); None: all.
+        t_min (``float | None``, default None): act only while ``t >= t_min * T``.
+        t_max (``float | None``, default None): act only while ``t <= t_max * T``.
+        cfg (``str``, default ``"both"``): ``"both"``, ``"cond"`` or ``"uncond"``.
+
+    Raises:
+        EditError: at construction, for a string other than ``"identity"``/``"ones"``, a
+            matrix that is not square, has NaN/inf or negative entries or a row summing to 0,
+            or bad targeting; during a run, for a matrix whose N is not the run's frame count.
+
+    Example::
+
+        from attnlab import Replace
+        with attnlab.edit(pipe, Replace("identity", levels=[0, 1])):    # Fig. 4 probe
+            video = pipe("a polar bear playing drums", num_frames=16).frames
+        Replace("ones", levels=[3], steps=range(0, 10))                # uniform, first 10 steps
+        Replace([[1, 0], [1, 1]])        # a 2-frame matrix, stored as [[1, 0], [0.5, 0.5]]
     """
 
     kind = "replace"

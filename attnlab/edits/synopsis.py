@@ -16,14 +16,16 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from attnlab.core.control import Controller
 from attnlab.core.protocol import CallContext, Stage
 from attnlab.edits.base import Edit, EditError, register
+
+if TYPE_CHECKING:
+    from attnlab.core.control import Controller
 
 # Appendix C of the paper: the instruction that turns a prompt into key states with an LLM.
 VSP_TEMPLATE = (
@@ -93,6 +95,43 @@ class Synopsis(Edit):
     of text embeddings. ``key_frames``: K strictly increasing frame indices (default evenly
     spaced from the first to the last frame). ``mode``: "linear" or "same". Pass the plain
     prompt to the pipeline as usual; its conditional embedding is replaced frame by frame.
+
+    Frame ``f`` gets ``sum_k w[f, k] e_k`` with ``w = frame_weights(key_frames, F, mode)``
+    (``[F, K]``): frames before the first key frame get the first state, frames after the last
+    the last state. It always edits the conditional half only (no ``cfg`` argument) and acts on
+    the spatial cross-attention blocks (``Transformer2DModel``), not on temporal attention
+    (recorded maps change only through the model's response); its spec is written into the
+    ``edits`` of recorded runs (``"<tensor>"`` in place of embedding key states).
+
+    Args:
+        key_states (``Sequence[str] | torch.Tensor``): K non-empty prompts (encoded with the
+            pipeline's ``encode_prompt`` on first use), or a ``[K, L, D]`` tensor of text
+            embeddings matching the model's text context ``(L, D)``.
+        key_frames (``Sequence[int] | None``, default None): K non-negative, strictly
+            increasing frame indices, the last at most ``F - 1``; None:
+            ``floor(linspace(0, F - 1, K))``.
+        mode (``str``, default ``"linear"``): ``"linear"`` (blend consecutive states) or
+            ``"same"`` (hold each state until the next key frame).
+        steps (default None): sampler-step indices (int, list, ``range``, ``slice``); None: all.
+        t_min (``float | None``, default None): act only while ``t >= t_min * T``.
+        t_max (``float | None``, default None): act only while ``t <= t_max * T``.
+
+    Raises:
+        EditError: at construction, for a bad ``mode``, empty or non-string key states, an
+            embedding tensor that is not 3-D, or key frames that are not one per state,
+            non-negative and strictly increasing; on entering ``attnlab.edit``, for text key
+            states without a pipeline (a bare denoiser) or a model without spatial
+            cross-attention blocks; during a run, for more key states than frames, a key frame
+            past the last frame, or embeddings whose ``(L, D)`` differ from the model's.
+
+    Example::
+
+        from attnlab import Synopsis
+        with attnlab.edit(pipe, Synopsis(["a young boy", "an old man"])):        # VSP
+            video = pipe("a boy is getting old", num_frames=16).frames
+        Synopsis(["a bud", "a half-open flower", "a full bloom"], key_frames=[0, 5, 15], mode="same")
+        states = attnlab.key_states_from_llm("a peony blooming", client=my_llm)  # any str -> str
+        Synopsis(states, t_min=0.5)                                              # early steps only
     """
 
     kind = "synopsis"

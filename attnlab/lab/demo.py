@@ -1,4 +1,10 @@
-"""``attnlab demo``: a short version of the whole story on the embedded default, offline."""
+"""``attnlab demo``: a short version of the whole story on the embedded default, offline.
+
+- :data:`STORY`: the experiments of :mod:`attnlab.lab.experiments` the demo runs, in order
+- :func:`run_demo`: run them with small settings (after the organisms' own figures, from
+  :mod:`attnlab.lab.organisms`) and print where everything went
+- :func:`evaluator_readings`: the world evaluator's reading of each generated video
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attnlab.lab.analysis import Context, run_experiment
+from attnlab.lab.experiments import Context, run_experiment
 
 # the story, in order: real vs synthetic maps (+TAR), probes, transfer, sigma, similarity,
 # prior, and the three organisms' positional encodings beyond their training length
@@ -15,16 +21,16 @@ STORY = ("maps", "probes", "transfer", "sigma", "similarity", "prior", "models")
 
 
 def evaluator_readings(ctx: Context, experiment: str) -> dict[str, tuple[dict[str, Any], str]]:
-    """The world evaluator's reading (:func:`attnlab.evaluator.evaluate` against the runs'
-    prompt) of every generated video in ``experiment``'s store: per video a dict of scores and
-    the one-line text of the demo's strips. Real clips (``real-*``, ``reference``) are not
-    videos of the world and are left out; so is everything when the prompt is not a caption
-    of the world's grammar."""
+    """The world evaluator's reading (:func:`attnlab.data.evaluator.score_world_video` against
+    the runs' prompt) of every generated video in ``experiment``'s store: per video a dict of
+    scores and the one-line text of the demo's strips. Real clips (``real-*``, ``reference``)
+    are not videos of the world and are left out; so is everything when the prompt is not a
+    caption of the world's grammar."""
     from attnlab.core.store import list_arrays, load_video
-    from attnlab.data.evaluator import evaluate
+    from attnlab.data.evaluator import score_world_video
     from attnlab.data.world import parse_caption
-    from attnlab.lab.analysis import default_prompt
-    from attnlab.lab.organism_demo import _score_text
+    from attnlab.lab.experiments import default_prompt
+    from attnlab.lab.organisms import _score_text
 
     prompt = ctx.prompt or default_prompt(ctx.model)
     try:
@@ -36,7 +42,7 @@ def evaluator_readings(ctx: Context, experiment: str) -> dict[str, tuple[dict[st
     for name in list_arrays(store, "videos"):
         if name.startswith("real") or name == "reference":
             continue
-        s = evaluate(load_video(store, name) / 255.0, prompt)
+        s = score_world_video(load_video(store, name) / 255.0, prompt)
         scores = {
             "found": s.found_rate,
             "color_ok": s.color_ok,
@@ -97,7 +103,7 @@ def run_demo(
     results: dict[str, list[Path]] = {}
     if organism:
         # first what the organisms generate: frames, maps and the evaluator's reading
-        from attnlab.lab.organism_demo import demo_figure
+        from attnlab.lab.organisms import demo_figure
 
         paths, strips = demo_figure(ctx.figures / "organisms_strips")
         results["organisms"] = paths
@@ -111,7 +117,7 @@ def run_demo(
                 f"({len(r['scores'])} videos)"
             )
         # then where their motion lives: the paper's probes at every level
-        from attnlab.lab.organism_demo import dependence_figure
+        from attnlab.lab.organisms import dependence_figure
 
         paths, probed = dependence_figure(ctx.figures / "organisms_dependence")
         results["organisms"] += paths

@@ -34,7 +34,7 @@ def load_clip(
     davis_root: str | os.PathLike | None = None,
     if_short: str = "error",
 ):
-    """A :class:`attnlab.video.Video` from a path, a DAVIS sequence name, a sample name, a
+    """A :class:`attnlab.data.video.Video` from a path, a DAVIS sequence name, a sample name, a
     world clip (``"world:<seed>"`` or ``"world:<caption>"``, rendered at ``frames`` frames,
     64 x 64, from frame ``start``; ``fps`` does not apply) or a Video."""
     from attnlab.data.video import Video, read_davis, read_video
@@ -107,7 +107,82 @@ def record_real(
     seeded noise. With ``continue_denoising=True`` each timestep starts its own run that
     continues sampling (``num_inference_steps`` over the full schedule, those <= t) so the
     maps along a real trajectory can be compared with a synthetic one. ``guidance > 1``
-    batches ``[uncond, cond]`` as pipelines do. Returns the :class:`~attnlab.recording.Recorder`.
+    batches ``[uncond, cond]`` as pipelines do. Returns the :class:`~attnlab.core.recording.Recorder`.
+
+    Without ``continue_denoising`` each timestep ``t`` is one bare denoiser call on
+    ``sqrt(a_t) x0 + sqrt(1 - a_t) eps`` (:func:`forward_noise`, ``alphas_cumprod`` of the
+    training schedule, whatever the pipeline's sampler); with it, each run starts at the first
+    sampler timestep ``<= t`` (``scheduler.add_noise``) and samples on with a fresh copy of the
+    pipeline's scheduler. The VAE posterior sample and ``eps`` come from one CPU generator
+    seeded with ``seed``.
+
+    Args:
+        pipe (diffusers pipeline): a text-to-video pipeline with ``vae``, ``scheduler`` and
+            ``encode_prompt``, whose denoiser is of a family in ``REAL_FAMILIES`` (``unet3d``,
+            ``organism``, ``motion``, ``videocrafter2``, ``lavie``).
+        video: a video file or frame folder, a sample clip name (``attnlab datasets list``),
+            a DAVIS sequence name (with ``davis_root``), ``"world:<seed>"`` /
+            ``"world:<caption>"``, or a :class:`attnlab.data.video.Video`.
+        timesteps (``Sequence[int]``, default ``(200, 400, 600)``): discrete timesteps in
+            ``[0, T - 1]`` (``T``: ``scheduler.config.num_train_timesteps``); duplicates are
+            dropped, order does not matter (recorded noisiest first).
+        prompt (``str``, default ``""``): text condition of the denoiser.
+        frames (``int``, default 16): frames taken from the clip (= the run's latent frames).
+        fps (``float | None``, default 8.0): rate at which frames are taken (the paper: 16
+            frames at 8 fps); None: consecutive source frames.
+        start (``int``, default 0): first source frame.
+        height (``int | None``, default None): video height in pixels; None: the denoiser's
+            ``sample_size`` times the VAE scale factor.
+        width (``int | None``, default None): video width in pixels, as ``height``.
+        seed (``int``, default 0): seed of the VAE sample and the noise.
+        guidance (``float``, default 1.0): classifier-free guidance scale; ``> 1`` records both
+            halves (``cfg`` = ``uncond``, ``cond``), else ``cond`` only.
+        continue_denoising (``bool``, default False): one run per timestep, sampled onwards
+            (see above), instead of one run with one step per timestep.
+        num_inference_steps (``int``, default 25): sampler steps over the full schedule, with
+            ``continue_denoising`` only.
+        store (``str | os.PathLike | None``, default None): zarr store to stream the runs into.
+        davis_root (``str | os.PathLike | None``, default None): DAVIS root folder, for
+            ``video`` given as a DAVIS sequence name.
+        progress (``bool``, default True): show a progress bar.
+        **record_kwargs: passed to :func:`attnlab.record`: ``levels``, ``blocks``, ``names``,
+            ``steps``, ``cfg``, ``reduce``, ``grid``, ``logits``, ``name`` (id of the first run
+            only), ``meta``.
+
+    Returns:
+        :class:`~attnlab.core.recording.Recorder`: its ``to_xarray()`` (or
+        :func:`attnlab.load` of ``store``) has ``probs`` with dims ``(run, step, layer, cfg,
+        sample, query_frame, key_frame)`` (plus ``head`` or ``y, x`` by ``reduce``): one
+        ``run`` with ``step`` = one per distinct timestep, noisiest first (``timestep``
+        coordinate), or with ``continue_denoising`` one ``run`` per timestep with its sampler
+        steps (NaN-padded to the longest); ``sample`` of size 1; ``query_frame`` /
+        ``key_frame`` of size ``frames``. Runs have ``source="real"``, ``video`` (the clip id),
+        ``seed``, ``prompt`` and, in ``provenance``, ``frame_indices``, ``source_fps`` and
+        ``timesteps`` (or ``requested_timestep`` / ``start_timestep``).
+
+    Raises:
+        NotImplementedError: a denoiser family outside ``REAL_FAMILIES`` (image-conditioned
+            models).
+        UnsupportedModelError: a denoiser attnlab cannot map.
+        ValueError: timesteps empty or outside ``[0, T - 1]``; no ``height``/``width`` for a
+            denoiser without a square ``sample_size``; with ``continue_denoising``, a timestep
+            below every sampler step.
+        FileNotFoundError: ``video`` is no file, frame folder, sample clip, world clip or (with
+            ``davis_root``) DAVIS sequence.
+        VideoError: a clip too short for ``frames`` at ``fps``.
+        SelectionError, StoreError: as :func:`attnlab.record`.
+
+    Example::
+
+        rec = attnlab.record_real(pipe, "carphone", frames=16, fps=8,
+                                  timesteps=[200, 400, 600], levels=[0], store="real.zarr")
+        ds = rec.to_xarray()
+        ds.timestep.values              # [[600., 400., 200.]]
+        ds.probs.sizes                  # run 1, step 3, ..., query_frame 16, key_frame 16
+        both = attnlab.load(["real.zarr", "synthetic.zarr"])   # compare along both.source
+
+        rec = attnlab.record_real(pipe, "world:0", frames=16, timesteps=[600, 300],
+                                  continue_denoising=True, num_inference_steps=25)
     """
     model = denoiser_of(pipe)
     fam = family_of(model)
@@ -122,8 +197,8 @@ def record_real(
         raise ValueError(
             f"timesteps must be in [0, {horizon - 1}] (the scheduler's training horizon); got {list(timesteps)}"
         )
-    from attnlab.core.provenance import model_name
     from attnlab.data.video import to_model_input
+    from attnlab.util.provenance import model_name
 
     scale = getattr(pipe, "vae_scale_factor", 8)
     size = getattr(model.config, "sample_size", None)

@@ -24,7 +24,7 @@ Both position terms live on the :class:`LaVieTemporalAttention` module as ``attn
 ``attnlab_logit_bias``, the two hooks attnlab's explicit attention path applies, so recorded
 maps and edits see exactly the logits the model computes. Module and parameter names follow
 the original, so LaVie's ``lavie_base.pt`` state dict loads with only the rotary-frequency
-copies folded (see :mod:`attnlab.convert`).
+copies folded (see :mod:`attnlab.models.convert`).
 """
 
 from __future__ import annotations

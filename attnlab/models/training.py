@@ -1,6 +1,6 @@
-"""Training of the model organisms (see :mod:`attnlab.organisms`) on the procedural world.
+"""Training of the model organisms (see :mod:`attnlab.models.organisms`) on the procedural world.
 
-Recipe (measured on this CPU, see ``docs/organisms.md``): 32 x 32 clips of :mod:`attnlab.world`
+Recipe (measured on this CPU, see ``docs/organisms.md``): 32 x 32 clips of :mod:`attnlab.data.world`
 through a 4 x 4 PCA codec refitted on world frames (8 x 8 x 16 latents); v-prediction
 (Salimans & Ho 2022) with min-SNR-5 loss weighting by default (Hang et al. 2023: weight
 ``min(SNR, 5) / (SNR + 1)`` for v-prediction; the committed organisms use the plain v-loss, the
@@ -104,7 +104,7 @@ def world_batch(
     """``n`` world clips ``[n, F, 3, size, size]`` in [-1, 1] and their captions; with ``pairs``
     elements ``2k`` and ``2k + 1`` are a clip and its time reversal (opposite caption).
     ``motions`` (weighted by ``motion_weights``, None: equally) restricts the clips, e.g. to
-    :data:`~attnlab.world.DIRECTIONS` for a direction-only curriculum."""
+    :data:`~attnlab.data.world.DIRECTIONS` for a direction-only curriculum."""
     bad = [m for m in motions if m not in MOTIONS]
     if bad or not motions:
         raise ValueError(f"motions={motions!r}; allowed: a non-empty subset of {MOTIONS}")

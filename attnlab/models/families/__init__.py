@@ -2,7 +2,7 @@
 (``pyproject.toml``) exactly as another package would register its families.
 
 Each module beside this one is data: one :class:`~attnlab.core.sites.Family` (or, for full-3D
-transformers, :class:`~attnlab.models.families.dit.JointFamily` objects). See
+transformers, :class:`~attnlab.core.joint_sites.JointFamily` objects). See
 ``docs/extending.md`` for adding a family.
 """
 

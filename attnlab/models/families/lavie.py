@@ -9,8 +9,7 @@ offsets of 27 frames or more share their direction's last bucket): any frame cou
 beyond that offset the bias no longer depends on it.
 """
 
-from attnlab.core.sites import Family, PositionalEncoding
-from attnlab.models.families.organism import attribute_terms
+from attnlab.core.sites import Family, PositionalEncoding, attribute_terms
 
 FAMILY = Family(
     name="lavie",

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from attnlab.core.sites import Family, PositionalEncoding, PositionTerms
+from attnlab.core.sites import Family, PositionalEncoding, attribute_terms
 from attnlab.models.families.unet3d import FAMILY as UNET3D
 
 
@@ -21,16 +19,6 @@ def _pe(config: Any) -> PositionalEncoding:
     if kind == "sinusoidal":
         return PositionalEncoding("sinusoidal", int(config.get("frame_pe_max_len", 16)))
     return PositionalEncoding(kind or "none")
-
-
-def attribute_terms(attn: nn.Module) -> PositionTerms | None:
-    """The position terms a model keeps on its attention modules as ``attnlab_rope`` (rotate q
-    and k) and ``attnlab_logit_bias`` (an additive ``[heads, F, F]`` logit term)."""
-    rotate = getattr(attn, "attnlab_rope", None)
-    bias = getattr(attn, "attnlab_logit_bias", None)
-    if rotate is None and bias is None:
-        return None
-    return PositionTerms(rotate=rotate, logit_bias=bias)
 
 
 FAMILY = Family(
@@ -42,6 +30,6 @@ FAMILY = Family(
     position_terms=attribute_terms,
     classes={"OrganismUNet": "attnlab.models.organisms:OrganismUNet"},
     frame_limit_hint=(
-        ", or extend its table first: attnlab.organisms.extend_frame_positions(unet, {frames})"
+        ", or extend its table first: attnlab.models.organisms.extend_frame_positions(unet, {frames})"
     ),
 )

@@ -1,0 +1,330 @@
+"""Runs and calls: how a denoiser's calls are grouped into runs and counted as sampler steps.
+
+:class:`RunTracker` is the base of the :class:`~attnlab.core.control.Controller`. While
+installed, it
+
+* delimits *runs* (one pipeline call, or an explicit :meth:`RunTracker.run` block) by wrapping
+  the pipeline's ``__call__`` (through a per-instance subclass) and the scheduler's
+  ``set_timesteps``, capturing prompt, seed, size, steps and guidance for provenance;
+* counts denoiser calls (one per sampler step) with a forward pre-hook, reading the timestep,
+  batch, frame count and latent size of each call into a
+  :class:`~attnlab.core.protocol.CallContext`;
+* follows diffusers' ``cache_context("cond" / "uncond")`` on joint-attention models, for
+  pipelines that run the CFG halves as separate denoiser calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import math
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from attnlab.core.patch import AttributePatch, CallbackPatch, ClassPatch, Patches
+from attnlab.core.protocol import CallContext, Client, RunInfo
+from attnlab.core.sites import SiteTable
+from attnlab.util.provenance import model_name
+
+# call arguments kept as provenance when a pipeline call is captured
+_CALL_KEYS = (
+    "prompt",
+    "negative_prompt",
+    "num_frames",
+    "height",
+    "width",
+    "num_inference_steps",
+    "guidance_scale",
+    "min_guidance_scale",
+    "max_guidance_scale",
+    "eta",
+    "fps",
+    "num_videos_per_prompt",
+    "strength",
+)
+
+
+class RunTracker:
+    """Run and call tracking of one denoiser; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, table: SiteTable):
+        self.model = model
+        self.table = table
+        self.clients: list[Client] = []
+        self.patches = Patches()
+        self.run_info: RunInfo | None = None
+        self.ctx: CallContext | None = None
+        # every pipeline seen with this denoiser (pipelines can share one UNet), held weakly
+        self._pipes: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._wrapped: set[int] = set()
+        self._last_pipe: weakref.ref | None = None
+        self._current_pipe: Any | None = None
+        self._runs = 0
+        self._in_pipe_call = False
+        self._cache_name: str | None = None
+
+    @property
+    def pipe(self) -> Any | None:
+        """The pipeline whose call is running, else the one seen last (None: bare denoiser)."""
+        if self._current_pipe is not None:
+            return self._current_pipe
+        return self._last_pipe() if self._last_pipe is not None else None
+
+    def add_pipeline(self, pipe: Any) -> None:
+        """Delimit the runs of ``pipe``, a pipeline of this denoiser (now, if installed)."""
+        self._pipes.add(pipe)
+        self._last_pipe = weakref.ref(pipe)
+        if self.clients:  # already installed (through another pipeline or the bare denoiser)
+            self._wrap_pipeline(pipe)
+
+    # ---- installing ----------------------------------------------------------------------
+    def _track_runs(self) -> None:
+        """Install the step counter and wrap every pipeline seen (part of installing)."""
+        model = self.model
+        self.patches.apply(
+            CallbackPatch(
+                model,
+                lambda: model.register_forward_pre_hook(self._pre_forward, with_kwargs=True).remove,
+                f"{type(model).__name__} forward pre-hook (step counter)",
+            )
+        )
+        if self.table.joint and hasattr(model, "cache_context"):
+            self._wrap_cache_context()
+        # the class's forward: instance-level wrappers (nnsight leaves one) may change the signature
+        self._forward_sig = inspect.signature(type(model).forward)
+        for pipe in list(self._pipes):
+            self._wrap_pipeline(pipe)
+
+    def _untrack_runs(self) -> None:
+        """Forget the run state (after the patches are restored)."""
+        self._cache_name = None
+        self.run_info = None
+        self.ctx = None
+        self._wrapped.clear()
+
+    def _wrap_cache_context(self) -> None:
+        """Track diffusers' ``cache_context(name)``: pipelines that run the CFG halves as
+        separate denoiser calls (Wan) name them "cond" / "uncond" there."""
+        model = self.model
+        original: Any = model.cache_context
+        tracker = self
+
+        @contextlib.contextmanager
+        def cache_context(name: str, *args: Any, **kwargs: Any):
+            previous = tracker._cache_name
+            tracker._cache_name = name
+            try:
+                with original(name, *args, **kwargs):
+                    yield
+            finally:
+                tracker._cache_name = previous
+
+        self.patches.apply(
+            AttributePatch(model, "cache_context", cache_context, "denoiser.cache_context")
+        )
+
+    def _wrap_pipeline(self, pipe: Any) -> None:
+        if id(pipe) in self._wrapped:
+            return
+        self._wrapped.add(id(pipe))
+        original_cls = type(pipe)
+        call = original_cls.__call__
+        signature = inspect.signature(call)
+        tracker = self
+
+        def __call__(self_, *args, **kwargs):
+            if tracker._in_pipe_call:  # a pipeline calling itself: one run
+                return call(self_, *args, **kwargs)
+            bound = signature.bind(self_, *args, **kwargs)
+            bound.apply_defaults()
+            meta = tracker._call_meta(self_, bound.arguments)
+            tracker._in_pipe_call = True
+            tracker._current_pipe = self_
+            try:
+                with tracker.run(cfg=meta.pop("_cfg"), source="synthetic", meta=meta):
+                    return call(self_, *args, **kwargs)
+            finally:
+                tracker._in_pipe_call = False
+                tracker._current_pipe = None
+
+        __call__.__signature__ = signature  # type: ignore[attr-defined]
+        __call__.__doc__ = call.__doc__
+        # Python looks ``__call__`` up on the type: a per-instance subclass delimits the runs
+        wrapped = type(
+            original_cls.__name__,
+            (original_cls,),
+            {"__call__": __call__, "__module__": original_cls.__module__},
+        )
+        wrapped.__qualname__ = original_cls.__qualname__
+        self.patches.apply(ClassPatch(pipe, wrapped, f"{original_cls.__name__}.__call__ (runs)"))
+        scheduler = getattr(pipe, "scheduler", None)
+        if (
+            scheduler is not None
+            and hasattr(scheduler, "set_timesteps")
+            and id(scheduler) not in self._wrapped
+        ):
+            self._wrapped.add(id(scheduler))  # pipelines may share one scheduler: wrap it once
+            set_timesteps = scheduler.set_timesteps
+
+            # keep the signature: pipelines inspect it (retrieve_timesteps checks for `sigmas`)
+            @functools.wraps(set_timesteps)
+            def wrapped_set_timesteps(*args, **kwargs):
+                out = set_timesteps(*args, **kwargs)
+                if tracker.run_info is not None:
+                    tracker.steps_known([float(t) for t in scheduler.timesteps])
+                return out
+
+            self.patches.apply(
+                AttributePatch(
+                    scheduler,
+                    "set_timesteps",
+                    wrapped_set_timesteps,
+                    f"{type(scheduler).__name__}.set_timesteps (step list)",
+                )
+            )
+
+    def _call_meta(self, pipe: Any, args: dict[str, Any]) -> dict[str, Any]:
+        meta: dict[str, Any] = {k: _jsonable(args[k]) for k in _CALL_KEYS if k in args}
+        generator = args.get("generator")
+        if isinstance(generator, list) and generator:
+            meta["seed"] = generator[0].initial_seed()  # one integer to group by
+            meta["seeds"] = [g.initial_seed() for g in generator]
+        elif isinstance(generator, torch.Generator):
+            meta["seed"] = generator.initial_seed()
+        else:  # torch's global random state: not reproducible from the store
+            meta["seed"] = None
+        meta["model"] = model_name(pipe)  # as the user named it
+        meta["model_path"] = str(getattr(pipe, "name_or_path", None) or "")
+        meta["pipeline"] = type(pipe).__name__
+        meta["scheduler"] = type(getattr(pipe, "scheduler", None)).__name__
+        guidance = args.get("guidance_scale", args.get("max_guidance_scale"))
+        meta["_cfg"] = bool(guidance is not None and guidance > 1.0)
+        if (
+            "true_cfg_scale" in args
+        ):  # guidance-distilled (HunyuanVideo): guidance_scale is embedded
+            negative = args.get("negative_prompt") or args.get("negative_prompt_embeds") is not None
+            meta["_cfg"] = bool(args["true_cfg_scale"] > 1.0 and negative)
+        return meta
+
+    # ---- runs and calls ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(
+        self,
+        *,
+        cfg: bool = False,
+        source: str = "synthetic",
+        meta: dict[str, Any] | None = None,
+        timesteps: list[float] | None = None,
+    ) -> Iterator[RunInfo]:
+        """Delimit one run of denoiser calls (pipeline calls do this automatically).
+
+        ``cfg``: the batch is ``[uncond, cond]``. ``timesteps``: the steps this run will take,
+        when known in advance (lets selections be validated before any work).
+        """
+        if self.run_info is not None:
+            self.end_run(ok=True)
+        info = self.begin_run(cfg=cfg, source=source, meta=meta)
+        ok = False
+        try:
+            if timesteps is not None:
+                self.steps_known([float(t) for t in timesteps])
+            yield info
+            ok = True
+        finally:
+            if self.run_info is info:
+                self.end_run(ok=ok)
+
+    def begin_run(
+        self, *, cfg: bool = False, source: str = "synthetic", meta: dict[str, Any] | None = None
+    ) -> RunInfo:
+        info = RunInfo(index=self._runs, cfg=cfg, source=source, meta=dict(meta or {}))
+        self._runs += 1
+        self.run_info = info
+        for client in list(self.clients):
+            client.on_run_start(info)
+        return info
+
+    def steps_known(self, timesteps: list[float]) -> None:
+        assert self.run_info is not None
+        self.run_info.timesteps = timesteps
+        for client in list(self.clients):
+            client.on_steps_known(self.run_info)
+
+    def end_run(self, ok: bool) -> None:
+        info, self.run_info, self.ctx = self.run_info, None, None
+        if info is None:
+            return
+        first_error = None
+        for client in list(self.clients):
+            try:
+                client.on_run_end(info, ok)
+            except Exception as err:
+                first_error = first_error or err
+        if first_error is not None and ok:
+            raise first_error
+
+    def _pre_forward(self, module, args, kwargs):
+        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments
+        bound.pop(next(iter(bound)))  # self
+        sample = next(iter(bound.values()))  # first argument: the noisy latents
+        dims = self.table.call_dims(sample, bound)
+        self.table.check_frames(int(dims["F"]))  # before diffusers' opaque size mismatch
+        t = bound.get("timestep")
+        timestep = None
+        if t is not None:
+            timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+        if self.run_info is None:  # a bare denoiser call outside any delimited run
+            self.begin_run(cfg=False, source="synthetic", meta={}).implicit = True
+        run = self.run_info
+        assert run is not None
+        half = self._cache_name if self._cache_name in ("cond", "uncond") else None
+        if run.cfg and half is None and dims["B"] % 2:
+            raise RuntimeError(f"classifier-free guidance run with odd batch {dims['B']}")
+        if half is None:
+            run.halves_seen = None
+            step = run.calls
+            run.calls += 1
+        elif run.halves_seen is None or half in run.halves_seen:  # first half of a new step
+            run.halves_seen = {half}
+            step = run.calls
+            run.calls += 1
+        else:  # the other half of the current step
+            run.halves_seen.add(half)
+            step = run.calls - 1
+        scheduler = getattr(self.pipe, "scheduler", None)
+        config = getattr(scheduler, "config", None)
+        horizon = getattr(config, "num_train_timesteps", None) or 1000
+        continuous = getattr(config, "timestep_type", "discrete") == "continuous"
+        self.ctx = CallContext(
+            run=run,
+            step=step,
+            timestep=timestep,
+            num_train_timesteps=int(horizon),
+            batch=int(dims["B"]),
+            frames=int(dims["F"]),
+            latent=(int(dims["H"]), int(dims["W"])),
+            continuous=continuous,
+            half=half,
+        )
+        self._new_call(self.ctx)
+
+    def _new_call(self, ctx: CallContext) -> None:
+        """Tell the clients about a new denoiser call (``self.ctx`` is already ``ctx``)."""
+        for client in list(self.clients):
+            client.on_call(ctx)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return f"<tensor {tuple(value.shape)}>"
+    return str(value)

@@ -1,0 +1,132 @@
+"""Checkpoint key layouts and reading, shared by the LaVie and VideoCrafter2 converters.
+
+- ``Layout``: a checkpoint's keys and their shapes, as its authors' model definitions build them
+- :class:`ConversionReport`: what a conversion did with every key of the original checkpoint
+- :class:`CheckpointLayoutError`, :func:`check_layout`: a checkpoint against a layout, every
+  missing, unexpected and mis-shaped key named
+- :func:`load_checkpoint`: a state dict from a ``torch.save`` file, safely by default
+- ``_norm``, ``_lin``, ``_conv``: the layout entries of one norm, linear or convolution layer
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Layout = dict[str, tuple[int, ...]]
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did with every key of the original checkpoint."""
+
+    source: str
+    consumed: int = 0
+    dropped: list[str] = field(default_factory=list)
+    components: dict[str, int] = field(default_factory=dict)  # component -> tensors written
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k}: {v} tensors" for k, v in self.components.items())
+        text = f"{self.source}: {self.consumed} keys consumed ({parts})"
+        if self.dropped:
+            text += f"; {len(self.dropped)} dropped by name (unused by the original model)"
+        return text
+
+
+class CheckpointLayoutError(ValueError):
+    """The checkpoint does not have the key layout of the model it claims to be."""
+
+
+def check_layout(state: dict[str, Any], layout: Layout, what: str) -> None:
+    """Raise :class:`CheckpointLayoutError` naming missing, unexpected and mis-shaped keys."""
+    missing = sorted(set(layout) - set(state))
+    unexpected = sorted(set(state) - set(layout))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} (expected {layout[k]})"
+        for k in sorted(set(layout) & set(state))
+        if tuple(state[k].shape) != tuple(layout[k])
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{what}: the checkpoint does not have the expected key layout"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+            if items:
+                more = f" ... (+{len(items) - 5})" if len(items) > 5 else ""
+                lines.append(f"  {label} ({len(items)}): {', '.join(items[:5])}{more}")
+        raise CheckpointLayoutError("\n".join(lines))
+
+
+def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from a ``torch.save`` file (``state_dict`` / ``ema`` wrappers unwrapped).
+
+    Pickled checkpoints are read with ``weights_only=True`` (tensors and plain containers only);
+    ``trust_pickle=True`` allows arbitrary pickled objects (only for files you trust).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with path.open("rb") as f:
+        head = f.read(4)
+    zipped = zipfile.is_zipfile(path)
+    # torch.save writes a zip archive, or (before PyTorch 1.6, or with
+    # _use_new_zipfile_serialization=False) a pickle whose first byte is the PROTO opcode
+    if not zipped and head[:1] != b"\x80":
+        what = "an empty file" if not head else "neither torch.save's zip format nor its older one"
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({what})")
+    try:
+        # mmap needs the zip format; older files are read whole
+        with warnings.catch_warnings():
+            # junk that starts like a pickle names an odd protocol; the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        if trust_pickle:
+            raise
+        objects = sorted(set(re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(err))))
+        if objects:
+            raise ValueError(
+                f"{path} holds pickled objects beyond tensors ({', '.join(objects)}), which "
+                "could run code when loaded; if you trust the file, pass trust_pickle=True "
+                "(CLI: --trust-pickle)"
+            ) from err
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint (its pickle data is malformed)"
+        ) from err
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(err)})"
+        ) from err
+    for wrapper in ("state_dict", "ema", "module"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items() if torch.is_tensor(v)}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _norm(p: str, c: int) -> Layout:
+    return {f"{p}.weight": (c,), f"{p}.bias": (c,)}
+
+
+def _lin(p: str, o: int, i: int, bias: bool = True) -> Layout:
+    out = {f"{p}.weight": (o, i)}
+    if bias:
+        out[f"{p}.bias"] = (o,)
+    return out
+
+
+def _conv(p: str, o: int, i: int, k: int | tuple[int, ...] = 3) -> Layout:
+    ks = (k, k) if isinstance(k, int) else tuple(k)
+    return {f"{p}.weight": (o, i, *ks), f"{p}.bias": (o,)}

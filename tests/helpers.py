@@ -1,0 +1,28 @@
+"""Helpers the tests import (fixtures live in conftest.py): the tiny pipelines' CPU settings,
+one seeded generation, and a hook that captures a module's input or output."""
+
+from __future__ import annotations
+
+import torch
+
+# CPU tests: small latents (8x6), 2 steps, 8 frames
+GEN = dict(
+    prompt="a polar bear playing drums", num_frames=8, height=64, width=48, num_inference_steps=2
+)
+
+
+def generate(pipe, seed: int = 0, **overrides) -> torch.Tensor:
+    """One seeded run of a tiny pipeline; returns the decoded frames tensor."""
+    kw = {**GEN, **overrides}
+    out = pipe(**kw, generator=torch.Generator().manual_seed(seed), output_type="pt")
+    return out.frames
+
+
+def capture(seen: dict, key: str, arg: bool = False):
+    """A forward hook (or pre-hook with ``arg=True``) storing a detached copy; returns None."""
+
+    def hook(module, args, output=None):
+        value = args[0] if arg else output
+        seen.setdefault(key, value.detach().clone())
+
+    return hook
