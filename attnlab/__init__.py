@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "sites": "attnlab.core.sites",
     "StoreError": "attnlab.core.store",
     "load": "attnlab.core.store",
+    "verify_store": "attnlab.core.store",
     # the edits
     "PRESETS": "attnlab.edits",
     "TAR": "attnlab.edits",
@@ -87,7 +88,7 @@ if TYPE_CHECKING:
         register_family,
         sites,
     )
-    from attnlab.core.store import StoreError, load
+    from attnlab.core.store import StoreError, load, verify_store
     from attnlab.edits import (
         PRESETS,
         TAR,
@@ -152,6 +153,7 @@ __all__ = [
     "record_real",
     "register_family",
     "sites",
+    "verify_store",
 ]
 
 

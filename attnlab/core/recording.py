@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,7 +157,18 @@ class Recorder(Observer):
         table = controller.table
         self._text_mass = table.text != "cross"
         if self.store is not None:
+            self._created_store = not Path(self.store).exists()
             prepare_store(self.store, self.layout)
+
+    def release(self) -> None:
+        """A store this recorder created and never wrote a run into is removed: a failure
+        before the first step leaves no empty store skeleton behind."""
+        if self.store is None or not getattr(self, "_created_store", False):
+            return
+        from attnlab.core.store import list_runs
+
+        if Path(self.store).exists() and not list_runs(self.store, include_incomplete=True):
+            shutil.rmtree(self.store, ignore_errors=True)
 
     def on_run_start(self, run: RunInfo) -> None:
         halves = ["uncond", "cond"] if run.cfg else ["cond"]

@@ -189,7 +189,7 @@ def _is_level(value: Any) -> bool:
     """A level index: an int >= 0, or a string of digits (levels given as text)."""
     if isinstance(value, str):
         return value.strip().isdigit()
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
 
 
 def _slice_text(parts: tuple[int | None, int | None, int | None]) -> str:
@@ -206,9 +206,14 @@ def _check_slice(steps: slice) -> tuple[int | None, int | None, int | None]:
     if step == 0:
         raise SelectionError(f"steps {_slice_text(parts)}: a slice step cannot be zero")
     # same-signed bounds in the wrong order select nothing, whatever the run's length
-    if start is not None and stop is not None and (start >= 0) == (stop >= 0):
-        if (step or 1) > 0 and start >= stop or (step or 1) < 0 and start <= stop:
-            raise SelectionError(f"steps {_slice_text(parts)} select no step in any run")
+    forward = (step or 1) > 0
+    if (
+        start is not None
+        and stop is not None
+        and (start >= 0) == (stop >= 0)
+        and (start >= stop if forward else start <= stop)
+    ):
+        raise SelectionError(f"steps {_slice_text(parts)} select no step in any run")
     return parts
 
 

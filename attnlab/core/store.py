@@ -18,6 +18,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,6 +169,119 @@ def _group(run_id: str) -> str:
     return f"{RUNS_GROUP}/{run_id}"
 
 
+def checksum_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """The zarr encoding attnlab writes every array with: zstd, then a CRC-32C checksum of each
+    chunk (the zarr v3 ``crc32c`` codec), so a damaged chunk fails to read instead of returning
+    wrong numbers."""
+    import zarr.codecs
+
+    codecs = (zarr.codecs.ZstdCodec(level=0, checksum=False), zarr.codecs.Crc32cCodec())
+    return {str(name): {"compressors": codecs} for name in ds.variables}
+
+
+@dataclass
+class StoreCheck:
+    """What :func:`verify_store` found: every group (``runs/<id>``, ``videos/<name>``,
+    ``similarity/<name>``, ``evaluation/<id>``) that it read whole, with its damage."""
+
+    path: Path
+    #: group -> one line per damaged chunk (array, chunk index, the reader's error)
+    damaged: dict[str, list[str]]
+    #: groups read whole and intact
+    intact: list[str]
+    #: groups with arrays written without checksums (by attnlab before 0.2): read whole, but
+    #: corruption that still decompresses cannot be told from data
+    unchecked: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.path}: {len(self.intact)} group(s) intact, {len(self.damaged)} damaged"
+            + (f", {len(self.unchecked)} without checksums" if self.unchecked else "")
+        ]
+        for group, problems in self.damaged.items():
+            lines += [f"  damaged {group}: {p}" for p in problems]
+        lines += [f"  no checksums: {g}" for g in self.unchecked]
+        return "\n".join(lines)
+
+
+def _has_checksums(array: Any) -> bool:
+    codecs = getattr(array.metadata, "codecs", ())
+    return any(type(c).__name__ == "Crc32cCodec" for c in codecs)
+
+
+def verify_store(path: str | os.PathLike) -> StoreCheck:
+    """Read every chunk of every array of a store and report which groups are damaged.
+
+    Stores written by attnlab 0.2 or later carry a CRC-32C checksum per chunk, so any changed
+    byte is found; older stores are read whole too (a chunk that no longer decompresses is
+    found) and listed as ``unchecked``. The other groups stay readable: load them with
+    ``attnlab.load(path, runs=[...])``.
+
+    Returns:
+        :class:`StoreCheck` (``.ok``, ``.damaged``, ``.intact``, ``.unchecked``; ``str()`` is a
+        report naming every damaged group, array and chunk).
+
+    Example::
+
+        check = attnlab.verify_store("run.zarr")
+        if not check.ok:
+            print(check)          # damaged runs/<id>: probs chunk (3, 0, 0, ...): ...
+    """
+    import itertools
+
+    import zarr
+
+    path = Path(path)
+    if layout_of(path) is None:
+        raise StoreError(f"no attnlab store at {path}")
+    root = zarr.open_group(path, mode="r")
+    damaged: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    unchecked: set[str] = set()
+    for name, obj in root.members(max_depth=None):
+        if not isinstance(obj, zarr.Array):
+            continue
+        group, _, array = name.rpartition("/")
+        seen.add(group)
+        if not _has_checksums(obj):
+            unchecked.add(group)
+        for index in itertools.product(*(range(n) for n in obj.cdata_shape)):
+            try:
+                obj.get_block_selection(index)
+            except Exception as err:  # any reader error is damage, named with its chunk
+                text = " ".join(str(err).split())[:200] or type(err).__name__
+                damaged.setdefault(group, []).append(f"{array} chunk {index}: {text}")
+    intact = sorted(seen - set(damaged))
+    return StoreCheck(path, damaged, intact, sorted(unchecked))
+
+
+_WARNED_UNCHECKED: set[str] = set()
+
+
+def _warn_if_unchecked(path: Path, run_id: str) -> None:
+    """Say once per store that a store written before checksums cannot show corruption."""
+    import warnings
+
+    import zarr
+
+    key = str(path.resolve())
+    if key in _WARNED_UNCHECKED:
+        return
+    _WARNED_UNCHECKED.add(key)
+    group = zarr.open_group(path, mode="r")[_group(run_id)]
+    arrays = [a for _, a in group.arrays()] if isinstance(group, zarr.Group) else []
+    if arrays and not all(_has_checksums(a) for a in arrays):
+        warnings.warn(
+            f"{path} was written without checksums (attnlab before 0.2): it loads, but damage "
+            "that still decompresses cannot be detected; attnlab.verify_store reads it whole",
+            stacklevel=3,
+        )
+
+
 class RunWriter:
     """Writes one run into a store step by step (streaming) and marks it complete at the end."""
 
@@ -184,7 +298,9 @@ class RunWriter:
         ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False})
         ds = encode_strings(ds)
         if self.steps == 0:
-            encoding = {v: {"chunks": _step_chunks(ds[v])} for v in ds.data_vars}
+            encoding = checksum_encoding(ds)
+            for v in ds.data_vars:
+                encoding[str(v)]["chunks"] = _step_chunks(ds[v])
             ds.to_zarr(
                 self.path,
                 group=_group(self.run_id),
@@ -385,6 +501,8 @@ def load(
                     "reads them",
                     stacklevel=2,
                 )
+        if wanted:
+            _warn_if_unchecked(p, wanted[0])
         parts += [open_run(p, r) for r in wanted]
         ids += wanted
     if runs is not None and set(runs) - set(ids):
@@ -463,8 +581,14 @@ SIMILARITY_GROUP = "similarity"
 def _write_array_group(path: str | os.PathLike, group: str, name: str, da: xr.DataArray) -> None:
     if layout_of(path) is None:
         raise StoreError(f"no attnlab store at {path}: record a run first")
-    encode_strings(da.to_dataset(name="data")).to_zarr(
-        Path(path), group=f"{group}/{name}", mode="w", zarr_format=3, consolidated=False
+    ds = encode_strings(da.to_dataset(name="data"))
+    ds.to_zarr(
+        Path(path),
+        group=f"{group}/{name}",
+        mode="w",
+        zarr_format=3,
+        consolidated=False,
+        encoding=checksum_encoding(ds),
     )
 
 

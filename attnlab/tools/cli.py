@@ -830,6 +830,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", help="an attnlab zarr store")
+
+
+@command(
+    "check",
+    "read a whole store and name every damaged run, video or result (exit 1 if any)",
+    _configure_check,
+)
+def cmd_check(args: argparse.Namespace) -> int:
+    """Verify every chunk of a store against its checksums (attnlab.verify_store)."""
+    from attnlab.core.store import verify_store
+
+    check = verify_store(args.store)
+    print(check)
+    return 0 if check.ok else 1
+
+
 def _configure_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("family", choices=["lavie", "videocrafter2"])
     p.add_argument("checkpoint", help="lavie_base.pt or VideoCrafter2's model.ckpt")
@@ -942,6 +960,8 @@ def _run(name: str, call: Callable[[], int], args: argparse.Namespace | None) ->
         if os.environ.get("ATTNLAB_DEBUG"):
             raise
         text = " ".join(str(err).split()) or type(err).__name__
+        if "checksum do not match" in text or "ecompression error" in text:
+            text += "; a store is damaged: `attnlab check STORE` names its damaged runs"
         print(f"attnlab {name}: error: {text}", file=sys.stderr)
         return 2
 

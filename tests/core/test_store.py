@@ -163,3 +163,82 @@ def test_older_stores_with_list_seeds_read_as_one_integer():
     assert S._coord_value("seed", [5, 6]) == 5
     assert S._coord_value("seed", "") == S.UNSEEDED and S._coord_value("seed", None) == -1
     assert S._coord_value("seed", 7) == 7
+
+
+# ---- checksums: a damaged store is found out, never read as numbers -----------------------------
+
+
+def _two_runs(ms_pipe, store):
+    for seed in (0, 1):
+        with attnlab.record(ms_pipe, levels=[0], store=store):
+            ms_pipe(**GEN, generator=torch.Generator().manual_seed(seed), output_type="pt")
+    return [str(r) for r in attnlab.load(store).run.values]
+
+
+def _chunk_files(store, run_id, array="probs"):
+    folder = store / "runs" / run_id / array / "c"
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_chunk_is_named_and_the_other_runs_stay_readable(ms_pipe, tmp_path, damage):
+    from attnlab.core.store import verify_store
+    from attnlab.tools.cli import main
+
+    store = tmp_path / "s.zarr"
+    first, second = _two_runs(ms_pipe, store)
+    assert verify_store(store).ok
+    chunk = _chunk_files(store, first)[0]
+    data = bytearray(chunk.read_bytes())
+    if damage == "flip":  # ten bytes inside the compressed chunk
+        middle = len(data) // 2
+        data[middle : middle + 10] = bytes(b ^ 0x5A for b in data[middle : middle + 10])
+    else:
+        data = data[: len(data) // 2]
+    chunk.write_bytes(bytes(data))
+
+    check = verify_store(store)
+    assert not check.ok and list(check.damaged) == [f"runs/{first}"]
+    (line,) = check.damaged[f"runs/{first}"]
+    assert line.startswith("probs chunk (0,")
+    assert f"runs/{second}" in check.intact
+    with pytest.raises(ValueError):  # never numbers from a damaged chunk
+        _ = attnlab.load(store, runs=[first]).probs.values
+    assert np.isfinite(attnlab.load(store, runs=[second]).probs.values).all()
+    assert main(["check", str(store)]) == 1
+
+
+def test_every_array_is_written_with_a_checksum(ms_pipe, tmp_path):
+    import zarr
+
+    from attnlab.core.store import save_video
+
+    store = tmp_path / "s.zarr"
+    (run_id, _) = _two_runs(ms_pipe, store)
+    save_video(store, run_id, np.zeros((2, 8, 8, 3), np.uint8))
+    arrays = [a for _, a in zarr.open_group(store, mode="r").members(max_depth=None)]
+    arrays = [a for a in arrays if isinstance(a, zarr.Array)]
+    assert len(arrays) > 10
+    assert all(
+        "crc32c" in [type(c).__name__.lower().replace("codec", "") for c in a.metadata.codecs]
+        for a in arrays
+    )
+
+
+def test_a_store_written_before_checksums_loads_and_says_so_once(recwarn):
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from attnlab.core.store import verify_store
+    from tests.snapshot import STORE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "old.zarr"
+        shutil.copytree(STORE, old)
+        attnlab.load(old)
+        attnlab.load(old)
+        said = [w for w in recwarn if "without checksums" in str(w.message)]
+        assert len(said) == 1 and str(old) in str(said[0].message)
+        check = verify_store(old)
+        assert check.ok and len(check.unchecked) == 3

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from attnlab.core import dims as D
+from attnlab.core.store import checksum_encoding
 
 __all__ = ["EVALUATION_GROUP", "is_store", "load_evaluation", "scalar_table"]
 
@@ -106,7 +107,7 @@ def _write(path: Path, rid: str, ds: xr.Dataset, new_settings: dict[str, Any]) -
         "metric_settings": json.dumps(settings, default=str),
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    from attnlab import __version__
+    from attnlab._version import __version__
 
     attrs["attnlab_version"] = __version__
     ds = ds.assign_attrs(attrs)
@@ -115,7 +116,14 @@ def _write(path: Path, rid: str, ds: xr.Dataset, new_settings: dict[str, Any]) -
             k: (a if isinstance(a, (str, int, float)) else json.dumps(a))
             for k, a in ds[v].attrs.items()
         }
-    ds.to_zarr(path, group=_run_group(rid), mode="w", zarr_format=3, consolidated=False)
+    ds.to_zarr(
+        path,
+        group=_run_group(rid),
+        mode="w",
+        zarr_format=3,
+        consolidated=False,
+        encoding=checksum_encoding(ds),
+    )
 
 
 def _concat(parts: Mapping[str, xr.Dataset]) -> xr.Dataset:
