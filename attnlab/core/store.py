@@ -473,6 +473,7 @@ def load(
     paths = (
         [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]  # type: ignore[arg-type]
     )
+    runs = list(runs) if runs is not None else None  # read once per store and in the check
     parts, ids, layout = [], [], None
     for p in paths:
         if not p.exists():

@@ -28,7 +28,7 @@ REAL_FAMILIES = ("unet3d", "organism", "motion", "videocrafter2", "lavie")
 def load_clip(
     video: Any,
     *,
-    frames: int = 16,
+    frames: int | None = 16,
     fps: float | None = 8.0,
     start: int = 0,
     davis_root: str | os.PathLike | None = None,
@@ -48,6 +48,9 @@ def load_clip(
         )
     ref = str(video)
     if is_world_spec(ref):
+        if frames is None:  # a world clip has no length of its own: world_video's default
+            clip = world_video(ref)
+            return clip if not start else clip.select(len(clip) - start, fps=None, start=start)
         clip = world_video(ref, frames=start + frames)
         return clip if not start else clip.select(frames, fps=None, start=start)
     if davis_root is not None and not Path(ref).exists():

@@ -242,3 +242,12 @@ def test_a_store_written_before_checksums_loads_and_says_so_once(recwarn):
         assert len(said) == 1 and str(old) in str(said[0].message)
         check = verify_store(old)
         assert check.ok and len(check.unchecked) == 3
+
+
+def test_runs_given_as_a_generator_are_checked_like_a_list():
+    from tests.snapshot import STORE
+
+    (run_id,) = [str(r) for r in attnlab.load(STORE).run.values]
+    assert attnlab.load(STORE, runs=(r for r in [run_id])).sizes["run"] == 1
+    with pytest.raises(S.StoreError, match=r"runs not found.*\['nope'\]"):
+        attnlab.load(STORE, runs=(r for r in [run_id, "nope"]))

@@ -436,3 +436,12 @@ def test_world_scorer_reads_every_frame_form_and_its_old_name_warns():
         FutureWarning, match=r"`evaluate` is deprecated .* 0\.3\.0\. Use .*score_world_video"
     ):
         assert evaluator.evaluate(clip.frames01(), clip.caption) == want
+
+
+def test_a_world_clip_by_name_and_an_empty_metric_list(tmp_path):
+    """``evaluate("world:0")`` scores the world clip at its default length; ``metrics=[]`` is
+    refused as empty, not as "unknown metrics []"."""
+    ds = E.evaluate("world:0", metrics=["temporal_flickering"], write=False, progress=False)
+    assert ds.sizes["run"] == 1 and np.isfinite(ds["temporal_flickering"].values).all()
+    with pytest.raises(E.EvaluationError, match="metrics is empty"):
+        E.evaluate("world:0", metrics=[], write=False, progress=False)

@@ -123,8 +123,10 @@ def _check_metrics(metrics: Iterable[str] | str | None) -> list[str]:
     if isinstance(metrics, str):
         metrics = [metrics]
     metrics = list(dict.fromkeys(metrics))
+    if not metrics:
+        raise EvaluationError(f"metrics is empty; give one or more of {', '.join(METRICS)}")
     bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
+    if bad:
         raise EvaluationError(f"unknown metrics {bad}; available: {', '.join(METRICS)}")
     return metrics
 
