@@ -25,6 +25,7 @@ from attnlab.core.joint import JointAttnProcessor
 from attnlab.core.patch import ChildModulePatch, Patch, ProcessorPatch
 from attnlab.core.processor import HOOK_NAMES, HookPoint, TemporalAttnProcessor
 from attnlab.core.protocol import CallContext, Client, Plan
+from attnlab.core.refusals import check_recordable
 from attnlab.core.runs import RunTracker
 from attnlab.core.sites import Site, denoiser_of, sites
 
@@ -72,6 +73,7 @@ class Controller(RunTracker):
         ctrl = _controllers.get(model)
         if ctrl is None:
             ctrl = _controllers[model] = cls(model)
+        check_recordable(obj, model, joint=ctrl.table.joint)
         if obj is not model:
             ctrl.add_pipeline(obj)
         return ctrl

@@ -1,0 +1,118 @@
+"""Configurations attnlab cannot record faithfully yet are refused at entry, by name, with the
+reason; removing them makes recording work again. Tiny instances of diffusers' own classes and
+hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlab
+from attnlab.core.refusals import UnsupportedConfigurationError
+
+
+@pytest.fixture
+def cog():
+    from attnlab.models.tiny_dit import cogvideox_pipeline
+
+    return cogvideox_pipeline()
+
+
+def _records(pipe) -> bool:
+    with attnlab.record(pipe):
+        pass
+    return not attnlab.is_instrumented(pipe)
+
+
+def test_caching_hooks_are_refused_by_name_and_allowed_once_removed(cog):
+    from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
+
+    for config, technique in [
+        (FirstBlockCacheConfig(threshold=0.2), "FirstBlockCache"),
+        (
+            PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2,
+                current_timestep_callback=lambda: cog.current_timestep,
+            ),
+            "PyramidAttentionBroadcast",
+        ),
+    ]:
+        cog.transformer.enable_cache(config)
+        with pytest.raises(UnsupportedConfigurationError, match=technique) as err:
+            _records(cog)
+        assert "attention that did not run" in str(err.value)
+        assert not attnlab.is_instrumented(cog)
+        cog.transformer.disable_cache()
+        assert _records(cog)
+
+
+def test_layer_skip_is_refused_rather_than_switched_off(cog):
+    """Skip-layer guidance's score skip (diffusers' own hook; diffusers 0.42.1's registry lacks
+    CogVideoX's processor, registered here as diffusers' tests register processors)."""
+    from diffusers.hooks import LayerSkipConfig, apply_layer_skip
+    from diffusers.hooks._helpers import (
+        AttentionProcessorMetadata,
+        AttentionProcessorRegistry,
+        _skip_proc_output_fn_Attention_AttnProcessor2_0,
+    )
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+    AttentionProcessorRegistry.register(
+        CogVideoXAttnProcessor2_0,
+        AttentionProcessorMetadata(_skip_proc_output_fn_Attention_AttnProcessor2_0),
+    )
+    apply_layer_skip(
+        cog.transformer,
+        LayerSkipConfig(
+            indices=[0], fqn="transformer_blocks", skip_attention=False, skip_attention_scores=True
+        ),
+    )
+    with pytest.raises(UnsupportedConfigurationError, match=r"layer skip.*'layer_skip_hook'"):
+        _records(cog)
+
+
+def test_a_second_denoiser_is_refused():
+    from diffusers import WanPipeline
+
+    from attnlab.models.tiny_dit import wan_pipeline, wan_transformer
+
+    one = wan_pipeline()
+    two = WanPipeline(
+        transformer=one.transformer,
+        transformer_2=wan_transformer(seed=1),
+        vae=one.vae,
+        text_encoder=one.text_encoder,
+        tokenizer=one.tokenizer,
+        scheduler=one.scheduler,
+        boundary_ratio=0.9,
+    )
+    with pytest.raises(
+        UnsupportedConfigurationError, match=r"more than one denoiser.*transformer_2"
+    ):
+        _records(two)
+    assert _records(one)  # the same transformer in a one-denoiser pipeline records
+
+
+def test_another_attention_backend_is_refused_on_joint_models():
+    from attnlab.models.tiny_dit import wan_pipeline
+
+    pipe = wan_pipeline()
+    pipe.transformer.set_attention_backend("flex")
+    try:
+        with pytest.raises(UnsupportedConfigurationError, match="attention backend flex"):
+            _records(pipe)
+    finally:
+        pipe.transformer.set_attention_backend("native")  # also diffusers' process-wide default
+    assert _records(pipe)
+
+
+def test_free_noise_is_refused_and_allowed_once_disabled(ad_pipe, gen):
+    ad_pipe.enable_free_noise(context_length=8, context_stride=4)
+    try:
+        with pytest.raises(UnsupportedConfigurationError, match="FreeNoise"):
+            _records(ad_pipe)
+    finally:
+        ad_pipe.disable_free_noise()
+    with attnlab.record(ad_pipe, levels=[0]) as rec:
+        gen(ad_pipe)
+    assert torch.isfinite(torch.as_tensor(rec.to_xarray()["probs"].values)).all()
