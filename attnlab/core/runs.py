@@ -276,14 +276,21 @@ class RunTracker:
         t = bound.get("timestep")
         timestep = None
         if t is not None:
-            timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+            # a per-token timestep (Wan 2.2 TI2V's expand_timesteps gives the conditioning
+            # frame's tokens 0) is recorded as its largest value: the noise level of the step
+            timestep = float(t.max()) if torch.is_tensor(t) else float(t)
         if self.run_info is None:  # a bare denoiser call outside any delimited run
             self.begin_run(cfg=False, source="synthetic", meta={}).implicit = True
         run = self.run_info
         assert run is not None
         half = self._cache_name if self._cache_name in ("cond", "uncond") else None
         if run.cfg and half is None and dims["B"] % 2:
-            raise RuntimeError(f"classifier-free guidance run with odd batch {dims['B']}")
+            raise RuntimeError(
+                f"classifier-free guidance run with odd batch {dims['B']}: this pipeline calls "
+                "the denoiser once per guidance half without diffusers' cache_context "
+                "(e.g. WanVideoToVideoPipeline), and attnlab cannot tell cond from uncond there "
+                "yet; record such pipelines with guidance_scale <= 1"
+            )
         if half is None:
             run.halves_seen = None
             step = run.calls

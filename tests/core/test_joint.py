@@ -570,3 +570,15 @@ def test_hunyuanvideo_maps_text_mass_and_edits():
     assert (probed - ref).abs().max() > 1e-3 and (tar - ref).abs().max() > 1e-3
     with torch.no_grad():
         assert torch.equal(model(**kw)[0], ref)
+
+
+def test_a_per_token_timestep_is_recorded_as_the_steps_noise_level(wan):
+    """Wan 2.2 TI2V (expand_timesteps) passes one timestep per token, 0 for the conditioning
+    frame's tokens: the step's timestep is the noised tokens' level, not the first token's 0."""
+    x, e = _inputs()["wan"]
+    tokens = FRAMES * 16  # 4 x 4 tokens per latent frame
+    ts = torch.full((1, tokens), 500.0)
+    ts[:, :16] = 0.0
+    with attnlab.record(wan) as rec, torch.no_grad():
+        wan(x, ts, e, return_dict=False)
+    assert rec.to_xarray()[D.TIMESTEP].values.ravel().tolist() == [500.0]
