@@ -24,26 +24,45 @@ def _records(pipe) -> bool:
     return not attnlab.is_instrumented(pipe)
 
 
-def test_caching_hooks_are_refused_by_name_and_allowed_once_removed(cog):
-    from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
+def _cache_config(technique: str, pipe):
+    from diffusers import (
+        FasterCacheConfig,
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+    )
 
-    for config, technique in [
-        (FirstBlockCacheConfig(threshold=0.2), "FirstBlockCache"),
-        (
-            PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=2,
-                current_timestep_callback=lambda: cog.current_timestep,
-            ),
-            "PyramidAttentionBroadcast",
+    now = lambda: pipe.current_timestep  # noqa: E731
+    return {
+        "FirstBlockCache": lambda: FirstBlockCacheConfig(threshold=0.2),
+        "PyramidAttentionBroadcast": lambda: PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, current_timestep_callback=now
         ),
-    ]:
-        cog.transformer.enable_cache(config)
-        with pytest.raises(UnsupportedConfigurationError, match=technique) as err:
-            _records(cog)
-        assert "attention that did not run" in str(err.value)
-        assert not attnlab.is_instrumented(cog)
-        cog.transformer.disable_cache()
-        assert _records(cog)
+        # the values of diffusers' own docstring example
+        "FasterCache": lambda: FasterCacheConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(-1, 681),
+            current_timestep_callback=now,
+            attention_weight_callback=lambda _: 0.3,
+            unconditional_batch_skip_range=5,
+            unconditional_batch_timestep_skip_range=(-1, 781),
+            tensor_format="BFCHW",
+        ),
+        "MagCache": lambda: MagCacheConfig(num_inference_steps=2, mag_ratios=[1.0, 1.0]),
+    }[technique]()
+
+
+@pytest.mark.parametrize(
+    "technique", ["FirstBlockCache", "PyramidAttentionBroadcast", "FasterCache", "MagCache"]
+)
+def test_caching_hooks_are_refused_by_name_and_allowed_once_removed(cog, technique):
+    cog.transformer.enable_cache(_cache_config(technique, cog))
+    with pytest.raises(UnsupportedConfigurationError, match=technique) as err:
+        _records(cog)
+    assert "attention that did not run" in str(err.value)
+    assert not attnlab.is_instrumented(cog)
+    cog.transformer.disable_cache()
+    assert _records(cog)
 
 
 def test_layer_skip_is_refused_rather_than_switched_off(cog):
