@@ -459,9 +459,20 @@ def family_of(model: torch.nn.Module | type | str) -> Family:
     supported = ", ".join(c for f in families for c in f.model_classes)
     if name in _UNMAPPED:
         raise UnsupportedModelError(f"{_UNMAPPED[name]} Supported: {supported}")
+    if "Transformer3D" in name:
+        raise UnsupportedModelError(
+            f"{name} looks like a full-3D attention video transformer (one attention over "
+            "text and frame-major video tokens), for which attnlab has no family yet: its token "
+            "layout and time positional encoding must be declared as a joint family "
+            "(attnlab.core.joint_sites.JointFamily, as attnlab/models/families/dit.py does for "
+            f"CogVideoX, Wan, HunyuanVideo, LTX-Video and Mochi; docs/extending.md). Supported "
+            f"denoisers: {supported}"
+        )
     raise UnsupportedModelError(
-        f"{name} has no temporal attention that attnlab knows of. Supported denoisers: "
-        f"{supported} (register another family with attnlab.register_family)"
+        f"{name} has no temporal attention that attnlab knows of: attnlab looked for a "
+        "registered family naming its class or one of its base classes. Supported denoisers: "
+        f"{supported} (register another family with attnlab.register_family; "
+        "docs/extending.md)"
     )
 
 

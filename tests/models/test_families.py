@@ -197,6 +197,17 @@ def test_a_user_family_is_registered_and_its_position_terms_are_applied(ms_pipe)
 def test_unknown_model_error_names_the_extension_point():
     with pytest.raises(UnsupportedModelError, match="register_family"):
         family_of("NoSuchVideoModel")
+    # full-3D video transformers attnlab has no family for are not said to lack attention
+    for name in (
+        "HunyuanVideo15Transformer3DModel",
+        "Kandinsky5Transformer3DModel",
+        "WanAnimateTransformer3DModel",
+    ):
+        with pytest.raises(
+            UnsupportedModelError, match="full-3D attention video transformer"
+        ) as err:
+            family_of(name)
+        assert "JointFamily" in str(err.value) and "no temporal attention" not in str(err.value)
     with pytest.raises(TypeError, match="Family"):
         register_family({"name": "x"})  # type: ignore[arg-type]
 
