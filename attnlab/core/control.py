@@ -99,8 +99,13 @@ class Controller(RunTracker):
         finally:
             try:
                 if self.run_info is not None and self.run_info.implicit:
-                    # bare denoiser calls without a delimited run: the block is the run
-                    self.end_run(ok=ok)
+                    # bare denoiser calls without a delimited run: the outermost block is the
+                    # run; a client leaving earlier (an edit around some calls, the inner of
+                    # two recorders) ends its own part, the others' run goes on
+                    if all(c is client for c in self.clients):
+                        self.end_run(ok=ok)
+                    else:
+                        client.on_run_end(self.run_info, ok)
             finally:
                 self.clients = [c for c in self.clients if c is not client]
                 client._attnlab_attached = False  # type: ignore[attr-defined]

@@ -367,3 +367,29 @@ def test_cfg_halves_are_labelled_in_batch_order(ms_pipe, gen):
     np.testing.assert_allclose(a.sel(cfg="uncond").values, b.sel(cfg="cond").values, atol=1e-6)
     np.testing.assert_allclose(a.sel(cfg="cond").values, b.sel(cfg="uncond").values, atol=1e-6)
     assert not np.allclose(a.sel(cfg="cond").values, b.sel(cfg="cond").values, atol=1e-6)
+
+
+def test_an_inner_block_does_not_cut_the_outer_blocks_run_of_bare_calls(ms_pipe):
+    """Bare denoiser calls form one run per outermost attnlab block: an edit around some of
+    them leaves the recording's run whole."""
+    unet = ms_pipe.unet
+    x = torch.randn(1, 4, 8, 8, 6, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, unet.config.cross_attention_dim)
+
+    def call(t):
+        with torch.no_grad():
+            return unet(x, t, text).sample
+
+    with attnlab.record(unet, levels=[0]) as rec:
+        call(900)
+        with attnlab.edit(unet, attnlab.Replace("identity", levels=[0])):
+            edited = call(700)
+        call(600)
+    ds = rec.to_xarray()
+    assert ds.sizes["run"] == 1
+    assert ds["timestep"].values.ravel().tolist() == [900.0, 700.0, 600.0]
+    # the edit acted inside its block only
+    plain = call(700)
+    assert not torch.equal(edited, plain)
+    with attnlab.edit(unet, attnlab.Replace("identity", levels=[0])):
+        assert torch.equal(call(700), edited)
