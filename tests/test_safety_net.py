@@ -74,44 +74,29 @@ def _small(name: str):
     import attnlab
 
     cls = getattr(attnlab, name)
-    unet3d = dict(
-        block_out_channels=(8, 16),
+    if name == "PatchCodec":
+        return cls(patch=2, latent_channels=4)
+    if name == "VideoCrafter2Scheduler":
+        return cls()
+    tiny = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+    tiny["cross_attention_dim"] = 8
+    blocks_3d = dict(
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=4,
     )
     if name == "OrganismMotionUNet":
         return cls(
-            block_out_channels=(8, 16),
+            **tiny,
             down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
             up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=8,
             num_attention_heads=2,
             motion_num_attention_heads=2,
             motion_max_seq_length=16,
             text_adapter_dim=6,
         )
     if name == "LaVieUNet":
-        return cls(
-            block_out_channels=(8, 16),
-            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=8,
-            attention_head_dim=2,
-            rope_dim=4,
-        )
-    if name == "PatchCodec":
-        return cls(patch=2, latent_channels=4)
-    if name == "VideoCrafter2Scheduler":
-        return cls()
-    return cls(**unet3d)
+        return cls(**tiny, **blocks_3d, attention_head_dim=2, rope_dim=4)
+    return cls(**tiny, **blocks_3d, attention_head_dim=4)
 
 
 @pytest.mark.parametrize("name", sorted(FROZEN))

@@ -114,13 +114,9 @@ def run_organisms(
     for model in models:
         pipe = load_pipeline(model, progress=False)
         with record(pipe, levels=[0], cfg="cond") as rec:
-            res = pipe(
-                list(captions),
-                num_frames=frames,
-                generator=torch.Generator().manual_seed(seed),
-                output_type="np",
+            videos = sample(  # one batch: one generator for all the captions
+                pipe, list(captions), frames=frames, seed=seed, batch=len(captions)
             )
-        videos = np.asarray(res.frames).clip(0, 1)
         probs = rec.to_xarray()[D.PROBS]
         keep = (D.QUERY, D.KEY)
         amap = probs.mean([d for d in probs.dims if d not in keep]).values
@@ -233,13 +229,9 @@ def run_dependence(
                 else edit(pipe, Replace(probe, levels=levels))
             )
             with probed:
-                res = pipe(
-                    list(captions),
-                    num_frames=frames,
-                    generator=torch.Generator().manual_seed(seed),
-                    output_type="np",
+                videos = sample(  # one batch: one generator for all the captions
+                    pipe, list(captions), frames=frames, seed=seed, batch=len(captions)
                 )
-            videos = np.asarray(res.frames).clip(0, 1)
             scores = score_videos(videos, captions)
             out.append(
                 dict(model=model, probe=probe, videos=videos, scores=scores, captions=captions)

@@ -90,16 +90,14 @@ def _setting(name: str, convert: Callable[[str], object]) -> Callable[[str], obj
 
 
 def _step_selection(text: str) -> object:
-    """``--record-steps``: parsed and checked as :meth:`attnlab.core.selection.Steps.parse`."""
+    """``--record-steps``: a :class:`attnlab.core.selection.Steps` (which ``record`` takes as
+    is), parsed and checked by :meth:`~attnlab.core.selection.Steps.parse`."""
     from attnlab.core.selection import SelectionError, Steps
 
     try:
-        steps = Steps.parse(text)
+        return Steps.parse(text)
     except SelectionError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    if steps.slice_ is not None:
-        return slice(*steps.slice_)
-    return list(steps.indices) if steps.indices is not None else None
 
 
 def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
