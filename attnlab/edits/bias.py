@@ -18,7 +18,26 @@ from attnlab.edits.base import Edit, EditError, _positive, register
 MAX_MODES = ("row", "head", "global")
 # the reference code's TAR window: first 14 of 25 DDIM steps (leading spacing, offset 1) = t >= 441
 TAR_T_MIN = 0.441
+#: TAR's compatibility modes: ``"vstar"``, the reference code's own rule (see :class:`TAR`)
+COMPAT_MODES = ("vstar",)
+#: VSTAR's ``until_time``: it regularises while the sampler's loop index is <= 13
+VSTAR_UNTIL_STEP = 13
+#: the latent height / width VSTAR's width rule assumes (40 x 64: 320 x 512 video)
+VSTAR_ASPECT = 40.0 / 64.0
 _PRESET = re.compile(r"^(\d+)D(\d+(?:\.\d+)?)$")
+
+
+def _preset_parts(name: str) -> list[tuple[int, float]]:
+    """``"64D1_32D8"`` -> ``[(64, 1.0), (32, 8.0)]``."""
+    out = []
+    for part in name.split("_"):
+        m = _PRESET.match(part)
+        if m is None:
+            raise EditError(
+                f"bad TAR preset {name!r}: expected parts like '64D1' joined by '_' (e.g. '64D1_32D8')"
+            )
+        out.append((int(m.group(1)), float(m.group(2))))
+    return out
 
 
 def preset_sigma(name: str, full_resolution: int = 64) -> dict[int, float]:
@@ -28,18 +47,35 @@ def preset_sigma(name: str, full_resolution: int = 64) -> dict[int, float]:
     video (64, 32, 16, 8 = levels 0..3); ``full_resolution`` changes the width of level 0.
     """
     out: dict[int, float] = {}
-    for part in name.split("_"):
-        m = _PRESET.match(part)
-        if m is None:
-            raise EditError(
-                f"bad TAR preset {name!r}: expected parts like '64D1' joined by '_' (e.g. '64D1_32D8')"
-            )
-        res, sigma = int(m.group(1)), float(m.group(2))
+    for res, sigma in _preset_parts(name):
         level = math.log2(full_resolution / res) if res > 0 else -1
         if level < 0 or level != int(level):
             raise EditError(f"TAR preset {name!r}: resolution {res} is not {full_resolution}/2^k")
         out[int(level)] = sigma
     return out
+
+
+def preset_widths(name: str) -> dict[int, float]:
+    """Parse a preset name as VSTAR's code reads it: ``{width: sigma}`` (``"64D1_32D8"`` ->
+    ``{64: 1.0, 32: 8.0}``, its ``regularize_res_list`` with ``diag_<width>``)."""
+    out: dict[int, float] = {}
+    for width, sigma in _preset_parts(name):
+        if width <= 0:
+            raise EditError(f"TAR preset {name!r}: width {width} must be positive")
+        out[width] = sigma
+    return out
+
+
+def vstar_width(rows: int) -> int:
+    """The "resolution" VSTAR's code gives a temporal layer from its row count alone.
+
+    VSTAR (``utils/attention_utils.py``, ``process_sim``) takes the rows of one layer call,
+    ``h_w = sim.shape[0] // heads`` (= videos per pass x h x w), and computes
+    ``int(sqrt(h_w / (40 / 64)))``: the feature width *if* the latent were 40:64 and one video
+    ran per pass. At 320 x 512 that is 64, 32, 16, 8 for levels 0..3; at other sizes it is not
+    the width (a 16 x 40 latent: 32 at level 0, 16 at level 1).
+    """
+    return int(math.sqrt(rows / VSTAR_ASPECT))
 
 
 PRESETS = ("64D1", "64D4", "64D8", "64D1_32D8", "64D1_32D1")
@@ -75,15 +111,23 @@ class LogitBias(Edit):
         tensor, and editing one CFG half needs the batch layout."""
         return self.max_mode != "global" and self.halves(ctx) is None
 
+    def prior_at(self, site: Site, ctx: CallContext) -> np.ndarray:
+        """``dA`` for ``site`` during the call ``ctx`` (by default :meth:`prior` of its frames)."""
+        return self.prior(site, ctx.frames)
+
+    def prior_key(self, site: Site, ctx: CallContext) -> tuple:
+        """What :meth:`prior_at` depends on (the cache key of the ``dA`` tensors)."""
+        return (site.level, ctx.frames)
+
     def logit_prior(self, site: Site, ctx: CallContext) -> LogitPrior:
-        return LogitPrior(self.prior(site, ctx.frames), self.max_mode, self.scale)
+        return LogitPrior(self.prior_at(site, ctx), self.max_mode, self.scale)
 
     def bias(self, site: Site, ctx: CallContext, logits: torch.Tensor) -> torch.Tensor:
-        key = (site.level, ctx.frames, logits.device, logits.dtype)
+        key = (*self.prior_key(site, ctx), logits.device, logits.dtype)
         dA = self._priors.get(key)
         if dA is None:
             dA = self._priors[key] = torch.as_tensor(
-                self.prior(site, ctx.frames), dtype=logits.dtype, device=logits.device
+                self.prior_at(site, ctx), dtype=logits.dtype, device=logits.device
             )
         return self._apply(
             logits, ctx, site, lambda x: regularise(x, dA, self.max_mode, self.scale)
@@ -126,20 +170,42 @@ class TAR(LogitBias):
     ``dA`` is ``F x F`` for a run of ``F`` (latent) frames, the same for every head and spatial
     position; smaller ``sigma`` = stronger regularisation (more dynamic video).
 
+    **VSTAR's own rule** (``compat="vstar"``): the reference code (boschresearch/VSTAR,
+    ``utils/attention_utils.py``) names *widths*, not levels, and computes a layer's width from
+    its row count as if the latent were 40 x 64 (:func:`vstar_width`:
+    ``int(sqrt(h * w / (40 / 64)))``, one video per pass); and it regularises while the
+    sampler's loop index is ``<= 13`` (``until_time``), whatever the step count. At 320 x 512
+    with 25 DDIM steps both modes do the same; elsewhere they differ: a 16 x 40 latent (128 x
+    320 video) has VSTAR widths 32, 16, 8, 4 at levels 0..3, so ``"64D1"`` regularises nothing
+    and ``"64D1_32D8"`` puts sigma 8 on level 0 only; with 50 steps VSTAR acts on steps 0..13
+    (``t >= 721`` on VideoCrafter2's schedule), the default on steps 0..27 (``t >= 441``). In
+    this mode ``sigma``'s keys are widths, every down/mid/up temporal layer whose width is a
+    key is regularised with that key's sigma, and there is no timestep window (``t_min`` is
+    None; ``steps`` and ``t_max`` still narrow it).
+
     Args:
         sigma (``float | dict[int, float] | str``, default ``"64D1"``): the band width in
-            frames, positive: a number (level 0 only), ``{level: sigma}``, or a preset
+            frames, positive: a number (level 0 only; ``compat="vstar"``: width 64),
+            ``{level: sigma}`` (``compat="vstar"``: ``{width: sigma}``), or a preset
             ``<res>D<sigma>`` joined by ``_`` (``res`` = latent width of the level for a
-            320 x 512 video: 64, 32, 16, 8 = levels 0..3), e.g. ``"64D1"``, ``"64D4"``,
+            320 x 512 video: 64, 32, 16, 8 = levels 0..3; ``compat="vstar"``: the width as
+            :func:`vstar_width` computes it at any size), e.g. ``"64D1"``, ``"64D4"``,
             ``"64D8"``, ``"64D1_32D8"``, ``"64D1_32D1"`` (``attnlab.PRESETS``). The levels
-            regularised are sigma's keys.
+            (widths) regularised are sigma's keys.
         t_min (``float | None``, default ``0.441``): act only while the timestep
             ``t >= t_min * T`` (``T``: the scheduler's training horizon); None: every step.
+            With ``compat="vstar"``: always None (leave it out; another value raises).
         max_mode (``str``, default ``"row"``): the ``max(logits)`` of Eq. 3: ``"row"`` (per
             query frame, as the paper's code), ``"head"`` (one per ``F x F`` map: per head and
             position) or ``"global"`` (one over the layer call's whole tensor).
         scale (``float``, default 1.0): finite factor on the bias.
-        levels: not to be passed (the levels are sigma's keys); if passed, it must equal them.
+        compat (``str | None``, default None, keyword): None: attnlab's level semantics above;
+            ``"vstar"``: VSTAR's width rule and step-index window.
+        until_step (``int | None``, default None, keyword): ``compat="vstar"`` only: act while
+            the step index (0 = the first, noisiest denoiser call of a run) is
+            ``<= until_step``; None there means VSTAR's 13.
+        levels: not to be passed (the levels are sigma's keys); if passed, it must equal them
+            (``compat="vstar"``: not at all).
         blocks (``str | list[str] | None``, default ``("down", "mid", "up")``): blocks among
             ``"in"``, ``"down"``, ``"mid"``, ``"up"``, ``"transformer"``; None: all. On a model
             with none of the default blocks (a transformer) every layer of the levels counts.
@@ -151,8 +217,11 @@ class TAR(LogitBias):
 
     Raises:
         EditError: a bad preset name, a non-positive or non-numeric sigma, ``levels`` other
-            than sigma's keys, a ``max_mode`` not in ``("row", "head", "global")``, a
-            non-finite ``scale``, ``t_min``/``t_max`` outside [0, 1] or crossed, or a bad ``cfg``.
+            than sigma's keys (any ``levels`` with ``compat="vstar"``), a ``compat`` other than
+            None or ``"vstar"``, ``until_step`` without ``compat="vstar"`` or not an int >= 0,
+            a ``t_min`` other than None / 0.441 with ``compat="vstar"``,
+            a ``max_mode`` not in ``("row", "head", "global")``, a non-finite ``scale``,
+            ``t_min``/``t_max`` outside [0, 1] or crossed, or a bad ``cfg``.
 
     Example::
 
@@ -161,6 +230,7 @@ class TAR(LogitBias):
             video = pipe("a polar bear playing drums", num_frames=48).frames
         TAR({0: 1.0, 1: 8.0})                                  # the dA of TAR("64D1_32D8")
         TAR(2.0, t_min=None, cfg="cond", max_mode="head")      # level 0, every step, cond only
+        TAR("64D1_32D8", compat="vstar")                       # VSTAR's widths and steps 0..13
         TAR("64D1").to_json()    # '{"kind": "tar", "sigma": "64D1", "max_mode": "row", ...}'
     """
 
@@ -175,26 +245,68 @@ class TAR(LogitBias):
         scale: float = 1.0,
         **target: Any,
     ):
-        self.preset = sigma if isinstance(sigma, str) else None
-        if isinstance(sigma, str):
-            sigma = preset_sigma(sigma)
-        elif not isinstance(sigma, dict):
-            sigma = {0: sigma}
-        if not sigma:
-            raise EditError("TAR needs at least one level with a sigma")
-        self.sigma = {int(k): _positive(f"sigma at level {k}", v) for k, v in sigma.items()}
-        if target.get("levels") is not None and sorted(
-            Layers.make(target["levels"]).levels or ()
-        ) != sorted(self.sigma):
+        # keyword arguments of **target, so that the signature of 0.1's public API stays as is
+        compat: str | None = target.pop("compat", None)
+        until_step: int | None = target.pop("until_step", None)
+        if compat is not None and compat not in COMPAT_MODES:
             raise EditError(
-                f"TAR levels come from sigma's keys {sorted(self.sigma)}; do not pass levels={target['levels']!r}"
+                f"TAR compat must be None (attnlab's levels) or 'vstar' (VSTAR's widths and "
+                f"step window); got {compat!r}"
             )
-        target["levels"] = sorted(self.sigma)
+        self.compat = compat
+        if compat is None:
+            if until_step is not None:
+                raise EditError(
+                    "until_step is VSTAR's step-index window: pass compat='vstar' with it "
+                    "(or select steps with steps=...)"
+                )
+        elif until_step is None:
+            until_step = VSTAR_UNTIL_STEP
+        elif isinstance(until_step, bool) or not isinstance(until_step, int) or until_step < 0:
+            raise EditError(f"until_step must be an int >= 0, got {until_step!r}")
+        self.until_step = until_step
+        if compat == "vstar":
+            if t_min is not None and t_min != TAR_T_MIN:
+                raise EditError(
+                    "TAR(compat='vstar') windows by the step index (until_step), not by the "
+                    f"timestep: leave t_min out (or None); got t_min={t_min!r}"
+                )
+            t_min = None
+        self.preset = sigma if isinstance(sigma, str) else None
+        unit = "width" if compat == "vstar" else "level"
+        if isinstance(sigma, str):
+            sigma = preset_widths(sigma) if compat == "vstar" else preset_sigma(sigma)
+        elif not isinstance(sigma, dict):
+            sigma = {64 if compat == "vstar" else 0: sigma}
+        if not sigma:
+            raise EditError(f"TAR needs at least one {unit} with a sigma")
+        for k in sigma:
+            ok = isinstance(k, (int, np.integer, str)) and str(k).strip().isdigit()
+            if not ok or (compat == "vstar" and int(k) <= 0):
+                what = "a positive int" if compat == "vstar" else "an int >= 0"
+                raise EditError(f"TAR sigma keys are {unit}s, {what}; got {k!r}")
+        self.sigma = {int(k): _positive(f"sigma at {unit} {k}", v) for k, v in sigma.items()}
+        if compat == "vstar":
+            if target.get("levels") is not None:
+                raise EditError(
+                    "TAR(compat='vstar') picks layers by VSTAR's width (sigma's keys); "
+                    f"do not pass levels={target['levels']!r}"
+                )
+            target["levels"] = None
+        else:
+            if target.get("levels") is not None and sorted(
+                Layers.make(target["levels"]).levels or ()
+            ) != sorted(self.sigma):
+                raise EditError(
+                    f"TAR levels come from sigma's keys {sorted(self.sigma)}; do not pass levels={target['levels']!r}"
+                )
+            target["levels"] = sorted(self.sigma)
         super().__init__(t_min=t_min, max_mode=max_mode, scale=scale, **target)
 
     def params(self) -> dict[str, Any]:
         sigma: Any = self.preset or {str(k): v for k, v in self.sigma.items()}
-        return {"sigma": sigma, **self.bias_params()}
+        compat = {"compat": self.compat, "until_step": self.until_step} if self.compat else {}
+        return {"sigma": sigma, **compat, **self.bias_params()}
 
     def target_params(self) -> dict[str, Any]:
         d = super().target_params()
@@ -208,10 +320,54 @@ class TAR(LogitBias):
             params["sigma"] = {int(k): v for k, v in params["sigma"].items()}
         return super().from_params(params)
 
+    # ---- VSTAR's rule ------------------------------------------------------------------------
+    def width(self, site: Site, ctx: CallContext | None = None) -> int:
+        """VSTAR's width of ``site`` (:func:`vstar_width` of its ``h * w``) for the latent of
+        the call ``ctx``, else of the site table's latent size."""
+        if ctx is not None:
+            h, w = self.controller.table.level_size(site.level, ctx.latent)
+        elif site.h is not None and site.w is not None:
+            h, w = site.h, site.w
+        else:
+            raise EditError(
+                f"{site.name}: VSTAR's width needs the latent size (build the site table with "
+                "height and width)"
+            )
+        return vstar_width(h * w)
+
+    def sigma_of(self, site: Site, ctx: CallContext | None = None) -> float | None:
+        """The sigma ``site`` gets (None: not regularised there, by its level or width)."""
+        key = self.width(site, ctx) if self.compat == "vstar" else site.level
+        return self.sigma.get(key)
+
+    def active(self, ctx: CallContext) -> bool:
+        if self.compat == "vstar" and ctx.step > (self.until_step or 0):
+            return False
+        return super().active(ctx)
+
+    def wants(self, site: Site, ctx: CallContext) -> bool:
+        if not super().wants(site, ctx):
+            return False
+        return self.compat is None or self.sigma_of(site, ctx) is not None
+
+    def prior_key(self, site: Site, ctx: CallContext) -> tuple:
+        return (self.sigma_of(site, ctx), ctx.frames)
+
+    def prior_at(self, site: Site, ctx: CallContext) -> np.ndarray:
+        from attnlab.data.metrics import gaussian_prior
+
+        sigma = self.sigma_of(site, ctx)
+        if sigma is None:
+            raise EditError(f"TAR does not regularise {site.name} in this call")
+        return gaussian_prior(ctx.frames, sigma)
+
     def prior(self, site: Site, frames: int) -> np.ndarray:
         from attnlab.data.metrics import gaussian_prior
 
-        return gaussian_prior(frames, self.sigma[site.level])
+        sigma = self.sigma_of(site)
+        if sigma is None:
+            raise EditError(f"TAR does not regularise {site.name}")
+        return gaussian_prior(frames, sigma)
 
 
 @register

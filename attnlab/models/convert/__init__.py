@@ -14,32 +14,41 @@ lvdm ``modules/networks/openaimodel3d.py``, ``modules/attention.py``,
 ``modules/networks/ae_modules.py``, ``models/ddpm3d.py``, open_clip's text tower). A
 conversion checks the checkpoint against them first (missing, unexpected and mis-shaped keys
 are reported by name), maps every key, and loads the result strictly: nothing is left over and
-nothing is invented. Keys that the model as its authors run it never reads are *dropped by
-name* and listed in the report (VideoCrafter2: the last OpenCLIP block, as lvdm takes the
-penultimate layer; the text projection and logit scale; the training-schedule buffers, which
-are checked against the scheduler written instead).
+nothing is invented. Checkpoints are read as the authors' loaders read them
+(:func:`load_checkpoint`): ``state_dict`` / ``ema`` / ``module`` wrappers, ``module.`` and
+``_forward_module.`` (DeepSpeed) key prefixes, tensors shared by several keys (LaVie's one
+rotary embedding) copied apart. Keys that the model as its authors run it never reads are
+*dropped by name* and listed in the report (VideoCrafter2: the last OpenCLIP block, as lvdm
+takes the penultimate layer; the text projection and logit scale; the training-schedule
+buffers, which are checked against the scheduler written instead).
 
 Modules: ``layout`` (checking and reading checkpoints, shared), ``lavie``, ``videocrafter2``.
 """
 
 from attnlab.models.convert.lavie import (
     LAVIE_UNET_CONFIG,
+    SD14_DDPM_SETTINGS,
     convert_lavie,
     lavie_layout,
     lavie_scheduler,
     lavie_unet_config,
 )
 from attnlab.models.convert.layout import (
+    KEY_PREFIXES,
     CheckpointLayoutError,
     ConversionReport,
     Layout,
     check_layout,
     load_checkpoint,
+    shared_keys,
 )
 from attnlab.models.convert.videocrafter2 import (
+    VC2_CONV1D_KEYS,
+    VC2_OPTIONAL,
     VC2_SCHEDULE_KEYS,
     VC2Config,
     convert_openclip_text,
+    convert_vc2_unet,
     convert_videocrafter2,
     openclip_tokenizer,
     vc2_layout,
@@ -51,7 +60,11 @@ from attnlab.models.convert.videocrafter2 import (
 )
 
 __all__ = [
+    "KEY_PREFIXES",
     "LAVIE_UNET_CONFIG",
+    "SD14_DDPM_SETTINGS",
+    "VC2_CONV1D_KEYS",
+    "VC2_OPTIONAL",
     "VC2_SCHEDULE_KEYS",
     "CheckpointLayoutError",
     "ConversionReport",
@@ -60,12 +73,14 @@ __all__ = [
     "check_layout",
     "convert_lavie",
     "convert_openclip_text",
+    "convert_vc2_unet",
     "convert_videocrafter2",
     "lavie_layout",
     "lavie_scheduler",
     "lavie_unet_config",
     "load_checkpoint",
     "openclip_tokenizer",
+    "shared_keys",
     "vc2_layout",
     "vc2_text_layout",
     "vc2_unet_config",

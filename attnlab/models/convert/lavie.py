@@ -132,9 +132,25 @@ def lavie_unet_config(sd_folder: str | Path | None) -> dict[str, Any]:
     return cfg
 
 
+#: the settings of SD 1.4's ``scheduler/scheduler_config.json`` (CompVis/stable-diffusion-v1-4,
+#: a ``PNDMScheduler``) that ``DDPMScheduler`` reads; the others (``set_alpha_to_one``,
+#: ``skip_prk_steps``) are PNDM's and ``DDPMScheduler.from_config`` ignores them
+SD14_DDPM_SETTINGS: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    clip_sample=False,
+    steps_offset=1,
+    trained_betas=None,
+)
+
+
 def lavie_scheduler(sd_folder: str | Path | None = None):
     """LaVie's sampler (``base/configs/sample.yaml``: DDPM, linear betas 1e-4..0.02) on SD's
-    scheduler settings, as its ``sample.py`` builds it."""
+    scheduler settings, as its ``sample.py`` builds it
+    (``DDPMScheduler.from_pretrained(sd_path, subfolder="scheduler", beta_start=..., ...)``).
+
+    Without ``scheduler/scheduler_config.json`` in ``sd_folder``, SD 1.4's settings
+    (:data:`SD14_DDPM_SETTINGS`) stand in for it: the same scheduler as from SD 1.4's folder.
+    """
     from diffusers import DDPMScheduler
 
     overrides = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
@@ -142,13 +158,7 @@ def lavie_scheduler(sd_folder: str | Path | None = None):
     if path is not None and (path / "scheduler_config.json").is_file():
         config = json.loads((path / "scheduler_config.json").read_text())
         return DDPMScheduler.from_config(config, **overrides)
-    return DDPMScheduler(
-        **overrides,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        num_train_timesteps=1000,
-    )
+    return DDPMScheduler(**SD14_DDPM_SETTINGS, **overrides)
 
 
 def convert_lavie(
@@ -173,6 +183,8 @@ def convert_lavie(
                 f"{sd} has no {sub}/ folder: pass a Stable Diffusion 1.4 diffusers folder "
                 "(CompVis/stable-diffusion-v1-4 with vae/, text_encoder/, tokenizer/)"
             )
+    # the 16 ``rotary_emb.freqs`` keys are one shared tensor in LaVie's file (one
+    # RotaryEmbedding(32) handed to every temporal layer): load_checkpoint copies them apart
     state = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     config = lavie_unet_config(sd)
     check_layout(state, lavie_layout(config), f"LaVie UNet ({checkpoint})")
@@ -198,4 +210,6 @@ def convert_lavie(
     )
     pipe.save_pretrained(out)
     report.notes.append(f"VAE, text encoder and tokenizer from {sd}")
+    if not (sd / "scheduler" / "scheduler_config.json").is_file():
+        report.notes.append(f"{sd} has no scheduler/: SD 1.4's scheduler settings used")
     return report

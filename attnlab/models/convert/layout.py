@@ -4,7 +4,9 @@
 - :class:`ConversionReport`: what a conversion did with every key of the original checkpoint
 - :class:`CheckpointLayoutError`, :func:`check_layout`: a checkpoint against a layout, every
   missing, unexpected and mis-shaped key named
-- :func:`load_checkpoint`: a state dict from a ``torch.save`` file, safely by default
+- :func:`load_checkpoint`: a state dict from a ``torch.save`` file, safely by default, in the
+  wrappers and key prefixes the authors' loaders accept, every tensor its own
+- :func:`shared_keys`: the groups of keys whose tensors share memory
 - ``_norm``, ``_lin``, ``_conv``: the layout entries of one norm, linear or convolution layer
 """
 
@@ -45,14 +47,21 @@ class CheckpointLayoutError(ValueError):
     """The checkpoint does not have the key layout of the model it claims to be."""
 
 
-def check_layout(state: dict[str, Any], layout: Layout, what: str) -> None:
-    """Raise :class:`CheckpointLayoutError` naming missing, unexpected and mis-shaped keys."""
+def check_layout(
+    state: dict[str, Any], layout: Layout, what: str, optional: Layout | None = None
+) -> None:
+    """Raise :class:`CheckpointLayoutError` naming missing, unexpected and mis-shaped keys.
+
+    ``optional``: keys (and their shapes) a checkpoint may hold or lack, e.g. lvdm's
+    ``scale_factor``, a buffer only with ``scale_by_std: true``.
+    """
+    allowed = {**(optional or {}), **layout}
     missing = sorted(set(layout) - set(state))
-    unexpected = sorted(set(state) - set(layout))
+    unexpected = sorted(set(state) - set(allowed))
     shapes = [
-        f"{k}: {tuple(state[k].shape)} (expected {layout[k]})"
-        for k in sorted(set(layout) & set(state))
-        if tuple(state[k].shape) != tuple(layout[k])
+        f"{k}: {tuple(state[k].shape)} (expected {allowed[k]})"
+        for k in sorted(set(allowed) & set(state))
+        if tuple(state[k].shape) != tuple(allowed[k])
     ]
     if missing or unexpected or shapes:
         lines = [f"{what}: the checkpoint does not have the expected key layout"]
@@ -63,8 +72,22 @@ def check_layout(state: dict[str, Any], layout: Layout, what: str) -> None:
         raise CheckpointLayoutError("\n".join(lines))
 
 
+#: key prefixes of wrapped models, removed from every key: ``module.`` (``DataParallel`` /
+#: DDP) and ``_forward_module.`` (PyTorch Lightning's DeepSpeed wrapper, whose checkpoints
+#: lvdm's ``load_model_checkpoint`` reads as ``{"module": {"_forward_module.<key>": ...}}``)
+KEY_PREFIXES = ("module.", "_forward_module.")
+
+
 def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A state dict from a ``torch.save`` file (``state_dict`` / ``ema`` wrappers unwrapped).
+    """A state dict from a ``torch.save`` file, as the authors' loaders read it.
+
+    - Wrappers are unwrapped: ``state_dict`` (Lightning, lvdm's ``model.ckpt``), ``ema``
+      (LaVie's ``find_model``), ``module`` (DeepSpeed); the prefixes in :data:`KEY_PREFIXES`
+      are removed from every key.
+    - Every tensor comes back as its own: tensors that share memory in the file (LaVie's one
+      ``RotaryEmbedding(32)``, handed to every temporal layer, saves the same tensor under 16
+      keys) are copied after the first key of each group (see :func:`shared_keys`), so that
+      each key can be loaded, cast and written on its own (safetensors refuses shared tensors).
 
     Pickled checkpoints are read with ``weights_only=True`` (tensors and plain containers only);
     ``trust_pickle=True`` allows arbitrary pickled objects (only for files you trust).
@@ -108,7 +131,45 @@ def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str
             obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items() if torch.is_tensor(v)}
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not torch.is_tensor(value):
+            continue
+        for prefix in KEY_PREFIXES:
+            key = key.removeprefix(prefix)
+        if key in state:
+            raise ValueError(
+                f"{path}: key {key!r} occurs twice once the wrapper prefixes are removed"
+            )
+        state[key] = value
+    return _unshare(state)
+
+
+def _storage(t: torch.Tensor) -> tuple[Any, int] | None:
+    """The identity of ``t``'s memory (None for an empty tensor, which holds none)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.device, t.untyped_storage().data_ptr())
+
+
+def shared_keys(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Groups of two or more keys whose tensors share memory (the same tensor object, or views
+    of one storage), in key order."""
+    groups: dict[tuple[Any, int], list[str]] = {}
+    for key, value in state.items():
+        where = _storage(value)
+        if where is not None:
+            groups.setdefault(where, []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every key but the first of each :func:`shared_keys` group copied."""
+    out = dict(state)
+    for keys in shared_keys(state):
+        for key in keys[1:]:
+            out[key] = state[key].clone()
+    return out
 
 
 def _first_line(err: BaseException) -> str:

@@ -6,7 +6,8 @@
   the checkpoint's keys and shapes, from lvdm's ``modules/networks/openaimodel3d.py``,
   ``modules/attention.py``, ``modules/networks/ae_modules.py``, ``models/ddpm3d.py`` and
   open_clip's text tower
-- :func:`vc2_unet_key_map`, :func:`vc2_unet_config`: lvdm UNet keys to diffusers' and its config
+- :func:`vc2_unet_key_map`, :func:`convert_vc2_unet`, :func:`vc2_unet_config`: lvdm UNet keys
+  to diffusers' (``init_attn``'s kernel-1 ``Conv1d`` weights as ``Linear`` ones) and its config
 - :func:`convert_openclip_text`, :func:`openclip_tokenizer`: the OpenCLIP ViT-H/14 text tower as
   a ``CLIPTextModel`` and open_clip's tokenizer as a ``CLIPTokenizer``
 - :func:`convert_videocrafter2`: ``model.ckpt`` -> a folder (UNet, KL-VAE, text encoder,
@@ -53,6 +54,9 @@ class VC2Config:
     vae_ch_mult: tuple[int, ...] = (1, 2, 4, 4)
     vae_num_res_blocks: int = 2
     z_channels: int = 4
+    # the latent scale factor: lvdm keeps it as a plain attribute (scale_by_std: false), so a
+    # model.ckpt has no scale_factor key and this value is the one used; a checkpoint's own
+    # scale_factor buffer (scale_by_std: true) takes precedence, noted in the report
     scale_factor: float = 0.18215
     # cond_stage_config: FrozenOpenCLIPEmbedder(ViT-H-14, layer="penultimate")
     text_width: int = 1024
@@ -81,11 +85,18 @@ def _vc2_resblock(p: str, cin: int, cout: int, temb: int) -> Layout:
     return out
 
 
-def _vc2_transformer(p: str, c: int, inner: int, cross: int | None) -> Layout:
+def _conv1d(p: str, o: int, i: int) -> Layout:
+    return {f"{p}.weight": (o, i, 1), f"{p}.bias": (o,)}
+
+
+def _vc2_transformer(p: str, c: int, inner: int, cross: int | None, linear: bool = True) -> Layout:
     """lvdm ``SpatialTransformer`` (``cross`` = context dim) or ``TemporalTransformer``
-    (``cross`` None: ``only_self_att``), ``use_linear`` projections, depth 1."""
+    (``cross`` None: ``only_self_att``), depth 1; ``linear``: ``use_linear`` projections
+    (``nn.Linear``), else ``nn.Conv1d(kernel_size=1)`` ones (``TemporalTransformer``'s default,
+    which ``init_attn`` keeps: it is built without ``use_linear``)."""
+    proj = _lin if linear else _conv1d
     b = f"{p}.transformer_blocks.0"
-    out = _norm(f"{p}.norm", c) | _lin(f"{p}.proj_in", inner, c)
+    out = _norm(f"{p}.norm", c) | proj(f"{p}.proj_in", inner, c)
     for name, kv in (("attn1", inner), ("attn2", cross or inner)):
         out |= _lin(f"{b}.{name}.to_q", inner, inner, bias=False)
         out |= _lin(f"{b}.{name}.to_k", inner, kv, bias=False)
@@ -94,7 +105,7 @@ def _vc2_transformer(p: str, c: int, inner: int, cross: int | None) -> Layout:
     for name in ("norm1", "norm2", "norm3"):
         out |= _norm(f"{b}.{name}", inner)
     out |= _lin(f"{b}.ff.net.0.proj", 8 * inner, inner) | _lin(f"{b}.ff.net.2", inner, 4 * inner)
-    return out | _lin(f"{p}.proj_out", c, inner)
+    return out | proj(f"{p}.proj_out", c, inner)
 
 
 def _vc2_plan(cfg: VC2Config) -> list[tuple[str, str, tuple]]:
@@ -171,7 +182,8 @@ def vc2_unet_layout(cfg: VC2Config = VC2Config()) -> Layout:
     out = _conv("input_blocks.0.0", mc, cfg.in_channels)
     out |= _lin("time_embed.0", temb, mc) | _lin("time_embed.2", temb, temb)
     out |= _lin("fps_embedding.0", temb, mc) | _lin("fps_embedding.2", temb, temb)
-    out |= _vc2_transformer("init_attn.0", mc, 8 * hc, None)  # n_heads=8, d_head=64
+    # n_heads=8, d_head=64; built without use_linear: Conv1d(kernel_size=1) projections
+    out |= _vc2_transformer("init_attn.0", mc, 8 * hc, None, linear=False)
     chans, ch, n, ds = [mc], mc, 1, 1
     for level, m in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
@@ -285,14 +297,24 @@ VC2_SCHEDULE_KEYS = (
 )
 
 
+#: keys a ``model.ckpt`` may hold or lack: ``scale_factor`` is a buffer only with
+#: ``scale_by_std: true``; VideoCrafter2's config has ``scale_by_std: false``, so lvdm keeps it
+#: as a plain attribute (``VC2Config.scale_factor``, 0.18215) and the file has no such key
+VC2_OPTIONAL: Layout = {"scale_factor": ()}
+
+#: lvdm UNet keys stored as ``nn.Conv1d(kernel_size=1)`` weights ``(out, in, 1)`` that
+#: diffusers' ``transformer_in`` holds as ``nn.Linear`` weights ``(out, in)``
+VC2_CONV1D_KEYS = ("init_attn.0.proj_in.weight", "init_attn.0.proj_out.weight")
+
+
 def vc2_layout(cfg: VC2Config = VC2Config()) -> Layout:
-    """The whole ``LatentDiffusion`` state dict of a VideoCrafter2 ``model.ckpt``."""
+    """The whole ``LatentDiffusion`` state dict of a VideoCrafter2 ``model.ckpt`` (the keys
+    every such file has; :data:`VC2_OPTIONAL`: those it may have)."""
     out = {f"model.diffusion_model.{k}": v for k, v in vc2_unet_layout(cfg).items()}
     out |= {f"first_stage_model.{k}": v for k, v in vc2_vae_layout(cfg).items()}
     out |= {f"cond_stage_model.model.{k}": v for k, v in vc2_text_layout(cfg).items()}
     out |= {k: (cfg.timesteps,) for k in VC2_SCHEDULE_KEYS}
     out["scale_arr"] = (cfg.timesteps + 400,)
-    out["scale_factor"] = ()
     return out
 
 
@@ -314,6 +336,22 @@ def vc2_unet_key_map(cfg: VC2Config = VC2Config()) -> dict[str, str]:
     if set(mapping) != set(layout):
         raise AssertionError(f"unmapped UNet keys: {sorted(set(layout) - set(mapping))[:5]}")
     return mapping
+
+
+def convert_vc2_unet(
+    state: dict[str, torch.Tensor], cfg: VC2Config = VC2Config()
+) -> dict[str, torch.Tensor]:
+    """An lvdm UNet state dict (keys without ``model.diffusion_model.``) as the state dict of
+    :class:`~attnlab.models.videocrafter.VideoCrafter2UNet`: keys renamed
+    (:func:`vc2_unet_key_map`), ``init_attn``'s kernel-1 ``Conv1d`` weights
+    (:data:`VC2_CONV1D_KEYS`) as the ``Linear`` weights they equal (the kernel axis dropped)."""
+    mapping = vc2_unet_key_map(cfg)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in VC2_CONV1D_KEYS:
+            value = value.squeeze(-1)
+        out[mapping[key]] = value
+    return out
 
 
 def vc2_unet_config(cfg: VC2Config = VC2Config()) -> dict[str, Any]:
@@ -429,7 +467,7 @@ def convert_videocrafter2(
     )
 
     state = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
-    check_layout(state, vc2_layout(config), f"VideoCrafter2 ({checkpoint})")
+    check_layout(state, vc2_layout(config), f"VideoCrafter2 ({checkpoint})", VC2_OPTIONAL)
     report = ConversionReport(str(checkpoint))
 
     # schedule buffers: check them against the scheduler written instead
@@ -449,21 +487,31 @@ def convert_videocrafter2(
         raise CheckpointLayoutError(
             f"scale_arr differs from lvdm's use_scale (1 -> {config.scale_b})"
         )
-    if abs(float(state["scale_factor"]) - config.scale_factor) > 1e-6:
+    if "scale_factor" in state:  # a buffer only with scale_by_std: true
+        scale_factor = float(state["scale_factor"])
+        if abs(scale_factor - config.scale_factor) > 1e-6:
+            report.notes.append(
+                f"latent scale factor {scale_factor} from the checkpoint "
+                f"(config {config.scale_factor})"
+            )
+    else:  # scale_by_std: false (VideoCrafter2): an attribute set from the config
+        scale_factor = config.scale_factor
         report.notes.append(
-            f"latent scale factor {float(state['scale_factor'])} (config {config.scale_factor})"
+            f"no scale_factor key (lvdm's scale_by_std: false): latent scale factor "
+            f"{scale_factor} from the config"
         )
-    schedule_keys = [*VC2_SCHEDULE_KEYS, "scale_arr", "scale_factor"]
+    schedule_keys = [*VC2_SCHEDULE_KEYS, "scale_arr"] + (
+        ["scale_factor"] if "scale_factor" in state else []
+    )
 
     unet_state = {
         k.removeprefix("model.diffusion_model."): v
         for k, v in state.items()
         if k.startswith("model.diffusion_model.")
     }
-    mapping = vc2_unet_key_map(config)
     with torch.device("meta"):
         unet = VideoCrafter2UNet.from_config(vc2_unet_config(config))
-    unet.load_state_dict({mapping[k]: v for k, v in unet_state.items()}, strict=True, assign=True)
+    unet.load_state_dict(convert_vc2_unet(unet_state, config), strict=True, assign=True)
     unet = unet.to(dtype or torch.float32)
 
     vae_state = {k: v for k, v in state.items() if k.startswith("first_stage_model.")}
@@ -477,7 +525,7 @@ def convert_videocrafter2(
         latent_channels=config.z_channels,
         norm_num_groups=32,
         sample_size=512,
-        scaling_factor=float(state["scale_factor"]),
+        scaling_factor=scale_factor,
     )
     with torch.device("meta"):
         vae = AutoencoderKL(**vae_config)
