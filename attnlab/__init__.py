@@ -58,6 +58,10 @@ _EXPORTS: dict[str, str] = {
     "parse_edit": "attnlab.edits",
     "Synopsis": "attnlab.edits",
     "key_states_from_llm": "attnlab.edits",
+    "RIFLEx": "attnlab.edits",
+    "RopeScale": "attnlab.edits",
+    "FramePositions": "attnlab.edits",
+    "pe_report": "attnlab.models.positions",
     # the lab
     "record_real": "attnlab.lab.real",
     "evaluate": "attnlab.lab.evaluation",
@@ -94,7 +98,10 @@ if TYPE_CHECKING:
         TAR,
         Edit,
         EditError,
+        FramePositions,
         Replace,
+        RIFLEx,
+        RopeScale,
         Synopsis,
         Transfer,
         key_states_from_llm,
@@ -104,6 +111,7 @@ if TYPE_CHECKING:
     from attnlab.lab.real import record_real
     from attnlab.models.lavie import LaVieUNet
     from attnlab.models.organisms import OrganismMotionUNet, OrganismUNet, PatchCodec
+    from attnlab.models.positions import pe_report
     from attnlab.models.videocrafter import (
         VideoCrafter2Pipeline,
         VideoCrafter2Scheduler,
@@ -119,6 +127,7 @@ __all__ = [
     "EditError",
     "Family",
     "FrameLimitError",
+    "FramePositions",
     "LaVieUNet",
     "Layers",
     "OrganismMotionUNet",
@@ -126,7 +135,9 @@ __all__ = [
     "PatchCodec",
     "PositionTerms",
     "PositionalEncoding",
+    "RIFLEx",
     "Replace",
+    "RopeScale",
     "RunInfo",
     "SelectionError",
     "Site",
@@ -149,6 +160,7 @@ __all__ = [
     "load",
     "load_evaluation",
     "parse_edit",
+    "pe_report",
     "record",
     "record_real",
     "register_family",

@@ -32,20 +32,35 @@ from attnlab.edits.bias import (
     preset_sigma,
     regularise,
 )
+from attnlab.edits.positions import (
+    POSITION_EDITS,
+    FramePositions,
+    PositionHandler,
+    RIFLEx,
+    RopeScale,
+    TemporalPE,
+    register_position_handler,
+)
 from attnlab.edits.replace import Replace
 from attnlab.edits.synopsis import Synopsis, key_states_from_llm
 
 __all__ = [
     "MAX_MODES",
+    "POSITION_EDITS",
     "PRESETS",
     "REGISTRY",
     "TAR",
     "TAR_T_MIN",
     "Edit",
     "EditError",
+    "FramePositions",
     "LogitBias",
+    "PositionHandler",
+    "RIFLEx",
     "Replace",
+    "RopeScale",
     "Synopsis",
+    "TemporalPE",
     "Transfer",
     "from_json",
     "from_spec",
@@ -53,6 +68,7 @@ __all__ = [
     "parse_edit",
     "preset_sigma",
     "register",
+    "register_position_handler",
     "regularise",
 ]
 

@@ -60,8 +60,11 @@ IMAGE_TRANSFORMERS = {
 
 def register_builtin() -> None:
     """Register attnlab's families (the ``attnlab.families`` entry point calls this)."""
+    from attnlab.models import positions
+
     for family in FAMILIES:
         register_family(family)
+    positions.register_builtin()  # how each family's frame positional encoding is read and edited
     for cls, name in FULL_3D_ATTENTION.items():
         register_unmapped(
             cls,
