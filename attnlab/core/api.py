@@ -46,7 +46,8 @@ def record(
 
     Args:
         pipe (diffusers pipeline or ``torch.nn.Module``): a video pipeline (with ``.unet`` or
-            ``.transformer``) or the denoiser module itself.
+            ``.transformer``; every denoiser component, e.g. ``.transformer_2``, is recorded)
+            or the denoiser module itself.
         levels (``int | list[int] | None``, default None): resolution levels to record
             (0 = full latent resolution; ``attnlab.sites(pipe).levels`` lists them). None: all.
         blocks (``str | list[str] | None``, default None): blocks among ``"in"``, ``"down"``,
@@ -84,8 +85,11 @@ def record(
         ``reduce="spatial"`` adds ``y, x`` after ``key_frame`` (``grid`` sizes). ``cfg`` has
         the recorded halves in batch order (``uncond``, ``cond``); ``sample`` has
         ``num_videos_per_prompt`` x prompts entries; ``query_frame``/``key_frame`` the run's
-        latent frame count ``F`` (rows of ``probs`` sum to 1). Coordinates and attributes:
-        ``docs/store-schema.md``.
+        latent frame count ``F`` (rows of ``probs`` sum to 1). ``ran`` (bool, ``(run, step,
+        layer, cfg)``) marks the cells whose attention ran and was recorded (False: a gap, NaN
+        maps); ``expert`` ``(run, step)`` names the denoiser of each step (Wan 2.2 A14B:
+        ``"transformer"`` / ``"transformer_2"``: every denoiser of the pipeline is recorded).
+        Coordinates and attributes: ``docs/store-schema.md``.
 
     Raises:
         SelectionError: on entering the block, for an unknown ``reduce``, a bad ``grid``, a
@@ -95,6 +99,9 @@ def record(
         StoreError: ``store`` is not an attnlab store, has another layout or schema, or already
             holds a complete run named ``name``.
         UnsupportedModelError: the model has no temporal attention attnlab knows of.
+        UnsupportedConfigurationError: a configuration attnlab would record incompletely or
+            wrongly (``docs/reliability.md``), e.g. a pipeline whose denoisers have different
+            site tables.
 
     Example::
 

@@ -1,7 +1,10 @@
 """The controller: installs attnlab's processors on a denoiser while clients are active.
 
 One :class:`Controller` per denoiser module, shared by every active recorder and edit (they
-nest in any combination). It swaps :class:`~attnlab.core.processor.TemporalAttnProcessor` onto
+nest in any combination). A pipeline with several denoisers (Wan 2.2 A14B's ``transformer``
+and ``transformer_2``) has one controller, of its first one, that instruments all of them:
+their calls are the steps of one run, each labelled with its ``expert``. It swaps
+:class:`~attnlab.core.processor.TemporalAttnProcessor` onto
 the temporal sites only (joint-attention models: :class:`~attnlab.core.joint.JointAttnProcessor`),
 attaches the ``hook_logits`` / ``hook_probs`` hook points, tracks runs and calls (its base,
 :class:`~attnlab.core.runs.RunTracker`) and says which clients act on each site in each call.
@@ -24,13 +27,23 @@ import torch
 from attnlab.core.joint import JointAttnProcessor
 from attnlab.core.patch import ChildModulePatch, Patch, ProcessorPatch
 from attnlab.core.processor import HOOK_NAMES, HookPoint, TemporalAttnProcessor
-from attnlab.core.protocol import CallContext, Client, Plan
-from attnlab.core.refusals import check_recordable
+from attnlab.core.protocol import CallContext, Client, Plan, Stage
+from attnlab.core.refusals import UnsupportedConfigurationError, check_recordable
 from attnlab.core.runs import RunTracker
-from attnlab.core.sites import Site, denoiser_of, sites
+from attnlab.core.sites import Site, denoiser_of, denoisers_of, sites
 
 # the controller of each instrumented denoiser (only while clients are attached)
 _controllers: weakref.WeakKeyDictionary[torch.nn.Module, Controller] = weakref.WeakKeyDictionary()
+# the controller whose patches are on each denoiser now (a pipeline's second expert included)
+_owners: weakref.WeakKeyDictionary[torch.nn.Module, Controller] = weakref.WeakKeyDictionary()
+
+
+def _controller_of(obj: Any) -> Controller | None:
+    try:
+        model = denoiser_of(obj)
+    except TypeError:
+        return None
+    return _owners.get(model) or _controllers.get(model)
 
 
 def active_patches(obj: Any | None = None) -> list[Patch]:
@@ -38,23 +51,15 @@ def active_patches(obj: Any | None = None) -> list[Patch]:
     pipeline or a denoiser). Each has a readable ``description``."""
     if obj is None:
         return [p for ctrl in list(_controllers.values()) for p in ctrl.patches]
-    try:
-        model = denoiser_of(obj)
-    except TypeError:
-        return []
-    ctrl = _controllers.get(model)
+    ctrl = _controller_of(obj)
     return list(ctrl.patches) if ctrl is not None else []
 
 
 def is_instrumented(obj: Any) -> bool:
     """Whether attnlab has patched ``obj`` (a pipeline or denoiser) right now: a recorder, edit
-    or hook context is active on it. Outside every context this is False and the model is
-    exactly as it was."""
-    try:
-        model = denoiser_of(obj)
-    except TypeError:
-        return False
-    ctrl = _controllers.get(model)
+    or hook context is active on it (a pipeline's second expert is instrumented with the
+    pipeline). Outside every context this is False and the model is exactly as it was."""
+    ctrl = _controller_of(obj)
     return bool(ctrl is not None and (ctrl.clients or len(ctrl.patches)))
 
 
@@ -68,15 +73,44 @@ class Controller(RunTracker):
     # ---- attaching -----------------------------------------------------------------------
     @classmethod
     def of(cls, obj: Any) -> Controller:
-        """The controller of ``obj``'s denoiser (one per denoiser, shared by its pipelines)."""
+        """The controller of ``obj``'s denoiser (one per denoiser, shared by its pipelines);
+        a pipeline's other denoisers (experts) are instrumented by the same controller."""
         model = denoiser_of(obj)
+        owner = _owners.get(model)
+        if owner is not None and owner.model is not model:
+            raise UnsupportedConfigurationError(
+                f"{type(model).__name__} ({owner.expert_name(model)!r}) is instrumented now as "
+                f"an expert of the pipeline of {type(owner.model).__name__}: record the pipeline "
+                "(each step says its expert) or this denoiser outside that block, not both at once"
+            )
         ctrl = _controllers.get(model)
         if ctrl is None:
             ctrl = _controllers[model] = cls(model)
         check_recordable(obj, model, joint=ctrl.table.joint)
         if obj is not model:
+            for key, other in denoisers_of(obj).items():
+                if other is not model:
+                    ctrl.add_denoiser(other, key)
             ctrl.add_pipeline(obj)
         return ctrl
+
+    def add_denoiser(self, model: torch.nn.Module, component: str) -> None:
+        """Instrument ``model``, another denoiser of a pipeline of this one (an expert with the
+        same site table, checked by :func:`~attnlab.core.refusals.check_recordable`): its
+        calls are steps of the same runs (now, if installed)."""
+        if any(model is m for m in self.denoisers):
+            return
+        owner = _owners.get(model)
+        if owner is not None and owner is not self:
+            raise UnsupportedConfigurationError(
+                f"{component!r} ({type(model).__name__}) is instrumented now by another attnlab "
+                "block on that denoiser alone: record the pipeline (each step says its expert) "
+                "or the denoiser alone, not both at once"
+            )
+        self.denoisers.append(model)
+        if self.clients:  # installed already: instrument it now
+            self._install_denoiser(model)
+            self._track_denoiser(model)
 
     @contextlib.contextmanager
     def attached(self, client: Client) -> Iterator[Client]:
@@ -86,9 +120,19 @@ class Controller(RunTracker):
                 f"this {type(client).__name__} is already active in another attnlab context; "
                 "use a separate instance for each context"
             )
+        if Stage(client.stage) is Stage.CONTEXT and len(self.denoisers) > 1:
+            raise UnsupportedConfigurationError(
+                f"{type(client).__name__} acts on the conditioning of one denoiser, and this "
+                f"pipeline has {len(self.denoisers)} ({', '.join(self.expert_names())}); use it "
+                "with a pipeline of one denoiser"
+            )
         client.bind(self)
         if not self.clients:
-            self._install()
+            try:
+                self._install()
+            except BaseException:
+                client.release()
+                raise
         client._attnlab_attached = True  # type: ignore[attr-defined]
         self.clients.append(client)
         self._plans.clear()
@@ -117,8 +161,28 @@ class Controller(RunTracker):
                         self._uninstall()
 
     def _install(self) -> None:
+        for model in self.denoisers:
+            owner = _owners.get(model)
+            if owner is not None and owner is not self:
+                raise UnsupportedConfigurationError(
+                    f"{self.expert_name(model)!r} ({type(model).__name__}) is instrumented now by "
+                    "another attnlab block on that denoiser alone: record the pipeline (each step "
+                    "says its expert) or the denoiser alone, not both at once"
+                )
+        try:
+            for model in self.denoisers:
+                self._install_denoiser(model)
+            self._track_runs()
+        except BaseException:
+            self._uninstall()
+            raise
+
+    def _install_denoiser(self, model: torch.nn.Module) -> None:
+        """attnlab's processors (and hook points) on every site of one denoiser."""
+        _owners[model] = self
         patches = self.patches
-        modules = dict(self.model.named_modules())
+        modules = dict(model.named_modules())
+        of = "" if model is self.model else f"{self.expert_name(model)}: "
         # full-3D attention models get their family's joint processor (and no hook points)
         joint = self.table.joint
         family = self.table.family
@@ -130,20 +194,22 @@ class Controller(RunTracker):
             else:
                 terms = family.position_terms(attn) if family.position_terms else None
                 proc = TemporalAttnProcessor(self, site, attn.processor, terms)
-            patches.apply(ProcessorPatch(attn, proc, f"{site.name}.processor"))
+            patches.apply(ProcessorPatch(attn, proc, f"{of}{site.name}.processor"))
             for hook_name in HOOK_NAMES if not joint else ():
                 if not hasattr(attn, hook_name):
                     point = HookPoint(f"{site.name}.{hook_name}")
                     patches.apply(
-                        ChildModulePatch(attn, hook_name, point, f"{site.name}.{hook_name}")
+                        ChildModulePatch(attn, hook_name, point, f"{of}{site.name}.{hook_name}")
                     )
-        self._track_runs()
 
     def _uninstall(self) -> None:
         errors = self.patches.restore_all()
         self._untrack_runs()
         # nothing of attnlab stays on the model: let model and pipelines be garbage-collected
         _controllers.pop(self.model, None)
+        for model in self.denoisers:
+            if _owners.get(model) is self:
+                del _owners[model]
         if errors:
             raise RuntimeError(f"attnlab could not fully restore the model: {errors}")
 

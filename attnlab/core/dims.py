@@ -39,6 +39,9 @@ FRAME_PAIR = "frame_pair"
 
 # coordinates along `step`
 TIMESTEP = "timestep"
+# the pipeline component (denoiser) that ran the step: "unet", "transformer", "transformer_2"
+# (Wan 2.2 A14B's low-noise expert), "denoiser" for a bare denoiser outside any pipeline
+EXPERT = "expert"
 # coordinates along `layer`
 LEVEL = "level"
 BLOCK = "block"
@@ -65,6 +68,9 @@ COND = "cond"
 # names of data variables
 PROBS = "probs"
 LOGITS = "logits"
+# bool (step, layer, cfg): whether that layer's attention ran in that step and CFG half and
+# was recorded; False marks a gap (its maps are NaN)
+RAN = "ran"
 # joint (full-3D) attention: mean attention mass of each query frame on the text tokens
 # (dims as probs without key_frame)
 TEXT_MASS = "text_mass"

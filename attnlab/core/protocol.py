@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from attnlab.core.sites import Site, SiteTable
+from attnlab.core.sites import BARE_DENOISER, Site, SiteTable
 
 
 class Stage(str, enum.Enum):
@@ -53,6 +53,10 @@ class RunInfo:
     implicit: bool = False  # begun by a denoiser call outside any pipeline call or run block
     # CFG halves seen in the current step, for pipelines that call the denoiser once per half
     halves_seen: set[str] | None = None
+    # the ``expert`` names of the denoisers whose calls are this run's steps ("unet",
+    # "transformer", "transformer_2" ...; "denoiser" for a bare denoiser); set by the run
+    # tracker (not a constructor argument: the public signature stays 0.1's)
+    experts: list[str] = field(default_factory=lambda: [BARE_DENOISER], init=False)
 
     @property
     def num_steps(self) -> int | None:
@@ -75,6 +79,10 @@ class CallContext:
     # the one CFG half this call's whole batch belongs to, for pipelines that call the
     # denoiser separately per half (Wan: ``cache_context("cond")`` / ``("uncond")``)
     half: str | None = None
+    # the denoiser running this call, by its pipeline component name (Wan 2.2 A14B:
+    # "transformer" for the high-noise steps, "transformer_2" for the low-noise ones); set by
+    # the run tracker (not a constructor argument: the public signature stays 0.1's)
+    expert: str = field(default=BARE_DENOISER, init=False)
 
     @property
     def cfg(self) -> bool:

@@ -10,6 +10,11 @@ Reductions (``reduce=``):
 
 Maps are reduced on the model's device and copied to the host once per step. With
 ``store=...`` each step is appended to the zarr store and dropped from memory.
+
+Every selected step of a run is written, with the denoiser that ran it (``expert``) and a
+``ran`` mask ``(step, layer, cfg)``: whether each layer's attention ran in that step and CFG
+half and was recorded. A cell that did not run is NaN in the maps and False in ``ran`` (a
+marked gap), and a selected step in which no selected layer ran is still written, all False.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class _Run:
     writer: RunWriter | None = None
     chunks: list[xr.Dataset] = field(default_factory=list)
     complete: bool = False
+    # the `expert` labels of the run (fixed up front: the store codes them per run)
+    experts: list[str] = field(default_factory=list)
 
 
 class Recorder(Observer):
@@ -134,7 +141,10 @@ class Recorder(Observer):
         self.runs: list[_Run] = []
         self._run: _Run | None = None
         self._buffer: dict[str, torch.Tensor] | None = None
+        # the first recorded call of the step being buffered, and which of its (layer, cfg)
+        # cells ran
         self._buffer_ctx: CallContext | None = None
+        self._ran: np.ndarray | None = None
 
     # ---- settings written to the store root ---------------------------------------------
     @property
@@ -190,6 +200,7 @@ class Recorder(Observer):
             "pe": self.sites[0].pe,
             "pe_max_len": self.sites[0].pe_max_len,
             "edits": edits,
+            "experts": list(run.experts),
             "recorder": {
                 "layers": self.layers.to_dict(),
                 "steps": self.steps.to_json(),
@@ -201,7 +212,14 @@ class Recorder(Observer):
         }
         if self.store is not None:
             claim_run(self.store, run_id)  # before any work: refuse a complete run of that name
-        self._run = _Run(run_id, run, attrs, halves=chosen, cfg_names=[halves[i] for i in chosen])
+        self._run = _Run(
+            run_id,
+            run,
+            attrs,
+            halves=chosen,
+            cfg_names=[halves[i] for i in chosen],
+            experts=list(run.experts),
+        )
         self.runs.append(self._run)
         if run.timesteps is not None:
             self.on_steps_known(run)
@@ -228,6 +246,14 @@ class Recorder(Observer):
                         run.attrs[key] = int(n * scale)
         if run is not None and run.steps is None and run.info.timesteps is None:
             run.steps = self.steps.resolve(None)
+        if (
+            self._buffer_ctx is None
+            and run is not None
+            and (run.steps is None or ctx.step in run.steps)
+        ):
+            # a selected step: written at its end even if none of its attention runs (a gap)
+            self._buffer_ctx = ctx
+            self._ran = np.zeros((len(self.sites), len(run.cfg_names)), dtype=bool)
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
         run = self._run
@@ -248,9 +274,7 @@ class Recorder(Observer):
     ) -> None:
         """Reduce one layer call's maps ``[B*h*w, heads, F, F]`` into this step's buffer;
         ``text_mass`` (joint attention): ``[B*h*w, heads, F, 1]``."""
-        if self._buffer is None:
-            self._buffer = {}
-            self._buffer_ctx = ctx
+        self._start_buffer(ctx)
         self._put(D.PROBS, site, ctx, probs)
         if self.logits:
             if logits is None:
@@ -273,9 +297,7 @@ class Recorder(Observer):
     ) -> None:
         """Like :meth:`observe`, from ``[batch, heads, F, F]`` sums over ``positions`` rows each
         (accumulated inside the processor's blocked loop: no full probability tensor)."""
-        if self._buffer is None:
-            self._buffer = {}
-            self._buffer_ctx = ctx
+        self._start_buffer(ctx)
         self._put_position_mean(D.PROBS, site, ctx, probs / positions)
         if self.logits:
             assert logits is not None
@@ -289,7 +311,7 @@ class Recorder(Observer):
             if ok:
                 self._flush()
             else:
-                self._buffer = None
+                self._buffer, self._buffer_ctx, self._ran = None, None, None
         except BaseException:
             ok = False  # the last step did not reach the store: the run is not complete
             raise
@@ -300,6 +322,15 @@ class Recorder(Observer):
                 current.writer.finish(ok, {"frames": current.attrs.get("frames")})
 
     # ---- reduction -----------------------------------------------------------------------
+    def _start_buffer(self, ctx: CallContext) -> None:
+        if self._buffer is None:
+            self._buffer = {}
+        if self._buffer_ctx is None or self._buffer_ctx.step != ctx.step:
+            # (a client calling observe outside on_call's bookkeeping: start the step here)
+            assert self._run is not None
+            self._buffer_ctx = ctx
+            self._ran = np.zeros((len(self.sites), len(self._run.cfg_names)), dtype=bool)
+
     def _slots(self, ctx: CallContext) -> tuple[int, list[int], list[int]]:
         """(halves in this call's batch, which of them are recorded, their recorded slots):
         a call carries both CFG halves, or one per call (separate-call CFG)."""
@@ -352,44 +383,66 @@ class Recorder(Observer):
             shape = (len(self.sites), len(self._run.cfg_names), *r.shape[1:])
             buf = self._buffer[var] = r.new_full(shape, float("nan"))
         buf[self.index[site.name], slots] = r
+        if var == D.PROBS and self._ran is not None:
+            self._ran[self.index[site.name], slots] = True
 
     def _flush(self) -> None:
         """Move the finished step's maps to the host, then to the store or the in-memory list."""
-        buffer, ctx, self._buffer, self._buffer_ctx = self._buffer, self._buffer_ctx, None, None
+        buffer, ctx, ran = self._buffer, self._buffer_ctx, self._ran
+        self._buffer, self._buffer_ctx, self._ran = None, None, None
         run = self._run
-        if buffer is None or run is None or ctx is None:
+        if run is None or ctx is None or ran is None:
             return
-        ds = self._step_dataset(buffer, ctx, run)
+        arrays = {v: t.cpu().numpy() for v, t in (buffer or {}).items()}
+        ds = self._step_dataset(arrays, ran, ctx, run)
         if self.store is not None:
             if run.writer is None:
-                run.writer = RunWriter(self.store, run.id, run.attrs)
+                run.writer = RunWriter(
+                    self.store, run.id, run.attrs, labels={D.EXPERT: run.experts}
+                )
             run.writer.append(ds)
         else:
             run.chunks.append(ds)
 
+    def _map_dims(self, var: str) -> list[str]:
+        """The dims of one step's ``var`` (without ``step``)."""
+        dims = [D.LAYER, D.CFG, D.SAMPLE]
+        if self.reduce == "head":
+            dims.append(D.HEAD)
+        dims += [D.QUERY] if var == D.TEXT_MASS else [D.QUERY, D.KEY]
+        if self.reduce == "spatial":
+            dims += [D.Y, D.X]
+        return dims
+
     def _step_dataset(
-        self, buffer: dict[str, torch.Tensor], ctx: CallContext, run: _Run
+        self, arrays: dict[str, np.ndarray], ran: np.ndarray, ctx: CallContext, run: _Run
     ) -> xr.Dataset:
         run.attrs.setdefault("frames", ctx.frames)
         run.attrs.setdefault("latent", list(ctx.latent))
         n = ctx.batch // len(ctx.halves())
-        dims = [D.LAYER, D.CFG, D.SAMPLE]
-        if self.reduce == "head":
-            dims.append(D.HEAD)
-        dims += [D.QUERY, D.KEY]
-        if self.reduce == "spatial":
-            dims += [D.Y, D.X]
-        data_vars = {
-            v: (
-                [D.STEP, *(d for d in dims if v != D.TEXT_MASS or d != D.KEY)],
-                t.cpu().numpy()[None],
-            )
-            for v, t in buffer.items()
+        extent = {
+            D.LAYER: len(self.sites),
+            D.CFG: len(run.cfg_names),
+            D.SAMPLE: n,
+            D.HEAD: self.max_heads,
+            D.QUERY: ctx.frames,
+            D.KEY: ctx.frames,
+            D.Y: self.grid[0],
+            D.X: self.grid[1],
         }
+        for v in self.layout["variables"]:
+            if v not in arrays:  # no selected layer ran in this step: a marked gap, all NaN
+                shape = tuple(extent[d] for d in self._map_dims(v))
+                arrays[v] = np.full(shape, np.nan, dtype=np.float32)
+        data_vars: dict[str, Any] = {
+            v: ([D.STEP, *self._map_dims(v)], a[None]) for v, a in arrays.items()
+        }
+        data_vars[D.RAN] = ([D.STEP, D.LAYER, D.CFG], ran[None])
         sizes = [self.controller.table.level_size(s.level, ctx.latent) for s in self.sites]
         coords: dict[str, Any] = {
             D.STEP: [ctx.step],
             D.TIMESTEP: (D.STEP, [np.nan if ctx.timestep is None else ctx.timestep]),
+            D.EXPERT: (D.STEP, [ctx.expert]),
             D.LAYER: [s.name for s in self.sites],
             D.LEVEL: (D.LAYER, [s.level for s in self.sites]),
             D.BLOCK: (D.LAYER, [s.block for s in self.sites]),

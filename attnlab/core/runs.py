@@ -6,9 +6,10 @@ installed, it
 * delimits *runs* (one pipeline call, or an explicit :meth:`RunTracker.run` block) by wrapping
   the pipeline's ``__call__`` (through a per-instance subclass) and the scheduler's
   ``set_timesteps``, capturing prompt, seed, size, steps and guidance for provenance;
-* counts denoiser calls (one per sampler step) with a forward pre-hook, reading the timestep,
-  batch, frame count and latent size of each call into a
-  :class:`~attnlab.core.protocol.CallContext`;
+* counts denoiser calls (one per sampler step) with a forward pre-hook on every denoiser of
+  the pipeline (Wan 2.2 A14B's ``transformer`` and ``transformer_2``: one step count across
+  both), reading the timestep, batch, frame count, latent size and the denoiser (``expert``)
+  of each call into a :class:`~attnlab.core.protocol.CallContext`;
 * follows diffusers' ``cache_context("cond" / "uncond")`` on joint-attention models, for
   pipelines that run the CFG halves as separate denoiser calls.
 """
@@ -27,7 +28,7 @@ import torch
 
 from attnlab.core.patch import AttributePatch, CallbackPatch, ClassPatch, Patches
 from attnlab.core.protocol import CallContext, Client, RunInfo
-from attnlab.core.sites import SiteTable
+from attnlab.core.sites import BARE_DENOISER, SiteTable, denoisers_of
 from attnlab.util.provenance import model_name
 
 # call arguments kept as provenance when a pipeline call is captured
@@ -39,6 +40,7 @@ _CALL_KEYS = (
     "width",
     "num_inference_steps",
     "guidance_scale",
+    "guidance_scale_2",
     "min_guidance_scale",
     "max_guidance_scale",
     "eta",
@@ -54,6 +56,11 @@ class RunTracker:
     def __init__(self, model: torch.nn.Module, table: SiteTable):
         self.model = model
         self.table = table
+        # every denoiser whose calls are steps of the runs: the model first, then the other
+        # experts of its pipelines (Wan 2.2 A14B's transformer_2), all with the model's table
+        self.denoisers: list[torch.nn.Module] = [model]
+        self._forward_sigs: dict[int, inspect.Signature] = {}
+        self._expert_names: dict[int, str] = {}
         self.clients: list[Client] = []
         self.patches = Patches()
         self.run_info: RunInfo | None = None
@@ -83,21 +90,28 @@ class RunTracker:
 
     # ---- installing ----------------------------------------------------------------------
     def _track_runs(self) -> None:
-        """Install the step counter and wrap every pipeline seen (part of installing)."""
-        model = self.model
+        """Install the step counter on every denoiser and wrap every pipeline seen (part of
+        installing)."""
+        for model in self.denoisers:
+            self._track_denoiser(model)
+        for pipe in list(self._pipes):
+            self._wrap_pipeline(pipe)
+
+    def _track_denoiser(self, model: torch.nn.Module) -> None:
+        """The step counter (and ``cache_context`` tracking) on one denoiser."""
+        name = type(model).__name__
         self.patches.apply(
             CallbackPatch(
                 model,
                 lambda: model.register_forward_pre_hook(self._pre_forward, with_kwargs=True).remove,
-                f"{type(model).__name__} forward pre-hook (step counter)",
+                f"{name} forward pre-hook (step counter)"
+                + (f" of {self.expert_name(model)}" if model is not self.model else ""),
             )
         )
         if self.table.joint and hasattr(model, "cache_context"):
-            self._wrap_cache_context()
+            self._wrap_cache_context(model)
         # the class's forward: instance-level wrappers (nnsight leaves one) may change the signature
-        self._forward_sig = inspect.signature(type(model).forward)
-        for pipe in list(self._pipes):
-            self._wrap_pipeline(pipe)
+        self._forward_sigs[id(model)] = inspect.signature(type(model).forward)
 
     def _untrack_runs(self) -> None:
         """Forget the run state (after the patches are restored)."""
@@ -105,11 +119,25 @@ class RunTracker:
         self.run_info = None
         self.ctx = None
         self._wrapped.clear()
+        self._forward_sigs.clear()
 
-    def _wrap_cache_context(self) -> None:
+    def expert_name(self, model: torch.nn.Module) -> str:
+        """The component name of denoiser ``model`` in the running pipeline (else in the
+        pipelines seen; ``"denoiser"`` for a bare denoiser): the ``expert`` of its steps."""
+        for pipe in (self.pipe, *self._pipes):
+            if pipe is not None:
+                for key, value in denoisers_of(pipe).items():
+                    if value is model:
+                        return key
+        return BARE_DENOISER
+
+    def expert_names(self) -> list[str]:
+        """The ``expert`` names of this run's denoisers, in order (each once)."""
+        return list(dict.fromkeys(self.expert_name(m) for m in self.denoisers))
+
+    def _wrap_cache_context(self, model: torch.nn.Module) -> None:
         """Track diffusers' ``cache_context(name)``: pipelines that run the CFG halves as
         separate denoiser calls (Wan) name them "cond" / "uncond" there."""
-        model = self.model
         original: Any = model.cache_context
         tracker = self
 
@@ -124,7 +152,9 @@ class RunTracker:
                 tracker._cache_name = previous
 
         self.patches.apply(
-            AttributePatch(model, "cache_context", cache_context, "denoiser.cache_context")
+            AttributePatch(
+                model, "cache_context", cache_context, f"{type(model).__name__}.cache_context"
+            )
         )
 
     def _wrap_pipeline(self, pipe: Any) -> None:
@@ -201,6 +231,10 @@ class RunTracker:
         meta["model_path"] = str(getattr(pipe, "name_or_path", None) or "")
         meta["pipeline"] = type(pipe).__name__
         meta["scheduler"] = type(getattr(pipe, "scheduler", None)).__name__
+        config = getattr(pipe, "config", None)
+        boundary = config.get("boundary_ratio") if isinstance(config, dict) else None
+        if boundary is not None:  # Wan 2.2 A14B: where transformer_2 takes over
+            meta["boundary_ratio"] = _jsonable(boundary)
         guidance = args.get("guidance_scale", args.get("max_guidance_scale"))
         meta["_cfg"] = bool(guidance is not None and guidance > 1.0)
         if (
@@ -242,6 +276,8 @@ class RunTracker:
         self, *, cfg: bool = False, source: str = "synthetic", meta: dict[str, Any] | None = None
     ) -> RunInfo:
         info = RunInfo(index=self._runs, cfg=cfg, source=source, meta=dict(meta or {}))
+        self._expert_names = {id(m): self.expert_name(m) for m in self.denoisers}
+        info.experts = self.expert_names()
         self._runs += 1
         self.run_info = info
         for client in list(self.clients):
@@ -268,7 +304,7 @@ class RunTracker:
             raise first_error
 
     def _pre_forward(self, module, args, kwargs):
-        bound = self._forward_sig.bind_partial(module, *args, **kwargs).arguments
+        bound = self._forward_sigs[id(module)].bind_partial(module, *args, **kwargs).arguments
         bound.pop(next(iter(bound)))  # self
         sample = next(iter(bound.values()))  # first argument: the noisy latents
         dims = self.table.call_dims(sample, bound)
@@ -317,6 +353,7 @@ class RunTracker:
             continuous=continuous,
             half=half,
         )
+        self.ctx.expert = self._expert_names.get(id(module)) or self.expert_name(module)
         self._new_call(self.ctx)
 
     def _new_call(self, ctx: CallContext) -> None:

@@ -476,8 +476,16 @@ def family_of(model: torch.nn.Module | type | str) -> Family:
     )
 
 
+#: name prefixes of a pipeline's denoiser components (``unet``, ``transformer``, Wan 2.2
+#: A14B's ``transformer_2``)
+DENOISER_PREFIXES = ("unet", "transformer")
+#: the expert name of a denoiser that is not a component of any pipeline attnlab has seen
+BARE_DENOISER = "denoiser"
+
+
 def denoiser_of(obj: Any) -> torch.nn.Module:
-    """The denoiser module of a pipeline (``unet`` or ``transformer``), or ``obj`` itself."""
+    """The denoiser module of a pipeline (``unet`` or ``transformer``; every denoiser of a
+    pipeline: :func:`denoisers_of`), or ``obj`` itself."""
     if isinstance(obj, torch.nn.Module):
         return obj
     for attr in ("unet", "transformer"):
@@ -488,6 +496,35 @@ def denoiser_of(obj: Any) -> torch.nn.Module:
         f"expected a diffusers pipeline (with .unet or .transformer) or a denoiser module, "
         f"got {type(obj).__name__}"
     )
+
+
+def denoisers_of(obj: Any) -> dict[str, torch.nn.Module]:
+    """Every denoiser of a pipeline, by component name, in the pipeline's component order
+    (Wan 2.2 A14B: ``{"transformer": ..., "transformer_2": ...}``): the components whose name
+    starts with ``unet`` or ``transformer`` and that are modules; a module held under two names
+    is listed once. A bare denoiser module: ``{"denoiser": obj}``.
+
+    Example::
+
+        list(attnlab.core.sites.denoisers_of(pipe))   # ['transformer', 'transformer_2']
+    """
+    if isinstance(obj, torch.nn.Module):
+        return {BARE_DENOISER: obj}
+    try:  # diffusers' `components` raises on a pipeline whose modules and config disagree
+        components = getattr(obj, "components", None)
+    except ValueError:
+        components = None
+    if not isinstance(components, dict):
+        components = vars(obj)
+    out: dict[str, torch.nn.Module] = {}
+    for key, value in components.items():
+        if (
+            isinstance(value, torch.nn.Module)
+            and key.startswith(DENOISER_PREFIXES)
+            and all(value is not m for m in out.values())
+        ):
+            out[key] = value
+    return out
 
 
 def sites(

@@ -50,14 +50,16 @@ LAYER_COORDS = (D.LEVEL, D.BLOCK)
 LABELS_ATTR = "attnlab_labels"
 
 
-def encode_strings(ds: xr.Dataset) -> xr.Dataset:
+def encode_strings(ds: xr.Dataset, labels: dict[str, list[str]] | None = None) -> xr.Dataset:
     """String variables and coordinates as ``int32`` codes with their labels in an attribute.
 
     zarr v3 specifies no fixed-length string type (zarr-python's ``fixed_length_utf32`` is
     unstable and other readers refuse it), and its variable-length ``string`` is an extension
     that e.g. tensorstore does not read; integer codes read everywhere. Labels keep the order of
-    first appearance. :func:`decode_strings` inverts this.
+    first appearance, or are given per variable in ``labels`` (for arrays appended step by
+    step: every append must code alike). :func:`decode_strings` inverts this.
     """
+    fixed = labels or {}
     changed = {}
     for name, var in ds.variables.items():
         if var.dtype.kind not in "US" and not (
@@ -65,10 +67,13 @@ def encode_strings(ds: xr.Dataset) -> xr.Dataset:
         ):
             continue
         values = np.asarray(var.values).astype(str)
-        labels = list(dict.fromkeys(values.ravel().tolist()))
-        index = {label: i for i, label in enumerate(labels)}
+        names = list(fixed.get(str(name), ())) or list(dict.fromkeys(values.ravel().tolist()))
+        unknown = sorted(set(values.ravel().tolist()) - set(names))
+        if unknown:
+            raise StoreError(f"{name!r} values {unknown} are not among its labels {names}")
+        index = {label: i for i, label in enumerate(names)}
         codes = np.array([index[v] for v in values.ravel()], dtype=np.int32).reshape(values.shape)
-        changed[name] = xr.Variable(var.dims, codes, attrs={**var.attrs, LABELS_ATTR: labels})
+        changed[name] = xr.Variable(var.dims, codes, attrs={**var.attrs, LABELS_ATTR: names})
     if not changed:
         return ds
     coords = {k: v for k, v in changed.items() if k in ds.coords}
@@ -285,10 +290,18 @@ def _warn_if_unchecked(path: Path, run_id: str) -> None:
 class RunWriter:
     """Writes one run into a store step by step (streaming) and marks it complete at the end."""
 
-    def __init__(self, path: Path, run_id: str, attrs: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path,
+        run_id: str,
+        attrs: dict[str, Any],
+        labels: dict[str, list[str]] | None = None,
+    ):
+        """``labels``: the fixed labels of string coordinates along ``step`` (``expert``)."""
         self.path = path
         self.run_id = run_id
         self.attrs = attrs
+        self.labels = dict(labels or {})
         self.steps = 0
         claim_run(path, run_id)
 
@@ -296,7 +309,7 @@ class RunWriter:
         """Append the steps in ``ds`` (a Dataset with a ``step`` dimension)."""
         # xarray rewrites the group's attributes on every append: always send the provenance
         ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False})
-        ds = encode_strings(ds)
+        ds = encode_strings(ds, self.labels)
         if self.steps == 0:
             encoding = checksum_encoding(ds)
             for v in ds.data_vars:
@@ -380,7 +393,7 @@ def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
 
 def _check_chunks(path: Path, run_id: str, group) -> None:
     """A complete run must have every chunk of its maps (a missing one would read as NaN)."""
-    for name in (D.PROBS, D.LOGITS):
+    for name in (D.PROBS, D.LOGITS, D.TEXT_MASS, D.RAN):
         if name in group:
             arr = group[name]
             if arr.nchunks_initialized < arr.nchunks:
@@ -444,9 +457,13 @@ def load(
           ``query_frame``, ``"spatial"`` adds ``y, x`` after ``key_frame``; joint attention
           with text in the sequence adds ``text_mass`` (dims of ``probs`` without
           ``key_frame``);
+        - ``ran`` (bool, ``(run, step, layer, cfg)``, in stores that record it): whether that
+          attention ran and was recorded; False on padding, and every map is NaN where it is
+          False;
         - coordinates ``run`` (run ids), ``step``, ``layer`` (module paths), ``cfg``
           (``"uncond"``/``"cond"``), ``sample``, ``query_frame``, ``key_frame`` (and ``head``,
-          ``y``, ``x``); ``timestep`` ``(run, step)``; ``level``, ``block`` ``(layer,)``;
+          ``y``, ``x``); ``timestep`` and ``expert`` (the denoiser of the step; ``""`` on
+          padding) ``(run, step)``; ``level``, ``block`` ``(layer,)``;
           ``h``, ``w``, ``heads``, ``head_dim`` ``(run, layer)``; ``source``, ``model``,
           ``prompt``, ``seed`` (-1: unseeded), ``frames``, ``video``, ``pe``, ``pe_max_len``,
           ``edits`` and ``provenance`` (JSON) ``(run,)``;
@@ -521,10 +538,21 @@ def load(
 
 
 def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
-    """Concatenate per-run Datasets along ``run`` (outer join: NaN where sizes differ)."""
+    """Concatenate per-run Datasets along ``run`` (outer join: NaN where sizes differ).
+
+    ``expert`` becomes a ``(run, step)`` coordinate ("" where a run has no such step, or was
+    written before attnlab recorded experts), present when any run has it. ``ran`` is False
+    where a run has no such cell; runs written before ``ran`` get it from their maps (a cell
+    ran where its map has a value) when another run has it. Every map variable is NaN where
+    ``ran`` is False.
+    """
     layer_static: dict[str, dict[str, Any]] = {c: {} for c in LAYER_COORDS}
+    with_expert = any(D.EXPERT in ds.coords for ds in parts)
+    with_ran = any(D.RAN in ds.data_vars for ds in parts)
     prepared = []
     for rid, ds in zip(ids, parts):
+        if with_ran and D.RAN not in ds.data_vars:
+            ds = ds.assign({D.RAN: _ran_from_maps(ds)})
         attrs = {k: v for k, v in ds.attrs.items() if k != "complete"}
         for c in LAYER_COORDS:
             for name, value in zip(ds[D.LAYER].values, ds[c].values):
@@ -534,6 +562,13 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
         ds = ds.drop_vars(list(LAYER_COORDS)).drop_attrs() if hasattr(ds, "drop_attrs") else ds
         ds = ds.expand_dims({D.RUN: [rid]})
         ds = ds.assign_coords({D.TIMESTEP: ((D.RUN, D.STEP), ds[D.TIMESTEP].values[None])})
+        if with_expert:
+            experts = (
+                np.asarray(ds[D.EXPERT].values, dtype=str)
+                if D.EXPERT in ds.coords
+                else np.full(ds.sizes[D.STEP], "", dtype=str)
+            )
+            ds = ds.assign_coords({D.EXPERT: ((D.RUN, D.STEP), experts[None])})
         ds = ds.assign_coords(
             {c: ((D.RUN, D.LAYER), ds[c].values[None]) for c in RUN_LAYER_COORDS if c in ds.coords}
         )
@@ -551,11 +586,32 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
         compat="equals",
         combine_attrs="drop",
         data_vars="all",
+        fill_value={D.RAN: False},  # (other variables: NaN)
     )
     layers = [str(v) for v in out[D.LAYER].values]
-    return out.assign_coords(
+    out = out.assign_coords(
         {c: (D.LAYER, [layer_static[c][n] for n in layers]) for c in LAYER_COORDS}
     )
+    if with_expert:  # steps a run does not have: "" (the outer join filled NaN)
+        values = np.asarray(out[D.EXPERT].values, dtype=object)
+        filled = np.where([isinstance(v, str) for v in values.ravel()], values.ravel(), "")
+        out = out.assign_coords(
+            {D.EXPERT: ((D.RUN, D.STEP), filled.astype(str).reshape(values.shape))}
+        )
+    if with_ran:
+        ran = out[D.RAN].astype(bool)
+        maps = [v for v in (D.PROBS, D.LOGITS, D.TEXT_MASS) if v in out]
+        masked = out.drop_vars([*maps, D.RAN]).assign({v: out[v].where(ran) for v in maps})
+        out = masked.assign({D.RAN: ran})
+    return out
+
+
+def _ran_from_maps(ds: xr.Dataset) -> xr.DataArray:
+    """``ran`` of a run written before attnlab recorded it: a cell ran where its map has a
+    value (any finite probability)."""
+    probs = ds[D.PROBS]
+    other = [d for d in probs.dims if d not in (D.STEP, D.LAYER, D.CFG)]
+    return probs.notnull().any(other).transpose(D.STEP, D.LAYER, D.CFG)
 
 
 #: the ``seed`` coordinate of a run whose generator was not seeded (torch's global state)

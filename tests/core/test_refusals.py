@@ -90,26 +90,69 @@ def test_layer_skip_is_refused_rather_than_switched_off(cog):
         _records(cog)
 
 
-def test_a_second_denoiser_is_refused():
+def _two_experts(second):
     from diffusers import WanPipeline
 
-    from attnlab.models.tiny_dit import wan_pipeline, wan_transformer
+    from attnlab.models.tiny_dit import wan_pipeline
 
     one = wan_pipeline()
-    two = WanPipeline(
+    return one, WanPipeline(
         transformer=one.transformer,
-        transformer_2=wan_transformer(seed=1),
+        transformer_2=second,
         vae=one.vae,
         text_encoder=one.text_encoder,
         tokenizer=one.tokenizer,
         scheduler=one.scheduler,
         boundary_ratio=0.9,
     )
+
+
+@pytest.mark.parametrize(
+    "second, difference",
+    [
+        (dict(layers=3), r"2 vs 3 attention layers; only in the second: blocks\.2\.attn1"),
+        (dict(heads=3), r"layer blocks\.0\.attn1: heads 2 vs 3"),
+    ],
+)
+def test_experts_with_different_layer_tables_are_refused_by_name(second, difference):
+    """Two denoisers are recorded along one layer axis: a second expert whose site table
+    differs from the first's is refused, naming both components and the first difference;
+    an expert with the same table records (tests/core/test_experts.py)."""
+    from attnlab.models.tiny_dit import wan_transformer
+
+    one, two = _two_experts(wan_transformer(seed=1, **second))
     with pytest.raises(
-        UnsupportedConfigurationError, match=r"more than one denoiser.*transformer_2"
+        UnsupportedConfigurationError,
+        match=r"denoisers 'transformer' and 'transformer_2' have different attention-layer "
+        rf"tables \({difference}\)",
     ):
         _records(two)
+    assert not attnlab.is_instrumented(two) and not attnlab.is_instrumented(two.transformer_2)
     assert _records(one)  # the same transformer in a one-denoiser pipeline records
+    _, same = _two_experts(wan_transformer(seed=1))
+    assert _records(same)
+
+
+def test_hooks_on_a_second_expert_and_conditioning_edits_with_two_experts_are_refused():
+    from diffusers import FirstBlockCacheConfig
+
+    from attnlab.models.tiny_dit import wan_transformer
+
+    _, two = _two_experts(wan_transformer(seed=1))
+    two.transformer_2.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(
+        UnsupportedConfigurationError, match=r"\(component 'transformer_2'\).*FirstBlockCache"
+    ):
+        _records(two)
+    two.transformer_2.disable_cache()
+    assert _records(two)
+    # Synopsis changes the text context of one denoiser: refused rather than half applied
+    with (
+        pytest.raises(UnsupportedConfigurationError, match=r"Synopsis.*transformer_2"),
+        attnlab.edit(two, attnlab.Synopsis(["a calm sea", "a storm"])),
+    ):
+        pass
+    assert not attnlab.is_instrumented(two)
 
 
 def test_another_attention_backend_is_refused_on_joint_models():
