@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "RIFLEx": "attnlab.edits",
     "RopeScale": "attnlab.edits",
     "FramePositions": "attnlab.edits",
+    "WindowDecay": "attnlab.edits",
     "pe_report": "attnlab.models.positions",
     # the lab
     "record_real": "attnlab.lab.real",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:
         RopeScale,
         Synopsis,
         Transfer,
+        WindowDecay,
         key_states_from_llm,
         parse_edit,
     )
@@ -150,6 +152,7 @@ __all__ = [
     "VideoCrafter2Pipeline",
     "VideoCrafter2Scheduler",
     "VideoCrafter2UNet",
+    "WindowDecay",
     "__version__",
     "active_patches",
     "edit",

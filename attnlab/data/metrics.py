@@ -22,14 +22,23 @@ import xarray as xr
 from attnlab.core.dims import KEY, OFFSET, QUERY
 
 __all__ = [
+    "PERIOD",
+    "REPETITION_FLAG",
     "band_concentration",
     "band_profile",
+    "band_spectrum",
     "diagonalness",
+    "dispersion",
+    "echo_peaks",
+    "echo_period",
     "gaussian_prior",
+    "lag_similarity",
     "map_distance",
     "minmax_normalise",
+    "repetition_score",
     "resample_maps",
     "row_entropy",
+    "sink_score",
 ]
 
 # row sums within this tolerance of 1 mark a map as row-stochastic (attention probabilities)
@@ -346,3 +355,248 @@ def map_distance(
     else:
         raise ValueError(f"kind must be 'l1', 'js' or 'fro', got {kind!r}")
     return out.rename(f"map_distance_{kind}")
+
+
+# ---------------------------------------------------------------------------- length extrapolation
+
+#: the dimension of :func:`band_spectrum` (candidate periods in frames); a metric's output
+#: dimension, not one of the store's
+PERIOD = "period"
+#: :func:`repetition_score` at or above this flags a clip as repeating. Calibrated on the
+#: procedural world (:func:`attnlab.data.world.world_clip`, seeds 0..59 at 24, 32 and 48 frames,
+#: lags >= 16): clips looped with a period P score 1 (to float rounding); clips whose object
+#: comes back within 0.6 px of an earlier state (the world's wall bounces are periodic) score
+#: >= 0.98; clips whose object never comes back within 2 px score <= 0.85
+REPETITION_FLAG = 0.9
+_DETREND = ("monotone", "linear", "mean", "none")
+
+
+def _frame_count(name: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def dispersion(
+    maps: xr.DataArray | np.ndarray, window: int, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.Dataset:
+    """How far attention spreads past a training window of ``window`` frames.
+
+    Two variables, each a mean over query rows (other dims broadcast):
+
+    - ``mass_beyond``: the attention mass on key frames farther than the window,
+      ``mean_i sum_{j : |i - j| > window} p_ij`` (rows divided by their sum first, a no-op for
+      attention probabilities). 0 when every row stays within the window; a uniform map gives
+      ``(N - W - 1)(N - W) / N^2`` (``W = window < N``), kept in ``attrs["uniform_mass_beyond"]``.
+    - ``entropy``: the row entropy over ``log N`` (:func:`row_entropy`), 0 for one frame, 1 for
+      uniform attention.
+
+    ``window`` is in the maps' frames (latent frames for recorded maps): UltraViCo's
+    "training window" is the training length; pass what the model was trained on.
+    """
+    window = _frame_count("window", window, 0)
+    maps = _as_maps(maps, row_dim, col_dim)
+    n = _square(maps, row_dim, col_dim)
+    _check_nonnegative(maps, "dispersion")
+    beyond = (_abs_offset(n, row_dim, col_dim) > window).astype(np.float64)
+    rows = _row_normalised(maps, col_dim)
+    mass = (rows * beyond).sum(col_dim).mean(row_dim)
+    entropy = row_entropy(maps, True, row_dim, col_dim).mean(row_dim)
+    w = min(window, n - 1)
+    uniform = (n - w - 1) * (n - w) / n**2
+    return xr.Dataset(
+        {"mass_beyond": mass.rename("mass_beyond"), "entropy": entropy.rename("entropy")},
+        attrs={"window": window, "uniform_mass_beyond": uniform},
+    )
+
+
+def _nonincreasing_fit(y: np.ndarray) -> np.ndarray:
+    """The least-squares non-increasing sequence closest to ``y [M]`` (pool adjacent
+    violators): the decay of a band profile without its bumps."""
+    values: list[float] = []
+    weights: list[int] = []
+    for v in y.tolist():
+        values.append(v)
+        weights.append(1)
+        while len(values) > 1 and values[-2] < values[-1]:
+            w = weights[-2] + weights[-1]
+            merged = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
+            values[-2:] = [merged]
+            weights[-2:] = [w]
+    return np.repeat(values, weights)
+
+
+def _detrended(x: np.ndarray, d: np.ndarray, detrend: str) -> np.ndarray:
+    """``x [..., M]`` minus its non-increasing fit ("monotone"), its least-squares line in ``d``
+    ("linear") or its mean ("mean")."""
+    if detrend == "none":
+        return x
+    if detrend == "monotone":
+        flat = x.reshape(-1, x.shape[-1])
+        out = np.empty_like(flat)
+        for r, row in enumerate(flat):
+            out[r] = row - _nonincreasing_fit(row) if np.isfinite(row).all() else np.nan
+        return out.reshape(x.shape)
+    if detrend == "mean":
+        return x - x.mean(-1, keepdims=True)
+    basis = np.stack([np.ones_like(d), d], 1)  # [M, 2]
+    hat = basis @ np.linalg.pinv(basis)  # projection onto the line, [M, M], symmetric
+    return x - x @ hat
+
+
+def band_spectrum(
+    maps: xr.DataArray | np.ndarray,
+    periods: Sequence[float] | np.ndarray | None = None,
+    *,
+    detrend: Literal["monotone", "linear", "mean", "none"] = "monotone",
+    row_dim: str = QUERY,
+    col_dim: str = KEY,
+) -> xr.DataArray:
+    """Periodicity spectrum of the band profile: how much of the profile's shape beyond the
+    diagonal is a wave of each period. New dim ``period`` (frames), other dims broadcast.
+
+    With ``b(d)`` the :func:`band_profile` (mean attention at frame offset ``d``), take the
+    offsets ``d = 1 .. N-1`` (the diagonal ``d = 0`` is self-attention, not an echo), remove
+    the decay with distance to get ``x(d)`` (``detrend``: "monotone", the default, subtracts
+    the least-squares non-increasing fit, so that a profile that only decays leaves nothing
+    and an echo, attention rising again with distance, is what remains; "linear" the
+    least-squares line in ``d``; "mean" the mean; "none" nothing), and for each period ``P``::
+
+        power(P) = |sum_d x(d) exp(-2 pi i d / P)|^2 / ((N - 1) * sum_d x(d)^2)
+
+    in [0, 1] (Cauchy-Schwarz); 0 where ``x`` is all zero. A rotary frame encoding whose
+    channel pair turns once every ``P`` frames brings attention back at offsets ``P, 2P, ...``
+    (echoes): the spectrum peaks at ``P``. ``periods`` defaults to ``2, 3, ..., N - 1``.
+    Needs ``N >= 4``.
+    """
+    if detrend not in _DETREND:
+        raise ValueError(f"detrend must be one of {', '.join(_DETREND)}; got {detrend!r}")
+    profile = band_profile(maps, row_dim, col_dim)
+    n = profile.sizes[OFFSET]
+    if n < 4:
+        raise ValueError(f"a band spectrum needs maps of at least 4 frames, got {n}")
+    if periods is None:
+        grid = np.arange(2, n, dtype=np.float64)
+    else:
+        grid = np.asarray(periods, dtype=np.float64).ravel()
+        if grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
+            raise ValueError(f"periods must be positive finite numbers, got {periods!r}")
+    d = np.arange(1, n, dtype=np.float64)
+    phase = 2 * np.pi * d[:, None] / grid[None, :]  # [M, P]
+    cos, sin = np.cos(phase), np.sin(phase)
+
+    def spectrum(b: np.ndarray) -> np.ndarray:
+        x = _detrended(b[..., 1:], d, detrend)
+        energy = (x**2).sum(-1, keepdims=True) * len(d)
+        power = (x @ cos) ** 2 + (x @ sin) ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(energy > 0, power / np.where(energy > 0, energy, 1.0), 0.0)
+
+    out = xr.apply_ufunc(
+        spectrum,
+        profile.drop_vars(OFFSET),
+        input_core_dims=[[OFFSET]],
+        output_core_dims=[[PERIOD]],
+    )
+    return out.assign_coords({PERIOD: grid}).rename("band_spectrum")
+
+
+def echo_period(
+    maps: xr.DataArray | np.ndarray,
+    periods: Sequence[float] | np.ndarray | None = None,
+    *,
+    detrend: Literal["monotone", "linear", "mean", "none"] = "monotone",
+    row_dim: str = QUERY,
+    col_dim: str = KEY,
+) -> xr.DataArray:
+    """The period (frames) where :func:`band_spectrum` is largest, per map; its power in the
+    coordinate ``echo_power``. Compare with ``attnlab.pe_report``'s ``period_latent``. Where
+    the spectrum is all zero (no echo at all) the first period is returned with power 0."""
+    spec = band_spectrum(maps, periods, detrend=detrend, row_dim=row_dim, col_dim=col_dim)
+    idx = spec.fillna(-1.0).argmax(PERIOD)
+    period = spec[PERIOD].isel({PERIOD: idx}).drop_vars(PERIOD, errors="ignore")
+    power = spec.isel({PERIOD: idx}).drop_vars(PERIOD, errors="ignore")
+    return period.assign_coords(echo_power=power).rename("echo_period")
+
+
+def echo_peaks(
+    maps: xr.DataArray | np.ndarray, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.DataArray:
+    """Offsets where attention comes back: bool over ``offset`` (0..N-1), True where the band
+    profile ``b(d)`` exceeds both neighbours, ``b(d) > b(d - 1)`` and ``b(d) > b(d + 1)``
+    (``1 <= d <= N - 2``; the ends are never peaks). A map that only decays with distance has
+    none; a rotary period ``P`` shows as peaks near ``P, 2P, ...``."""
+    profile = band_profile(maps, row_dim, col_dim)
+    n = profile.sizes[OFFSET]
+    inner = np.zeros(n, dtype=bool)
+    inner[1 : n - 1] = True
+    left = profile.shift({OFFSET: 1})
+    right = profile.shift({OFFSET: -1})
+    peak = (profile > left) & (profile > right) & xr.DataArray(inner, dims=[OFFSET])
+    return peak.rename("echo_peaks")
+
+
+def sink_score(
+    maps: xr.DataArray | np.ndarray, frame: int = 0, row_dim: str = QUERY, col_dim: str = KEY
+) -> xr.DataArray:
+    """Attention mass on one key frame (default frame 0, the "sink") from the other frames.
+
+    ``mean_{i != frame} p_{i, frame}`` with rows divided by their sum first (a no-op for
+    attention probabilities); other dims (layer, head, ...) broadcast, so a recording reduced
+    per head gives one score per layer and head. A uniform map gives ``1 / N``; a map where
+    every frame attends to frame 0 alone gives 1. Needs ``N >= 2``."""
+    maps = _as_maps(maps, row_dim, col_dim)
+    n = _square(maps, row_dim, col_dim)
+    if n < 2:
+        raise ValueError(f"a sink score needs maps of at least 2 frames, got {n}")
+    frame = _frame_count("frame", frame, 0)
+    if frame >= n:
+        raise ValueError(f"frame must be a key frame index in 0..{n - 1}, got {frame}")
+    _check_nonnegative(maps, "sink_score")
+    rows = _row_normalised(maps, col_dim).isel({col_dim: frame}, drop=True)
+    others = np.arange(n) != frame
+    return rows.isel({row_dim: others}).mean(row_dim).rename("sink_score")
+
+
+def lag_similarity(video: object) -> xr.DataArray:
+    """Mean self-similarity of a video's frames at each lag: dim ``offset`` (0..F-1).
+
+    Frames (any input :func:`attnlab.data.video.to_unit_frames` reads) in [0, 1] minus the
+    clip's mean frame (what never changes: background, static objects), flattened to vectors
+    ``x_i``; ``s(L) = mean_i cos(x_i, x_{i+L})`` over the ``F - L`` pairs (a zero vector's
+    cosine counts as 0). ``s(0) = 1`` unless frames equal the mean; a clip looped with period
+    ``P`` has ``s(kP) = 1``."""
+    from attnlab.data.video import to_unit_frames
+
+    frames = to_unit_frames(video, dtype=np.float64)  # type: ignore[arg-type]
+    f = len(frames)
+    x = frames.reshape(f, -1)
+    x = x - x.mean(0, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0)
+    sim = unit @ unit.T
+    curve = np.array([np.diagonal(sim, lag).mean() for lag in range(f)])
+    return xr.DataArray(curve, dims=[OFFSET], coords={OFFSET: np.arange(f)}, name="lag_similarity")
+
+
+def repetition_score(video: object, train_frames: int) -> xr.DataArray:
+    """Output-side repetition: the largest :func:`lag_similarity` at lags ``>= train_frames``.
+
+    A scalar in [-1, 1] with the lag where it is reached as its ``offset`` coordinate. A video
+    that repeats a stretch of itself at a lag at or beyond the training length (a loop with
+    period ``P``: lags ``P, 2P, ...``) scores 1; a video that keeps moving to new states scores
+    low. ``score >= REPETITION_FLAG`` (0.9) flags repetition. ``train_frames`` is in the
+    video's frames (not latent frames); the video must be longer than it. A static video (every
+    frame its mean) scores 0: nothing moves, so nothing repeats.
+    """
+    train_frames = _frame_count("train_frames", train_frames, 1)
+    curve = lag_similarity(video)
+    f = curve.sizes[OFFSET]
+    if f <= train_frames:
+        raise ValueError(
+            f"repetition_score needs a video longer than train_frames={train_frames} "
+            f"(lags >= train_frames must exist), got {f} frames"
+        )
+    tail = curve.isel({OFFSET: slice(train_frames, None)})
+    best = int(tail.argmax(OFFSET))
+    return tail.isel({OFFSET: best}).rename("repetition_score")

@@ -43,6 +43,7 @@ from attnlab.edits.positions import (
 )
 from attnlab.edits.replace import Replace
 from attnlab.edits.synopsis import Synopsis, key_states_from_llm
+from attnlab.edits.window import WindowDecay, decay_factors
 
 __all__ = [
     "MAX_MODES",
@@ -62,6 +63,8 @@ __all__ = [
     "Synopsis",
     "TemporalPE",
     "Transfer",
+    "WindowDecay",
+    "decay_factors",
     "from_json",
     "from_spec",
     "key_states_from_llm",
