@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from attnlab.core.joint import JointAttnProcessor
-from attnlab.core.patch import ChildModulePatch, Patch, ProcessorPatch
+from attnlab.core.patch import ChildModulePatch, Patch, ProcessorPatch, SkipRegistryPatch
 from attnlab.core.processor import HOOK_NAMES, HookPoint, TemporalAttnProcessor
 from attnlab.core.protocol import CallContext, Client, Plan, Stage
 from attnlab.core.refusals import UnsupportedConfigurationError, check_recordable
@@ -170,6 +170,9 @@ class Controller(RunTracker):
                     "says its expert) or the denoiser alone, not both at once"
                 )
         try:
+            # diffusers' layer skip (guiders apply it per pass) finds attnlab's processors
+            processor = JointAttnProcessor if self.table.joint else TemporalAttnProcessor
+            self.patches.apply(SkipRegistryPatch(processor))
             for model in self.denoisers:
                 self._install_denoiser(model)
             self._track_runs()

@@ -6,14 +6,18 @@ that processor's call to ``torch.nn.functional.scaled_dot_product_attention`` an
 very ``q, k, v`` and mask it would have used (after the model's projections, norms, RoPE and
 text layout). Recording only: the original fused call gives the output (bit-identical) and one
 more call gives the frame masses; with an edit, the output is computed explicitly in blocks of
-queries. Needs diffusers' native attention backend; not thread-safe (the patch is
-process-global for one layer call). The definitions and derivations of the map, of the probes
-and of TAR on joint attention are in ``docs/attention-3d.md``; the math is
-:mod:`attnlab.core.joint_math`, the token layout :mod:`attnlab.core.joint_sites`.
+queries. Needs diffusers' native attention backend. The interception is a torch function
+mode entered for one layer call (thread-local): the function object is never replaced, so
+other code that identity-tests it (diffusers' layer skip, PAG) decides as without attnlab, and
+a call such a mode answers without attention scores is recorded as not run. The definitions
+and derivations of the map, of the probes and of TAR on joint attention are in
+``docs/attention-3d.md``; the math is :mod:`attnlab.core.joint_math`, the token layout
+:mod:`attnlab.core.joint_sites`.
 
 * :class:`JointAttnProcessor` - the processor of one joint self-attention site (the original
   when idle);
-* ``_Intercept`` - the SDPA patch for one layer call, which hands the maps to the observers.
+* ``_Intercept`` - the torch function mode of one layer call, which hands the maps to the
+  observers.
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ import inspect
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from attnlab.core.joint_math import (
+    SDPA,
     BiasOp,
     ReplaceOp,
+    alone,
     edited_attention,
     frame_logits,
     frame_mass,
+    other_modes,
     to_rows,
 )
 from attnlab.core.joint_sites import JointAttentionError, TokenLayout
@@ -44,24 +52,37 @@ from attnlab.core.protocol import (
 from attnlab.core.sites import Site
 
 
-class _Intercept:
-    """Patches ``torch.nn.functional.scaled_dot_product_attention`` for one layer call."""
+class _Intercept(TorchFunctionMode):
+    """Sees the layer's calls to ``torch.nn.functional.scaled_dot_product_attention`` for one
+    layer call, as a torch function mode: the function itself is never replaced, so code that
+    identity-tests it (diffusers' layer-skip / PAG mode ``AttentionScoreSkipFunctionMode``)
+    decides exactly as it would without attnlab.
+
+    Torch function modes entered before this one (outside the layer call: diffusers' hooks)
+    stay in force: the call is passed on through them, and a call they answer without
+    computing attention (diffusers' score skip returns ``value``) is a call
+    that did not run: nothing is recorded for it and edits do not apply (the recorder's
+    ``ran`` stays False). attnlab's own math runs with every torch function mode disabled
+    (:func:`~attnlab.core.joint_math.alone`), so no other mode can change what attnlab measures.
+    """
 
     def __init__(self, proc: JointAttnProcessor, plan: Plan, ctx: CallContext):
+        super().__init__()
         self.proc = proc
         self.plan = plan
         self.ctx = ctx
         self.calls = 0
+        self.skipped = 0
         self.samples = 0
         self.results: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
 
-    def __enter__(self) -> _Intercept:
-        self.saved = torch.nn.functional.scaled_dot_product_attention
-        torch.nn.functional.scaled_dot_product_attention = self.sdpa
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.nn.functional.scaled_dot_product_attention = self.saved
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is not SDPA:
+            return func(*args, **kwargs)
+        return self.sdpa(*args, **kwargs)
 
     def sdpa(
         self,
@@ -75,43 +96,52 @@ class _Intercept:
         enable_gqa: bool = False,
     ) -> torch.Tensor:
         site = self.proc.site
+        kw: dict[str, Any] = dict(
+            attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa,
+        )  # fmt: skip
         if query.ndim != 4 or key.shape[-2] != query.shape[-2]:
             raise JointAttentionError(
                 f"{site.name}: expected a self-attention call [B, heads, S, d] with as many keys "
                 f"as queries, got query {tuple(query.shape)}, key {tuple(key.shape)}"
             )
+        B = query.shape[0]
+        offset = self.samples
+        self.calls += 1
+        self.samples += B
+        plan = self.plan
+        out: torch.Tensor | None = None
+        if other_modes() or not (plan.bias or plan.replace):
+            # the modes entered before attnlab's decide, as without attnlab
+            out = SDPA(query, key, value, **kw)
+            if out is value:  # answered without attention scores (diffusers' score skip)
+                self.skipped += 1
+                return out
         if dropout_p or is_causal or enable_gqa or key.shape[1] != query.shape[1]:
             raise JointAttentionError(
                 f"{site.name}: attnlab maps joint attention without dropout, causal masks or "
                 "grouped heads (put the model in eval mode)"
             )
         layout = self.proc.layout(self.ctx)
-        B = query.shape[0]
-        offset = self.samples
-        self.calls += 1
-        self.samples += B
-        plan = self.plan
         observe = bool(plan.observe)
         mass: torch.Tensor | None
-        if not plan.bias and not plan.replace:
-            out = self.saved(
-                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-            )  # fmt: skip
-            mass, text = frame_mass(query, key, layout, attn_mask=attn_mask, scale=scale)
-        else:
-            dev = query.device
-            bias = [self.proc.bias_op(c, self.ctx, offset, B, dev) for c in plan.bias]
-            repl = [self.proc.replace_op(c, self.ctx, offset, B, dev) for c in plan.replace]
-            out, mass, text = edited_attention(
-                query, key, value, layout, attn_mask=attn_mask, scale=scale,
-                bias=bias, replace=repl, observe=observe,
-            )  # fmt: skip
-        if observe:
-            logits = None
-            if any(c.logits for c in plan.observe):
-                logits = frame_logits(query, key, layout, scale)
-            self.results.append((mass, text, logits))  # type: ignore[arg-type]
+        with alone():
+            if not plan.bias and not plan.replace:
+                assert out is not None
+                mass, text = frame_mass(query, key, layout, attn_mask=attn_mask, scale=scale)
+            else:
+                dev = query.device
+                bias = [self.proc.bias_op(c, self.ctx, offset, B, dev) for c in plan.bias]
+                repl = [self.proc.replace_op(c, self.ctx, offset, B, dev) for c in plan.replace]
+                out, mass, text = edited_attention(
+                    query, key, value, layout, attn_mask=attn_mask, scale=scale,
+                    bias=bias, replace=repl, observe=observe,
+                )  # fmt: skip
+            if observe:
+                logits = None
+                if any(c.logits for c in plan.observe):
+                    logits = frame_logits(query, key, layout, scale)
+                self.results.append((mass, text, logits))  # type: ignore[arg-type]
         return out
 
     def finish(self) -> None:
@@ -127,17 +157,27 @@ class _Intercept:
                 f"{site.name}: attention covered {self.samples} samples, the call has batch "
                 f"{self.ctx.batch}"
             )
+        if self.skipped:
+            if self.skipped != self.calls:
+                raise JointAttentionError(
+                    f"{site.name}: {self.skipped} of the layer's {self.calls} attention calls "
+                    "were answered without attention scores by another torch function mode "
+                    "(diffusers' layer skip / PAG), the others ran: attnlab records a layer "
+                    "call whose attention ran, or marks it as not run, never a part of it"
+                )
+            return  # did not run: nothing observed, the recorder's `ran` stays False
         if not self.plan.observe:
             return
-        layout = self.proc.layout(self.ctx)
-        mass = torch.cat([r[0] for r in self.results])
-        text = _cat([r[1] for r in self.results])
-        logits = _cat([r[2] for r in self.results])
-        probs = to_rows(mass, layout)
-        tm = to_rows(text[..., None], layout) if text is not None else None
-        lg = to_rows(logits, layout) if logits is not None else None
-        for client in self.plan.observe:
-            client.observe(site, self.ctx, lg, probs, text_mass=tm)
+        with alone():
+            layout = self.proc.layout(self.ctx)
+            mass = torch.cat([r[0] for r in self.results])
+            text = _cat([r[1] for r in self.results])
+            logits = _cat([r[2] for r in self.results])
+            probs = to_rows(mass, layout)
+            tm = to_rows(text[..., None], layout) if text is not None else None
+            lg = to_rows(logits, layout) if logits is not None else None
+            for client in self.plan.observe:
+                client.observe(site, self.ctx, lg, probs, text_mass=tm)
 
 
 def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:

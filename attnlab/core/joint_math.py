@@ -10,6 +10,7 @@ functions of ``q, k, v`` as a model gives them to SDPA. Derivations: ``docs/atte
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,21 @@ import torch.nn.functional as F
 from attnlab.core.blocking import joint_block_rows
 from attnlab.core.joint_sites import TokenLayout
 
-# the real SDPA, for attnlab's own calls while a layer's call to it is intercepted
-_ORIGINAL_SDPA = F.scaled_dot_product_attention
+# torch's SDPA (attnlab never replaces it: the joint processor sees the layer's calls to it
+# through a torch function mode, see attnlab.core.joint)
+SDPA = F.scaled_dot_product_attention
+
+
+def other_modes() -> bool:
+    """Whether a torch function mode is in force (inside a mode's handler: one entered before
+    that mode, e.g. diffusers' layer-skip ``AttentionScoreSkipFunctionMode``)."""
+    return torch._C._len_torch_function_stack() > 0
+
+
+def alone() -> contextlib.AbstractContextManager:
+    """attnlab's own math, out of reach of every torch function mode (and tensor-subclass
+    handler) in force: another library's mode cannot change what attnlab measures."""
+    return torch._C.DisableTorchFunction()
 
 
 def _mask_rows(mask: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
@@ -72,7 +86,7 @@ def frame_mass(
         Ex = E[:, c : c + d].expand(B, H, S, d)
         for a in range(0, Nv, step):
             b = min(Nv, a + step)
-            out[:, :, a:b, c : c + d] = _ORIGINAL_SDPA(
+            out[:, :, a:b, c : c + d] = SDPA(
                 q[:, :, v0 + a : v0 + b],
                 k,
                 Ex,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 _MISSING = object()
 
@@ -188,3 +188,53 @@ class Patches:
 
     def __iter__(self):
         return iter(list(self.active))
+
+
+class SkipRegistryPatch(Patch):
+    """Register ``cls`` (an attnlab processor class) in diffusers' layer-skip registry
+    (``diffusers.hooks._helpers.AttentionProcessorRegistry``) while attnlab's processors stand
+    in for the originals; remove the entry when the last user restores it.
+
+    diffusers' layer skip looks a module's skip output up by ``module.processor.__class__``
+    when the hook is applied (its guiders, PAG and skip-layer guidance, apply it per pass,
+    while attnlab is installed): the entry delegates to the entry of the original processor
+    the attnlab processor wraps, so the hook does what it does without attnlab (and raises
+    diffusers' own error where the original is not registered).
+    """
+
+    _users: ClassVar[dict[type, int]] = {}
+
+    def __init__(self, cls: type, description: str | None = None):
+        super().__init__(
+            cls, description or f"diffusers AttentionProcessorRegistry[{cls.__name__}]"
+        )
+
+    def _apply(self) -> None:
+        from diffusers.hooks._helpers import AttentionProcessorMetadata, AttentionProcessorRegistry
+
+        users = SkipRegistryPatch._users
+        if not users.get(self.target):
+            AttentionProcessorRegistry._register()  # diffusers' own entries first
+            AttentionProcessorRegistry._registry[self.target] = AttentionProcessorMetadata(
+                skip_processor_output_fn=_skip_output_of_original
+            )
+        users[self.target] = users.get(self.target, 0) + 1
+
+    def _restore(self) -> None:
+        from diffusers.hooks._helpers import AttentionProcessorRegistry
+
+        users = SkipRegistryPatch._users
+        users[self.target] -= 1
+        if not users[self.target]:
+            del users[self.target]
+            AttentionProcessorRegistry._registry.pop(self.target, None)
+
+
+def _skip_output_of_original(module: Any, *args: Any, **kwargs: Any) -> Any:
+    """The skip output diffusers registers for the processor an attnlab processor wraps."""
+    from diffusers.hooks._helpers import AttentionProcessorRegistry
+
+    processor = module.processor
+    original = getattr(processor, "original", processor)
+    entry = AttentionProcessorRegistry.get(type(original))
+    return entry.skip_processor_output_fn(module, *args, **kwargs)

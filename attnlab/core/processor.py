@@ -18,6 +18,11 @@ Paths, chosen per layer and call:
   and nobody observes this layer: the probabilities do not depend on q or k, so those are never
   computed (identity: ``out = v``; ones: ``out`` = mean of ``v`` over frames).
 
+When a torch function mode is in force (diffusers' layer skip / PAG score skip), the layer's
+original processor runs first under :class:`_ScoreSkipWatch`: a call whose attention that mode
+answers without scores keeps diffusers' output and is not recorded or edited (the recorder's
+``ran`` stays False); otherwise that output is dropped and the paths above run.
+
 Tensor layout inside (diffusers folds space into the batch)::
 
     hidden_states  [B*h*w, F, C]          rows are b*(h*w) + y*w + x
@@ -34,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from attnlab.core.blocking import block_rows
+from attnlab.core.joint_math import SDPA, other_modes
 from attnlab.core.protocol import CallContext, Plan, ProcessorHost, Target, target_matrix
 from attnlab.core.sites import PositionTerms, Site
 
@@ -120,6 +127,16 @@ class TemporalAttnProcessor:
             return self.original(
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
+        if other_modes():
+            # a torch function mode is in force (diffusers' layer skip / PAG score skip): it
+            # decides on the layer's own call, as without attnlab
+            with _ScoreSkipWatch(self.site.name) as watch:
+                out = self.original(
+                    attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                    *args, **kwargs,
+                )  # fmt: skip
+            if watch.skipped():
+                return out  # its attention did not run: not recorded (`ran` False), not edited
         return self.explicit(attn, hidden_states, attention_mask, temb, plan, hooked=hooked)
 
     def explicit(
@@ -302,6 +319,43 @@ class TemporalAttnProcessor:
             else:
                 client.observe(self.site, ctx, all_logits, all_probs)
         return out
+
+
+class _ScoreSkipWatch(TorchFunctionMode):
+    """Watches one layer call's ``scaled_dot_product_attention`` calls pass through the torch
+    function modes in force, without replacing the function: :meth:`skipped` says whether they
+    were answered without attention scores (diffusers' ``AttentionScoreSkipFunctionMode``,
+    used by ``apply_layer_skip(skip_attention_scores=True)``, skip-layer guidance and PAG,
+    returns the ``value`` tensor itself)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.calls = 0
+        self.answered = 0
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is SDPA:
+            self.calls += 1
+            value = kwargs["value"] if "value" in kwargs else args[2]
+            self.answered += out is value
+        return out
+
+    def skipped(self) -> bool:
+        """True: every attention call was answered without scores; False: every call ran (or
+        none was made). A layer call with both raises."""
+        if self.answered and self.answered != self.calls:
+            raise RuntimeError(
+                f"{self.name}: {self.answered} of the layer's {self.calls} attention calls were "
+                "answered without attention scores by a torch function mode (diffusers' layer "
+                "skip / PAG), the others ran: attnlab records a layer call whose attention "
+                "ran, or marks it as not run, never a part of it"
+            )
+        return self.calls > 0 and self.answered == self.calls
 
 
 class _PositionSums:

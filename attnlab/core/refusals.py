@@ -7,9 +7,10 @@ is entered, with the reason and what to do: never a recording that is silently i
 What is refused (each case has a test in ``tests/core/test_refusals.py``):
 
 * diffusers' caching and skipping hooks on the denoiser (FirstBlockCache, PyramidAttentionBroadcast,
-  FasterCache, TaylorSeerCache, MagCache, SeaCache, TextKVCache, layer skip / skip-layer
-  guidance, smoothed energy guidance): they reuse or skip attention on some steps and layers,
-  so its maps would be missing or stale;
+  FasterCache, TaylorSeerCache, MagCache, SeaCache, TextKVCache, smoothed energy guidance):
+  they reuse or change attention on some steps and layers, so its maps would be missing or
+  stale (diffusers' layer skip / skip-layer guidance / PAG is not refused: it stays in force
+  under attnlab and a skipped layer is recorded as not run, see ``docs/reliability.md``);
 * a pipeline whose denoisers (Wan 2.2 A14B's ``transformer`` and ``transformer_2``) have
   different attention-layer tables, or one of which attnlab cannot map: one ``layer`` axis and
   one set of edit targets must fit every step (denoisers with equal tables are recorded, each
@@ -44,7 +45,6 @@ HOOK_TECHNIQUES = {
     "sea_cache_post_norm": "SeaCache",
     "text_kv_cache_transformer": "TextKVCache",
     "text_kv_cache_block": "TextKVCache",
-    "layer_skip_hook": "layer skip (apply_layer_skip, skip-layer guidance)",
     "smoothed_energy_guidance_hook": "smoothed energy guidance",
 }
 

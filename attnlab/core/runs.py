@@ -11,7 +11,11 @@ installed, it
   both), reading the timestep, batch, frame count, latent size and the denoiser (``expert``)
   of each call into a :class:`~attnlab.core.protocol.CallContext`;
 * follows diffusers' ``cache_context("cond" / "uncond")`` on joint-attention models, for
-  pipelines that run the CFG halves as separate denoiser calls.
+  pipelines that run the CFG halves as separate denoiser calls; a guided pipeline that calls
+  the denoiser once per half without it (``WanVideoToVideoPipeline``) has each call's half
+  told by its text conditioning (the prompt's or the negative prompt's embeddings, as the
+  pipeline's ``encode_prompt`` returned them), and the calls of one step paired by their
+  timestep; where that cannot be told, one error says how to label the calls.
 """
 
 from __future__ import annotations
@@ -73,6 +77,11 @@ class RunTracker:
         self._runs = 0
         self._in_pipe_call = False
         self._cache_name: str | None = None
+        # separate-call guidance without cache_context: the text conditioning of each half, as
+        # the pipeline's encode_prompt returned it (prompt, negative prompt), and the timestep
+        # of the current step (the calls of one step share it)
+        self._texts: tuple[Any, Any] | None = None
+        self._step_timestep: float | None = None
 
     @property
     def pipe(self) -> Any | None:
@@ -116,6 +125,8 @@ class RunTracker:
     def _untrack_runs(self) -> None:
         """Forget the run state (after the patches are restored)."""
         self._cache_name = None
+        self._texts = None
+        self._step_timestep = None
         self.run_info = None
         self.ctx = None
         self._wrapped.clear()
@@ -191,6 +202,34 @@ class RunTracker:
         )
         wrapped.__qualname__ = original_cls.__qualname__
         self.patches.apply(ClassPatch(pipe, wrapped, f"{original_cls.__name__}.__call__ (runs)"))
+        encode = getattr(pipe, "encode_prompt", None)
+        if callable(encode):
+
+            @functools.wraps(encode)
+            def encode_prompt(*args, **kwargs):
+                out = encode(*args, **kwargs)
+                if tracker.run_info is None:
+                    return out
+                if tracker._texts is not None:  # prompt and negative prompt encoded apart
+                    tracker._texts = (None, None)
+                elif (
+                    isinstance(out, tuple)
+                    and len(out) >= 2
+                    and all(t is None or torch.is_tensor(t) for t in out[:2])
+                ):
+                    tracker._texts = (out[0], out[1])  # (prompt, negative prompt) embeddings
+                else:
+                    tracker._texts = (None, None)
+                return out
+
+            self.patches.apply(
+                AttributePatch(
+                    pipe,
+                    "encode_prompt",
+                    encode_prompt,
+                    f"{original_cls.__name__}.encode_prompt (guidance halves)",
+                )
+            )
         scheduler = getattr(pipe, "scheduler", None)
         if (
             scheduler is not None
@@ -276,6 +315,8 @@ class RunTracker:
         self, *, cfg: bool = False, source: str = "synthetic", meta: dict[str, Any] | None = None
     ) -> RunInfo:
         info = RunInfo(index=self._runs, cfg=cfg, source=source, meta=dict(meta or {}))
+        self._texts = None
+        self._step_timestep = None
         self._expert_names = {id(m): self.expert_name(m) for m in self.denoisers}
         info.experts = self.expert_names()
         self._runs += 1
@@ -321,23 +362,23 @@ class RunTracker:
         assert run is not None
         half = self._cache_name if self._cache_name in ("cond", "uncond") else None
         if run.cfg and half is None and dims["B"] % 2:
-            raise RuntimeError(
-                f"classifier-free guidance run with odd batch {dims['B']}: this pipeline calls "
-                "the denoiser once per guidance half without diffusers' cache_context "
-                "(e.g. WanVideoToVideoPipeline), and attnlab cannot tell cond from uncond there "
-                "yet; record such pipelines with guidance_scale <= 1"
-            )
+            half = self._half_by_text(bound, int(dims["B"]))
         if half is None:
             run.halves_seen = None
             step = run.calls
             run.calls += 1
-        elif run.halves_seen is None or half in run.halves_seen:  # first half of a new step
+        elif (
+            run.halves_seen is None
+            or half in run.halves_seen
+            or timestep != self._step_timestep  # the halves of one step share its timestep
+        ):  # first half of a new step
             run.halves_seen = {half}
             step = run.calls
             run.calls += 1
         else:  # the other half of the current step
             run.halves_seen.add(half)
             step = run.calls - 1
+        self._step_timestep = timestep
         scheduler = getattr(self.pipe, "scheduler", None)
         config = getattr(scheduler, "config", None)
         horizon = getattr(config, "num_train_timesteps", None) or 1000
@@ -356,10 +397,54 @@ class RunTracker:
         self.ctx.expert = self._expert_names.get(id(module)) or self.expert_name(module)
         self._new_call(self.ctx)
 
+    def _half_by_text(self, bound: dict[str, Any], batch: int) -> str:
+        """The guidance half of a call that carries one half without ``cache_context``
+        (``WanVideoToVideoPipeline`` calls the denoiser once with the prompt's embeddings, once
+        with the negative prompt's): the half whose text conditioning the call carries, as the
+        pipeline's ``encode_prompt`` returned it. Raises when that cannot be told."""
+        text = bound.get("encoder_hidden_states")
+        why = None
+        if self._current_pipe is None:
+            why = "it is called outside a pipeline call: no prompt embeddings to tell it by"
+        elif self._texts is None or self._texts[0] is None or self._texts[1] is None:
+            why = (
+                "the pipeline's encode_prompt did not return the prompt's and the negative "
+                "prompt's embeddings in one call"
+            )
+        elif not torch.is_tensor(text):
+            why = "the call has no encoder_hidden_states tensor"
+        else:
+            found = [name for name, t in zip(("cond", "uncond"), self._texts) if _same(text, t)]
+            if len(found) == 1:
+                return found[0]
+            why = (
+                "the prompt and the negative prompt have the same embeddings"
+                if found
+                else "its encoder_hidden_states are neither the prompt's nor the negative "
+                "prompt's embeddings"
+            )
+        raise RuntimeError(
+            f"classifier-free guidance run with batch {batch} per call: the denoiser is called "
+            "once per guidance half without diffusers' cache_context, and attnlab cannot tell "
+            f"which half this call is ({why}); label the calls: wrap each in "
+            'denoiser.cache_context("cond") or denoiser.cache_context("uncond") (attnlab pairs '
+            "the two calls of a step into one step with both halves), or record with "
+            "guidance_scale <= 1"
+        )
+
     def _new_call(self, ctx: CallContext) -> None:
         """Tell the clients about a new denoiser call (``self.ctx`` is already ``ctx``)."""
         for client in list(self.clients):
             client.on_call(ctx)
+
+
+def _same(a: torch.Tensor, b: Any) -> bool:
+    """Whether ``a`` is the tensor ``b`` or holds the same values (a dtype or device copy)."""
+    if a is b:
+        return True
+    if not torch.is_tensor(b) or a.shape != b.shape:
+        return False
+    return bool(torch.equal(a, b.to(device=a.device, dtype=a.dtype)))
 
 
 def _jsonable(value: Any) -> Any:

@@ -533,9 +533,9 @@ def test_hunyuanvideo_maps_text_mass_and_edits():
     F = torch.nn.functional
     original, seen = F.scaled_dot_product_attention, []
 
-    def witness(q, k, v, attn_mask=None, **other):
-        seen.append((q.double(), k.double(), attn_mask))
-        return original(q, k, v, attn_mask=attn_mask, **other)
+    def witness(query, key, value, attn_mask=None, **other):  # diffusers passes keywords
+        seen.append((query.double(), key.double(), attn_mask))
+        return original(query, key, value, attn_mask=attn_mask, **other)
 
     F.scaled_dot_product_attention = witness
     try:

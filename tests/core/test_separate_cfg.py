@@ -1,0 +1,139 @@
+"""Separate-call guidance: a guided pipeline that calls the denoiser once per half without
+diffusers' ``cache_context`` (``WanVideoToVideoPipeline``: the prompt's call, then the negative
+prompt's) is recorded as one step per sampler step with both halves, each call's half told by
+its text conditioning, the calls of a step paired by their timestep. Where the half cannot be
+told, one error says how to label the calls. Tiny random-weight instances of diffusers' own
+``WanVideoToVideoPipeline`` and ``WanTransformer3DModel``.
+
+References: plain torch hooks log every transformer call (timestep) and capture the attention
+inputs of ``blocks.1.attn1`` at each call; diffusers' source fixes the order (the call with
+``prompt_embeds`` first, ``negative_prompt_embeds`` second); each map is recomputed from the
+captured inputs with a float64 full softmax (``tests/core/test_joint.py``'s helpers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import attnlab
+from attnlab.core import dims as D
+from tests.core.test_joint import _brute_map, _qkv
+
+FRAMES, TOKENS = 3, 16  # 9 video frames -> 3 latent frames; 64 x 64 -> 4 x 4 tokens
+LAYER = "blocks.1.attn1"
+
+
+@pytest.fixture(scope="module")
+def v2v():
+    from diffusers import WanVideoToVideoPipeline
+
+    from attnlab.models.tiny_dit import wan_pipeline
+
+    base = wan_pipeline()
+    pipe = WanVideoToVideoPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        transformer=base.transformer,
+        vae=base.vae,
+        scheduler=base.scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _gen(pipe, negative: str = "blurry", guidance: float = 6.0):
+    from PIL import Image
+
+    video = [Image.new("RGB", (64, 64), (100, 50, 20 + 10 * i)) for i in range(9)]
+    return pipe(
+        video=video, prompt="a bear", negative_prompt=negative, height=64, width=64,
+        num_inference_steps=2, guidance_scale=guidance, strength=1.0, max_sequence_length=8,
+        output_type="latent", generator=torch.Generator().manual_seed(0),
+    ).frames  # fmt: skip
+
+
+def _log(pipe):
+    """Every transformer call's timestep and the inputs of LAYER at that call (plain hooks)."""
+    calls: list = []
+    attn = dict(pipe.transformer.named_modules())[LAYER]
+
+    def pre(module, args, kwargs):
+        calls.append({"t": float(kwargs["timestep"].max())})
+
+    def attn_pre(module, args, kwargs):
+        calls[-1]["qkv"] = (args, kwargs)
+
+    handles = [
+        pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True),
+        attn.register_forward_pre_hook(attn_pre, with_kwargs=True),
+    ]
+    return calls, attn, handles
+
+
+def test_separate_call_guidance_is_one_step_with_both_halves(v2v):
+    reference = _gen(v2v)
+    calls, attn, handles = _log(v2v)
+    try:
+        with attnlab.record(v2v, reduce="head") as rec:
+            got = _gen(v2v)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(got, reference)  # recording does not change the computation
+    assert len(calls) == 4  # 2 steps x (prompt, negative prompt)
+    ds = rec.to_xarray().isel(run=0)
+    assert ds.sizes[D.STEP] == 2 and list(ds[D.CFG].values) == ["uncond", "cond"]
+    assert ds[D.RAN].values.all()
+    assert ds[D.TIMESTEP].values.tolist() == [calls[0]["t"], calls[2]["t"]]
+    assert calls[0]["t"] == calls[1]["t"] and calls[2]["t"] == calls[3]["t"]
+    for i, call in enumerate(calls):
+        step, half = divmod(i, 2)
+        with torch.no_grad():
+            q, k, _ = _qkv("wan", attn, *call["qkv"])
+        A, _ = _brute_map(q, k, FRAMES * TOKENS, FRAMES, text_first=False)
+        cfg = "cond" if half == 0 else "uncond"  # diffusers' order: prompt, then negative
+        got_map = torch.from_numpy(ds[D.PROBS].sel(step=step, layer=LAYER, cfg=cfg).values)
+        torch.testing.assert_close(got_map.double(), A, atol=1e-5, rtol=0)
+    # the two halves differ (they are not one call recorded twice)
+    probs = ds[D.PROBS].sel(layer=LAYER).values
+    assert np.abs(probs[:, 0] - probs[:, 1]).max() > 1e-4
+    assert not attnlab.is_instrumented(v2v)
+
+
+def test_halves_that_cannot_be_told_apart_raise_one_error_saying_how_to_label_them(v2v):
+    with (
+        pytest.raises(RuntimeError, match=r"cannot tell which half.*same embeddings.*cache_co"),
+        attnlab.record(v2v),
+    ):
+        _gen(v2v, negative="a bear")  # the negative prompt is the prompt
+    assert not attnlab.is_instrumented(v2v)
+    with attnlab.record(v2v) as rec:  # unguided: one call per step, every step recorded
+        _gen(v2v, guidance=1.0)
+    assert rec.to_xarray().sizes[D.STEP] == 2
+
+
+def test_a_bare_denoiser_in_a_guided_run_without_labels_raises_saying_how_to_label():
+    from attnlab.models.tiny_dit import wan_transformer
+
+    model = wan_transformer()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, FRAMES, 8, 8, generator=g)
+    text = torch.randn(1, 8, 16, generator=g)
+    with (
+        pytest.raises(RuntimeError, match=r"cannot tell which half.*cache_context\(\"cond\"\)"),
+        attnlab.record(model),
+        attnlab.Controller.of(model).run(cfg=True),
+        torch.no_grad(),
+    ):
+        model(x, torch.tensor([900.0]), text, return_dict=False)
+    # labelled, the two calls of a step are one step with both halves
+    with attnlab.record(model) as rec, attnlab.Controller.of(model).run(cfg=True), torch.no_grad():
+        for t in (900.0, 500.0):
+            for half in ("cond", "uncond"):
+                with model.cache_context(half):
+                    model(x, torch.tensor([t]), text, return_dict=False)
+    ds = rec.to_xarray().isel(run=0)
+    assert ds.sizes[D.STEP] == 2 and ds[D.RAN].values.all()
+    assert ds[D.TIMESTEP].values.tolist() == [900.0, 500.0]
