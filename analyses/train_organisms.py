@@ -99,6 +99,8 @@ def _options(config: dict) -> str:
         opts += " --zero-terminal-snr"
     if config["t_min"]:
         opts += f" --t-min {config['t_min']}"
+    if config.get("t_max") is not None:
+        opts += f" --t-max {config['t_max']}"
     if config["noisy_share"]:
         opts += f" --noisy-share {config['noisy_share']:g} --noisy-min {config['noisy_min']}"
     if config["phase"] == "video" and config["reference_clips"]:
@@ -143,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rescaled schedule whose last step is pure noise, trailing sampling (Lin et al.)",
     )
-    p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..999 only")
+    p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..t-max only")
+    p.add_argument(
+        "--t-max",
+        type=int,
+        default=TrainConfig.t_max,
+        help="the largest training timestep (default 999); with --noisy-share S --noisy-min 0 "
+        "a share S of the pairs still covers the whole range",
+    )
     p.add_argument(
         "--noisy-share",
         type=float,
@@ -210,11 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="with --finetune: train all parameters or the temporal layers only (AnimateDiff)",
     )
+    p.add_argument(
+        "--temporal-conv-dropout",
+        type=float,
+        default=TrainConfig.temporal_conv_dropout,
+        help="with --finetune: skip each temporal convolution with this probability per step",
+    )
     a = p.parse_args(argv)
     if not a.finetune:
         only = {"--batch": "batch", "--motions": "motions", "--temporal-text": "temporal_text"}
         only |= {"--shape": "shape", "--train": "train", "--init": "init"}
         only["--temporal-conv-levels"] = "temporal_conv_levels"
+        only["--temporal-conv-dropout"] = "temporal_conv_dropout"
         if given := [k for k, dest in only.items() if getattr(a, dest) != p.get_default(dest)]:
             p.error(
                 f"{', '.join(given)}: only with --finetune (its own run), not in a run's phases"
@@ -243,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         min_snr=a.min_snr or None,
         zero_terminal_snr=a.zero_terminal_snr,
         t_min=a.t_min,
+        t_max=a.t_max,
         noisy_share=a.noisy_share,
         noisy_min=a.noisy_min,
         probe_timesteps=tuple(a.probe_t),
@@ -344,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             motions=DIRECTIONS if a.motions == "directions" else MOTIONS,
             motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
             trainable=a.train,
+            temporal_conv_dropout=a.temporal_conv_dropout,
             **schedule,
             **video_opt,
         )

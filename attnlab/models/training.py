@@ -175,7 +175,10 @@ class TrainConfig:
     motion_weights: tuple[float, ...] | None = MOTION_WEIGHTS  # None: equally likely
     probe_timesteps: tuple[int, ...] = PROBE_TIMESTEPS
     zero_terminal_snr: bool = False  # organism_scheduler(zero_terminal_snr=True)
-    t_min: int = 0  # training timesteps drawn from t_min..999 (> 0: the noisy end only)
+    t_min: int = 0  # training timesteps drawn from t_min..t_max (> 0: the noisy end only)
+    # None: the schedule's last timestep (999); lower: the low-noise end, where the denoiser
+    # must flatten a background (with noisy_share and noisy_min 0: a share on the whole range)
+    t_max: int | None = None
     # share of the clips (pairs) whose timestep is drawn from noisy_min..999 instead: more
     # training where the input no longer shows the trajectory and only the caption can tell it
     noisy_share: float = 0.0
@@ -198,6 +201,10 @@ class TrainConfig:
     # "all" parameters, or the "temporal" layers only (temporal_parameter_names: attention and
     # any temporal convolutions; AnimateDiff's recipe of motion modules on a frozen image model)
     trainable: str = "all"
+    # > 0: during training each temporal convolution is skipped (its residual alone: the
+    # identity) with this probability, drawn afresh per layer and step, so that the temporal
+    # attention must carry what a skipped convolution would have (at inference none is skipped)
+    temporal_conv_dropout: float = 0.0
 
 
 def checkpoint_config(path: str | Path) -> TrainConfig:
@@ -376,6 +383,28 @@ def flip_probe(
     return out
 
 
+def _conv_dropout_hooks(unet: torch.nn.Module) -> dict[str, list[bool]]:
+    """Forward hooks on each temporal convolution of ``unet`` (diffusers'
+    ``TemporalConvLayer``) that, while the layer's flag is set, return the layer's input (the
+    identity its residual gives when the convolutions add nothing). Returns the flags by module
+    name; they start cleared. Training only: the hooks live on the trained module, never on the
+    EMA copy that is saved."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    flags: dict[str, list[bool]] = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, TemporalConvLayer):
+            flag = flags[name] = [False]
+
+            def hook(_m, args, out, flag=flag):
+                return args[0] if flag[0] else out
+
+            module.register_forward_hook(hook)
+    if not flags:
+        raise ValueError("temporal_conv_dropout: this UNet has no temporal convolution")
+    return flags
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -416,14 +445,21 @@ class Trainer:
             for n, prm in self.unet.named_parameters():
                 prm.requires_grad_(n in names)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
+        self._conv_skip = _conv_dropout_hooks(self.unet) if cfg.temporal_conv_dropout else {}
         self.pipe = build_pipeline(
             self.unet, codec, text, organism_scheduler(cfg.zero_terminal_snr)
         )
         self.text = TextCache(self.pipe, text_cache)
         self.channel_weights = channel_weights(codec, cfg.pixel_weight)
         self.alphas = self.pipe.scheduler.alphas_cumprod.float()
-        if not 0 <= cfg.t_min < len(self.alphas):
-            raise ValueError(f"t_min={cfg.t_min}; allowed: 0..{len(self.alphas) - 1}")
+        last = len(self.alphas) - 1
+        self.t_max = last if cfg.t_max is None else cfg.t_max
+        if not 0 <= cfg.t_min <= self.t_max <= last:
+            raise ValueError(
+                f"t_min={cfg.t_min}, t_max={cfg.t_max}; allowed: 0 <= t_min <= t_max <= {last}"
+            )
+        if not 0.0 <= cfg.temporal_conv_dropout < 1.0:
+            raise ValueError(f"temporal_conv_dropout={cfg.temporal_conv_dropout}; allowed: [0, 1)")
         if not 0 <= cfg.noisy_min < len(self.alphas) or not 0.0 <= cfg.noisy_share <= 1.0:
             raise ValueError(
                 f"noisy_min={cfg.noisy_min}, noisy_share={cfg.noisy_share}; allowed: "
@@ -573,7 +609,7 @@ class Trainer:
             lat = lat.unflatten(0, (b, f)).transpose(1, 2)
         drop = torch.rand(b, generator=self.gen) < cfg.uncond_prob
         used = ["" if d else c for d, c in zip(drop.tolist(), captions)]
-        t = torch.randint(cfg.t_min, len(self.alphas), (b,), generator=self.gen)
+        t = torch.randint(cfg.t_min, self.t_max + 1, (b,), generator=self.gen)
         if cfg.noisy_share > 0:  # (no extra draws otherwise: earlier runs resume unchanged)
             noisy = torch.rand(b, generator=self.gen) < cfg.noisy_share
             high = torch.randint(cfg.noisy_min, len(self.alphas), (b,), generator=self.gen)
@@ -595,11 +631,17 @@ class Trainer:
                 lat, noise, t, x0 = self._sampler_inputs(lat, noise, t, x0, emb, refs)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
+        if self._conv_skip:  # (no draws otherwise: earlier runs resume unchanged)
+            skip = torch.rand(len(self._conv_skip), generator=self.gen) < cfg.temporal_conv_dropout
+            for flag, s in zip(self._conv_skip.values(), skip.tolist()):
+                flag[0] = s
         loss = v_loss(
             self.unet, self.alphas, lat, emb, t, noise, cfg.min_snr, x0, self.channel_weights
         ).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        for flag in self._conv_skip.values():
+            flag[0] = False
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
         self.opt.step()
         decay = min(cfg.ema, (1 + self.step) / (10 + self.step))

@@ -221,3 +221,100 @@ def test_interpolated_table_stretches_the_trained_positions():
     assert attnlab.sites(motion).max_frames == 31
     with pytest.raises(ValueError, match="only sinusoidal"):
         interpolate_frame_positions(_modelscope("rope"), 20)
+
+
+def test_temporal_conv_dropout_skips_convolutions_only_while_training(tmp_path, monkeypatch):
+    """Each temporal convolution of the trained UNet returns its input while its flag is set
+    (what the layer is with its last projection at zero); the flags are cleared after each step
+    and the saved EMA copy carries no hook: its function is that of a plain UNet3D."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    import attnlab.models.training as training
+
+    codec = PatchCodec(patch=4, latent_channels=TINY.latent_channels)
+    cfg = TrainConfig(frame_pe="none", steps=1, batch=2, seed=3, spec=TINY)
+    init = _modelscope("none").state_dict()
+    tr = Trainer(
+        dataclasses.replace(cfg, temporal_conv_dropout=0.5), codec, tmp_path / "a.pt", init=init
+    )
+    convs = [m for m in tr.unet.modules() if isinstance(m, TemporalConvLayer)]
+    assert len(tr._conv_skip) == len(convs) > 0
+    x = torch.randn(2 * 4, convs[0].in_dim, 2, 2)  # [B F, C, h, w] as UNet3D calls it
+    live = convs[0](x, num_frames=4)
+    assert not torch.allclose(live, x)
+    next(iter(tr._conv_skip.values()))[0] = True
+    assert torch.equal(convs[0](x, num_frames=4), x)
+    # the whole UNet with every flag set == the UNet3D whose temporal convolutions are the identity
+    for flag in tr._conv_skip.values():
+        flag[0] = True
+    lat, t, emb = torch.randn(1, 16, 4, 8, 8), torch.tensor([500]), torch.randn(1, 24, 384)
+    reference = _without_temporal_convs_only(_modelscope("none"))
+    tr.unet.eval(), tr.ema.eval()  # (diffusers' temporal convolutions have dropout 0.1)
+    with torch.no_grad():
+        assert torch.allclose(
+            tr.unet(lat, t, emb).sample, reference(lat, t, emb).sample, atol=1e-5, rtol=1e-4
+        )
+        # the EMA copy (what is saved) is not hooked
+        assert torch.allclose(
+            tr.ema(lat, t, emb).sample,
+            _modelscope("none")(lat, t, emb).sample,
+            atol=1e-5,
+            rtol=1e-4,
+        )
+    # a step draws the flags, trains, and clears them
+    seen: list[list[bool]] = []
+    real = training.v_loss
+
+    def spy(unet, *args, **kwargs):
+        seen.append([f[0] for f in tr._conv_skip.values()])
+        return real(unet, *args, **kwargs)
+
+    monkeypatch.setattr(training, "v_loss", spy)
+    tr.unet.train()
+    tr.run(4, log=None)
+    assert len(seen) == 4 and any(any(s) for s in seen) and any(not all(s) for s in seen)
+    assert not any(f[0] for f in tr._conv_skip.values())
+    with pytest.raises(ValueError, match="temporal_conv_dropout"):
+        Trainer(dataclasses.replace(cfg, temporal_conv_dropout=1.0), codec, tmp_path / "b.pt")
+    lavie = dataclasses.replace(TINY, shape="lavie")
+    with pytest.raises(ValueError, match="no temporal convolution"):
+        Trainer(
+            dataclasses.replace(cfg, spec=lavie, frame_pe="rope", temporal_conv_dropout=0.5),
+            codec,
+            tmp_path / "c.pt",
+        )
+
+
+def _without_temporal_convs_only(unet: OrganismUNet) -> OrganismUNet:
+    with torch.no_grad():
+        for m in unet.modules():
+            if type(m).__name__ == "TemporalConvLayer":
+                m.conv4[-1].weight.zero_()
+                m.conv4[-1].bias.zero_()
+    return unet
+
+
+def test_t_max_bounds_the_training_timesteps(tmp_path, monkeypatch):
+    import attnlab.models.training as training
+
+    codec = PatchCodec(patch=4, latent_channels=TINY.latent_channels)
+    cfg = TrainConfig(frame_pe="none", steps=1, batch=2, seed=3, spec=TINY, t_max=40)
+    seen: list[torch.Tensor] = []
+    real = training.v_loss
+
+    def spy(unet, alphas, lat, emb, t, *args, **kwargs):
+        seen.append(t.clone())
+        return real(unet, alphas, lat, emb, t, *args, **kwargs)
+
+    monkeypatch.setattr(training, "v_loss", spy)
+    Trainer(cfg, codec, tmp_path / "a.pt").run(6, log=None)
+    drawn = torch.cat(seen)
+    assert int(drawn.max()) <= 40
+    # with a noisy share from 0, some pairs still come from the whole range
+    seen.clear()
+    mixed = dataclasses.replace(cfg, t_max=10, noisy_share=1.0, noisy_min=900)
+    Trainer(mixed, codec, tmp_path / "b.pt").run(3, log=None)
+    assert int(torch.cat(seen).min()) >= 900
+    for bad in (dict(t_max=1000), dict(t_min=50, t_max=40), dict(t_max=-1)):
+        with pytest.raises(ValueError, match="t_max"):
+            Trainer(dataclasses.replace(cfg, **bad), codec, tmp_path / "c.pt")
