@@ -33,14 +33,14 @@ PE_OF["organism-rope"] = ("rope", None)
 # organisms whose motion lives in their temporal attention (docs/organisms.md, "Where the motion
 # lives"); organism-none's frame order comes from its temporal convolutions
 ATTENTION_MOTION = ("organism-sinusoidal", "organism-rope")
-# the highest background noise of 2 videos per background (evaluator, corner patches; the
-# world's clips: 0.000) when written, and the limit pinned a little above it
-# (when written: none 0.000 / 0.095 / 0.065, sinusoidal 0.001 / 0.055 / 0.037, rope 0.002 /
-# 0.070 / 0.038 for black / gray / dark blue; clean is <= 0.03)
+# the highest background noise of 2 videos per background (evaluator, corner patches, 10 steps;
+# the world's clips: 0.000) when written, and the limit pinned a little above it
+# (when written: none 0.014 / 0.037 / 0.027, sinusoidal 0.024 / 0.030 / 0.024, rope 0.022 /
+# 0.032 / 0.031 for black / gray / dark blue; clean is <= 0.03)
 BACKGROUND_LIMITS = {
-    "organism-none": {"black": 0.03, "gray": 0.12, "dark blue": 0.08},
-    "organism-sinusoidal": {"black": 0.03, "gray": 0.07, "dark blue": 0.05},
-    "organism-rope": {"black": 0.03, "gray": 0.09, "dark blue": 0.05},
+    "organism-none": {"black": 0.03, "gray": 0.045, "dark blue": 0.035},
+    "organism-sinusoidal": {"black": 0.03, "gray": 0.04, "dark blue": 0.03},
+    "organism-rope": {"black": 0.03, "gray": 0.04, "dark blue": 0.04},
 }
 UNET_OF = {
     "organism-none": OrganismUNet,
@@ -110,11 +110,17 @@ def test_organisms_share_data_seed_schedule_and_image_phase():
         return all(c == configs[0] for c in configs)
 
     chains = {name: chain(r) for name, r in recs.items()}
-    base = min(len(c) for c in chains.values())
+    # stages 1-5 (the ModelScope-shaped lineage) are common to all three
+    base = 2
     assert all(same([c[-i] for c in chains.values()]) for i in range(1, base + 1))
     pair = [chains["organism-sinusoidal"], chains["organism-rope"]]
-    # (the last stage ran 2,000 steps for organism-sinusoidal, 1,500 for organism-rope)
+    # (stage 7 ran 2,000 steps for organism-sinusoidal, 1,500 for organism-rope)
     assert len(pair[0]) == len(pair[1]) and all(same(s, but=("steps",)) for s in zip(*pair))
+    # the last stage (against the background speckle) is the same for all three; organism-none
+    # also skipped its temporal convolutions at random in it
+    last = [c[0] for c in chains.values()]
+    assert same(last, but=("temporal_conv_dropout",))
+    assert [r["config"]["temporal_conv_dropout"] for r in last] == [0.5, 0.0, 0.0]
     shapes = {name: r["config"]["spec"].get("shape", "modelscope") for name, r in recs.items()}
     assert shapes == {f"organism-{pe}": s for pe, s in FAMILY_SHAPE.items()}
     assert len({json.dumps(r["image_phase"]["config"], sort_keys=True) for r in recs.values()}) == 1
@@ -215,13 +221,13 @@ def test_organism_moves_the_object_the_captioned_way_and_identity_everywhere_tak
     assert np.array_equal(again, plain)
     ok = sum(bool(s.direction_ok) for s in scores)
     ok_probed = sum(bool(s.direction_ok) for s in probed)
-    # plain / identity, generator seeds 0-3, when written: sinusoidal 8/1, 8/3, 8/2, 8/0; rope
-    # 8/1, 8/1, 8/4, 8/1; none 8/7, 8/8, 8/6, 8/7 (chance: 2 of 8)
+    # plain / identity, generator seeds 0-3, when written: sinusoidal 8/1, 8/2, 8/2, 8/4; rope
+    # 8/1, 8/2, 8/1, 8/1; none 8/5, 8/5, 8/7, 8/7 (chance: 2 of 8)
     assert ok >= 6, ok
     if name in ATTENTION_MOTION:
         assert ok_probed <= 4 and ok - ok_probed >= 4, (ok, ok_probed)
-    else:
-        assert ok_probed >= 5, ok_probed
+    else:  # its temporal convolutions keep most of the direction
+        assert ok_probed >= 4, ok_probed
 
 
 @pytest.mark.parametrize("name", list(ORGANISMS))
