@@ -100,13 +100,7 @@ class Controller(RunTracker):
         calls are steps of the same runs (now, if installed)."""
         if any(model is m for m in self.denoisers):
             return
-        owner = _owners.get(model)
-        if owner is not None and owner is not self:
-            raise UnsupportedConfigurationError(
-                f"{component!r} ({type(model).__name__}) is instrumented now by another attnlab "
-                "block on that denoiser alone: record the pipeline (each step says its expert) "
-                "or the denoiser alone, not both at once"
-            )
+        self._check_owner(model, component)
         self.denoisers.append(model)
         if self.clients:  # installed already: instrument it now
             self._install_denoiser(model)
@@ -160,15 +154,19 @@ class Controller(RunTracker):
                     if not self.clients:
                         self._uninstall()
 
+    def _check_owner(self, model: Any, component: str) -> None:
+        """Refuse a denoiser that another attnlab block instruments on its own."""
+        owner = _owners.get(model)
+        if owner is not None and owner is not self:
+            raise UnsupportedConfigurationError(
+                f"{component!r} ({type(model).__name__}) is instrumented now by another attnlab "
+                "block on that denoiser alone: record the pipeline (each step says its expert) "
+                "or the denoiser alone, not both at once"
+            )
+
     def _install(self) -> None:
         for model in self.denoisers:
-            owner = _owners.get(model)
-            if owner is not None and owner is not self:
-                raise UnsupportedConfigurationError(
-                    f"{self.expert_name(model)!r} ({type(model).__name__}) is instrumented now by "
-                    "another attnlab block on that denoiser alone: record the pipeline (each step "
-                    "says its expert) or the denoiser alone, not both at once"
-                )
+            self._check_owner(model, self.expert_name(model))
         try:
             # diffusers' layer skip (guiders apply it per pass) finds attnlab's processors
             processor = JointAttnProcessor if self.table.joint else TemporalAttnProcessor
