@@ -1,7 +1,10 @@
 """Helpers the tests import (fixtures live in conftest.py): the tiny pipelines' CPU settings,
-one seeded generation, and a hook that captures a module's input or output."""
+one seeded generation, a hook that captures a module's input or output, and a temporal
+layer's input and probabilities in a one-step generation."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -26,3 +29,19 @@ def capture(seen: dict, key: str, arg: bool = False):
         seen.setdefault(key, value.detach().clone())
 
     return hook
+
+
+def layer_input_and_probs(pipe, attn, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seeded one-step generation inside ``context`` (e.g. ``attnlab.edit(pipe, ...)``;
+    None: none): the temporal layer ``attn``'s first input (its pre-hook) and the first
+    output of its ``hook_probs`` point."""
+    got: dict = {}
+    with context if context is not None else contextlib.nullcontext():
+        h1 = attn.register_forward_pre_hook(capture(got, "x", arg=True))
+        h2 = attn.hook_probs.register_forward_hook(capture(got, "p"))
+        try:
+            generate(pipe, num_inference_steps=1)
+        finally:
+            h1.remove()
+            h2.remove()
+    return got["x"], got["p"]

@@ -14,7 +14,7 @@ from attnlab.core.control import Controller
 from attnlab.core.processor import HookPoint, TemporalAttnProcessor
 from attnlab.core.protocol import CallContext, RunInfo
 from attnlab.core.sites import Site
-from tests.helpers import capture
+from tests.helpers import capture, layer_input_and_probs
 
 
 class _OneCall:
@@ -81,20 +81,12 @@ def test_fast_path_is_the_original_processor_bit_identical():
     assert torch.equal(attn(x), ref)
 
 
-def test_explicit_path_matches_numpy_on_real_layer(ms_pipe, gen):
+def test_explicit_path_matches_numpy_on_real_layer(ms_pipe):
     """Probabilities at a real UNet3D layer equal softmax(q k^T / sqrt d) recomputed in numpy."""
     name = "down_blocks.1.temp_attentions.0.transformer_blocks.0.attn1"
     attn = dict(ms_pipe.unet.named_modules())[name]
-    got = {}
-    with attnlab.hooks(ms_pipe):
-        h1 = attn.register_forward_pre_hook(capture(got, "x", arg=True))
-        h2 = attn.hook_probs.register_forward_hook(capture(got, "p"))
-        try:
-            gen(ms_pipe, num_inference_steps=1)
-        finally:
-            h1.remove()
-            h2.remove()
-    x = got["x"].double().numpy()
+    x_in, p_out = layer_input_and_probs(ms_pipe, attn, attnlab.hooks(ms_pipe))
+    x = x_in.double().numpy()
     rows, frames, _ = x.shape
     q = x @ attn.to_q.weight.detach().double().numpy().T
     k = x @ attn.to_k.weight.detach().double().numpy().T
@@ -105,7 +97,7 @@ def test_explicit_path_matches_numpy_on_real_layer(ms_pipe, gen):
     logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)
     ref = np.exp(logits - logits.max(-1, keepdims=True))
     ref /= ref.sum(-1, keepdims=True)
-    np.testing.assert_allclose(got["p"].numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(p_out.numpy(), ref, atol=1e-5)
 
 
 def test_no_client_means_bit_identical_pipeline(pipe, gen):

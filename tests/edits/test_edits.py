@@ -24,7 +24,7 @@ from attnlab.edits import (
     preset_sigma,
     regularise,
 )
-from tests.helpers import capture
+from tests.helpers import layer_input_and_probs
 
 LEVEL0 = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"
 
@@ -210,19 +210,11 @@ def test_regularise_is_finite_for_extreme_logits():
             assert torch.isfinite(out).all()
 
 
-def test_tar_on_a_real_layer_matches_eq3(ms_pipe, gen):
+def test_tar_on_a_real_layer_matches_eq3(ms_pipe):
     """Probabilities under TAR at a level-0 layer == Eq. 3 from the layer's own q, k (numpy)."""
     attn = dict(ms_pipe.unet.named_modules())[LEVEL0]
-    got = {}
-    with attnlab.edit(ms_pipe, TAR(2.0, t_min=None)):
-        h1 = attn.register_forward_pre_hook(capture(got, "x", arg=True))
-        h2 = attn.hook_probs.register_forward_hook(capture(got, "p"))
-        try:
-            gen(ms_pipe, num_inference_steps=1)
-        finally:
-            h1.remove()
-            h2.remove()
-    x = got["x"].double().numpy()
+    x_in, p_out = layer_input_and_probs(ms_pipe, attn, attnlab.edit(ms_pipe, TAR(2.0, t_min=None)))
+    x = x_in.double().numpy()
     rows, n, _ = x.shape
     heads = attn.heads
     q = (
@@ -236,7 +228,7 @@ def test_tar_on_a_real_layer_matches_eq3(ms_pipe, gen):
         .transpose(0, 2, 1, 3)
     )
     phi = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
-    np.testing.assert_allclose(got["p"].numpy(), _eq3_numpy(phi, 2.0), atol=1e-5)
+    np.testing.assert_allclose(p_out.numpy(), _eq3_numpy(phi, 2.0), atol=1e-5)
 
 
 def test_tar_concentrates_attention_on_the_band(pipe, gen):

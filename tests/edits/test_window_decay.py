@@ -14,7 +14,7 @@ import attnlab
 from attnlab.core import dims as D
 from attnlab.data.metrics import dispersion
 from attnlab.edits import TAR, EditError, WindowDecay, decay_factors, from_json, from_spec
-from tests.helpers import capture
+from tests.helpers import capture, layer_input_and_probs
 
 LEVEL0 = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"
 
@@ -127,18 +127,10 @@ def test_window_decay_on_a_unet_layer_equals_the_hand_formula(ms_pipe, gen, edit
     """hook_probs (whole-tensor path) and the recorded mean map (blocked path) of a level-0
     temporal layer under WindowDecay == softmax(hand decay of q k^T / sqrt d), float64 numpy."""
     attn = dict(ms_pipe.unet.named_modules())[LEVEL0]
-    got: dict = {}
-    with attnlab.edit(ms_pipe, edit):
-        h1 = attn.register_forward_pre_hook(capture(got, "x", arg=True))
-        h2 = attn.hook_probs.register_forward_hook(capture(got, "p"))
-        try:
-            gen(ms_pipe, num_inference_steps=1)
-        finally:
-            h1.remove()
-            h2.remove()
-    phi = _layer_logits(attn, got["x"])
+    x_in, p_out = layer_input_and_probs(ms_pipe, attn, attnlab.edit(ms_pipe, edit))
+    phi = _layer_logits(attn, x_in)
     want = _softmax(_hand_decay(phi, **hand))
-    np.testing.assert_allclose(got["p"].numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(p_out.numpy(), want, atol=1e-5)
     assert np.abs(want - _softmax(phi)).max() > 1e-3  # the edit changed the maps
 
     # the blocked path (a recorder averaging over space and heads, no hooks on hook points)
@@ -155,24 +147,18 @@ def test_window_decay_on_a_unet_layer_equals_the_hand_formula(ms_pipe, gen, edit
     np.testing.assert_allclose(recorded.transpose(D.CFG, ...).values, per_half, atol=1e-5)
 
 
-def test_window_decay_after_tar_equals_the_composed_formula(ms_pipe, gen):
+def test_window_decay_after_tar_equals_the_composed_formula(ms_pipe):
     attn = dict(ms_pipe.unet.named_modules())[LEVEL0]
-    got: dict = {}
-    with attnlab.edit(ms_pipe, TAR(2.0, t_min=None), WindowDecay(1, 0.6)):
-        h1 = attn.register_forward_pre_hook(capture(got, "x", arg=True))
-        h2 = attn.hook_probs.register_forward_hook(capture(got, "p"))
-        try:
-            gen(ms_pipe, num_inference_steps=1)
-        finally:
-            h1.remove()
-            h2.remove()
-    phi = _layer_logits(attn, got["x"])
+    x_in, p_out = layer_input_and_probs(
+        ms_pipe, attn, attnlab.edit(ms_pipe, TAR(2.0, t_min=None), WindowDecay(1, 0.6))
+    )
+    phi = _layer_logits(attn, x_in)
     n = phi.shape[-1]
     i, j = np.indices((n, n))
     dA = np.exp(-0.5 * ((j - i) / 2.0) ** 2)
     tar = phi + phi.max(-1, keepdims=True) * dA  # Eq. 3, per-row max
     np.testing.assert_allclose(
-        got["p"].numpy(), _softmax(_hand_decay(tar, window=1, alpha=0.6)), atol=1e-5
+        p_out.numpy(), _softmax(_hand_decay(tar, window=1, alpha=0.6)), atol=1e-5
     )
 
 
