@@ -1,6 +1,7 @@
 """Helpers the tests import (fixtures live in conftest.py): the tiny pipelines' CPU settings,
 one seeded generation, a hook that captures a module's input or output, and a temporal
-layer's input and probabilities in a one-step generation."""
+layer's input and probabilities in a one-step generation, and Wan pipelines of another class
+around the tiny Wan's components."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def layer_input_and_probs(pipe, attn, context=None) -> tuple[torch.Tensor, torch
             h1.remove()
             h2.remove()
     return got["x"], got["p"]
+
+
+def wan_pipeline_as(cls, **extra):
+    """A diffusers Wan pipeline class ``cls`` (``WanPipeline`` with a ``transformer_2``,
+    ``WanVideoToVideoPipeline``, ``WanImageToVideoPipeline``, ...) around the components of
+    ``attnlab.models.tiny_dit.wan_pipeline()``, with ``extra`` constructor arguments; no
+    progress bar."""
+    from attnlab.models.tiny_dit import wan_pipeline
+
+    base = wan_pipeline()
+    parts = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    pipe = cls(**{k: getattr(base, k) for k in parts}, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -21,6 +21,7 @@ import attnlab
 from attnlab.core import dims as D
 from attnlab.core.refusals import UnsupportedConfigurationError
 from tests.core.test_joint import _brute_map, _qkv
+from tests.helpers import wan_pipeline_as
 
 FRAMES, TOKENS = 3, 16  # 9 video frames -> 3 latent frames; 64 x 64 -> 8 x 8 latent -> 4 x 4 tokens
 BOUNDARY = 0.9  # transformer_2 takes over below t = 900 (of 1000)
@@ -29,20 +30,13 @@ BOUNDARY = 0.9  # transformer_2 takes over below t = 900 (of 1000)
 def _wan22(boundary: float | None = BOUNDARY, second=None):
     from diffusers import WanPipeline
 
-    from attnlab.models.tiny_dit import wan_pipeline, wan_transformer
+    from attnlab.models.tiny_dit import wan_transformer
 
-    one = wan_pipeline()
-    pipe = WanPipeline(
-        transformer=one.transformer,
+    return wan_pipeline_as(
+        WanPipeline,
         transformer_2=second if second is not None else wan_transformer(seed=1),
-        vae=one.vae,
-        text_encoder=one.text_encoder,
-        tokenizer=one.tokenizer,
-        scheduler=one.scheduler,
         boundary_ratio=boundary,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -326,18 +320,7 @@ def test_a_per_token_timestep_of_a_ti2v_pipeline_is_recorded_as_its_largest_valu
     from diffusers import WanImageToVideoPipeline
     from PIL import Image
 
-    from attnlab.models.tiny_dit import wan_pipeline
-
-    base = wan_pipeline()
-    pipe = WanImageToVideoPipeline(
-        tokenizer=base.tokenizer,
-        text_encoder=base.text_encoder,
-        vae=base.vae,
-        scheduler=base.scheduler,
-        transformer=base.transformer,
-        expand_timesteps=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = wan_pipeline_as(WanImageToVideoPipeline, expand_timesteps=True)
     passed: list[torch.Tensor] = []
     handle = pipe.transformer.register_forward_pre_hook(
         lambda m, a, kw: passed.append(kw["timestep"].clone()), with_kwargs=True

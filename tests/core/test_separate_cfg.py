@@ -20,6 +20,7 @@ import torch
 import attnlab
 from attnlab.core import dims as D
 from tests.core.test_joint import _brute_map, _qkv
+from tests.helpers import wan_pipeline_as
 
 FRAMES, TOKENS = 3, 16  # 9 video frames -> 3 latent frames; 64 x 64 -> 4 x 4 tokens
 LAYER = "blocks.1.attn1"
@@ -29,18 +30,7 @@ LAYER = "blocks.1.attn1"
 def v2v():
     from diffusers import WanVideoToVideoPipeline
 
-    from attnlab.models.tiny_dit import wan_pipeline
-
-    base = wan_pipeline()
-    pipe = WanVideoToVideoPipeline(
-        tokenizer=base.tokenizer,
-        text_encoder=base.text_encoder,
-        transformer=base.transformer,
-        vae=base.vae,
-        scheduler=base.scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return wan_pipeline_as(WanVideoToVideoPipeline)
 
 
 def _gen(pipe, negative: str = "blurry", guidance: float = 6.0):
