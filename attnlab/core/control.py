@@ -18,6 +18,7 @@ Everything is undone when the last client leaves, also after an exception.
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,13 @@ from typing import Any
 import torch
 
 from attnlab.core.joint import JointAttnProcessor
-from attnlab.core.patch import ChildModulePatch, Patch, ProcessorPatch, SkipRegistryPatch
+from attnlab.core.patch import (
+    CallbackPatch,
+    ChildModulePatch,
+    Patch,
+    ProcessorPatch,
+    SkipRegistryPatch,
+)
 from attnlab.core.processor import HOOK_NAMES, HookPoint, TemporalAttnProcessor
 from attnlab.core.protocol import CallContext, Client, Plan, Stage
 from attnlab.core.refusals import UnsupportedConfigurationError, check_recordable
@@ -63,12 +70,64 @@ def is_instrumented(obj: Any) -> bool:
     return bool(ctrl is not None and (ctrl.clients or len(ctrl.patches)))
 
 
+def free_noise_blocks(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
+    """Site name -> the ``FreeNoiseTransformerBlock`` holding it, for the sites of ``names``
+    that AnimateDiff's FreeNoise (``pipe.enable_free_noise``) runs on windows of frames."""
+    from diffusers.models.attention import FreeNoiseTransformerBlock
+
+    modules = dict(model.named_modules())
+    found: dict[str, torch.nn.Module] = {}
+    for name in names:
+        block = modules.get(name.rpartition(".")[0])
+        if isinstance(block, FreeNoiseTransformerBlock):
+            found[name] = block
+    return found
+
+
+class _WindowWatch:
+    """Which window of frames a FreeNoise block attends in its current attention calls.
+
+    FreeNoise's block runs its attention layers once per window on
+    ``hidden_states[:, start:end]``, normalised by the block's ``norm1`` first: the window's
+    first frame is that slice's offset in the block's input (read from the tensors the block
+    passes, by a forward pre-hook on the block and one on ``norm1``)."""
+
+    def __init__(self, block: Any):
+        self.block = block
+        self.input: torch.Tensor | None = None
+        self.start: int | None = None
+        self.length: int | None = None
+
+    def on_block(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.input = args[0] if args else kwargs.get("hidden_states")
+        self.start = self.length = None
+
+    def on_norm(self, module: Any, args: tuple) -> None:
+        x, base = args[0], self.input
+        self.start = self.length = None
+        if (
+            base is None
+            or x.ndim != 3
+            or base.ndim != 3
+            or x.untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+            or x.stride() != base.stride()
+            or x.shape[0] != base.shape[0]
+            or x.shape[2] != base.shape[2]
+        ):
+            return  # not a window of the block's input
+        start, rest = divmod(x.storage_offset() - base.storage_offset(), base.stride(1))
+        if rest == 0 and start >= 0 and start + x.shape[1] <= base.shape[1]:
+            self.start, self.length = start, x.shape[1]
+
+
 class Controller(RunTracker):
     """Owns attnlab's instrumentation of one denoiser; see the module docstring."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__(model, sites(model))
         self._plans: dict[str, Plan | None] = {}
+        # sites that AnimateDiff's FreeNoise runs on windows of frames (while installed)
+        self._windows: dict[str, _WindowWatch] = {}
 
     # ---- attaching -----------------------------------------------------------------------
     @classmethod
@@ -113,6 +172,15 @@ class Controller(RunTracker):
             raise ValueError(
                 f"this {type(client).__name__} is already active in another attnlab context; "
                 "use a separate instance for each context"
+            )
+        if Stage(client.stage) is not Stage.OBSERVE and free_noise_blocks(
+            self.model, self.table.names
+        ):
+            raise UnsupportedConfigurationError(
+                f"{type(client).__name__} edits attention, and the pipeline runs temporal "
+                "attention on windows of frames (AnimateDiff's FreeNoise, enable_free_noise): "
+                "attnlab records under FreeNoise but does not edit under it; call "
+                "pipe.disable_free_noise() for the edited runs"
             )
         if Stage(client.stage) is Stage.CONTEXT and len(self.denoisers) > 1:
             raise UnsupportedConfigurationError(
@@ -187,6 +255,7 @@ class Controller(RunTracker):
         # full-3D attention models get their family's joint processor (and no hook points)
         joint = self.table.joint
         family = self.table.family
+        windowed = free_noise_blocks(model, self.table.names)
         for site in self.table:
             attn = modules[site.name]
             proc: TemporalAttnProcessor | JointAttnProcessor
@@ -196,6 +265,9 @@ class Controller(RunTracker):
                 terms = family.position_terms(attn) if family.position_terms else None
                 proc = TemporalAttnProcessor(self, site, attn.processor, terms)
             patches.apply(ProcessorPatch(attn, proc, f"{of}{site.name}.processor"))
+            block = windowed.get(site.name)
+            if block is not None:
+                self._watch_windows(site.name, block, of)
             for hook_name in HOOK_NAMES if not joint else ():
                 if not hasattr(attn, hook_name):
                     point = HookPoint(f"{site.name}.{hook_name}")
@@ -203,8 +275,40 @@ class Controller(RunTracker):
                         ChildModulePatch(attn, hook_name, point, f"{of}{site.name}.{hook_name}")
                     )
 
+    def _watch_windows(self, name: str, block: Any, of: str) -> None:
+        """Follow the windows of the FreeNoise block holding site ``name`` (one watch per
+        block, shared by its attention layers)."""
+        watch = next((w for w in self._windows.values() if w.block is block), None)
+        if watch is None:
+            watch = _WindowWatch(block)
+            where = f"{of}{name.rpartition('.')[0]}"
+            self.patches.apply(
+                CallbackPatch(
+                    block,
+                    lambda: (
+                        block.register_forward_pre_hook(watch.on_block, with_kwargs=True).remove
+                    ),
+                    f"{where} forward pre-hook (FreeNoise windows)",
+                )
+            )
+            self.patches.apply(
+                CallbackPatch(
+                    block,
+                    lambda: block.norm1.register_forward_pre_hook(watch.on_norm).remove,
+                    f"{where}.norm1 forward pre-hook (FreeNoise windows)",
+                )
+            )
+        self._windows[name] = watch
+
+    def _attended_frames(self, frames: int) -> int:
+        """FreeNoise runs every temporal layer on windows: the frame limit applies to those."""
+        if self._windows and len(self._windows) == len(self.table):
+            return min(frames, max(int(w.block.context_length) for w in self._windows.values()))
+        return frames
+
     def _uninstall(self) -> None:
         errors = self.patches.restore_all()
+        self._windows.clear()
         self._untrack_runs()
         # nothing of attnlab stays on the model: let model and pipelines be garbage-collected
         _controllers.pop(self.model, None)
@@ -218,6 +322,10 @@ class Controller(RunTracker):
     def _new_call(self, ctx: CallContext) -> None:
         self._plans.clear()
         super()._new_call(ctx)
+
+    def _narrow_call(self, ctx: CallContext, half: str, batch: int) -> None:
+        super()._narrow_call(ctx, half, batch)
+        self._plans.clear()  # which clients act depends on the halves that run
 
     def plan(self, name: str) -> Plan | None:
         """The clients acting on site ``name`` in the current call (None: fast path)."""
@@ -237,6 +345,28 @@ class Controller(RunTracker):
         self._plans[name] = plan
         return plan
 
+    def _window_context(
+        self, site: Site, ctx: CallContext, watch: _WindowWatch, rows: int, frames: int, hw: int
+    ) -> CallContext:
+        """The context of one windowed layer call: ``frames`` the window's, ``window`` its
+        first frame."""
+        if watch.start is None or watch.length != frames or watch.input is None:
+            raise RuntimeError(
+                f"{site.name}: FreeNoise ran this layer on {frames} frames, and attnlab could not "
+                "tell which window of the block's input they are (the block normalises a slice "
+                "of its input for each window); record without FreeNoise"
+            )
+        if rows != ctx.batch * hw or watch.input.shape[1] != ctx.frames:
+            raise RuntimeError(
+                f"{site.name}: run-time shape ({rows} rows, a window of {frames} of "
+                f"{watch.input.shape[1]} frames) does not match level {site.level} of the site "
+                f"table for batch {ctx.batch}, latent {ctx.latent}, {ctx.frames} frames"
+            )
+        window = copy.copy(ctx)
+        window.frames = frames
+        window.window = watch.start
+        return window
+
     def check_rows(self, site: Site, rows: int, frames: int) -> CallContext:
         """Check the run-time shape against the site table: the rows are ``batch * h * w`` of
         the site's own level (levels of a small latent can share a size, e.g. two 1 x 1 levels
@@ -245,6 +375,9 @@ class Controller(RunTracker):
         if ctx is None:
             raise RuntimeError(f"{site.name} called outside a denoiser forward")
         h, w = self.table.level_size(site.level, ctx.latent)
+        watch = self._windows.get(site.name)
+        if watch is not None:
+            return self._window_context(site, ctx, watch, rows, frames, h * w)
         if rows != ctx.batch * h * w or frames != ctx.frames:
             level = self.table.level_from_rows(rows, ctx.batch, ctx.latent)
             raise RuntimeError(

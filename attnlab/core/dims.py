@@ -23,6 +23,9 @@ QUERY = "query_frame"
 KEY = "key_frame"
 Y = "y"
 X = "x"
+# windows of frames a windowed run's temporal attention ran on (AnimateDiff's FreeNoise): the
+# window's first frame; maps have it after `layer`, frames counted within the window
+WINDOW = "window"
 
 # dimensions of videos and similarity matrices
 FRAME = "frame"

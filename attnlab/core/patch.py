@@ -161,6 +161,36 @@ class CallbackPatch(Patch):
         self.undo()
 
 
+class InnerForwardPatch(Patch):
+    """Wrap the innermost forward of a module's diffusers hook chain: the module's own
+    ``forward`` as diffusers' ``HookRegistry`` calls it after every hook of the module has
+    acted (a hook's ``new_forward`` may change the arguments or not call it at all).
+    ``wrap(original)`` returns the wrapper. Restored wherever the chain then holds the wrapper
+    (a hook removed meanwhile hands its reference on to the next hook or to the module)."""
+
+    def __init__(self, module: Any, wrap: Callable[[Any], Any], description: str):
+        super().__init__(module, description)
+        self.wrap = wrap
+        self.original: Any = None
+        self.wrapper: Any = None
+
+    def _apply(self) -> None:
+        ref = self.target._diffusers_hook._fn_refs[0]  # the first hook wraps the own forward
+        attr = "original_forward" if ref.original_forward is not None else "forward"
+        self.original = getattr(ref, attr)
+        self.wrapper = self.wrap(self.original)
+        setattr(ref, attr, self.wrapper)
+
+    def _restore(self) -> None:
+        registry = getattr(self.target, "_diffusers_hook", None)
+        for ref in getattr(registry, "_fn_refs", ()):
+            for attr in ("forward", "original_forward"):
+                if getattr(ref, attr) is self.wrapper:
+                    setattr(ref, attr, self.original)
+        if vars(self.target).get("forward") is self.wrapper:  # every hook was removed
+            object.__setattr__(self.target, "forward", self.original)
+
+
 class Patches:
     """The patches one controller holds, restored in reverse order of application."""
 

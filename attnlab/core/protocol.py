@@ -83,6 +83,11 @@ class CallContext:
     # "transformer" for the high-noise steps, "transformer_2" for the low-noise ones); set by
     # the run tracker (not a constructor argument: the public signature stays 0.1's)
     expert: str = field(default=BARE_DENOISER, init=False)
+    # the first frame of the window of frames this layer call attends within, when the
+    # pipeline runs temporal attention on windows (AnimateDiff's FreeNoise); ``frames`` is then
+    # the window's length. None: the call attends all ``frames`` of the denoiser call. Set by
+    # the controller on the context of one layer call (not a constructor argument)
+    window: int | None = field(default=None, init=False)
 
     @property
     def cfg(self) -> bool:

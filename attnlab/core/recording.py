@@ -15,6 +15,8 @@ Every selected step of a run is written, with the denoiser that ran it (``expert
 ``ran`` mask ``(step, layer, cfg)``: whether each layer's attention ran in that step and CFG
 half and was recorded. A cell that did not run is NaN in the maps and False in ``ran`` (a
 marked gap), and a selected step in which no selected layer ran is still written, all False.
+Temporal attention run on windows of frames (AnimateDiff's FreeNoise) is recorded per window,
+along a ``window`` dimension after ``layer`` (the window's first frame).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from attnlab.core.protocol import CallContext, Observer, RunInfo, Stage, split_b
 from attnlab.core.selection import Layers, SelectionError, Steps, cfg_halves, check_cfg
 from attnlab.core.sites import Site
 from attnlab.core.store import (
+    WINDOW,
     RunWriter,
     claim_run,
     concat_runs,
@@ -63,6 +66,10 @@ class _Run:
     complete: bool = False
     # the `expert` labels of the run (fixed up front: the store codes them per run)
     experts: list[str] = field(default_factory=list)
+    # windowed temporal attention (AnimateDiff's FreeNoise): the first frame of each window and
+    # the window length, fixed by the first recorded step (None: not windowed)
+    windows: list[int] | None = None
+    window_frames: int | None = None
 
 
 class Recorder(Observer):
@@ -140,11 +147,13 @@ class Recorder(Observer):
         self.meta = dict(meta or {})
         self.runs: list[_Run] = []
         self._run: _Run | None = None
-        self._buffer: dict[str, torch.Tensor] | None = None
-        # the first recorded call of the step being buffered, and which of its (layer, cfg)
-        # cells ran
+        # variable -> window (None: not windowed) -> [layer, cfg, ...] maps of the step
+        self._buffer: dict[str, dict[int | None, torch.Tensor]] | None = None
+        # the first recorded call of the step being buffered, and per window which of its
+        # (layer, cfg) cells ran
         self._buffer_ctx: CallContext | None = None
-        self._ran: np.ndarray | None = None
+        self._ran: dict[int | None, np.ndarray] | None = None
+        self._window_frames: int | None = None
 
     # ---- settings written to the store root ---------------------------------------------
     @property
@@ -253,7 +262,7 @@ class Recorder(Observer):
         ):
             # a selected step: written at its end even if none of its attention runs (a gap)
             self._buffer_ctx = ctx
-            self._ran = np.zeros((len(self.sites), len(run.cfg_names)), dtype=bool)
+            self._ran = {}
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
         run = self._run
@@ -329,7 +338,7 @@ class Recorder(Observer):
             # (a client calling observe outside on_call's bookkeeping: start the step here)
             assert self._run is not None
             self._buffer_ctx = ctx
-            self._ran = np.zeros((len(self.sites), len(self._run.cfg_names)), dtype=bool)
+            self._ran = {}
 
     def _slots(self, ctx: CallContext) -> tuple[int, list[int], list[int]]:
         """(halves in this call's batch, which of them are recorded, their recorded slots):
@@ -357,7 +366,7 @@ class Recorder(Observer):
             r = x.index_select(2, ys).index_select(3, xs).permute(0, 1, 4, 5, 2, 3)
         if var == D.TEXT_MASS:  # [.., F, 1(, y, x)]: drop the key axis
             r = r.squeeze(-3 if self.reduce == "spatial" else -1)
-        self._keep(var, site, r, slots)
+        self._keep(var, site, ctx, r, slots)
 
     def _put_position_mean(self, var: str, site: Site, ctx: CallContext, x: torch.Tensor) -> None:
         """``x``: ``[batch, heads, F, F]``, already averaged over spatial positions."""
@@ -365,7 +374,7 @@ class Recorder(Observer):
         halves, present, slots = self._slots(ctx)
         x = x.detach().float().view(halves, ctx.batch // halves, *x.shape[1:])[present]
         r = x.mean(dim=2) if self.reduce == "mean" else self._pad_heads(x)
-        self._keep(var, site, r, slots)
+        self._keep(var, site, ctx, r, slots)
 
     def _pad_heads(self, r: torch.Tensor) -> torch.Tensor:
         """``[halves, n, heads, F, F]`` NaN-padded to the largest head count recorded."""
@@ -376,15 +385,26 @@ class Recorder(Observer):
             r = torch.cat([r, pad], dim=2)
         return r
 
-    def _keep(self, var: str, site: Site, r: torch.Tensor, slots: list[int]) -> None:
+    def _keep(
+        self, var: str, site: Site, ctx: CallContext, r: torch.Tensor, slots: list[int]
+    ) -> None:
         assert self._buffer is not None and self._run is not None
-        buf = self._buffer.get(var)
+        window = ctx.window
+        bufs = self._buffer.setdefault(var, {})
+        buf = bufs.get(window)
         if buf is None:
             shape = (len(self.sites), len(self._run.cfg_names), *r.shape[1:])
-            buf = self._buffer[var] = r.new_full(shape, float("nan"))
+            buf = bufs[window] = r.new_full(shape, float("nan"))
         buf[self.index[site.name], slots] = r
+        if window is not None:
+            self._window_frames = ctx.frames
         if var == D.PROBS and self._ran is not None:
-            self._ran[self.index[site.name], slots] = True
+            ran = self._ran.get(window)
+            if ran is None:
+                ran = self._ran[window] = np.zeros(
+                    (len(self.sites), len(self._run.cfg_names)), dtype=bool
+                )
+            ran[self.index[site.name], slots] = True
 
     def _flush(self) -> None:
         """Move the finished step's maps to the host, then to the store or the in-memory list."""
@@ -393,8 +413,8 @@ class Recorder(Observer):
         run = self._run
         if run is None or ctx is None or ran is None:
             return
-        arrays = {v: t.cpu().numpy() for v, t in (buffer or {}).items()}
-        ds = self._step_dataset(arrays, ran, ctx, run)
+        arrays, cells = self._by_window(buffer or {}, ran, run, ctx.step)
+        ds = self._step_dataset(arrays, cells, ctx, run)
         if self.store is not None:
             if run.writer is None:
                 run.writer = RunWriter(
@@ -404,9 +424,75 @@ class Recorder(Observer):
         else:
             run.chunks.append(ds)
 
-    def _map_dims(self, var: str) -> list[str]:
+    def _by_window(
+        self,
+        buffer: dict[str, dict[int | None, torch.Tensor]],
+        ran: dict[int | None, np.ndarray],
+        run: _Run,
+        step: int,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """One step's maps on the host (windowed runs: stacked along ``window`` after
+        ``layer``) and its ``ran`` mask ``[layer, cfg]``: a windowed cell ran when every
+        window of it ran."""
+        empty = np.zeros((len(self.sites), len(run.cfg_names)), dtype=bool)
+        seen = set(ran) | {w for maps in buffer.values() for w in maps}
+        windows = sorted(w for w in seen if w is not None)
+        if windows and None in seen:
+            raise RuntimeError(
+                f"step {step}: some recorded layers attended windows of frames (FreeNoise) and "
+                "others all frames; record the windowed layers and the others in separate runs"
+            )
+        if windows and run.windows is None:
+            if run.chunks or run.writer is not None:
+                raise RuntimeError(
+                    f"step {step}: the layers attended windows of frames (FreeNoise) from this "
+                    "step on, not in the steps recorded before; attnlab records a run with one "
+                    "window layout"
+                )
+            run.windows, run.window_frames = windows, self._window_frames
+            run.attrs["windows"] = self._windowing(run)
+        if run.windows is None:
+            arrays = {v: maps[None].cpu().numpy() for v, maps in buffer.items()}
+            return arrays, ran.get(None, empty)
+        if windows and windows != run.windows:
+            raise RuntimeError(
+                f"step {step}: windows starting at frames {windows}, the run's earlier steps at "
+                f"{run.windows}; attnlab records a run with one window layout"
+            )
+        every = np.stack([ran.get(w, empty) for w in run.windows])
+        partial = every.any(0) & ~every.all(0)
+        if partial.any():
+            layer, half = (int(i[0]) for i in np.nonzero(partial))
+            raise RuntimeError(
+                f"step {step}: {self.sites[layer].name} ({run.cfg_names[half]}) ran its attention "
+                "on some of its FreeNoise windows and not on others: attnlab records a layer "
+                "call whose attention ran, or marks it as not run, never a part of it"
+            )
+        arrays = {}
+        for v, maps in buffer.items():
+            some = next(iter(maps.values()))
+            nan = torch.full_like(some, float("nan"))
+            stacked = torch.stack([maps.get(w, nan) for w in run.windows], dim=1)
+            arrays[v] = stacked.cpu().numpy()
+        return arrays, np.asarray(every.all(0))
+
+    def _windowing(self, run: _Run) -> dict[str, Any]:
+        """The ``windows`` attribute of a windowed run (FreeNoise's settings, as provenance)."""
+        pipe = self.controller.pipe
+        out: dict[str, Any] = {
+            "method": "FreeNoise",
+            "starts": list(run.windows or []),
+            "frames": run.window_frames,
+        }
+        for key in ("context_length", "context_stride", "weighting_scheme", "noise_type"):
+            value = getattr(pipe, f"_free_noise_{key}", None)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _map_dims(self, var: str, windowed: bool = False) -> list[str]:
         """The dims of one step's ``var`` (without ``step``)."""
-        dims = [D.LAYER, D.CFG, D.SAMPLE]
+        dims = [D.LAYER, WINDOW, D.CFG, D.SAMPLE] if windowed else [D.LAYER, D.CFG, D.SAMPLE]
         if self.reduce == "head":
             dims.append(D.HEAD)
         dims += [D.QUERY] if var == D.TEXT_MASS else [D.QUERY, D.KEY]
@@ -420,22 +506,25 @@ class Recorder(Observer):
         run.attrs.setdefault("frames", ctx.frames)
         run.attrs.setdefault("latent", list(ctx.latent))
         n = ctx.batch // len(ctx.halves())
+        windowed = run.windows is not None
+        frames = int(run.window_frames or 0) if windowed else ctx.frames
         extent = {
             D.LAYER: len(self.sites),
+            WINDOW: len(run.windows or ()),
             D.CFG: len(run.cfg_names),
             D.SAMPLE: n,
             D.HEAD: self.max_heads,
-            D.QUERY: ctx.frames,
-            D.KEY: ctx.frames,
+            D.QUERY: frames,
+            D.KEY: frames,
             D.Y: self.grid[0],
             D.X: self.grid[1],
         }
         for v in self.layout["variables"]:
             if v not in arrays:  # no selected layer ran in this step: a marked gap, all NaN
-                shape = tuple(extent[d] for d in self._map_dims(v))
+                shape = tuple(extent[d] for d in self._map_dims(v, windowed))
                 arrays[v] = np.full(shape, np.nan, dtype=np.float32)
         data_vars: dict[str, Any] = {
-            v: ([D.STEP, *self._map_dims(v)], a[None]) for v, a in arrays.items()
+            v: ([D.STEP, *self._map_dims(v, windowed)], a[None]) for v, a in arrays.items()
         }
         data_vars[D.RAN] = ([D.STEP, D.LAYER, D.CFG], ran[None])
         sizes = [self.controller.table.level_size(s.level, ctx.latent) for s in self.sites]
@@ -452,9 +541,11 @@ class Recorder(Observer):
             D.HEAD_DIM: (D.LAYER, [s.head_dim for s in self.sites]),
             D.CFG: run.cfg_names,
             D.SAMPLE: np.arange(n),
-            D.QUERY: np.arange(ctx.frames),
-            D.KEY: np.arange(ctx.frames),
+            D.QUERY: np.arange(frames),
+            D.KEY: np.arange(frames),
         }
+        if windowed:
+            coords[WINDOW] = list(run.windows or ())
         if self.reduce == "head":
             coords[D.HEAD] = np.arange(self.max_heads)
         if self.reduce == "spatial":

@@ -6,18 +6,21 @@ is entered, with the reason and what to do: never a recording that is silently i
 
 What is refused (each case has a test in ``tests/core/test_refusals.py``):
 
-* diffusers' caching and skipping hooks on the denoiser (FirstBlockCache, PyramidAttentionBroadcast,
-  FasterCache, TaylorSeerCache, MagCache, SeaCache, TextKVCache, smoothed energy guidance):
-  they reuse or change attention on some steps and layers, so its maps would be missing or
-  stale (diffusers' layer skip / skip-layer guidance / PAG is not refused: it stays in force
-  under attnlab and a skipped layer is recorded as not run, see ``docs/reliability.md``);
+* diffusers' context and tensor parallelism on a denoiser (``enable_parallelism``,
+  ``parallel_config``): each process attends over a shard of the sequence or of the heads, so
+  no process holds a whole map;
 * a pipeline whose denoisers (Wan 2.2 A14B's ``transformer`` and ``transformer_2``) have
   different attention-layer tables, or one of which attnlab cannot map: one ``layer`` axis and
   one set of edit targets must fit every step (denoisers with equal tables are recorded, each
   step with its ``expert``);
-* AnimateDiff's FreeNoise: it calls the denoiser on windows of frames;
-* joint-attention models set to an attention backend other than PyTorch's native SDPA: the
-  frame maps are read from the native call.
+* joint-attention models set to an attention backend whose kernel is not PyTorch's
+  ``scaled_dot_product_attention`` (flash, sage, xformers, flex, npu, xla...): the frame maps
+  are read from that call.
+
+Recorded, not refused: diffusers' caching hooks (``CACHE_HOOKS``: what the cache answered is a
+marked gap, ``tests/core/test_caching_hooks.py``), layer skip / skip-layer guidance / PAG and
+smoothed energy guidance (``docs/reliability.md``), AnimateDiff's FreeNoise (windows, edits
+under it refused by the controller, ``tests/core/test_freenoise.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +32,12 @@ import torch
 
 from attnlab.core.sites import SiteTable, UnsupportedModelError, denoisers_of, sites
 
-# diffusers hook name (diffusers/hooks/*.py) -> the technique users know it as
-HOOK_TECHNIQUES = {
+# diffusers' caching hooks (diffusers/hooks/*.py), by hook name -> the technique users know it
+# as. attnlab records under them: each decides per call whether a block, an attention module or
+# the whole denoiser step is computed or answered from its cache, and attnlab records the
+# attention that was computed; a layer (or step, or guidance half) the cache answered is a
+# marked gap in the store (``ran`` False), and the run's ``caches`` attribute names the hooks
+CACHE_HOOKS = {
     "fbc_leader_block_hook": "FirstBlockCache",
     "fbc_block_hook": "FirstBlockCache",
     "pyramid_attention_broadcast": "PyramidAttentionBroadcast",
@@ -45,23 +52,41 @@ HOOK_TECHNIQUES = {
     "sea_cache_post_norm": "SeaCache",
     "text_kv_cache_transformer": "TextKVCache",
     "text_kv_cache_block": "TextKVCache",
-    "smoothed_energy_guidance_hook": "smoothed energy guidance",
 }
+# diffusers hooks refused at entry: hook name -> (technique, why attnlab cannot record under
+# it). None at present: diffusers' smoothed energy guidance blurs a layer's query projection
+# output, and attnlab records the attention of the blurred queries (the attention that ran);
+# layer skip / skip-layer guidance / PAG are recorded as not run where they skip
+REFUSED_HOOKS: dict[str, tuple[str, str]] = {}
+# diffusers' context-parallel hooks: their names start with these (diffusers/hooks/context_parallel.py)
+CONTEXT_PARALLEL_HOOK_PREFIXES = ("cp_input---", "cp_output---")
+# every diffusers hook attnlab knows by name -> technique
+HOOK_TECHNIQUES = {**CACHE_HOOKS, **{k: v[0] for k, v in REFUSED_HOOKS.items()}}
+# the attention backends whose kernel is torch's scaled_dot_product_attention (diffusers'
+# attention_dispatch): attnlab reads joint attention from that call
+SDPA_BACKENDS = ("native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math")
 
 
 class UnsupportedConfigurationError(ValueError):
     """A pipeline configuration attnlab cannot record or edit faithfully (yet)."""
 
 
-def _hooks(model: torch.nn.Module) -> dict[str, str]:
-    """diffusers hook name -> the module path it sits on, for the hooks of ``HOOK_TECHNIQUES``."""
+def _hooks(model: torch.nn.Module, names: Any) -> dict[str, str]:
+    """diffusers hook name -> the module path it sits on, for the hooks of ``model`` named in
+    ``names`` (a mapping or a predicate on the name)."""
+    wanted = names if callable(names) else names.__contains__
     found: dict[str, str] = {}
     for path, module in model.named_modules():
         registry = getattr(module, "_diffusers_hook", None)
         for name in getattr(registry, "hooks", {}) or {}:
-            if name in HOOK_TECHNIQUES:
+            if wanted(name):
                 found.setdefault(name, path or type(model).__name__)
     return found
+
+
+def cache_techniques(model: torch.nn.Module) -> list[str]:
+    """The diffusers caching techniques applied to ``model`` (``CACHE_HOOKS``), sorted."""
+    return sorted({CACHE_HOOKS[h] for h in _hooks(model, CACHE_HOOKS)})
 
 
 def _backend_name(backend: Any) -> str:
@@ -69,7 +94,7 @@ def _backend_name(backend: Any) -> str:
 
 
 def _is_native(backend: Any) -> bool:
-    return _backend_name(backend).lstrip("_").startswith("native")
+    return _backend_name(backend) in SDPA_BACKENDS
 
 
 def table_difference(a: SiteTable, b: SiteTable) -> str | None:
@@ -108,34 +133,60 @@ def check_recordable(obj: Any, model: torch.nn.Module, *, joint: bool) -> None:
     primary = next((k for k, m in denoisers.items() if m is model), type(model).__name__)
     every = {primary: model, **{k: m for k, m in denoisers.items() if m is not model}}
     for key, module in every.items():
-        _check_hooks(module, key if len(every) > 1 else None)
+        component = key if len(every) > 1 else None
+        _check_parallel(module, component)
+        _check_hooks(module, component)
     for key, other in every.items():
         if other is not model:
             _check_same_table(obj, primary, model, key, other)
-    if obj is not model and getattr(obj, "_free_noise_context_length", None) is not None:
-        raise UnsupportedConfigurationError(
-            f"{type(obj).__name__} has FreeNoise enabled (enable_free_noise): it runs the "
-            "denoiser on windows of frames, which attnlab does not record yet; call "
-            "pipe.disable_free_noise() for the recorded runs"
-        )
     if joint:
         for key, module in every.items():
             _check_backend(module, key if len(every) > 1 else None)
 
 
 def _check_hooks(model: torch.nn.Module, component: str | None) -> None:
-    hooks = _hooks(model)
+    hooks = _hooks(model, REFUSED_HOOKS)
     if hooks:
-        techniques = sorted({HOOK_TECHNIQUES[h] for h in hooks})
-        where = ", ".join(f"{h!r} on {p}" for h, p in sorted(hooks.items()))
+        name, path = sorted(hooks.items())[0]
+        technique, why = REFUSED_HOOKS[name]
         of = f" (component {component!r})" if component else ""
         raise UnsupportedConfigurationError(
-            f"{type(model).__name__}{of} has diffusers' {' and '.join(techniques)} applied "
-            f"({where}): it reuses or skips attention on some steps or layers, so attnlab would "
-            "record maps of attention that did not run; attnlab does not record under these "
-            "hooks yet: remove them for the recorded runs (e.g. model.disable_cache(), or a "
-            "fresh pipeline)"
+            f"{type(model).__name__}{of} has diffusers' {technique} applied ({name!r} on "
+            f"{path}): {why}; attnlab does not record under it: remove the hook for the "
+            "recorded runs (e.g. a fresh pipeline)"
         )
+
+
+def _check_parallel(model: torch.nn.Module, component: str | None) -> None:
+    """diffusers' context parallelism (``enable_parallelism`` / ``parallel_config`` with a
+    ``ContextParallelConfig``) splits each attention call's sequence across processes, tensor
+    parallelism its heads: no process holds a whole map."""
+    config = getattr(model, "_parallel_config", None)
+    cp_hooks = _hooks(model, lambda n: n.startswith(CONTEXT_PARALLEL_HOOK_PREFIXES))
+    if config is None and not cp_hooks:
+        return
+    of = f" (component {component!r})" if component else ""
+    context = cp_hooks or getattr(config, "context_parallel_config", None) is not None
+    if context:
+        what = (
+            "context parallelism (a ContextParallelConfig: enable_parallelism or "
+            "from_pretrained(parallel_config=...))"
+        )
+        why = (
+            "each process computes attention over its shard of the sequence (ring / Ulysses "
+            "exchange of keys and values between processes), so no process sees the whole "
+            "query x key map that attnlab records, and attnlab records in one process"
+        )
+    else:
+        what = "tensor parallelism (a TensorParallelConfig)"
+        why = (
+            "each process computes the attention of its share of the heads, so a map averaged "
+            "over heads in one process would silently miss the others"
+        )
+    raise UnsupportedConfigurationError(
+        f"{type(model).__name__}{of} is set up for diffusers' {what}: {why}; record with the "
+        "model on one device, without a parallel_config"
+    )
 
 
 def _check_same_table(
@@ -165,12 +216,15 @@ def _check_same_table(
 def _check_backend(model: torch.nn.Module, component: str | None) -> None:
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    backends = {
-        _backend_name(getattr(m.processor, "_attention_backend", None))
-        for m in model.modules()
-        if hasattr(m, "processor")
-        and not _is_native(getattr(m.processor, "_attention_backend", None))
-    }
+    backends = set()
+    for m in model.modules():
+        processor = getattr(m, "processor", None)
+        if processor is None:
+            continue
+        if "xformers" in type(processor).__name__.lower():  # the older processor-class API
+            backends.add("xformers")
+        elif not _is_native(getattr(processor, "_attention_backend", None)):
+            backends.add(_backend_name(processor._attention_backend))
     active, _ = _AttentionBackendRegistry.get_active_backend()
     if not _is_native(active):
         backends.add(_backend_name(active))
@@ -178,8 +232,9 @@ def _check_backend(model: torch.nn.Module, component: str | None) -> None:
         of = f" (component {component!r})" if component else ""
         raise UnsupportedConfigurationError(
             f"{type(model).__name__}{of} is set to the attention backend "
-            f"{', '.join(sorted(backends))}: attnlab reads joint attention from PyTorch's native "
-            "scaled_dot_product_attention; use the native backend for the recorded runs "
-            '(model.set_attention_backend("native"), which also resets diffusers\' process-wide '
-            "default)"
+            f"{', '.join(sorted(backends))}: attnlab reads joint attention from PyTorch's "
+            "scaled_dot_product_attention, which that backend does not call (attnlab records "
+            f"under the backends {', '.join(SDPA_BACKENDS)}); use the native backend for the "
+            'recorded runs (model.set_attention_backend("native"), which also resets '
+            "diffusers' process-wide default)"
         )

@@ -30,8 +30,15 @@ from typing import Any
 
 import torch
 
-from attnlab.core.patch import AttributePatch, CallbackPatch, ClassPatch, Patches
+from attnlab.core.patch import (
+    AttributePatch,
+    CallbackPatch,
+    ClassPatch,
+    InnerForwardPatch,
+    Patches,
+)
 from attnlab.core.protocol import CallContext, Client, RunInfo
+from attnlab.core.refusals import cache_techniques
 from attnlab.core.sites import BARE_DENOISER, SiteTable, denoisers_of
 from attnlab.util.provenance import model_name
 
@@ -82,6 +89,9 @@ class RunTracker:
         # of the current step (the calls of one step share it)
         self._texts: tuple[Any, Any] | None = None
         self._step_timestep: float | None = None
+        # the arguments of the current denoiser call as the pipeline passed them (before any
+        # diffusers hook on the denoiser changed them)
+        self._outer_args: dict[str, Any] | None = None
 
     @property
     def pipe(self) -> Any | None:
@@ -121,12 +131,74 @@ class RunTracker:
             self._wrap_cache_context(model)
         # the class's forward: instance-level wrappers (nnsight leaves one) may change the signature
         self._forward_sigs[id(model)] = inspect.signature(type(model).forward)
+        if getattr(getattr(model, "_diffusers_hook", None), "_fn_refs", None):
+            # diffusers hooks on the denoiser itself (FasterCache runs only the conditional
+            # half on some steps): see the arguments its own forward receives
+            self.patches.apply(
+                InnerForwardPatch(
+                    model,
+                    lambda original: self._inner_forward(model, original),
+                    f"{name} forward inside its diffusers hooks (the batch that runs)",
+                )
+            )
+
+    def _inner_forward(self, model: torch.nn.Module, original: Any) -> Any:
+        tracker = self
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            tracker._inner_call(model, args, kwargs)
+            return original(*args, **kwargs)
+
+        return forward
+
+    def _inner_call(self, model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """The denoiser's own forward is about to run, after the diffusers hooks on it: when
+        they changed the batch (FasterCache's unconditional-batch skip passes only the
+        conditional half), the call's context says which half runs."""
+        ctx, outer = self.ctx, self._outer_args
+        if ctx is None or outer is None:
+            return
+        bound = self._forward_sigs[id(model)].bind_partial(model, *args, **kwargs).arguments
+        bound.pop(next(iter(bound)))  # self
+        batch = int(self.table.call_dims(next(iter(bound.values())), bound)["B"])
+        if batch == ctx.batch:
+            return
+        half = None
+        text, whole = bound.get("encoder_hidden_states"), outer.get("encoder_hidden_states")
+        if (
+            ctx.half is None
+            and ctx.cfg
+            and 2 * batch == ctx.batch
+            and torch.is_tensor(text)
+            and torch.is_tensor(whole)
+        ):
+            found = [h for h, part in zip(("uncond", "cond"), whole.chunk(2)) if _same(text, part)]
+            half = found[0] if len(found) == 1 else None
+        if half is None:
+            hooks = sorted(getattr(model._diffusers_hook, "hooks", {}))
+            raise RuntimeError(
+                f"{type(model).__name__}: a diffusers hook on the denoiser ({', '.join(hooks)}) "
+                f"ran its forward on batch {batch} of the call's {ctx.batch}, and attnlab cannot "
+                "tell which samples those are (one guidance half of a [uncond, cond] batch, told "
+                "by its text conditioning, is what attnlab follows); record without that hook"
+            )
+        self._narrow_call(ctx, half, batch)
+
+    def _attended_frames(self, frames: int) -> int:
+        """How many frames the temporal attention of a call of ``frames`` frames attends."""
+        return frames
+
+    def _narrow_call(self, ctx: CallContext, half: str, batch: int) -> None:
+        """The current call runs only guidance half ``half`` (``batch`` samples)."""
+        ctx.half = half
+        ctx.batch = batch
 
     def _untrack_runs(self) -> None:
         """Forget the run state (after the patches are restored)."""
         self._cache_name = None
         self._texts = None
         self._step_timestep = None
+        self._outer_args = None
         self.run_info = None
         self.ctx = None
         self._wrapped.clear()
@@ -319,6 +391,13 @@ class RunTracker:
         self._step_timestep = None
         self._expert_names = {id(m): self.expert_name(m) for m in self.denoisers}
         info.experts = self.expert_names()
+        caches = {
+            self._expert_names[id(m)]: cache_techniques(m)
+            for m in self.denoisers
+            if cache_techniques(m)
+        }
+        if caches:  # diffusers caching hooks: the gaps they leave are theirs (provenance)
+            info.meta["caches"] = caches
         self._runs += 1
         self.run_info = info
         for client in list(self.clients):
@@ -333,6 +412,7 @@ class RunTracker:
 
     def end_run(self, ok: bool) -> None:
         info, self.run_info, self.ctx = self.run_info, None, None
+        self._outer_args = None
         if info is None:
             return
         first_error = None
@@ -348,8 +428,10 @@ class RunTracker:
         bound = self._forward_sigs[id(module)].bind_partial(module, *args, **kwargs).arguments
         bound.pop(next(iter(bound)))  # self
         sample = next(iter(bound.values()))  # first argument: the noisy latents
+        self._outer_args = bound
         dims = self.table.call_dims(sample, bound)
-        self.table.check_frames(int(dims["F"]))  # before diffusers' opaque size mismatch
+        # before diffusers' opaque size mismatch
+        self.table.check_frames(self._attended_frames(int(dims["F"])))
         t = bound.get("timestep")
         timestep = None
         if t is not None:

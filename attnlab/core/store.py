@@ -28,6 +28,10 @@ import xarray as xr
 from attnlab.core import dims as D
 
 SCHEMA_VERSION = 1
+#: the dimension of the windows of frames a windowed run's temporal attention ran on (AnimateDiff's
+#: FreeNoise): the window's first frame; maps of such runs have it after ``layer``, with
+#: ``query_frame`` / ``key_frame`` counted within the window (docs/store-schema.md)
+WINDOW = D.WINDOW
 RUNS_GROUP = "runs"
 # run-level provenance keys lifted into `run` coordinates on load (attr name -> coord name)
 RUN_COORDS = {
@@ -547,6 +551,8 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
     ``ran`` is False.
     """
     layer_static: dict[str, dict[str, Any]] = {c: {} for c in LAYER_COORDS}
+    if any(WINDOW in ds.dims for ds in parts):  # a run without windows is one window at 0
+        parts = [_one_window(ds) if WINDOW not in ds.dims else ds for ds in parts]
     with_expert = any(D.EXPERT in ds.coords for ds in parts)
     with_ran = any(D.RAN in ds.data_vars for ds in parts)
     prepared = []
@@ -604,6 +610,16 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
         masked = out.drop_vars([*maps, D.RAN]).assign({v: out[v].where(ran) for v in maps})
         out = masked.assign({D.RAN: ran})
     return out
+
+
+def _one_window(ds: xr.Dataset) -> xr.Dataset:
+    """A run without windows as a windowed one: its maps are the one window at frame 0."""
+    maps = {}
+    for name in (D.PROBS, D.LOGITS, D.TEXT_MASS):
+        if name in ds.data_vars:
+            da = ds[name].expand_dims({WINDOW: [0]}, axis=list(ds[name].dims).index(D.LAYER) + 1)
+            maps[name] = da
+    return ds.drop_vars(list(maps)).assign(maps)
 
 
 def _ran_from_maps(ds: xr.Dataset) -> xr.DataArray:

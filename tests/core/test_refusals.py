@@ -5,17 +5,9 @@ hooks."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import attnlab
 from attnlab.core.refusals import UnsupportedConfigurationError
-
-
-@pytest.fixture
-def cog():
-    from attnlab.models.tiny_dit import cogvideox_pipeline
-
-    return cogvideox_pipeline()
 
 
 def _records(pipe) -> bool:
@@ -24,45 +16,54 @@ def _records(pipe) -> bool:
     return not attnlab.is_instrumented(pipe)
 
 
-def _cache_config(technique: str, pipe):
-    from diffusers import (
-        FasterCacheConfig,
-        FirstBlockCacheConfig,
-        MagCacheConfig,
-        PyramidAttentionBroadcastConfig,
-    )
+def _parallel(model, kind: str):
+    """diffusers' parallelism as ``enable_parallelism`` leaves it on a model: its config on the
+    model and on each processor, and (context parallel) diffusers' own split / gather hooks of
+    the model's ``_cp_plan``. ``enable_parallelism`` itself needs an initialised process group
+    and an accelerator, so its two recording steps are taken here with diffusers' objects."""
+    from diffusers import ContextParallelConfig
+    from diffusers.hooks.context_parallel import apply_context_parallel
+    from diffusers.models._modeling_parallel import ParallelConfig, TensorParallelConfig
 
-    now = lambda: pipe.current_timestep  # noqa: E731
-    return {
-        "FirstBlockCache": lambda: FirstBlockCacheConfig(threshold=0.2),
-        "PyramidAttentionBroadcast": lambda: PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2, current_timestep_callback=now
-        ),
-        # the values of diffusers' own docstring example
-        "FasterCache": lambda: FasterCacheConfig(
-            spatial_attention_block_skip_range=2,
-            spatial_attention_timestep_skip_range=(-1, 681),
-            current_timestep_callback=now,
-            attention_weight_callback=lambda _: 0.3,
-            unconditional_batch_skip_range=5,
-            unconditional_batch_timestep_skip_range=(-1, 781),
-            tensor_format="BFCHW",
-        ),
-        "MagCache": lambda: MagCacheConfig(num_inference_steps=2, mag_ratios=[1.0, 1.0]),
-    }[technique]()
+    if kind == "context":
+        cp = ContextParallelConfig(ulysses_degree=2)
+        config = ParallelConfig(context_parallel_config=cp)
+        apply_context_parallel(model, cp, model._cp_plan)
+        for m in model.modules():
+            if hasattr(getattr(m, "processor", None), "_parallel_config"):
+                m.processor._parallel_config = config
+    else:
+        config = ParallelConfig(tensor_parallel_config=TensorParallelConfig(tp_degree=2))
+    model._parallel_config = config
+
+
+def _unparallel(model):
+    for _, m in model.named_modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        for name in list(getattr(registry, "hooks", {})):
+            registry.remove_hook(name, recurse=False)
+        if hasattr(getattr(m, "processor", None), "_parallel_config"):
+            m.processor._parallel_config = None
+    model._parallel_config = None
 
 
 @pytest.mark.parametrize(
-    "technique", ["FirstBlockCache", "PyramidAttentionBroadcast", "FasterCache", "MagCache"]
+    "kind, reason",
+    [
+        ("context", r"context parallelism .*its shard of the sequence"),
+        ("tensor", r"tensor parallelism .*its share of the heads"),
+    ],
 )
-def test_caching_hooks_are_refused_by_name_and_allowed_once_removed(cog, technique):
-    cog.transformer.enable_cache(_cache_config(technique, cog))
-    with pytest.raises(UnsupportedConfigurationError, match=technique) as err:
-        _records(cog)
-    assert "attention that did not run" in str(err.value)
-    assert not attnlab.is_instrumented(cog)
-    cog.transformer.disable_cache()
-    assert _records(cog)
+def test_parallelism_is_refused_with_the_reason(kind, reason):
+    from attnlab.models.tiny_dit import wan_pipeline
+
+    pipe = wan_pipeline()
+    _parallel(pipe.transformer, kind)
+    with pytest.raises(UnsupportedConfigurationError, match=reason):
+        _records(pipe)
+    assert not attnlab.is_instrumented(pipe)
+    _unparallel(pipe.transformer)
+    assert _records(pipe)
 
 
 def _two_experts(second):
@@ -108,18 +109,16 @@ def test_experts_with_different_layer_tables_are_refused_by_name(second, differe
     assert _records(same)
 
 
-def test_hooks_on_a_second_expert_and_conditioning_edits_with_two_experts_are_refused():
-    from diffusers import FirstBlockCacheConfig
-
+def test_parallelism_of_a_second_expert_and_conditioning_edits_with_two_experts_are_refused():
     from attnlab.models.tiny_dit import wan_transformer
 
     _, two = _two_experts(wan_transformer(seed=1))
-    two.transformer_2.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    _parallel(two.transformer_2, "context")
     with pytest.raises(
-        UnsupportedConfigurationError, match=r"\(component 'transformer_2'\).*FirstBlockCache"
+        UnsupportedConfigurationError, match=r"\(component 'transformer_2'\).*context parallelism"
     ):
         _records(two)
-    two.transformer_2.disable_cache()
+    _unparallel(two.transformer_2)
     assert _records(two)
     # Synopsis changes the text context of one denoiser: refused rather than half applied
     with (
@@ -130,26 +129,50 @@ def test_hooks_on_a_second_expert_and_conditioning_edits_with_two_experts_are_re
     assert not attnlab.is_instrumented(two)
 
 
-def test_another_attention_backend_is_refused_on_joint_models():
+BACKENDS = ["flash", "flash_varlen", "sage", "xformers", "flex", "_native_npu", "_native_xla"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_another_attention_backend_is_refused_on_joint_models(backend, monkeypatch):
+    """diffusers' ``set_attention_backend`` on the model (its package check bypassed: flash-attn,
+    sageattention, xformers, torch_npu and torch_xla are not installed here; nothing runs)."""
+    import diffusers.models.attention_dispatch as dispatch
+
     from attnlab.models.tiny_dit import wan_pipeline
 
+    monkeypatch.setattr(dispatch, "_check_attention_backend_requirements", lambda b: None)
     pipe = wan_pipeline()
-    pipe.transformer.set_attention_backend("flex")
+    pipe.transformer.set_attention_backend(backend)
     try:
-        with pytest.raises(UnsupportedConfigurationError, match="attention backend flex"):
+        with pytest.raises(
+            UnsupportedConfigurationError, match=rf"attention backend {backend}: .*native"
+        ):
             _records(pipe)
+        assert not attnlab.is_instrumented(pipe)
     finally:
         pipe.transformer.set_attention_backend("native")  # also diffusers' process-wide default
     assert _records(pipe)
 
 
-def test_free_noise_is_refused_and_allowed_once_disabled(ad_pipe, gen):
-    ad_pipe.enable_free_noise(context_length=8, context_stride=4)
-    try:
-        with pytest.raises(UnsupportedConfigurationError, match="FreeNoise"):
-            _records(ad_pipe)
-    finally:
-        ad_pipe.disable_free_noise()
-    with attnlab.record(ad_pipe, levels=[0]) as rec:
-        gen(ad_pipe)
-    assert torch.isfinite(torch.as_tensor(rec.to_xarray()["probs"].values)).all()
+def test_the_process_wide_backend_and_xformers_processors_are_refused(monkeypatch):
+    """diffusers' ``attention_backend`` context (the process-wide default) and the older
+    per-processor xformers API (an ``XFormersAttnProcessor`` on the joint layer)."""
+    import diffusers.models.attention_dispatch as dispatch
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    from attnlab.models.tiny_dit import cogvideox_pipeline
+
+    monkeypatch.setattr(dispatch, "_check_attention_backend_requirements", lambda b: None)
+    pipe = cogvideox_pipeline()
+    with (
+        dispatch.attention_backend("sage"),
+        pytest.raises(UnsupportedConfigurationError, match="attention backend sage"),
+    ):
+        _records(pipe)
+    attn = pipe.transformer.transformer_blocks[0].attn1
+    original = attn.processor
+    attn.set_processor(XFormersAttnProcessor())
+    with pytest.raises(UnsupportedConfigurationError, match="attention backend xformers"):
+        _records(pipe)
+    attn.set_processor(original)
+    assert _records(pipe) and not attnlab.is_instrumented(pipe)
