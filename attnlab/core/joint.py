@@ -246,21 +246,23 @@ class JointAttnProcessor:
     def bias_op(
         self, client: BiasClient, ctx: CallContext, offset: int, n: int, device: torch.device
     ) -> BiasOp:
+        samples = self._samples(client, ctx, offset, n)
+        samples = None if samples is None else samples.to(device)
         prior = client.logit_prior(self.site, ctx)
         if prior is None:
-            raise JointAttentionError(
-                f"{self.site.name}: {type(client).__name__} does not say its logit bias as a "
-                "prior (logit_prior); on joint attention attnlab applies logit priors (TAR, "
-                "Transfer) and fixed replacements (Replace)"
-            )
+            # a frame-level logit function of the latent frames of query and key (WindowDecay)
+            frame_bias = getattr(client, "frame_bias", None)
+            fn = frame_bias(self.site, ctx) if frame_bias is not None else None
+            if fn is None:
+                raise JointAttentionError(
+                    f"{self.site.name}: {type(client).__name__} says its logit bias neither as "
+                    "a prior (logit_prior) nor as a frame-level logit function (frame_bias); on "
+                    "joint attention attnlab applies those (TAR, Transfer, WindowDecay) and fixed "
+                    "replacements (Replace)"
+                )
+            return BiasOp(None, samples=samples, fn=fn)
         dA = self._const("bias", client, ctx, lambda: prior.dA)
-        samples = self._samples(client, ctx, offset, n)
-        return BiasOp(
-            dA.to(device),
-            prior.max_mode,
-            prior.scale,
-            None if samples is None else samples.to(device),
-        )
+        return BiasOp(dA.to(device), prior.max_mode, prior.scale, samples)
 
     def replace_op(
         self, client: ReplaceClient, ctx: CallContext, offset: int, n: int, device: torch.device

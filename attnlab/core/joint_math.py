@@ -3,7 +3,8 @@ functions of ``q, k, v`` as a model gives them to SDPA. Derivations: ``docs/atte
 
 * :func:`frame_mass` - per video query, its attention mass on each latent frame, and on text;
 * :func:`frame_logits` - per video query, its mean pre-softmax logit over each frame's keys;
-* :class:`BiasOp`, :class:`ReplaceOp` - a TAR-style logit bias, a frame-mass replacement;
+* :class:`BiasOp`, :class:`ReplaceOp` - a TAR-style logit bias (or a frame-level logit
+  function), a frame-mass replacement;
 * :func:`edited_attention` - joint attention with those edits, explicit and blocked;
 * :func:`to_rows` - per-query results in the temporal processors' row layout.
 """
@@ -11,6 +12,7 @@ functions of ``q, k, v`` as a model gives them to SDPA. Derivations: ``docs/atte
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,14 +111,23 @@ def frame_logits(
     return (query[:, :, v0 : v0 + layout.video].float() @ kbar.transpose(-1, -2)) * scale
 
 
+#: a frame-level logit function: ``fn(logits [B, heads, r, Nv], query_frame [r], key_frame
+#: [Nv]) -> logits`` on the video-query x video-key logits, given each token's latent frame
+FrameLogitFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class BiasOp:
-    """A TAR-style logit bias: ``dA [F, F]``, max mode, scale, samples it applies to."""
+    """A logit edit on the video-query x video-key logits, for the samples it applies to: a
+    TAR-style prior ``logits + scale * max * dA[frame(q), frame(k)]`` (``dA [F, F]``, max
+    mode, scale), or, when ``fn`` is given, ``fn(logits, frame(q), frame(k))`` (a frame-level
+    logit function such as WindowDecay's; ``dA``, ``max_mode`` and ``scale`` are then unused)."""
 
-    dA: torch.Tensor
+    dA: torch.Tensor | None
     max_mode: str = "row"
     scale: float = 1.0
     samples: torch.Tensor | None = None  # bool [B]; None = all
+    fn: FrameLogitFn | None = None
 
 
 @dataclass
@@ -149,7 +160,8 @@ def edited_attention(
 
     Returns ``(out [B, heads, S, dv], mass, text)`` (``mass``/``text`` as in :func:`frame_mass`,
     of the probabilities after every edit, when ``observe``). Per block of query rows:
-    logits ``q k^T * scale + mask`` -> bias ops on the video-row x video-key part -> softmax
+    logits ``q k^T * scale + mask`` -> bias ops on the video-row x video-key part (priors
+    and frame-level logit functions, in order; text rows and keys untouched) -> softmax
     (float32) -> replacement ops on the video rows -> ``@ v``. See ``docs/attention-3d.md`` for
     the definitions.
     """
@@ -172,7 +184,7 @@ def edited_attention(
 
     # the maxima that need every row first ("head": per sample and head; "global": per call)
     maxima: dict[int, torch.Tensor] = {}
-    if any(op.max_mode != "row" for op in bias):
+    if any(op.fn is None and op.max_mode != "row" for op in bias):
         head_max = query.new_full((B, H), float("-inf"))
         for a, b in blocks:
             ra, rb = max(a, v0), min(b, v0 + Nv)
@@ -181,6 +193,8 @@ def edited_attention(
             L = logits_of(ra, rb)[..., v0 : v0 + Nv]
             head_max = torch.maximum(head_max, L.amax(dim=(-2, -1)))
         for i, op in enumerate(bias):
+            if op.fn is not None:
+                continue
             if op.max_mode == "head":
                 maxima[i] = head_max[:, :, None]
             elif op.max_mode == "global":
@@ -203,9 +217,13 @@ def edited_attention(
             fq = frame_of[ra - v0 : rb - v0]
             Lvv = L[:, :, rows, v0 : v0 + Nv]
             for i, op in enumerate(bias):
-                m = Lvv.amax(dim=-1) if op.max_mode == "row" else maxima[i]
-                dA = op.dA.to(Lvv.dtype)[fq][:, frame_of]  # [rows, Nv]
-                new = Lvv + (op.scale * m)[..., None] * dA
+                if op.fn is not None:
+                    new = op.fn(Lvv, fq, frame_of)
+                else:
+                    assert op.dA is not None
+                    m = Lvv.amax(dim=-1) if op.max_mode == "row" else maxima[i]
+                    dA = op.dA.to(Lvv.dtype)[fq][:, frame_of]  # [rows, Nv]
+                    new = Lvv + (op.scale * m)[..., None] * dA
                 Lvv = _select(new, Lvv, op.samples)
             L[:, :, rows, v0 : v0 + Nv] = Lvv
         P = L.softmax(dim=-1, dtype=torch.float32)

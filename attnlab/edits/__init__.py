@@ -6,9 +6,11 @@ fractions of the training horizon T) and CFG halves (``cfg``: "both", "cond", "u
 
 Composition order inside each temporal layer (see :mod:`attnlab.core.processor`):
 
-1. bias edits (:class:`TAR`, :class:`Transfer`) add to the logits, in the order given;
+1. bias edits (:class:`TAR`, :class:`Transfer`, :class:`WindowDecay`) change the logits, in
+   the order given;
 2. softmax;
-3. replacement edits (:class:`Replace`) overwrite the probabilities, in the order given.
+3. replacement edits (:class:`Replace`; :class:`SlidingWindow` and :class:`SpectralBlend`,
+   which mix window softmaxes of those probabilities) overwrite them, in the order given.
 
 :class:`Synopsis` acts on the text conditioning instead (per-frame cross-attention context).
 
@@ -32,6 +34,7 @@ from attnlab.edits.bias import (
     preset_sigma,
     regularise,
 )
+from attnlab.edits.fusion import SlidingWindow, SpectralBlend
 from attnlab.edits.positions import (
     POSITION_EDITS,
     FramePositions,
@@ -60,6 +63,8 @@ __all__ = [
     "RIFLEx",
     "Replace",
     "RopeScale",
+    "SlidingWindow",
+    "SpectralBlend",
     "Synopsis",
     "TemporalPE",
     "Transfer",
@@ -94,11 +99,58 @@ def from_json(text: str) -> Edit | list[Edit]:
     return [from_spec(d) for d in data] if isinstance(data, list) else from_spec(data)
 
 
+#: edits whose command-line form is ``KIND:POSITIONAL,...,KEY=VALUE,...[@LEVELS]``
+_ARG_EDITS: dict[str, type[Edit]] = {
+    "window_decay": WindowDecay,
+    "sliding_window": SlidingWindow,
+    "spectral_blend": SpectralBlend,
+}
+
+
+def _value(text: str) -> Any:
+    """A command-line value: an int, a float, or the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _args_edit(kind: str, arg: str, levels: list[int] | None, text: str) -> Edit:
+    """``window_decay:16,0.9,beyond=periodic,period=50`` -> ``WindowDecay(16, 0.9, ...)``."""
+    cls = _ARG_EDITS[kind]
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for part in (p.strip() for p in arg.split(",")):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if eq:
+            kwargs[key.strip()] = _value(value.strip())
+        elif kwargs:
+            raise EditError(f"bad edit {text!r}: positional {part!r} after keyword arguments")
+        else:
+            args.append(_value(part))
+    if not args and "window" not in kwargs:
+        raise EditError(f"bad edit {text!r}: {kind} needs a window, e.g. '{kind}:16'")
+    if levels is not None:
+        kwargs["levels"] = levels
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as err:
+        raise EditError(f"bad edit {text!r}: {err}") from None
+
+
 def parse_edit(text: str) -> Edit:
     """Parse a command-line edit: ``KIND:ARG[@LEVELS]``.
 
     ``tar:64D1`` (a preset) or ``tar:1.5@0,1`` (sigma at levels), ``replace:identity@0``,
-    ``replace:ones@0,1``, ``transfer:clip.mp4@0``, ``synopsis:a young boy|an old man``.
+    ``replace:ones@0,1``, ``transfer:clip.mp4@0``, ``synopsis:a young boy|an old man``;
+    ``window_decay:16`` / ``window_decay:16,0.9,beyond=periodic,period=50,beta=0.6``,
+    ``sliding_window:16,4`` / ``sliding_window:16,4,weighting=flat``,
+    ``spectral_blend:16,0.25`` / ``spectral_blend:16,1,filter=box``: the constructor's
+    positional arguments, then ``key=value`` ones (numbers where they parse as numbers).
     """
     kind, _, rest = text.partition(":")
     arg, _, levels_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
@@ -116,4 +168,9 @@ def parse_edit(text: str) -> Edit:
         return Transfer(arg, levels=levels if levels is not None else 0)
     if kind == "synopsis":
         return Synopsis([s.strip() for s in arg.split("|") if s.strip()])
-    raise EditError(f"unknown edit {text!r}: expected tar:, replace:, transfer: or synopsis:")
+    if kind in _ARG_EDITS:
+        return _args_edit(kind, arg, levels, text)
+    raise EditError(
+        f"unknown edit {text!r}: expected tar:, replace:, transfer:, synopsis:, "
+        "window_decay:, sliding_window: or spectral_blend:"
+    )

@@ -12,23 +12,23 @@ stronger factor near multiples of a period on HunyuanVideo.
 
 attnlab applies it as a bias-stage edit, before the softmax and after the logits of the
 model's own ``q k^T`` (with its position terms), in the order given with TAR and Transfer; the
-softmax that follows keeps every row of the maps a distribution.
+softmax that follows keeps every row of the maps a distribution. On joint space-time
+attention (DiTs) it acts on the video-token logits by the latent frames of query and key, as a
+frame-level logit function (:class:`~attnlab.core.joint_math.BiasOp`'s ``fn``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from attnlab.core.joint_math import FrameLogitFn
 from attnlab.core.protocol import CallContext, LogitPrior, Stage
 from attnlab.core.sites import Site
 from attnlab.edits.base import Edit, EditError, _positive, register
-
-if TYPE_CHECKING:
-    from attnlab.core.control import Controller
 
 #: what happens to the positive logits beyond the window: ``"constant"`` (``alpha``
 #: everywhere), ``"periodic"`` (``beta`` near multiples of ``period``, ``alpha`` elsewhere)
@@ -90,7 +90,10 @@ class WindowDecay(Edit):
     training length of 21 latent frames, in tokens); ``alpha`` 0.9 and ``beta`` 0.6 are the
     paper's (beta on HunyuanVideo, whose temporal RoPE period is 50 latent frames: ``period=50``).
     On UNets every temporal layer's ``F x F`` logits are decayed the same way, every head and
-    spatial position alike.
+    spatial position alike. On joint space-time attention (DiTs: CogVideoX, Wan,
+    HunyuanVideo, ...) the frame distance is that of the latent frames of the query and key
+    tokens: the video-query x video-key logits are decayed (every head and token of a frame
+    alike), text queries and text keys are untouched (:meth:`frame_bias`).
 
     Identity limits (bit-exact: the layer is not touched): ``alpha = 1`` (and ``beta = 1`` with
     ``beyond="periodic"``), or a call with ``frames <= window + 1``.
@@ -212,21 +215,19 @@ class WindowDecay(Edit):
         return torch.where(logits > 0, logits * D, logits)
 
     # ---- client protocol -----------------------------------------------------------------
-    def bind(self, controller: Controller) -> None:
-        """Attach to a model: its temporal (UNet) layers take the decay.
+    def frame_bias(self, site: Site, ctx: CallContext) -> FrameLogitFn:
+        """The decay as a frame-level logit function for joint space-time attention (DiTs):
+        ``fn(logits, query_frame, key_frame)`` on the video-query x video-key logits of one
+        block of queries, given each token's latent frame (:meth:`decay` at this call's frame
+        count). The joint processor applies it through
+        :class:`~attnlab.core.joint_math.BiasOp` (``fn``); text queries and text keys are left
+        alone, and the softmax runs over every key, text included."""
+        frames = ctx.frames
 
-        Joint space-time attention (DiTs: CogVideoX, Wan, HunyuanVideo, ...) is refused for
-        now: attnlab's joint processor (:mod:`attnlab.core.joint`) applies bias edits of the
-        form ``logits + scale * max * dA`` only (:class:`~attnlab.core.protocol.LogitPrior`),
-        and this decay multiplies the positive logits entry by entry, which no such prior
-        expresses. :meth:`decay` takes per-token frame indices, ready for that processor."""
-        super().bind(controller)
-        if getattr(controller.table, "joint", False):
-            raise EditError(
-                "WindowDecay acts on temporal attention layers (UNets); this model's attention "
-                "is joint space-time (a DiT), where attnlab applies logit priors (TAR, Transfer) "
-                "and fixed replacements (Replace) only: WindowDecay is not yet available there"
-            )
+        def fn(logits: torch.Tensor, qf: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
+            return self.decay(logits, qf, kf, frames)
+
+        return fn
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
         return super().wants(site, ctx) and not self.identity_at(ctx.frames)
@@ -236,7 +237,7 @@ class WindowDecay(Edit):
         return self.halves(ctx) is None
 
     def logit_prior(self, site: Site, ctx: CallContext) -> LogitPrior | None:
-        return None  # not an additive prior (see bind)
+        return None  # not an additive prior: a frame-level logit function (frame_bias)
 
     def bias(self, site: Site, ctx: CallContext, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` ``[rows, heads, F, F]`` (or a block ``[rows, F, F]`` of one head)."""

@@ -1,6 +1,6 @@
 """WindowDecay (UltraViCo, arXiv 2511.20123): the hand formula on a real temporal layer (both
 processor paths), composition with TAR, identity limits, restoration, serialisation, and the
-refusal on joint attention."""
+decay on joint token logits (the joint path itself: test_window_decay_joint.py)."""
 
 from __future__ import annotations
 
@@ -242,15 +242,3 @@ def test_decay_on_joint_token_logits_equals_the_hand_formula():
             want[..., a, b] = np.where(v > 0, v * fac, v)
     np.testing.assert_allclose(got, want, atol=1e-12)
     np.testing.assert_allclose(torch.softmax(torch.from_numpy(got), -1).sum(-1), 1.0, atol=1e-12)
-
-
-def test_joint_attention_models_are_refused_with_one_clear_error():
-    from attnlab.models.tiny_dit import cogvideox_transformer
-
-    model = cogvideox_transformer()
-    with (
-        pytest.raises(EditError, match="joint space-time"),
-        attnlab.edit(model, WindowDecay(1, 0.5)),
-    ):
-        pass
-    assert not attnlab.is_instrumented(model)

@@ -45,6 +45,8 @@ SPEC_KEYS = (
     "prompt_file",
     "seeds",
     "frames",
+    "lengths",
+    "train_frames",
     "edits",
     "generation",
     "record",
@@ -141,6 +143,9 @@ class SweepSpec:
     name: str = ""
     device: str = "auto"
     source: str | None = None
+    # ``lengths`` (ratios of ``train_frames``) when the frame counts were given that way
+    lengths: list[float] | None = None
+    train_frames: int | None = None
 
     def cells(self) -> list[Cell]:
         out = []
@@ -378,6 +383,39 @@ def _number(v: Any, key: str, *, integer: bool = False, minimum: float | None = 
     return v
 
 
+def _frames(data: Mapping[str, Any]) -> tuple[list[int], list[float] | None, int | None]:
+    """``frames`` (video frame counts), or ``lengths`` (ratios) times ``train_frames``."""
+    if ("frames" in data) == ("lengths" in data):
+        raise SweepSpecError(
+            "frames",
+            "give exactly one of 'frames' (frame counts) or 'lengths' (ratios of train_frames)",
+        )
+    if "frames" in data:
+        if "train_frames" in data:
+            raise SweepSpecError(
+                "train_frames", "applies with 'lengths' only (frame counts as ratios of it)"
+            )
+        return _int_list(data, "frames", minimum=1), None, None
+    if "train_frames" not in data:
+        raise SweepSpecError(
+            "train_frames", "is missing: 'lengths' are ratios of the training length in frames"
+        )
+    train = _number(data["train_frames"], "train_frames", integer=True, minimum=1)
+    ratios = [
+        float(_number(v, f"lengths[{i}]", minimum=0))
+        for i, v in enumerate(_nonempty_list(data, "lengths"))
+    ]
+    frames = []
+    for i, r in enumerate(ratios):
+        n = round(r * train)
+        if n < 1:
+            raise SweepSpecError(f"lengths[{i}]", f"{r} x {train} frames is no frame")
+        frames.append(n)
+    if len(set(frames)) != len(frames):
+        raise SweepSpecError("lengths", f"give the same frame counts twice: {frames}")
+    return frames, ratios, train
+
+
 def _generation(data: Mapping[str, Any]) -> dict[str, Any]:
     raw = data.get("generation", {})
     if not isinstance(raw, Mapping):
@@ -467,7 +505,7 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> Sw
     if not isinstance(data, Mapping):
         raise SweepSpecError("<root>", f"must be a table of keys, got {_type_name(data)}")
     _check_keys(data, SPEC_KEYS, "")
-    for required in ("models", "seeds", "frames"):
+    for required in ("models", "seeds"):
         if required not in data:
             raise SweepSpecError(required, "is missing (required)")
     name = data.get("name", "")
@@ -478,16 +516,19 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> Sw
         raise SweepSpecError(
             "device", f"must be 'auto', 'cpu', 'cuda', 'cuda:1', ... got {device!r}"
         )
+    frames, lengths, train_frames = _frames(data)
     spec = SweepSpec(
         models=_str_list(data, "models"),
         prompts=_prompts(data, Path(base_dir)),
         seeds=_int_list(data, "seeds", minimum=0),
-        frames=_int_list(data, "frames", minimum=1),
+        frames=frames,
         edits=_edits(data),
         generation=_generation(data),
         record=_record(data),
         name=name,
         device=device,
+        lengths=lengths,
+        train_frames=train_frames,
     )
     if not spec.cells():
         raise SweepSpecError(
@@ -562,11 +603,28 @@ def preflight(spec: SweepSpec) -> dict[str, str]:
         except (FileNotFoundError, UnsupportedModelError, OSError, ValueError) as err:
             raise SweepSpecError(key, f"{model!r}: {err}") from err
         refs[model] = ref
+        frame_key = "lengths" if spec.lengths is not None else "frames"
         for j, frames in enumerate(spec.frames):
             try:
                 table.check_frames(frames)
             except FrameLimitError as err:
-                raise SweepSpecError(f"frames[{j}]", str(err)) from None
+                # a table extended for the run (FramePositions) takes the frames in every cell
+                extended = [
+                    c
+                    for c in cells
+                    if c.model == model
+                    and c.frames == frames
+                    and any(
+                        s.get("kind") == "frame_positions" and s.get("frames", 0) >= frames
+                        for s in c.edits
+                    )
+                ]
+                if len(extended) != sum(c.model == model and c.frames == frames for c in cells):
+                    raise SweepSpecError(
+                        f"{frame_key}[{j}]",
+                        f"{err} (or add a FramePositions edit of at least {frames} frames to "
+                        "every edit of the sweep)",
+                    ) from None
         try:
             rec_layers.resolve(table)
         except SelectionError as err:
@@ -582,6 +640,9 @@ def preflight(spec: SweepSpec) -> dict[str, str]:
                         edit.target_matrix(cell.frames)
                     if isinstance(edit, Synopsis):
                         edit.weights(cell.frames)
+                    check_table = getattr(edit, "check_table", None)
+                    if check_table is not None:  # edits that refuse some models' attention
+                        check_table(table)
                 except (EditError, SelectionError, ValueError) as err:
                     raise SweepSpecError(
                         f"edits[{idx}]", f"{model!r}, {cell.frames} frames: {err}"
