@@ -471,7 +471,8 @@ def band_spectrum(
     """
     if detrend not in _DETREND:
         raise ValueError(f"detrend must be one of {', '.join(_DETREND)}; got {detrend!r}")
-    profile = band_profile(maps, row_dim, col_dim)
+    # (the profile is small: maps loaded lazily from a store are computed here)
+    profile = band_profile(maps, row_dim, col_dim).compute()
     n = profile.sizes[OFFSET]
     if n < 4:
         raise ValueError(f"a band spectrum needs maps of at least 4 frames, got {n}")

@@ -99,6 +99,13 @@ def test_every_window_of_every_step_is_recorded_as_its_attention(pipe, frames):
         np.testing.assert_allclose(recorded[step, w], _brute(attn, x, 2), rtol=0, atol=2e-6)
     # windows differ: a window's map is not another's
     assert not np.allclose(recorded[1, 0], recorded[1, -1], atol=1e-4)
+    # the figures' reduction averages the windows too: one 16 x 16 panel, their mean
+    from attnlab.lab.plots import reduce_maps
+
+    panel = reduce_maps(ds[D.PROBS].sel(layer=[LAYER]))
+    assert panel.dims == (D.QUERY, D.KEY)
+    cond = ds[D.PROBS].sel(layer=LAYER, cfg=D.COND).mean([D.STEP, WINDOW, D.SAMPLE])
+    np.testing.assert_allclose(panel.values, cond.values, rtol=1e-6, atol=1e-7)
 
 
 def test_the_frame_limit_applies_to_the_window(pipe):

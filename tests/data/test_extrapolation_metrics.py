@@ -123,6 +123,15 @@ def test_a_map_that_only_decays_has_no_echo():
     assert float(echo_period(_maps(echoes))) == 5.0
 
 
+def test_band_spectrum_of_lazily_loaded_maps_equals_that_of_loaded_ones():
+    """Maps from ``attnlab.load`` are dask-backed: the spectrum and echoes are the same."""
+    m = _toeplitz(16, lambda d: 0.7**d + (0.3 if d and d % 5 == 0 else 0.0))
+    lazy = _maps(m).chunk()
+    assert lazy.chunks is not None
+    np.testing.assert_array_equal(band_spectrum(lazy).values, band_spectrum(_maps(m)).values)
+    assert float(echo_period(lazy)) == 5.0
+
+
 def test_band_spectrum_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 4 frames"):
         band_spectrum(_maps(np.eye(3)))

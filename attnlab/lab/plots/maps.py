@@ -30,6 +30,7 @@ from attnlab.core.dims import (
     RUN,
     SAMPLE,
     STEP,
+    WINDOW,
     X,
     Y,
 )
@@ -39,7 +40,9 @@ MapLike = xr.DataArray | np.ndarray
 VideoLike = xr.DataArray | np.ndarray
 
 # dims averaged by reduce_maps unless told otherwise
-_AVERAGED = (STEP, LAYER, SAMPLE, HEAD, Y, X)
+# (a windowed run's windows too: their maps count frames within the window, so their mean is
+# the mean window map)
+_AVERAGED = (STEP, LAYER, WINDOW, SAMPLE, HEAD, Y, X)
 
 
 def _probs(x: Any) -> Any:
@@ -100,8 +103,8 @@ def reduce_maps(
     Selects ``steps`` (labels of the ``step`` coordinate, or positions without one),
     ``layers`` (labels along ``layer``) and/or ``levels`` (values of the ``level`` coord),
     keeps the ``cfg`` branch ("cond" by default, drops the unconditional half; ``None``
-    averages both), averages over the dims in ``over`` that are present (step, layer, sample,
-    head and spatial y/x by default, NaN-aware so padding stays NaN) and, only if
+    averages both), averages over the dims in ``over`` that are present (step, layer, window,
+    sample, head and spatial y/x by default, NaN-aware so padding stays NaN) and, only if
     ``normalize``, min-max normalises each remaining ``(query_frame, key_frame)`` panel to
     [0, 1] (by default the maps stay probabilities).
     The result keeps ``run`` and its coordinates.
