@@ -11,6 +11,7 @@ Quick start::
     with attnlab.record(pipe, levels=[0]) as rec:    # record it
         pipe(prompt, num_frames=16)
     rec.save("run.zarr"); ds = attnlab.load("run.zarr")
+    attnlab.report("run.zarr", "run.html")           # see it: one self-contained page
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ _EXPORTS: dict[str, str] = {
     "RopeScale": "attnlab.edits",
     "FramePositions": "attnlab.edits",
     "WindowDecay": "attnlab.edits",
+    "SlidingWindow": "attnlab.edits",
+    "SpectralBlend": "attnlab.edits",
     "pe_report": "attnlab.models.positions",
     # the lab
     "record_real": "attnlab.lab.real",
     "evaluate": "attnlab.lab.evaluation",
     "load_evaluation": "attnlab.lab.evaluation",
+    "report": "attnlab.lab.report",
     # the models: diffusers finds attnlab's own component classes here when loading a folder
     "OrganismUNet": "attnlab.models.organisms",
     "OrganismMotionUNet": "attnlab.models.organisms",
@@ -103,6 +107,8 @@ if TYPE_CHECKING:
         Replace,
         RIFLEx,
         RopeScale,
+        SlidingWindow,
+        SpectralBlend,
         Synopsis,
         Transfer,
         WindowDecay,
@@ -111,6 +117,7 @@ if TYPE_CHECKING:
     )
     from attnlab.lab.evaluation import evaluate, load_evaluation
     from attnlab.lab.real import record_real
+    from attnlab.lab.report import report
     from attnlab.models.lavie import LaVieUNet
     from attnlab.models.organisms import OrganismMotionUNet, OrganismUNet, PatchCodec
     from attnlab.models.positions import pe_report
@@ -144,6 +151,8 @@ __all__ = [
     "SelectionError",
     "Site",
     "SiteTable",
+    "SlidingWindow",
+    "SpectralBlend",
     "Steps",
     "StoreError",
     "Synopsis",
@@ -167,6 +176,7 @@ __all__ = [
     "record",
     "record_real",
     "register_family",
+    "report",
     "sites",
     "verify_store",
 ]

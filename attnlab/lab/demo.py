@@ -4,6 +4,8 @@
 - :func:`run_demo`: run them with small settings (after the organisms' own figures, from
   :mod:`attnlab.lab.organisms`) and print where everything went
 - :func:`evaluator_readings`: the world evaluator's reading of each generated video
+- :func:`front_page`: ``report.html``, the interactive report of the demo's stores
+  (:func:`attnlab.lab.report.report`) linking its figures
 """
 
 from __future__ import annotations
@@ -52,6 +54,45 @@ def evaluator_readings(ctx: Context, experiment: str) -> dict[str, tuple[dict[st
         }
         out[name] = (scores, _score_text(s))
     return out
+
+
+def front_page(
+    ctx: Context, story: tuple[str, ...], results: dict[str, list[Path]], out: Path
+) -> Path:
+    """The demo's front page ``out/report.html``: the interactive report of the stores of
+    ``story`` (its comparison opens on the short synthetic run against TAR), linking every
+    figure and table in ``results`` (relative paths: they stay beside the page)."""
+    from attnlab.core.store import StoreError, list_runs
+    from attnlab.lab.report import report
+
+    stores = []
+    for name in story:
+        if name in ("similarity", "prior"):  # the maps store / no store
+            continue
+        path = ctx.store(name)
+        try:
+            if list_runs(path):
+                stores.append(path)
+        except StoreError:
+            continue
+    if not stores:
+        raise ValueError(f"the demo wrote no store to report (story: {', '.join(story)})")
+    keys = {f"synthetic-f{ctx.frames[0]}", f"tar-f{ctx.frames[0]}"}
+    pair = None
+    if "maps" in story and keys <= set(list_runs(ctx.store("maps"))):
+        pair = (f"maps/synthetic-f{ctx.frames[0]}", f"maps/tar-f{ctx.frames[0]}")
+    files = sorted(
+        {p for paths in results.values() for p in paths if p.suffix in (".png", ".json")}
+    )
+    links = [(str(p.relative_to(out)), p.relative_to(out).as_posix()) for p in files]
+    page = report(
+        stores,
+        out / "report.html",
+        compare=pair,
+        title=f"attnlab demo: {ctx.model}",
+        links=links,
+    )
+    return page.path or out / "report.html"
 
 
 def run_demo(
@@ -149,7 +190,9 @@ def run_demo(
             print(f"  {'':<10} {p}")
         for run, text in readings.get(name, {}).items():
             print(f"  {'':<10}   {run}: {text}")
+    page = front_page(ctx, story, results, out)
     print(
         f"done in {time.time() - t0:.0f} s. Redraw with: attnlab figures --all --model {ctx.model} --data {ctx.data} --out {ctx.figures}"
     )
+    print(f"front page (open it in a browser): {page}")
     return results

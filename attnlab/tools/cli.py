@@ -311,7 +311,11 @@ def _configure_record(p: argparse.ArgumentParser) -> None:
     _add_generation_args(p)
     _add_record_args(p)
     p.add_argument("--out", required=True, help="zarr store (created, or appended to)")
-    p.add_argument("--video", default=None, help="also write the video (.mp4 or .gif)")
+    p.add_argument(
+        "--video",
+        default=None,
+        help="also write the video (.mp4 or .gif; it is kept in the store too)",
+    )
 
 
 @command("record", "generate a video and record its temporal attention", _configure_record)
@@ -328,9 +332,19 @@ def cmd_record(args: argparse.Namespace) -> int:
 
         write_video(video, args.video)
         print(f"video written to {args.video}")
-    _check_recorded(args.out, run_id)
+    run_id = _check_recorded(args.out, run_id)
+    if args.video:  # beside its maps too: attnlab report shows it
+        _store_video(args.out, run_id, video)
     print(f"recorded run {run_id} ({video.shape[0]} frames) into {args.out}")
     return 0
+
+
+def _store_video(store: str | os.PathLike, run_id: str, video) -> None:
+    """Keep a run's generated video in its store (``videos/<run_id>``), where ``attnlab
+    report`` and the figures find it."""
+    from attnlab.core.store import save_video
+
+    save_video(store, run_id, video)
 
 
 def _configure_generate(p: argparse.ArgumentParser) -> None:
@@ -342,7 +356,8 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
         default=[],
         help="tar:64D1 | tar:SIGMA@LEVELS | replace:identity@0 | replace:ones@0,1 | "
         "transfer:VIDEO@0 (a file, frame folder or sample clip: transfer:cup@0) | "
-        "synopsis:'a|b' (repeatable)",
+        "synopsis:'a|b' | window_decay:16,0.9 | sliding_window:16,4 | spectral_blend:16,0.25 "
+        "(repeatable)",
     )
     p.add_argument("--out", required=True, help="video file (.mp4 or .gif)")
     p.add_argument("--record", default=None, help="also record the attention into this zarr store")
@@ -369,8 +384,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = write_video(video, args.out, fps=args.fps)
     print(f"video ({video.shape[0]} frames) written to {path}")
     if args.record:
-        _check_recorded(args.record, run_id)
-        print(f"attention recorded as run {run_id} in {args.record}")
+        _store_video(args.record, _check_recorded(args.record, run_id), video)
+        print(f"attention recorded as run {run_id} in {args.record} (with the video)")
     return 0
 
 
@@ -414,6 +429,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         videos_dir=out / "videos",
         record_kwargs=_record_kwargs(args),
     )
+    for key, rid in result["runs"].items():  # each video beside its maps
+        if rid:
+            video = result["baseline"] if key[0] == "baseline" else result["videos"][key]
+            _store_video(store, rid, video)
     ds = load(store, runs=[r for r in result["runs"].values() if r])
     maps = {
         key: reduce_maps(ds.probs.sel(run=rid))
@@ -844,6 +863,66 @@ def cmd_check(args: argparse.Namespace) -> int:
     check = verify_store(args.store)
     print(check)
     return 0 if check.ok else 1
+
+
+#: the report's size limit (attnlab.lab.report.DEFAULT_MAX_MB; here without importing it)
+REPORT_MAX_MB = 6.0
+
+
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "store",
+        nargs="+",
+        help="attnlab zarr store(s) (of record, record-real, probe, sweep, demo)",
+    )
+    p.add_argument("-o", "--out", default="report.html", help="the HTML file to write")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help="only these runs (ids; STORE_NAME/ID where two stores hold one id; default all)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        default=None,
+        metavar=("RUN_A", "RUN_B"),
+        help="the two runs the comparison opens with (default: the first run and the next "
+        "one with as many frames)",
+    )
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=REPORT_MAX_MB,
+        help="size limit: above it the page holds fewer steps, the cond half only, head and "
+        "level means, and says what it left out",
+    )
+    p.add_argument("--title", default=None, help="the page's title (default: names the stores)")
+
+
+@command(
+    "report",
+    "one interactive HTML page of a store's runs: maps, videos, metrics, comparison (offline)",
+    _configure_report,
+)
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML report of one or more stores (attnlab.report)."""
+    _check_writable(args.out, "--out", (".html", ".htm"))
+    from attnlab.lab.report import report
+
+    page = report(
+        args.store,
+        args.out,
+        runs=args.runs,
+        compare=args.compare,
+        max_mb=args.max_mb,
+        title=args.title,
+    )
+    for item in page.left_out:
+        print(f"left out (size limit {args.max_mb:g} MB): {item}")
+    print(f"report of {len(page.runs)} runs ({page.size / 1e6:.1f} MB) written to {page.path}")
+    return 0
 
 
 def _configure_convert(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,461 @@
+"""``attnlab report`` / ``attnlab.report``: one self-contained HTML page of a store's runs.
+
+The stores are made by the real commands on the tiny ModelScope pipeline (6 frames, 2 steps,
+64 x 48): ``record --video`` then ``generate --edit tar --record`` into one store (plain vs
+TAR), ``record-real`` of a world clip, ``probe``, a head-reduced recording, a sweep and the
+demo. The page's data is read back with an HTML parser and base64/float32 decoding, and
+compared with ``attnlab.load`` of the store and :mod:`attnlab.data.metrics`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+import attnlab
+from attnlab.core import dims as D
+from attnlab.data.metrics import band_concentration, band_profile, diagonalness, row_entropy
+from attnlab.lab.report import DEFAULT_MAX_MB, ReportError, report
+from attnlab.tools.cli import REPORT_MAX_MB, main
+
+GEN = ["--frames", "6", "--steps", "2", "--height", "64", "--width", "48", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_dirs, ms_pipe, tmp_path_factory):
+    """Stores written by the commands: plain + TAR (each with its video), a real world clip
+    (``attnlab.record_real``, what ``record-real`` runs), probes."""
+    root = tmp_path_factory.mktemp("report-stores")
+    model = ["--model", str(tiny_dirs["tiny-modelscope"])]
+    rec = root / "runs.zarr"
+    assert main(["record", *model, *GEN, "--seed", "1", "--out", str(rec), "--video", str(root / "v.gif")]) == 0  # fmt: skip
+    assert main(["generate", *model, *GEN, "--seed", "1", "--edit", "tar:64D4", "--out", str(root / "t.gif"), "--record", str(rec)]) == 0  # fmt: skip
+    real = root / "real.zarr"
+    attnlab.record_real(ms_pipe, "world:0", frames=6, height=64, width=48, timesteps=[600, 200], store=real, progress=False)  # fmt: skip
+    assert main(["probe", *model, *GEN, "--kind", "identity", "--levels", "0", "--out", str(root / "probe")]) == 0  # fmt: skip
+    return {"runs": rec, "real": real, "probe": root / "probe" / "probe.zarr", "root": root}
+
+
+def page_data(text: str) -> dict:
+    m = re.search(r'<script type="application/json" id="attnlab-data">(.*?)</script>', text, re.S)
+    assert m, "the page holds its data"
+    return json.loads(m.group(1))
+
+
+def floats(b64: str, shape) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), dtype="<f4").reshape(shape)
+
+
+def run_arrays(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = run["frames"]
+    shape = run["shape"]
+    return (
+        floats(run["maps"], [*shape, n, n]),
+        floats(run["profiles"], [*shape, n]),
+        floats(run["metrics"], [*shape, 3]),
+    )
+
+
+def strip_frames(video: dict) -> np.ndarray:
+    """The frames of a page's video strip (a data URI of one image, frames side by side)."""
+    head, data = video["src"].split(",", 1)
+    assert head == "data:image/png;base64"
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+    w = video["width"]
+    return np.stack([img[:, i * w : (i + 1) * w] for i in range(video["frames"])])
+
+
+class References(html.parser.HTMLParser):
+    """Every URL the page's markup refers to: src/href attributes and CSS url()."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self.tags: list[tuple[str, dict]] = []
+        self._style = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        self.urls += [v or "" for k, v in attrs.items() if k in ("src", "href", "srcset", "poster")]
+        self.urls += re.findall(r"url\(([^)]*)\)", attrs.get("style") or "")
+        self._style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self._style = False
+
+    def handle_data(self, data):
+        if self._style:
+            self.urls += re.findall(r"url\(([^)]*)\)", data)
+
+
+# ---- what the page holds ------------------------------------------------------------------
+
+
+def test_the_page_holds_every_stored_map_and_its_means_and_metrics(stores, tmp_path):
+    page = report(stores["runs"], tmp_path / "r.html")
+    assert page.path.read_text() == page.html
+    data = page_data(page.html)
+    ds = attnlab.load(stores["runs"])
+    assert [r["run_id"] for r in data["runs"]] == [str(r) for r in ds[D.RUN].values]
+    assert page.left_out == [] and data["left_out"] == []
+    for run in data["runs"]:
+        maps, profiles, metrics = run_arrays(run)
+        probs = ds[D.PROBS].sel(run=run["run_id"])
+        steps = [s["index"] for s in run["steps"]]
+        assert steps == list(range(probs.sizes[D.STEP])) and run["halves"] == ["uncond", "cond"]
+        layers = [e["key"] for e in run["layers"] if e["kind"] == "layer"]
+        assert layers == [str(v) for v in ds[D.LAYER].values]
+        # every single map, exactly as stored (float32)
+        for s in range(len(steps)):
+            for li, key in enumerate(run["layers"]):
+                if key["kind"] != "layer":
+                    continue
+                for c, half in enumerate(run["halves"]):
+                    stored = probs.sel(step=steps[s], layer=key["key"], cfg=half).isel(sample=0)
+                    np.testing.assert_array_equal(maps[s + 1, li, c, 0, 0], stored.values)
+        # the means: over all steps (entry 0), over all layers, over a level
+        cond = probs.sel(cfg="cond").isel(sample=0)
+        np.testing.assert_allclose(
+            maps[0, 0, 1, 0, 0], cond.mean([D.STEP, D.LAYER]).values, rtol=1e-5
+        )
+        lv = next(e for e in run["layers"] if e["kind"] == "level")
+        at_level = cond.where(ds[D.LEVEL] == lv["level"], drop=True)
+        i = run["layers"].index(lv)
+        np.testing.assert_allclose(
+            maps[1, i, 1, 0, 0], at_level.isel(step=0).mean(D.LAYER).values, rtol=1e-5
+        )
+        # the metrics of every map are attnlab.data.metrics' of it
+        m = xr.DataArray(maps, dims=["s", "l", "c", "h", "k", D.QUERY, D.KEY])
+        np.testing.assert_allclose(metrics[..., 0], diagonalness(m).values, atol=1e-6)
+        np.testing.assert_allclose(metrics[..., 1], band_concentration(m, k=1).values, atol=1e-6)
+        np.testing.assert_allclose(metrics[..., 2], row_entropy(m).mean(D.QUERY).values, atol=1e-6)
+        np.testing.assert_allclose(profiles, band_profile(m).values, atol=1e-6)
+        mean_map = cond.mean([D.STEP, D.LAYER]).values
+        assert run["summary"]["diagonalness"] == pytest.approx(
+            float(diagonalness(mean_map)), abs=1e-5
+        )
+        assert run["summary"]["band_mass"] == pytest.approx(
+            float(band_concentration(mean_map)), abs=1e-5
+        )
+    # provenance and the edit: plain, then TAR
+    plain, tar = data["runs"]
+    assert plain["edits"] == "none" and tar["edits"] == "tar 64D4"
+    assert tar["provenance"]["attnlab_version"] == attnlab.__version__
+    assert plain["seed"] == 1 and plain["model"] == tar["model"]
+
+
+def test_the_page_refers_to_nothing_outside_itself(stores):
+    text = report([stores["runs"], stores["real"], stores["probe"]]).html
+    refs = References()
+    refs.feed(text)
+    assert all("http" not in u and "//" not in u for u in refs.urls), refs.urls
+    # every script and style is inline; videos are data URIs
+    assert not [a for t, a in refs.tags if t == "script" and "src" in a]
+    assert not [a for t, a in refs.tags if t == "link"]
+    assert all(u.startswith(("data:", "#")) for u in refs.urls), refs.urls
+    assert "BokehJS" in text or "Bokeh" in text  # the plotting library itself is inside
+
+
+def test_videos_come_from_the_store_or_the_real_clip(stores):
+    from attnlab.core.store import load_video
+    from attnlab.data.world import world_video
+
+    runs = {
+        r["run_id"]: r for r in page_data(report([stores["runs"], stores["real"]]).html)["runs"]
+    }
+    ids = [str(r) for r in attnlab.load(stores["runs"])[D.RUN].values]
+    plain, tar = runs[ids[0]], runs[ids[1]]
+    # record --video and generate --record keep the video in the store: the page shows it
+    np.testing.assert_array_equal(strip_frames(plain["video"]), load_video(stores["runs"], ids[0]))
+    np.testing.assert_array_equal(strip_frames(tar["video"]), load_video(stores["runs"], ids[1]))
+    # the real clip: the world clip its provenance names, at its frame indices
+    real = next(r for r in runs.values() if r["kind"] == "real")
+    want = world_video("world:0", frames=6).frames
+    np.testing.assert_array_equal(strip_frames(real["video"]), want)
+    assert [s["timestep"] for s in real["steps"]] == [600, 200]
+
+
+def test_probe_runs_have_their_videos_and_edits(stores):
+    from attnlab.core.store import load_video
+
+    data = page_data(report(stores["probe"]).html)
+    assert sorted(r["edits"] for r in data["runs"]) == ["none", "replace identity @0"]
+    for run in data["runs"]:
+        np.testing.assert_array_equal(
+            strip_frames(run["video"]), load_video(stores["probe"], run["run_id"])
+        )
+        # the identity probe's level-0 maps are the identity
+        if run["edits"] != "none":
+            maps, _, _ = run_arrays(run)
+            level0 = [
+                i for i, e in enumerate(run["layers"]) if e["kind"] == "layer" and e["level"] == 0
+            ]
+            np.testing.assert_allclose(
+                maps[1:, level0], np.broadcast_to(np.eye(6), maps[1:, level0].shape), atol=1e-6
+            )
+
+
+def test_head_reduction_has_a_head_control_with_each_head(ms_pipe, gen, tmp_path):
+    store = tmp_path / "heads.zarr"
+    with attnlab.record(ms_pipe, levels=[0], reduce="head", logits=True, store=store):
+        gen(ms_pipe, num_frames=6)
+    page = report(store)
+    assert page.left_out == ["logits of heads (the page shows probs)"]  # said, not hidden
+    run = page_data(page.html)["runs"][0]
+    ds = attnlab.load(store)
+    heads = int(np.nanmax(ds[D.HEADS].values))
+    assert run["heads"] == ["mean", *map(str, range(heads))]
+    maps, _, _ = run_arrays(run)
+    probs = ds[D.PROBS].isel(run=0, sample=0).sel(cfg="cond")
+    li = next(i for i, e in enumerate(run["layers"]) if e["kind"] == "layer")
+    c = run["halves"].index("cond")
+    for h in range(heads):
+        np.testing.assert_array_equal(
+            maps[1, li, c, 1 + h, 0], probs.isel(step=0, layer=0, head=h).values
+        )
+    np.testing.assert_allclose(
+        maps[1, li, c, 0, 0], probs.isel(step=0, layer=0).mean(D.HEAD).values, rtol=1e-5
+    )
+
+
+def test_a_dataset_reports_like_its_store(stores):
+    from_path = page_data(report(stores["runs"]).html)["runs"]
+    from_ds = page_data(report(attnlab.load(stores["runs"])).html)["runs"]
+    assert [r["maps"] for r in from_path] == [r["maps"] for r in from_ds]
+    assert from_ds[0]["video"] is None  # a Dataset has no store to read videos from
+
+
+# ---- choosing what goes in --------------------------------------------------------------------
+
+
+def test_runs_and_compare_are_respected(stores, tmp_path, capsys):
+    ids = [str(r) for r in attnlab.load(stores["runs"])[D.RUN].values]
+    out = tmp_path / "one.html"
+    assert main(["report", str(stores["runs"]), "-o", str(out), "--runs", ids[1]]) == 0
+    assert [r["run_id"] for r in page_data(out.read_text())["runs"]] == [ids[1]]
+    assert f"written to {out}" in capsys.readouterr().out
+    out = tmp_path / "both.html"
+    argv = [
+        "report",
+        str(stores["runs"]),
+        str(stores["real"]),
+        "-o",
+        str(out),
+        "--compare",
+        ids[1],
+        ids[0],
+    ]
+    assert main(argv) == 0
+    data = page_data(out.read_text())
+    assert data["compare"] == [ids[1], ids[0]] and len(data["runs"]) == 3
+    # an unknown run: one line naming it and the runs there are, nothing written
+    bad = tmp_path / "bad.html"
+    assert main(["report", str(stores["runs"]), "-o", str(bad), "--compare", ids[0], "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run 'nope'" in err[0] and ids[0] in err[0]
+    assert not bad.exists()
+    with pytest.raises(ReportError, match="two runs"):
+        report(stores["runs"], compare=[ids[0]])
+
+
+def test_a_size_limit_leaves_out_detail_and_says_so(stores):
+    full = report(stores["runs"])
+    limit = (full.size - 1000) / 1e6  # a little less than everything needs
+    small = report(stores["runs"], max_mb=limit)
+    assert small.size <= limit * 1e6 < full.size
+    # the largest runs give up detail first, runs alike alike: here both their uncond half
+    assert small.left_out == ["the unconditional guidance half (cond is kept): in 2 of 2 runs"]
+    assert "Not in this page" in small.html and "unconditional guidance half" in small.html
+    runs = page_data(small.html)["runs"]
+    assert [r["halves"] for r in runs] == [["cond"], ["cond"]]
+    # what is kept is still exactly the stored maps
+    run = runs[1]
+    assert run["notes"] == ["the unconditional guidance half (cond is kept)"]
+    maps, _, _ = run_arrays(run)
+    probs = attnlab.load(stores["runs"])[D.PROBS].sel(run=run["run_id"]).isel(sample=0)
+    li = next(i for i, e in enumerate(run["layers"]) if e["kind"] == "layer")
+    np.testing.assert_array_equal(
+        maps[2, li, 0, 0, 0], probs.sel(cfg="cond").isel(step=1, layer=0).values
+    )
+    # the last resort: the mean over steps at each level only
+    tiny = report(stores["runs"], max_mb=0.1)
+    for run in page_data(tiny.html)["runs"]:
+        assert run["steps"] == [] and all(e["kind"] != "layer" for e in run["layers"])
+    assert (
+        "single layers (the means over each level and over all layers are kept): in 2 of 2 runs"
+        in tiny.left_out
+    )
+
+
+def test_the_largest_runs_give_up_detail_first_and_runs_alike_alike():
+    from attnlab.lab.report.content import RunShape, detail_ladder, fit, run_bytes
+
+    def shape(frames, layers=22):
+        return RunShape(np.arange(6), np.arange(layers), frames, ["uncond", "cond"], 0, 1, False)
+
+    runs = [(shape(48), 4), (shape(32), 4), (shape(32), 4), (shape(16), 4), (shape(16, 26), 4)]
+    ladder = detail_ladder(6)
+    full = sum(run_bytes(s, lv, ladder[0]) for s, lv in runs)
+    bottom = len(ladder) - 1
+    assert fit(ladder, runs, full) == [0] * len(runs)
+    assert fit(ladder, runs, 0) == [bottom] * len(runs)  # nothing fits: the last rung
+    for budget in np.linspace(0.05, 0.95, 10) * full:
+        rungs = fit(ladder, runs, int(budget))
+        sizes = [run_bytes(s, lv, ladder[r]) for (s, lv), r in zip(runs, rungs)]
+        assert sum(sizes) <= budget
+        assert rungs[1] == rungs[2]  # runs alike stay alike
+        assert rungs[0] >= rungs[1] >= rungs[3]  # the larger a run, the less detail it keeps
+        # nothing left free would fit a rung more for any set of alike runs
+        for members in ([0], [1, 2], [3], [4]):
+            s, lv = runs[members[0]]
+            better = [run_bytes(s, lv, d) for d in ladder[: rungs[members[0]]]]
+            more = [b - sizes[members[0]] for b in better if b > sizes[members[0]]]
+            assert not more or sum(sizes) + len(members) * min(more) > budget
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def _empty_store(path):
+    from attnlab.core.store import prepare_store
+
+    prepare_store(path, {"reduction": "mean", "grid": None, "variables": ["probs"]})
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.zarr", r"no store at .*missing\.zarr"),
+        (
+            lambda p: (p / "folder").mkdir() or p / "folder",
+            r"not a readable zarr v3 group|not an attnlab store",
+        ),
+        (lambda p: _zarr_group(p / "other.zarr"), r"not an attnlab store"),
+        (lambda p: _empty_store(p / "empty.zarr"), r"holds no complete runs"),
+    ],
+    ids=["missing", "not-zarr", "not-attnlab", "empty"],
+)
+def test_a_store_that_is_missing_empty_or_not_attnlabs_is_one_clear_error(
+    make, message, tmp_path, capsys
+):
+    store = make(tmp_path)
+    out = tmp_path / "r.html"
+    assert main(["report", str(store), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attnlab report: error:"), err
+    assert re.search(message, err[0]), err[0]
+    assert not out.exists() and not list(tmp_path.glob(".r.html*"))
+
+
+def _zarr_group(path):
+    import zarr
+
+    zarr.open_group(str(path), mode="w", zarr_format=3).attrs["other"] = 1
+    return path
+
+
+def test_a_failed_write_leaves_no_partial_file(stores, tmp_path, monkeypatch):
+    import attnlab.lab.report as R
+
+    out = tmp_path / "r.html"
+    out.write_text("the previous report")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(R.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        report(stores["runs"], out)
+    assert out.read_text() == "the previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no temporary file left
+    monkeypatch.undo()
+    assert main(["report", str(stores["runs"]), "-o", str(tmp_path)]) == 2  # a folder: refused
+
+
+def test_in_jupyter_the_report_shows_itself(stores):
+    import html
+
+    page = report(stores["runs"])
+    shown = page._repr_html_()
+    assert (
+        shown.startswith("<iframe")
+        and html.unescape(re.search(r'srcdoc="(.*)"', shown, re.S).group(1)) == page.html
+    )
+
+
+def test_the_command_line_default_size_is_the_apis():
+    assert REPORT_MAX_MB == DEFAULT_MAX_MB
+
+
+# ---- the other commands' stores ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sweep_store_reports_every_cell(tiny_dirs, tmp_path):
+    from attnlab.lab.sweep import run_sweep
+
+    spec = {
+        "name": "report", "models": [str(tiny_dirs["tiny-modelscope"])], "prompts": ["a cat"],
+        "seeds": [0], "frames": [6], "edits": ["tar:64D1"],
+        "generation": {"steps": 2, "height": 64, "width": 48}, "record": {"levels": [0]},
+    }  # fmt: skip
+    store = tmp_path / "sweep.zarr"
+    assert run_sweep(spec, store, workers=1, progress=False).ok
+    data = page_data(report(store).html)
+    (run,) = data["runs"]
+    assert run["edits"] == "tar 64D1" and run["run_id"].startswith("sweep-")
+    maps, _, _ = run_arrays(run)
+    probs = attnlab.load(store)[D.PROBS].isel(run=0, sample=0).sel(cfg="cond")
+    li = next(i for i, e in enumerate(run["layers"]) if e["kind"] == "layer")
+    np.testing.assert_array_equal(
+        maps[1, li, run["halves"].index("cond"), 0, 0], probs.isel(step=0, layer=0).values
+    )
+
+
+@pytest.mark.slow
+def test_the_demo_front_page_is_the_report(tiny_dirs, tmp_path, capsys, monkeypatch):
+    import attnlab.lab.experiments
+    import attnlab.lab.plots
+    from attnlab.lab.demo import run_demo
+
+    # as test_demo's `cheap`: pixel similarity, figures as PNG at 60 dpi (both tested elsewhere)
+    monkeypatch.setattr(attnlab.lab.experiments, "SIMILARITY_BACKEND", "pixel")
+    save = attnlab.lab.plots.save_figure
+    monkeypatch.setattr(
+        attnlab.lab.plots,
+        "save_figure",
+        lambda fig, path, *a, **k: save(fig, path, ("png",), dpi=60),
+    )
+
+    out = tmp_path / "demo"
+    run_demo(
+        out,
+        model=str(tiny_dirs["tiny-modelscope"]),
+        reference="world:0",
+        frames=(4, 6),
+        steps=2,
+        story=("maps",),
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"front page (open it in a browser): {out / 'report.html'}"
+    text = (out / "report.html").read_text()
+    data = page_data(text)
+    assert {r["run_id"] for r in data["runs"]} == {
+        f"{k}-f{n}" for k in ("real", "synthetic", "tar") for n in (4, 6)
+    }
+    assert data["compare"] == ["synthetic-f4", "tar-f4"]
+    refs = References()
+    refs.feed(text)
+    figures = [u for u in refs.urls if u.endswith(".png")]
+    assert figures and all((out / u).is_file() for u in figures)  # the figures, linked beside it
+    assert all(r["video"] is not None for r in data["runs"])
