@@ -23,7 +23,7 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from attnlab.core.sites import Family, Site, SiteTable
+from attnlab.core.sites import Family, Site, SiteTable, UnsupportedModelError
 
 #: where the text tokens of a joint self-attention are
 TEXT_LAYOUTS = ("first", "last", "cross")
@@ -96,6 +96,8 @@ class FramePE:
       the first ``inner % 6`` are not rotated), so each head gets its own subset of frame
       frequencies; the frame coordinate is fps-scaled: ``frame_step`` is the coordinate step
       of one latent frame at ``fps``;
+      (for "split", ``frame_step`` is the RoPE position step of one latent frame where it is
+      not 1, e.g. a model that scales its time positions; None: 1)
     * "mixture" (Mochi): learned frequencies ``(3, heads, D/2)``; every pair of every head
       turns with t, h and w at once (no separate frame slice).
 
@@ -123,6 +125,8 @@ class FramePE:
                 f"3D RoPE: t {self.t_dim} / h {self.h_dim} / w {self.w_dim} of head dim "
                 f"{(self.t_dim or 0) + (self.h_dim or 0) + (self.w_dim or 0)}, theta {self.theta:g}"
             )
+            if self.frame_step is not None and self.frame_step != 1:
+                text += f"; frame position step {self.frame_step:g} per latent frame"
         elif self.kind == "rope3d" and self.axes == "interleaved":
             text = (
                 f"3D RoPE over the inner dim, pairs interleaved t/h/w: t {self.t_dim} / h "
@@ -169,6 +173,15 @@ class JointFamily(Family):
     # batch ``B``, latent frames ``F`` and latent ``H``, ``W`` of one denoiser call from its
     # arguments, for denoisers whose ``sample`` is not a 5D video (None: ``sample_layout``)
     call_dims: Callable[[torch.Tensor, dict[str, Any]], dict[str, int]] | None = None
+    # config -> why a model of this family with that config cannot be mapped (None: it can),
+    # e.g. a sparse attention mode that reorders the tokens
+    refuse: Callable[[Any], str | None] | None = None
+    # structural lookup of an unregistered class (a renamed copy): "module.Class" names of the
+    # attention modules at the sites and of the RoPE module that sets the frame PE; a model
+    # whose site modules are all of ``site_classes`` and which holds a ``rope_classes`` module
+    # belongs to this family (both must be given for the lookup to consider the family)
+    site_classes: tuple[str, ...] = ()
+    rope_classes: tuple[str, ...] = ()
 
     joint: ClassVar[bool] = True
 
@@ -179,6 +192,10 @@ class JointFamily(Family):
         frames: int | None = None,
         temporal_compression: int | None = None,
     ) -> SiteTable:
+        if self.refuse is not None:
+            why = self.refuse(getattr(model, "config", {}))
+            if why:
+                raise UnsupportedModelError(why)
         return build_joint_table(
             model, self, latent, frames, temporal_compression=temporal_compression
         )
@@ -296,6 +313,16 @@ def site_pe(kind: str) -> str:
     return "none"
 
 
+def _heads_and_dim(module: torch.nn.Module) -> tuple[int, int] | None:
+    """Heads and head dim of an attention module: diffusers' ``to_q`` / ``heads`` (most
+    families) or ``to_query`` / ``num_heads`` (Kandinsky 5); None: not an attention module."""
+    proj = getattr(module, "to_q", None) or getattr(module, "to_query", None)
+    heads = getattr(module, "heads", None) or getattr(module, "num_heads", None)
+    if not isinstance(proj, torch.nn.Linear) or not isinstance(heads, int):
+        return None
+    return heads, proj.out_features // heads
+
+
 def build_joint_table(
     model: torch.nn.Module,
     family: JointFamily,
@@ -315,13 +342,13 @@ def build_joint_table(
     sites: list[Site] = []
     for name, module in model.named_modules():
         m = pattern.match(name)
-        if m is None or not hasattr(module, "to_q"):
+        shape = _heads_and_dim(module) if m is not None else None
+        if m is None or shape is None:
             continue
-        inner = module.to_q.out_features
-        heads = int(module.heads)
+        heads, head_dim = shape
         sites.append(
             JointSite(
-                name, family.name, "transformer", int(m.group("index")), 0, heads, inner // heads,
+                name, family.name, "transformer", int(m.group("index")), 0, heads, head_dim,
                 site_pe(pe.kind), pe.max_frames,
                 stream=family.stream(name), text=family.text,
             )

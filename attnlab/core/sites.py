@@ -443,37 +443,101 @@ def _load_plugins() -> None:
 
 def family_of(model: torch.nn.Module | type | str) -> Family:
     """The family of a denoiser (module, class or class name), or a clear error saying why
-    not."""
+    not.
+
+    In order: a family naming the class; a class attnlab refuses by name (the reason); a
+    subclass of a family's class (UNets always; full-3D transformers when the subclass keeps
+    its base's ``forward``, which lays out the tokens); for a module, a renamed copy of a
+    full-3D family found by structure (its site modules and its RoPE module are the family's
+    classes, :func:`structural_family`). Otherwise the error says what was looked for and how
+    to register a family.
+    """
     families = registered_families()
     klass = model if isinstance(model, type) else type(model)
     name = model if isinstance(model, str) else klass.__name__
     for fam in families:
         if name in fam.model_classes:
             return fam
-    # subclasses of a registered class (e.g. a user's UNet3D subclass) belong to its family
-    if not isinstance(model, str):
-        for cls in klass.__mro__:
-            for fam in families:
-                if not fam.joint and cls.__name__ in fam.model_classes:
-                    return fam
     supported = ", ".join(c for f in families for c in f.model_classes)
     if name in _UNMAPPED:
         raise UnsupportedModelError(f"{_UNMAPPED[name]} Supported: {supported}")
+    # subclasses of a registered class (e.g. a user's UNet3D subclass) belong to its family
+    overridden = None
+    if not isinstance(model, str):
+        for cls in klass.__mro__[1:]:
+            for fam in families:
+                if cls.__name__ not in fam.model_classes:
+                    continue
+                if not fam.joint or getattr(klass, "forward", None) is getattr(
+                    cls, "forward", None
+                ):
+                    return fam
+                overridden = overridden or (cls.__name__, fam)
+    if isinstance(model, torch.nn.Module):
+        found = structural_family(model, families)
+        if found is not None:
+            return found
+    register = (
+        "register it with attnlab.register_family (for a full-3D transformer a "
+        "attnlab.core.joint_sites.JointFamily: the module paths of its video self-attentions, "
+        "where its text tokens are, its sample layout, patch sizes and frame PE, as "
+        "attnlab/models/families/dit.py does; docs/extending.md)"
+    )
+    if overridden is not None:
+        base, fam = overridden
+        raise UnsupportedModelError(
+            f"{name} subclasses {base} (family {fam.name!r}) but overrides forward, which lays "
+            "out the tokens of its joint attention, so attnlab cannot tell that its layout is "
+            f"{base}'s; if it is, register it: attnlab.register_family(dataclasses.replace("
+            f"attnlab.core.sites.family_of({base!r}), name=..., model_classes=({name!r},)))"
+        )
+    looked = (
+        "attnlab looked for a registered family naming its class or one of its base classes"
+        + (
+            ", and for a full-3D family whose attention and RoPE module classes it uses"
+            if isinstance(model, torch.nn.Module)
+            else ""
+        )
+    )
     if "Transformer3D" in name:
         raise UnsupportedModelError(
             f"{name} looks like a full-3D attention video transformer (one attention over "
-            "text and frame-major video tokens), for which attnlab has no family yet: its token "
-            "layout and time positional encoding must be declared as a joint family "
-            "(attnlab.core.joint_sites.JointFamily, as attnlab/models/families/dit.py does for "
-            f"CogVideoX, Wan, HunyuanVideo, LTX-Video and Mochi; docs/extending.md). Supported "
-            f"denoisers: {supported}"
+            f"text and frame-major video tokens), for which attnlab has no family: {looked}. To "
+            f"map it, {register}. Supported denoisers: {supported}"
         )
     raise UnsupportedModelError(
-        f"{name} has no temporal attention that attnlab knows of: attnlab looked for a "
-        "registered family naming its class or one of its base classes. Supported denoisers: "
-        f"{supported} (register another family with attnlab.register_family; "
-        "docs/extending.md)"
+        f"{name} has no temporal attention that attnlab knows of: {looked}. Supported "
+        f"denoisers: {supported}. To add one, {register}."
     )
+
+
+def _qualname(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def structural_family(model: torch.nn.Module, families: Sequence[Family]) -> Family | None:
+    """The full-3D family of an unregistered denoiser found by structure (a renamed copy of a
+    mapped DiT), or None.
+
+    A family that declares ``site_classes`` and ``rope_classes`` matches when the modules at
+    its site paths exist, are all of its ``site_classes``, and the model holds a module of one
+    of its ``rope_classes`` (the frame PE). Exactly one family must match (several: None, and
+    the caller's error says how to register one).
+    """
+    modules = list(model.named_modules())
+    kinds = {_qualname(m) for _, m in modules}
+    hits = []
+    for fam in families:
+        site_classes = getattr(fam, "site_classes", ())
+        rope_classes = getattr(fam, "rope_classes", ())
+        if not (site_classes and rope_classes) or not kinds.intersection(rope_classes):
+            continue
+        pattern = re.compile(fam.path)
+        at_sites = [_qualname(m) for n, m in modules if pattern.match(n)]
+        if at_sites and all(k in site_classes for k in at_sites):
+            hits.append(fam)
+    return hits[0] if len(hits) == 1 else None
 
 
 #: name prefixes of a pipeline's denoiser components (``unet``, ``transformer``, Wan 2.2
@@ -668,7 +732,15 @@ def _meta_model(ref: str) -> torch.nn.Module:
         if cls is None:
             family_of(cls_name)  # clear error for unsupported models before building anything
             cls = _class_of(family_of(cls_name), cls_name)  # attnlab's own (LaVie, ...)
-        family_of(cls)  # (a subclass of a mapped class maps as its base)
+        try:
+            family_of(cls)  # (a subclass of a mapped class maps as its base)
+        except UnsupportedModelError:
+            if cls_name in _UNMAPPED:
+                raise
+            with torch.device("meta"):  # a renamed copy of a mapped DiT: found by structure
+                model = cls.from_config(config)
+            family_of(model)
+            return model
         with torch.device("meta"):
             return cls.from_config(config)
     raise FileNotFoundError(

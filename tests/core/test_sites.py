@@ -155,7 +155,7 @@ def test_latte_and_i2vgenxl_tables():
 
 def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
     """CogVideoX, Wan, HunyuanVideo, LTX-Video and Mochi are mapped to the frame level
-    (tests/test_joint*.py); Allegro not yet; an image transformer has no frame axis at all."""
+    (tests/test_joint*.py); LTX-2 not yet; an image transformer has no frame axis at all."""
     from diffusers import SD3Transformer2DModel
 
     with torch.device("meta"):
@@ -167,7 +167,7 @@ def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
     with pytest.raises(UnsupportedModelError, match=r"Stable Diffusion 3.*image transformer.*no frame axis"):  # fmt: skip
         attnlab.sites(model)
     with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level mapping"):
-        family_of("AllegroTransformer3DModel")
+        family_of("LTX2VideoTransformer3DModel")
     assert family_of("WanTransformer3DModel").name == "wan"
     assert family_of("LTXVideoTransformer3DModel").name == "ltx-video"
     assert family_of("MochiTransformer3DModel").name == "mochi"

@@ -439,7 +439,7 @@ def test_unknown_model_is_refused_before_anything_is_written(tiny_dirs, tmp_path
             {"_class_name": "FluxTransformer2DModel"},
             "image transformer.*no frame axis",
         ),
-        ("transformer", {"_class_name": "AllegroTransformer3DModel"}, "full 3D attention"),
+        ("transformer", {"_class_name": "LTX2VideoTransformer3DModel"}, "full 3D attention"),
         ("unet", {"_class_name": "UNet2DConditionModel"}, "without a motion adapter"),
     ],
     ids=["image-transformer", "full-3d", "unet"],

@@ -18,6 +18,7 @@ from attnlab.models.families import (
     organism,
     svd,
     unet3d,
+    video_dits,
     videocrafter2,
 )
 
@@ -31,17 +32,50 @@ FAMILIES = (
     videocrafter2.FAMILY,
     organism.FAMILY,
     *dit.JOINT_FAMILIES,
+    *video_dits.VIDEO_DITS,
 )
 
-# Other models with only joint space-time attention: not mapped (yet); a clear error names them.
+# Video denoisers whose attention is a softmax over (text +) frame-major video tokens, as read in
+# diffusers' code, for which attnlab has no family yet (the layout and time PE as read are in
+# docs/models.md): a clear error names them.
 FULL_3D_ATTENTION = {
-    "AllegroTransformer3DModel": "Allegro",
-    "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack",
-    "WanVACETransformer3DModel": "Wan VACE",
-    "SkyReelsV2Transformer3DModel": "SkyReels-V2",
-    "ConsisIDTransformer3DModel": "ConsisID",
-    "EasyAnimateTransformer3DModel": "EasyAnimate",
-    "CosmosTransformer3DModel": "Cosmos",
+    "LTX2VideoTransformer3DModel": "LTX-2",
+    "Kandinsky6Transformer3DModel": "Kandinsky 6",
+}
+
+# Video denoisers whose attention is not a softmax over one frame-major token grid: the reason,
+# one sentence each (read in diffusers 0.42's code).
+OTHER_ATTENTION = {
+    "SanaVideoTransformer3DModel": "Sana-Video's self-attention is linear attention (ReLU "
+    "feature maps of q and k, no softmax), so there are no attention probabilities whose frame "
+    "marginal attnlab could record or edit.",
+    "SanaWMTransformer3DModel": "SANA-WM's blocks run linear (gated delta-net) attention, "
+    "with a camera-conditioned softmax attention only every softmax_every_n-th block, so most "
+    "layers have no attention probabilities to map.",
+    "SanaWMLTX2RefinerTransformer3DModel": "the SANA-WM refiner runs its self-attention "
+    "chunk-causally against a sliding-window KV cache of earlier refined frames, so one call "
+    "sees a window of cached keys, not the video's frame-major token grid.",
+    "Cosmos3OmniTransformer": "Cosmos 3 Omni packs understanding and generation tokens of "
+    "several modalities (text, vision, sound, action) into per-item sequences with a causal "
+    "and a full attention pathway, so there is no single frame-major video token grid.",
+    "MiniMaxH3Transformer3DModel": "MiniMax H3 denoises packed rows of video and audio tokens "
+    "addressed by index lists, so an attention call's keys are not a frame-major video grid.",
+    "HunyuanVideoFramepackTransformer3DModel": "HunyuanVideo FramePack appends history "
+    "frames compressed at several patch sizes (mixed-resolution history tokens) to the current "
+    "section's tokens, so the key tokens do not form one frame grid.",
+    "HeliosTransformer3DModel": "Helios attends over short, mid and long history tokens "
+    "patchified at different resolutions beside the current frames (mixed-resolution history), "
+    "so the key tokens do not form one frame grid.",
+    "AnyFlowFARTransformer3DModel": "AnyFlow FAR generates chunk by chunk with causal "
+    "attention through a flex-attention BlockMask and a KV cache, which never calls torch's "
+    "scaled_dot_product_attention that attnlab intercepts (the bidirectional "
+    "AnyFlowTransformer3DModel is mapped).",
+    "WanAnimate2Transformer3DModel": "Wan-Animate-2 attends over the generation tokens and a "
+    "KV cache of the reference video through a flex-attention BlockMask, which never calls "
+    "torch's scaled_dot_product_attention that attnlab intercepts.",
+    "Kandinsky6SRTransformer3DModel": "Kandinsky 6 SR runs NABLA sparse block attention on "
+    "the flex backend over locally regrouped tiles of the latent, so its keys are neither a "
+    "frame-major grid nor seen through torch's scaled_dot_product_attention.",
 }
 
 # Image transformers: their tokens are the patches of one image, with no frame axis at all.
@@ -69,10 +103,13 @@ def register_builtin() -> None:
         register_unmapped(
             cls,
             f"{name} ({cls}) uses full 3D attention over space and time jointly; it has no "
-            "separate temporal self-attention with N x N frame maps, so temporal attention "
-            "analysis, replacement probes and TAR do not apply, and attnlab has no frame-level "
-            "mapping of its joint attention yet.",
+            "separate temporal self-attention with N x N frame maps, and attnlab has no "
+            "frame-level mapping of its joint attention yet: its token layout and time PE have "
+            "not been declared and checked as a JointFamily (docs/models.md lists what is known "
+            "of them; docs/extending.md says how to register one).",
         )
+    for cls, why in OTHER_ATTENTION.items():
+        register_unmapped(cls, f"{cls}: {why[0].upper()}{why[1:]}")
     for cls, name in IMAGE_TRANSFORMERS.items():
         register_unmapped(
             cls,

@@ -82,6 +82,8 @@ WAN = JointFamily(
     frame_pe=_wan_pe,
     patch=lambda config: tuple(int(p) for p in config.get("patch_size", (1, 2, 2))),
     temporal_compression=lambda config: 4,  # AutoencoderKLWan: 4x in time
+    site_classes=("diffusers.models.transformers.transformer_wan.WanAttention",),
+    rope_classes=("diffusers.models.transformers.transformer_wan.WanRotaryPosEmbed",),
 )
 
 
