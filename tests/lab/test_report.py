@@ -227,6 +227,35 @@ def test_head_reduction_has_a_head_control_with_each_head(ms_pipe, gen, tmp_path
     )
 
 
+def test_a_free_noise_run_shows_the_mean_of_its_windows_and_says_so(tmp_path):
+    """AnimateDiff's FreeNoise stores one map per window of frames (``window``): the page shows
+    their mean, counted within the window, and names the windows."""
+    import torch
+
+    from attnlab.models.tiny import build_tiny
+
+    pipe = build_tiny("tiny-animatediff")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_free_noise(context_length=16, context_stride=4)
+    store = tmp_path / "windows.zarr"
+    with attnlab.record(pipe, levels=[0], store=store):
+        pipe(
+            prompt="a bear", num_frames=24, height=64, width=48, num_inference_steps=2,
+            output_type="latent", generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+    page = report(store)
+    run = page_data(page.html)["runs"][0]
+    assert any("starting at frames 0, 4, 8" in note for note in run["notes"])
+    maps, _, _ = run_arrays(run)
+    probs = attnlab.load(store)[D.PROBS].isel(run=0, sample=0).sel(cfg="cond")
+    assert probs.sizes[D.WINDOW] == 3 and maps.shape[-1] == 16
+    li = next(i for i, e in enumerate(run["layers"]) if e["kind"] == "layer")
+    c = run["halves"].index("cond")
+    np.testing.assert_allclose(
+        maps[1, li, c, 0, 0], probs.isel(step=0, layer=0).mean(D.WINDOW).values, rtol=1e-5
+    )
+
+
 def test_a_dataset_reports_like_its_store(stores):
     from_path = page_data(report(stores["runs"]).html)["runs"]
     from_ds = page_data(report(attnlab.load(stores["runs"])).html)["runs"]

@@ -333,6 +333,13 @@ def build_run(key: str, source: Source, run_id: str, shape: RunShape, detail: De
     if shape.spatial:
         probs = probs.mean([D.Y, D.X], skipna=True)
         notes.append("the maps of each position of the spatial grid (the maps are their mean)")
+    if D.WINDOW in probs.dims:  # FreeNoise: one map per window of frames, counted within it
+        starts = ", ".join(str(int(w)) for w in probs[D.WINDOW].values)
+        probs = probs.mean(D.WINDOW, skipna=True)
+        notes.append(
+            f"the maps of each window of frames (FreeNoise windows starting at frames {starts}; "
+            "the maps are their mean, frames counted within the window)"
+        )
     order = [D.STEP, D.LAYER, D.CFG, D.HEAD, D.SAMPLE, D.QUERY, D.KEY]
     if D.HEAD not in probs.dims:
         probs = probs.expand_dims(D.HEAD, axis=probs.dims.index(D.QUERY))
