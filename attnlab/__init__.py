@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "UnsupportedModelError": "attnlab.core.sites",
     "register_family": "attnlab.core.sites",
     "sites": "attnlab.core.sites",
+    "joint_paths": "attnlab.core.joint",
     "StoreError": "attnlab.core.store",
     "load": "attnlab.core.store",
     "verify_store": "attnlab.core.store",
@@ -84,6 +85,7 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:
     from attnlab.core.api import edit, hooks, record
     from attnlab.core.control import Controller, active_patches, is_instrumented
+    from attnlab.core.joint import joint_paths
     from attnlab.core.protocol import CallContext, RunInfo
     from attnlab.core.selection import Layers, SelectionError, Steps
     from attnlab.core.sites import (
@@ -168,6 +170,7 @@ __all__ = [
     "evaluate",
     "hooks",
     "is_instrumented",
+    "joint_paths",
     "key_states_from_llm",
     "load",
     "load_evaluation",

@@ -5,17 +5,20 @@ While a selected layer runs its *original* processor, :class:`JointAttnProcessor
 that processor's call to ``torch.nn.functional.scaled_dot_product_attention`` and receives the
 very ``q, k, v`` and mask it would have used (after the model's projections, norms, RoPE and
 text layout). Recording only: the original fused call gives the output (bit-identical) and one
-more call gives the frame masses; with an edit, the output is computed explicitly in blocks of
-queries. Needs diffusers' native attention backend. The interception is a torch function
-mode entered for one layer call (thread-local): the function object is never replaced, so
-other code that identity-tests it (diffusers' layer skip, PAG) decides as without attnlab, and
-a call such a mode answers without attention scores is recorded as not run. The definitions
-and derivations of the map, of the probes and of TAR on joint attention are in
+more call gives the frame masses, or (``joint_paths(record="split")``) fused calls split by key
+frame give both, merged by log-sum-exp; with an edit, the output is computed by that split path
+(TAR, Transfer, Replace) or explicitly in blocks of queries (WindowDecay, or
+``joint_paths(edit="blocked")``). Needs diffusers' native attention backend. The interception is
+a torch function mode entered for one layer call (thread-local): the function object is never
+replaced, so other code that identity-tests it (diffusers' layer skip, PAG) decides as without
+attnlab, and a call such a mode answers without attention scores is recorded as not run. The
+definitions and derivations of the map, of the probes and of TAR on joint attention are in
 ``docs/attention-3d.md``; the math is :mod:`attnlab.core.joint_math`, the token layout
 :mod:`attnlab.core.joint_sites`.
 
 * :class:`JointAttnProcessor` - the processor of one joint self-attention site (the original
   when idle);
+* :func:`joint_paths` - which computation recording and edits use;
 * ``_Intercept`` - the torch function mode of one layer call, which hands the maps to the
   observers.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -38,6 +42,8 @@ from attnlab.core.joint_math import (
     frame_logits,
     frame_mass,
     other_modes,
+    split_attention,
+    split_unsupported,
     to_rows,
 )
 from attnlab.core.joint_sites import JointAttentionError, TokenLayout
@@ -50,6 +56,42 @@ from attnlab.core.protocol import (
     target_matrix,
 )
 from attnlab.core.sites import Site
+
+#: which computation attnlab uses on joint attention (:func:`joint_paths`)
+RECORD_PATHS = ("exact", "split")
+EDIT_PATHS = ("split", "blocked")
+_PATHS = {"record": "exact", "edit": "split"}
+
+
+@contextlib.contextmanager
+def joint_paths(record: str | None = None, edit: str | None = None) -> Iterator[None]:
+    """Choose how joint attention is computed while attnlab works on a layer (process-wide,
+    restored on exit; None keeps the current choice).
+
+    ``record`` (recording only, no edit): ``"exact"`` (default) -- the model's own attention
+    call gives the layer output (bit-identical) and the frame masses come from one more fused
+    call with the one-hot frame matrix as the value (one more attention's work); ``"split"``
+    -- one pass: the split path's merged output *is* the layer output (within float32
+    rounding of the model's call, about 1e-6 at unit-scale values; not bit-identical) and the
+    masses come with it. ``edit``: ``"split"`` (default) -- edits
+    whose logit change is constant within a (query frame, key frame) block (TAR, Transfer,
+    Replace) by the split path; ``"blocked"`` -- explicit attention in blocks of query rows.
+    Calls the split path cannot take (:func:`~attnlab.core.joint_math.split_unsupported`:
+    WindowDecay's logit function, a device without a fused kernel with log-sum-exp, ...) take
+    the other path. Derivation and measurements: ``docs/attention-3d.md``.
+    """
+    for name, value, allowed in (("record", record, RECORD_PATHS), ("edit", edit, EDIT_PATHS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"joint_paths: {name}={value!r}; allowed: {', '.join(allowed)}")
+    saved = dict(_PATHS)
+    if record is not None:
+        _PATHS["record"] = record
+    if edit is not None:
+        _PATHS["edit"] = edit
+    try:
+        yield
+    finally:
+        _PATHS.update(saved)
 
 
 class _Intercept(TorchFunctionMode):
@@ -111,6 +153,28 @@ class _Intercept(TorchFunctionMode):
         self.samples += B
         plan = self.plan
         out: torch.Tensor | None = None
+        mass: torch.Tensor | None
+        one_call = (
+            _PATHS["record"] == "split"
+            and not (plan.bias or plan.replace)
+            and not other_modes()
+            and not (dropout_p or is_causal or enable_gqa)
+            and key.shape[1] == query.shape[1]
+            and split_unsupported(query, key, value, attn_mask) is None
+        )
+        if one_call:  # recording by the split path: its output is the layer's (within 1e-6)
+            layout = self.proc.layout(self.ctx)
+            with alone():
+                out, mass, text = split_attention(
+                    query, key, value, layout, attn_mask=attn_mask, scale=scale, observe=True
+                )
+                if plan.observe:
+                    logits = None
+                    if any(c.logits for c in plan.observe):
+                        logits = frame_logits(query, key, layout, scale)
+                    self.results.append((mass, text, logits))  # type: ignore[arg-type]
+            assert out is not None
+            return out
         if other_modes() or not (plan.bias or plan.replace):
             # the modes entered before attnlab's decide, as without attnlab
             out = SDPA(query, key, value, **kw)
@@ -124,7 +188,6 @@ class _Intercept(TorchFunctionMode):
             )
         layout = self.proc.layout(self.ctx)
         observe = bool(plan.observe)
-        mass: torch.Tensor | None
         with alone():
             if not plan.bias and not plan.replace:
                 assert out is not None
@@ -133,15 +196,25 @@ class _Intercept(TorchFunctionMode):
                 dev = query.device
                 bias = [self.proc.bias_op(c, self.ctx, offset, B, dev) for c in plan.bias]
                 repl = [self.proc.replace_op(c, self.ctx, offset, B, dev) for c in plan.replace]
-                out, mass, text = edited_attention(
-                    query, key, value, layout, attn_mask=attn_mask, scale=scale,
-                    bias=bias, replace=repl, observe=observe,
-                )  # fmt: skip
+                if (
+                    _PATHS["edit"] == "split"
+                    and split_unsupported(query, key, value, attn_mask, bias) is None
+                ):
+                    out, mass, text = split_attention(
+                        query, key, value, layout, attn_mask=attn_mask, scale=scale,
+                        bias=bias, replace=repl, observe=observe,
+                    )  # fmt: skip
+                else:
+                    out, mass, text = edited_attention(
+                        query, key, value, layout, attn_mask=attn_mask, scale=scale,
+                        bias=bias, replace=repl, observe=observe,
+                    )  # fmt: skip
             if observe:
                 logits = None
                 if any(c.logits for c in plan.observe):
                     logits = frame_logits(query, key, layout, scale)
                 self.results.append((mass, text, logits))  # type: ignore[arg-type]
+        assert out is not None
         return out
 
     def finish(self) -> None:

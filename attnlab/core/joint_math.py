@@ -6,6 +6,9 @@ functions of ``q, k, v`` as a model gives them to SDPA. Derivations: ``docs/atte
 * :class:`BiasOp`, :class:`ReplaceOp` - a TAR-style logit bias (or a frame-level logit
   function), a frame-mass replacement;
 * :func:`edited_attention` - joint attention with those edits, explicit and blocked;
+* :func:`split_attention` - joint attention (plain or with those edits) and its frame masses
+  from one fused attention call per (query block, key frame), merged by log-sum-exp;
+  :func:`split_unsupported` - why a call cannot take that path (None: it can);
 * :func:`to_rows` - per-query results in the temporal processors' row layout.
 """
 
@@ -232,13 +235,27 @@ def edited_attention(
             rows = slice(ra - a, rb - a)
             fq = frame_of[ra - v0 : rb - v0]
             Pvv = P[:, :, rows, v0 : v0 + Nv].unflatten(-1, (Fr, T))  # [B, H, r, F, T]
+            # the keys the mask leaves visible: a masked frame gets no mass, and a frame whose
+            # mass underflowed to 0 is spread uniformly over its visible keys
+            mr = _mask_rows(attn_mask, ra, rb)
+            kvis = None if mr is None else (mr[..., v0 : v0 + Nv] > float("-inf"))
+            kvis = None if kvis is None else kvis.unflatten(-1, (Fr, T))  # [..., r, F, T]
+            uniform = (
+                Pvv.new_full((), 1 / T)
+                if kvis is None
+                else kvis / kvis.sum(-1, keepdim=True).clamp_min(1)
+            )
+            fvis = None if kvis is None else kvis.any(-1)
             for rop in replace:
                 m = Pvv.sum(-1)  # [B, H, r, F]
                 V = m.sum(-1, keepdim=True)
                 within = torch.where(
-                    (m > 0)[..., None], Pvv / m.clamp_min(1e-38)[..., None], Pvv.new_full((), 1 / T)
+                    (m > 0)[..., None], Pvv / m.clamp_min(1e-38)[..., None], uniform
                 )
-                new = within * (V * rop.target.to(P.dtype)[fq])[..., None]
+                M, ok = _replace_target(rop, fq, fvis)
+                new = within * (V * M.to(P.dtype))[..., None]
+                if ok is not None:
+                    new = torch.where(ok[..., None, None], new, Pvv)
                 Pvv = _select(new, Pvv, rop.samples)
             P[:, :, rows, v0 : v0 + Nv] = Pvv.flatten(-2)
         out[:, :, a:b] = (P.to(value.dtype) @ value).to(out.dtype)
@@ -249,6 +266,289 @@ def edited_attention(
             mass[:, :, ra - v0 : rb - v0] = raw / raw.sum(-1, keepdim=True)
             if text is not None:
                 text[:, :, ra - v0 : rb - v0] = Pv[..., :v0].sum(-1) + Pv[..., v0 + Nv :].sum(-1)
+    return out, mass, text
+
+
+#: elements of the partial outputs one query block of :func:`split_attention` keeps (all key
+#: blocks together): at least this many, or an eighth of the output's
+SPLIT_BLOCK_ELEMENTS = 1 << 18
+#: elements of one block of logits in the row-maximum pass of :func:`split_attention`
+MAX_BLOCK_ELEMENTS = 1 << 18
+#: how far (in log units) a key block's log-sum-exp may exceed the merge's reference before the
+#: running output is rescaled (exp(30) ~ 1e13: far from float32's range)
+_LAZY = 30.0
+#: dtypes the split path runs in (torch's fused kernels with a log-sum-exp output)
+SPLIT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def split_unsupported(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    bias: list[BiasOp] = (),  # type: ignore[assignment]
+) -> str | None:
+    """Why :func:`split_attention` cannot compute this call (None: it can)."""
+    dev = query.device.type
+    if dev not in ("cpu", "cuda"):
+        return f"no fused attention kernel with a log-sum-exp output is used on {dev!r}"
+    if query.dtype not in SPLIT_DTYPES or not (query.dtype == key.dtype == value.dtype):
+        return f"q/k/v dtypes {query.dtype}/{key.dtype}/{value.dtype} (supported: one of {SPLIT_DTYPES})"  # fmt: skip
+    if value.shape[-1] != query.shape[-1]:
+        return f"value width {value.shape[-1]} differs from the query head dim {query.shape[-1]}"
+    if attn_mask is not None and (
+        attn_mask.ndim > 4 or not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point())
+    ):
+        return f"an attention mask of shape {tuple(attn_mask.shape)} and dtype {attn_mask.dtype}"
+    if any(op.fn is not None for op in bias):
+        return (
+            "a frame-level logit function (WindowDecay) is not a constant shift of a (query "
+            "frame, key frame) block"
+        )
+    return None
+
+
+def _fused_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(q k^T * scale + mask) @ v, logsumexp of each row [B, H, r] in float32)`` by
+    torch's fused kernel for the device (CPU: flash; CUDA: memory-efficient, which takes any
+    float mask). A row whose keys are all masked: output 0, log-sum-exp meaningless (the caller
+    masks it)."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, attn_mask=mask, scale=scale
+        )
+        return out, lse.float()
+    bias = None
+    if mask is not None:  # the kernel wants the bias's rows 16-element aligned (as SDPA pads)
+        n = mask.shape[-1]
+        full = mask.expand(q.shape[0], q.shape[1], q.shape[2], n)
+        bias = F.pad(full, (0, -n % 16))[..., :n]
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias, True, scale=scale
+    )
+    return out.nan_to_num(0.0), lse[..., : q.shape[2]].float()
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean mask (True: attend) as an additive float mask; a float mask in ``dtype``."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, float("-inf")
+        )
+    return mask.to(dtype)
+
+
+def _row_frame_max(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    layout: TokenLayout,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """``[B, heads, Nv, F]`` float32: per video query, the maximum of its logits (mask added)
+    over each frame's video keys -- a pass of ``q k^T`` in blocks of query rows x one key
+    frame (blocks that stay in cache: about twice as fast as whole rows on CPU)."""
+    B, H, S, _ = query.shape
+    v0 = layout.video_start(S)
+    Nv, Fr, T = layout.video, layout.frames, layout.per_frame
+    kts = [
+        key[:, :, v0 + j * T : v0 + (j + 1) * T].transpose(-1, -2).contiguous() for j in range(Fr)
+    ]
+    out = query.new_empty((B, H, Nv, Fr), dtype=torch.float32)
+    step = max(1, min(Nv, MAX_BLOCK_ELEMENTS // max(1, B * H * T)))
+    for a in range(0, Nv, step):
+        b = min(Nv, a + step)
+        q = query[:, :, v0 + a : v0 + b] * scale  # the scale on q: one pass less
+        m = _mask_rows(mask, v0 + a, v0 + b)
+        for j, kt in enumerate(kts):
+            L = q @ kt
+            if m is not None:
+                L += m[..., v0 + j * T : v0 + (j + 1) * T]
+            out[:, :, a:b, j] = L.amax(-1)
+    return out
+
+
+def _visible(mask: torch.Tensor | None, cols: list[tuple[int, int]]) -> torch.Tensor | None:
+    """Per row, whether any key of each column block is unmasked (``[..., rows, blocks]``,
+    broadcastable; None without a mask)."""
+    if mask is None:
+        return None
+    return torch.stack([(mask[..., a:b] > float("-inf")).any(-1) for a, b in cols], -1)
+
+
+def _replace_target(
+    rop: ReplaceOp, fq: torch.Tensor, vis: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A replacement's target rows ``M[f(q), :]`` under the mask: renormalised over the key
+    frames each row can see (``vis [..., rows, F]``); and which rows it applies to (None: all;
+    a row whose target puts nothing on a visible frame keeps its masses)."""
+    M = rop.target.float()[fq]  # [rows, F]
+    if vis is None:
+        return M, None
+    Mv = M * vis
+    total = Mv.sum(-1, keepdim=True)
+    return Mv / total.clamp_min(1e-38), total[..., 0] > 0
+
+
+def split_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: TokenLayout,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    bias: list[BiasOp] = (),  # type: ignore[assignment]
+    replace: list[ReplaceOp] = (),  # type: ignore[assignment]
+    observe: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Joint attention, plain or with frame-level edits, and its frame masses, from torch's
+    fused attention split by key frame and merged by log-sum-exp.
+
+    Same arguments and results as :func:`edited_attention` (priors only: a :class:`BiasOp`
+    with ``fn`` is refused by :func:`split_unsupported`). The keys are split into blocks --
+    each latent frame's video tokens, and the text tokens -- and for each block of query rows
+    and each key block ``j`` a fused call gives ``O_j`` (the softmax over block ``j``'s keys
+    applied to its values) and ``lse_j`` (the row's log-sum-exp over them). Then, per row,
+    with ``c_j`` the prior's constant for (query frame, key frame ``j``) and
+    ``LSE = logsumexp_j (lse_j + c_j)``: frame masses ``w_j = exp(lse_j + c_j - LSE)``, a
+    replacement sets the video ``w_j`` to ``(sum of video w) * M'[f(q), j]`` (``M'``: the
+    target row renormalised over the frames the mask leaves visible), and the output is
+    ``sum_j w_j O_j``. TAR's ``max`` comes from a first pass of ``q k^T`` (per-frame row
+    maxima, from which every max mode and chained priors follow). Derivation:
+    ``docs/attention-3d.md``.
+    """
+    B, H, S, d = query.shape
+    scale = d**-0.5 if scale is None else scale
+    v0 = layout.video_start(S)
+    Nv, Fr, T = layout.video, layout.frames, layout.per_frame
+    cols = [(v0 + j * T, v0 + (j + 1) * T) for j in range(Fr)]
+    if v0 > 0:
+        cols.append((0, v0))
+    elif v0 + Nv < S:
+        cols.append((v0 + Nv, S))
+    nb = len(cols)
+    has_text = layout.text != "cross"
+    mask = _additive(attn_mask, query.dtype)
+    dev = query.device
+    frame_of = torch.arange(Nv, device=dev) // T
+
+    # priors: per-frame row maxima first (every max mode and chained priors follow from them)
+    fmax: torch.Tensor | None = None
+    maxima: dict[int, torch.Tensor] = {}
+    if bias:
+        fmax = _row_frame_max(query, key, layout, mask, scale)
+        head_max = fmax.amax(dim=(-2, -1))  # [B, H]
+        for i, op in enumerate(bias):
+            if op.max_mode == "head":
+                maxima[i] = head_max[:, :, None]
+            elif op.max_mode == "global":
+                sel = head_max if op.samples is None else head_max[op.samples]
+                maxima[i] = sel.amax().expand(B, H)[:, :, None]
+
+    dv = value.shape[-1]
+    out = value.new_empty((B, H, S, dv))
+    mass = query.new_empty((B, H, Nv, Fr), dtype=torch.float32) if observe else None
+    text = query.new_empty((B, H, Nv), dtype=torch.float32) if observe and has_text else None
+    budget = max(SPLIT_BLOCK_ELEMENTS, B * H * S * dv // 16)
+    step = max(1, min(S, budget // max(1, B * H * dv)))
+    for a in range(0, S, step):
+        b = min(S, a + step)
+        q = query[:, :, a:b]
+        m = _mask_rows(mask, a, b)
+        vis = _visible(m, cols)
+        ra, rb = max(a, v0), min(b, v0 + Nv)  # video query rows in this block
+        vr = slice(ra - a, rb - a)
+        fq = frame_of[ra - v0 : rb - v0]
+        # per (row, key block): the prior's constant
+        shift = None
+        if ra < rb and bias:
+            assert fmax is not None
+            cur = fmax[:, :, ra - v0 : rb - v0].clone()  # per-frame maxima of the current logits
+            shift = torch.zeros((B, H, b - a, nb), dtype=torch.float32, device=dev)
+            for i, op in enumerate(bias):
+                assert op.dA is not None
+                mx = cur.amax(-1, keepdim=True) if op.max_mode == "row" else maxima[i][..., None]
+                c = op.scale * mx * op.dA.float()[fq]
+                c = _select(c, torch.zeros_like(c), op.samples)
+                shift[:, :, vr, :Fr] += c
+                cur += c
+        # replacements: the target row of each video query (the last op that applies wins:
+        # a replacement keeps each row's video mass, so a later one overrides an earlier)
+        target = applied = None
+        if ra < rb and replace:
+            fvis = None if vis is None else vis[..., vr if vis.shape[-2] > 1 else slice(None), :Fr]
+            target = torch.zeros((B, H, b - a, Fr), dtype=torch.float32, device=dev)
+            applied = torch.zeros((B, H, b - a), dtype=torch.bool, device=dev)
+            for rop in replace:
+                M, ok = _replace_target(rop, fq, fvis)
+                on = torch.ones((), dtype=torch.bool, device=dev) if ok is None else ok
+                if rop.samples is not None:
+                    on = on & rop.samples.view(-1, 1, 1)
+                on = on.expand(B, H, rb - ra)
+                target[:, :, vr] = torch.where(on[..., None], M, target[:, :, vr])
+                applied[:, :, vr] |= on
+        lse = torch.empty((B, H, b - a, nb), dtype=torch.float32, device=dev)
+        acc = ref = acc_m = o_text = None
+        for j, (c0, c1) in enumerate(cols):
+            mj = None if m is None else m[..., c0:c1]
+            o, lj = _fused_lse(q, key[:, :, c0:c1], value[:, :, c0:c1], mj, scale)
+            if vis is not None:
+                lj = lj.masked_fill(~vis[..., j], float("-inf"))
+            lse[..., j] = lj
+            if shift is not None:
+                lj = lj + shift[..., j]
+            # online merge (flash-decoding), rescaled lazily: acc = sum_j exp(lse_j - ref) O_j
+            # with a per-row reference ref, moved (and acc rescaled) only when a block's
+            # log-sum-exp exceeds it by more than _LAZY; the result is acc * exp(ref - LSE).
+            # (A row whose keys in a block are all masked has O_j = 0 there.)
+            if acc is None:
+                acc, ref = o.float(), lj.nan_to_num(neginf=0.0)
+            else:
+                assert ref is not None
+                if bool((lj - ref).amax() > _LAZY):
+                    new_ref = torch.maximum(ref, lj)
+                    acc.mul_((ref - new_ref).exp_()[..., None])
+                    ref = new_ref
+                acc.addcmul_(o, (lj - ref).exp_()[..., None])
+            if target is not None:
+                if j < Fr:
+                    term = o * target[..., j, None]
+                    acc_m = term.float() if acc_m is None else acc_m.add_(term)
+                else:
+                    o_text = o
+        if shift is not None:
+            lse = lse + shift
+        total = lse.logsumexp(-1, keepdim=True)
+        w = (lse - total).exp().nan_to_num_(0.0)  # [B, H, r, blocks]
+        if observe and ra < rb:
+            assert mass is not None
+            raw = w[:, :, vr, :Fr]
+            if target is not None:
+                assert applied is not None
+                raw = torch.where(applied[:, :, vr, None], target[:, :, vr], raw)
+            mass[:, :, ra - v0 : rb - v0] = raw / raw.sum(-1, keepdim=True)
+            if text is not None:
+                text[:, :, ra - v0 : rb - v0] = w[:, :, vr, Fr:].sum(-1)
+        assert acc is not None and ref is not None
+        factor = (ref - total[..., 0]).exp_()
+        factor = torch.where(factor.isfinite(), factor, 0.0)[..., None]  # all masked: 0
+        if target is None and acc.dtype == out.dtype:
+            torch.mul(acc, factor, out=out[:, :, a:b])
+            continue
+        acc.mul_(factor)
+        if acc_m is not None:
+            assert applied is not None
+            wt = w[..., Fr:].sum(-1, keepdim=True)  # text mass, kept
+            edited = acc_m * (1 - wt)
+            if o_text is not None:
+                edited += o_text * wt
+            acc = torch.where(applied[..., None], edited, acc)
+        out[:, :, a:b] = acc
     return out, mass, text
 
 

@@ -17,9 +17,16 @@ wall time and for the process's CPU time -- the latter is the robust one on a sh
 with ``--threads 1``):
 
 * ``plain``: the untouched transformer;
-* ``record``: ``attnlab.record`` of every layer, per-head frame maps (and text mass);
-* ``tar``: ``attnlab.TAR(1.0, t_min=None)`` on every layer;
-* ``identity``: ``attnlab.Replace("identity")`` on every layer;
+* ``record``: ``attnlab.record`` of every layer, per-head frame maps (and text mass), by the
+  default path (the model's own attention call for the output, bit-identical; the masses by
+  one more fused call with the one-hot frame matrix as the value);
+* ``record-split``: the same under ``joint_paths(record="split")`` (one pass: the split path's
+  merged output is the layer output, the masses come with it);
+* ``tar`` / ``tar-head``: ``attnlab.TAR(1.0, t_min=None)`` (max mode "row" / "head") on every
+  layer, by the split path (the default); ``tar-blocked``: the same under
+  ``joint_paths(edit="blocked")``;
+* ``identity``: ``attnlab.Replace("identity")`` on every layer (split path);
+  ``identity-blocked``: blocked;
 * ``full-map`` (memory only): the naive way, for comparison -- each layer's ``S x S`` softmax
   materialised (float32) and summed over frame blocks.
 
@@ -43,6 +50,7 @@ from typing import Any
 
 import torch
 
+from attnlab.core.joint import joint_paths
 from attnlab.tools.bench.harness import (
     memory_child,
     ratios,
@@ -121,6 +129,14 @@ def _full_map() -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
+@contextlib.contextmanager
+def _stacked(*contexts: Any) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for c in contexts:
+            stack.enter_context(c)
+        yield
+
+
 def variant(model: torch.nn.Module, name: str):
     import attnlab
 
@@ -128,10 +144,16 @@ def variant(model: torch.nn.Module, name: str):
         return contextlib.nullcontext()
     if name == "record":
         return attnlab.record(model, reduce="head")
-    if name == "tar":
-        return attnlab.edit(model, attnlab.TAR(1.0, t_min=None))
-    if name == "identity":
-        return attnlab.edit(model, attnlab.Replace("identity"))
+    if name == "record-split":
+        return _stacked(joint_paths(record="split"), attnlab.record(model, reduce="head"))
+    if name in ("tar", "tar-blocked"):
+        path = joint_paths(edit="blocked" if name.endswith("blocked") else "split")
+        return _stacked(path, attnlab.edit(model, attnlab.TAR(1.0, t_min=None)))
+    if name == "tar-head":
+        return attnlab.edit(model, attnlab.TAR(1.0, t_min=None, max_mode="head"))
+    if name in ("identity", "identity-blocked"):
+        path = joint_paths(edit="blocked" if name.endswith("blocked") else "split")
+        return _stacked(path, attnlab.edit(model, attnlab.Replace("identity")))
     if name == "full-map":
         return _full_map()
     raise ValueError(f"unknown variant {name!r}")
@@ -189,12 +211,17 @@ def memory_variants(cfg: JointBenchConfig, variants: list[str], repeats: int = 2
     resident memory before it (MiB), and that median's ratio to plain's (``variants`` must
     include "plain")."""
     spec = {"cfg": asdict(cfg), "variants": variants, "repeats": repeats, "threads": torch.get_num_threads()}  # fmt: skip
-    raw = memory_child(f"{__name__}:_memory_child", spec)
+    raw = memory_child("attnlab.tools.bench.joint:_memory_child", spec)  # also under -m
     median = {k: statistics.median(v["delta"]) for k, v in raw.items()}
     return {
         k: {"call_peak_mib": v / 2**20, "ratio_to_plain": v / median["plain"]}
         for k, v in median.items()
     }
+
+
+#: the variants timed and measured by default (``variant``)
+TIME_VARIANTS = ["record", "record-split", "tar", "tar-head", "tar-blocked", "identity", "identity-blocked"]  # fmt: skip
+MEMORY_VARIANTS = ["record", "record-split", "tar", "tar-blocked", "identity", "full-map"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=7, help="latent frames")
     p.add_argument("--latent", type=int, nargs=2, default=(32, 48), metavar=("H", "W"))
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--variants", nargs="+", default=TIME_VARIANTS, help="timed against plain")
+    p.add_argument("--memory-variants", nargs="+", default=MEMORY_VARIANTS, help="plain is added")
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -219,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     # each phase is written as soon as it is done (a slow memory phase keeps the timings)
     for key, run in (
-        ("time", lambda: time_variants(cfg, ["record", "tar", "identity"])),
-        ("memory", lambda: memory_variants(cfg, ["plain", "record", "tar", "full-map"])),
+        ("time", lambda: time_variants(cfg, args.variants)),
+        ("memory", lambda: memory_variants(cfg, ["plain", *args.memory_variants])),
     ):
         result[key] = run()
         text = json.dumps(result, indent=1)
