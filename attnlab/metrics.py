@@ -8,42 +8,6 @@ under a short name (the same objects): ``dispersion``, ``band_spectrum``, ``echo
 
 from __future__ import annotations
 
-from attnlab.data.metrics import (
-    PERIOD,
-    REPETITION_FLAG,
-    band_concentration,
-    band_profile,
-    band_spectrum,
-    diagonalness,
-    dispersion,
-    echo_peaks,
-    echo_period,
-    gaussian_prior,
-    lag_similarity,
-    map_distance,
-    minmax_normalise,
-    repetition_score,
-    resample_maps,
-    row_entropy,
-    sink_score,
-)
-
-__all__ = [
-    "PERIOD",
-    "REPETITION_FLAG",
-    "band_concentration",
-    "band_profile",
-    "band_spectrum",
-    "diagonalness",
-    "dispersion",
-    "echo_peaks",
-    "echo_period",
-    "gaussian_prior",
-    "lag_similarity",
-    "map_distance",
-    "minmax_normalise",
-    "repetition_score",
-    "resample_maps",
-    "row_entropy",
-    "sink_score",
-]
+# the same objects, and the same public names: what attnlab.data.metrics exports
+from attnlab.data.metrics import *  # noqa: F403
+from attnlab.data.metrics import __all__ as __all__
