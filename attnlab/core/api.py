@@ -210,6 +210,12 @@ def hooks(pipe: Any) -> Iterator[Controller]:
     path inside the block, with autograd on or under ``torch.no_grad()``; outputs equal the
     default path's up to float rounding.
 
+    Joint (full-3D) layers have ``<layer>.hook_frame_probs`` instead: the layer call's
+    frame-level map ``[B, heads, F, F]`` (per sample and head, each query frame's attention mass
+    per key frame, after every edit); a map set there (returned by a hook or assigned under
+    nnsight) replaces the frame marginal of the rows it changes as ``Replace`` with that target
+    does (``docs/attention-3d.md``).
+
     Args:
         pipe (diffusers pipeline or ``torch.nn.Module``): a video pipeline (with ``.unet`` or
             ``.transformer``) or the denoiser module itself.

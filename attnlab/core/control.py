@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from attnlab.core.joint import JointAttnProcessor
+from attnlab.core.joint import JOINT_HOOK_NAMES, JointAttnProcessor
 from attnlab.core.patch import (
     CallbackPatch,
     ChildModulePatch,
@@ -252,7 +252,7 @@ class Controller(RunTracker):
         patches = self.patches
         modules = dict(model.named_modules())
         of = "" if model is self.model else f"{self.expert_name(model)}: "
-        # full-3D attention models get their family's joint processor (and no hook points)
+        # full-3D attention models get their family's joint processor (and its hook point)
         joint = self.table.joint
         family = self.table.family
         windowed = free_noise_blocks(model, self.table.names)
@@ -268,7 +268,7 @@ class Controller(RunTracker):
             block = windowed.get(site.name)
             if block is not None:
                 self._watch_windows(site.name, block, of)
-            for hook_name in HOOK_NAMES if not joint else ():
+            for hook_name in JOINT_HOOK_NAMES if joint else HOOK_NAMES:
                 if not hasattr(attn, hook_name):
                     point = HookPoint(f"{site.name}.{hook_name}")
                     patches.apply(

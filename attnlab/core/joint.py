@@ -4,10 +4,11 @@ space-time) attention, through the model's own attention math.
 While a selected layer runs its *original* processor, :class:`JointAttnProcessor` intercepts
 that processor's call to ``torch.nn.functional.scaled_dot_product_attention`` and receives the
 very ``q, k, v`` and mask it would have used (after the model's projections, norms, RoPE and
-text layout). Recording only: the original fused call gives the output (bit-identical) and one
-more call gives the frame masses, or (``joint_paths(record="split")``) fused calls split by key
-frame give both, merged by log-sum-exp; with an edit, the output is computed by that split path
-(TAR, Transfer, Replace) or explicitly in blocks of queries (WindowDecay, or
+text layout). Recording only: fused calls split by key frame give the output and the frame
+masses, merged by log-sum-exp (the output within float32 rounding of the model's own call), or
+(``joint_paths(record="exact")``) the original fused call gives the output (bit-identical) and
+one more call the frame masses; with an edit, the output is computed by that split path (TAR,
+Transfer, Replace) or explicitly in blocks of queries (WindowDecay, or
 ``joint_paths(edit="blocked")``). Needs diffusers' native attention backend. The interception is
 a torch function mode entered for one layer call (thread-local): the function object is never
 replaced, so other code that identity-tests it (diffusers' layer skip, PAG) decides as without
@@ -19,6 +20,8 @@ definitions and derivations of the map, of the probes and of TAR on joint attent
 * :class:`JointAttnProcessor` - the processor of one joint self-attention site (the original
   when idle);
 * :func:`joint_paths` - which computation recording and edits use;
+* :data:`JOINT_HOOK_NAMES` - the hook point of each joint layer, ``hook_frame_probs``: the
+  frame-level map per query frame, read and set (a set map is a Replace target);
 * ``_Intercept`` - the torch function mode of one layer call, which hands the maps to the
   observers.
 """
@@ -40,6 +43,7 @@ from attnlab.core.joint_math import (
     alone,
     edited_attention,
     frame_logits,
+    frame_map,
     frame_mass,
     other_modes,
     split_attention,
@@ -60,7 +64,13 @@ from attnlab.core.sites import Site
 #: which computation attnlab uses on joint attention (:func:`joint_paths`)
 RECORD_PATHS = ("exact", "split")
 EDIT_PATHS = ("split", "blocked")
-_PATHS = {"record": "exact", "edit": "split"}
+_PATHS = {"record": "split", "edit": "split"}
+
+#: the hook point the controller attaches to each joint self-attention module: an identity
+#: module on the layer call's frame-level map ``[B, heads, F, F]`` (per sample and head, the
+#: map of each query frame, after every edit); a tensor a hook returns (or an nnsight
+#: assignment) replaces the frame marginal as ``Replace`` with that target does
+JOINT_HOOK_NAMES = ("hook_frame_probs",)
 
 
 @contextlib.contextmanager
@@ -68,12 +78,16 @@ def joint_paths(record: str | None = None, edit: str | None = None) -> Iterator[
     """Choose how joint attention is computed while attnlab works on a layer (process-wide,
     restored on exit; None keeps the current choice).
 
-    ``record`` (recording only, no edit): ``"exact"`` (default) -- the model's own attention
-    call gives the layer output (bit-identical) and the frame masses come from one more fused
-    call with the one-hot frame matrix as the value (one more attention's work); ``"split"``
-    -- one pass: the split path's merged output *is* the layer output (within float32
-    rounding of the model's call, about 1e-6 at unit-scale values; not bit-identical) and the
-    masses come with it. ``edit``: ``"split"`` (default) -- edits
+    ``record`` (recording only, no edit): ``"split"`` (default) -- one pass: the split path's
+    merged output *is* the layer output (within float32 rounding of the model's call: below
+    1e-6 per layer call at unit-scale values; in bfloat16/float16, the dtype's rounding; not
+    bit-identical) and the masses come with it; ``"exact"`` -- the model's own attention call
+    gives the layer output (bit-identical) and the frame masses come from one more fused call
+    with the one-hot frame matrix as the value (one more attention's work). A run under
+    diffusers' caching hooks (FirstBlockCache, MagCache, FasterCache, ...: their skip decisions
+    compare the model's values with thresholds) records by the exact path. With no recorder
+    and no edit on a layer, its own processor runs whatever the choice (bit-identical).
+    ``edit``: ``"split"`` (default) -- edits
     whose logit change is constant within a (query frame, key frame) block (TAR, Transfer,
     Replace) by the split path; ``"blocked"`` -- explicit attention in blocks of query rows.
     Calls the split path cannot take (:func:`~attnlab.core.joint_math.split_unsupported`:
@@ -108,11 +122,14 @@ class _Intercept(TorchFunctionMode):
     (:func:`~attnlab.core.joint_math.alone`), so no other mode can change what attnlab measures.
     """
 
-    def __init__(self, proc: JointAttnProcessor, plan: Plan, ctx: CallContext):
+    def __init__(
+        self, proc: JointAttnProcessor, plan: Plan, ctx: CallContext, hook: Any | None = None
+    ):
         super().__init__()
         self.proc = proc
         self.plan = plan
         self.ctx = ctx
+        self.hook = hook  # the layer's hook_frame_probs when it must fire, else None
         self.calls = 0
         self.skipped = 0
         self.samples = 0
@@ -156,18 +173,25 @@ class _Intercept(TorchFunctionMode):
         mass: torch.Tensor | None
         one_call = (
             _PATHS["record"] == "split"
+            # under diffusers' caching hooks (their skip decisions compare the model's values
+            # with a threshold) recording keeps the model's own call, bit for bit
+            and not self.ctx.run.meta.get("caches")
             and not (plan.bias or plan.replace)
             and not other_modes()
             and not (dropout_p or is_causal or enable_gqa)
             and key.shape[1] == query.shape[1]
             and split_unsupported(query, key, value, attn_mask) is None
         )
+        hook = self.hook
         if one_call:  # recording by the split path: its output is the layer's (within 1e-6)
             layout = self.proc.layout(self.ctx)
             with alone():
                 out, mass, text = split_attention(
                     query, key, value, layout, attn_mask=attn_mask, scale=scale, observe=True
                 )
+            if hook is not None:
+                out, mass, text = self._hooked(query, key, value, layout, attn_mask, scale, out, mass, text, [], [])  # type: ignore[arg-type]  # fmt: skip
+            with alone():
                 if plan.observe:
                     logits = None
                     if any(c.logits for c in plan.observe):
@@ -187,7 +211,9 @@ class _Intercept(TorchFunctionMode):
                 "grouped heads (put the model in eval mode)"
             )
         layout = self.proc.layout(self.ctx)
-        observe = bool(plan.observe)
+        observe = bool(plan.observe) or hook is not None
+        bias: list[BiasOp] = []
+        repl: list[ReplaceOp] = []
         with alone():
             if not plan.bias and not plan.replace:
                 assert out is not None
@@ -196,26 +222,56 @@ class _Intercept(TorchFunctionMode):
                 dev = query.device
                 bias = [self.proc.bias_op(c, self.ctx, offset, B, dev) for c in plan.bias]
                 repl = [self.proc.replace_op(c, self.ctx, offset, B, dev) for c in plan.replace]
-                if (
-                    _PATHS["edit"] == "split"
-                    and split_unsupported(query, key, value, attn_mask, bias) is None
-                ):
-                    out, mass, text = split_attention(
-                        query, key, value, layout, attn_mask=attn_mask, scale=scale,
-                        bias=bias, replace=repl, observe=observe,
-                    )  # fmt: skip
-                else:
-                    out, mass, text = edited_attention(
-                        query, key, value, layout, attn_mask=attn_mask, scale=scale,
-                        bias=bias, replace=repl, observe=observe,
-                    )  # fmt: skip
-            if observe:
+                out, mass, text = _edited(
+                    query, key, value, layout, attn_mask, scale, bias, repl, observe
+                )
+        if hook is not None:
+            assert out is not None and mass is not None
+            out, mass, text = self._hooked(query, key, value, layout, attn_mask, scale, out, mass, text, bias, repl)  # fmt: skip
+        with alone():
+            if plan.observe:
                 logits = None
                 if any(c.logits for c in plan.observe):
                     logits = frame_logits(query, key, layout, scale)
                 self.results.append((mass, text, logits))  # type: ignore[arg-type]
         assert out is not None
         return out
+
+    def _hooked(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        layout: TokenLayout,
+        attn_mask: torch.Tensor | None,
+        scale: float | None,
+        out: torch.Tensor,
+        mass: torch.Tensor,
+        text: torch.Tensor | None,
+        bias: list[BiasOp],
+        repl: list[ReplaceOp],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Fire ``hook_frame_probs`` on this call's frame-level map. The rows a hook sets (by
+        returning another tensor or changing this one in place: each (sample, head, query
+        frame) row that differs from the one read) become the target of one more replacement
+        after the call's own edits (:class:`~attnlab.core.joint_math.ReplaceOp` with a target
+        per sample and head), and the attention is computed again with it; rows left as read
+        keep their queries' own masses."""
+        with alone():
+            read = frame_map(mass, layout)
+            before = read.clone()  # the hook may change ``read`` in place
+        assert self.hook is not None
+        got = self.hook(read)  # torch hooks and nnsight act here, outside attnlab's math
+        with alone():
+            target, rows = _set_map(got, before, self.proc.site.name)
+            if not bool(rows.any()):
+                return out, mass, text  # nothing set
+            op = ReplaceOp(target.to(query.device), rows=rows.to(query.device))
+            new_out, new_mass, new_text = _edited(
+                query, key, value, layout, attn_mask, scale, bias, [*repl, op], True
+            )
+        assert new_mass is not None
+        return new_out, new_mass, new_text
 
     def finish(self) -> None:
         site = self.proc.site
@@ -253,6 +309,79 @@ class _Intercept(TorchFunctionMode):
                 client.observe(site, self.ctx, lg, probs, text_mass=tm)
 
 
+def _edited(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: TokenLayout,
+    attn_mask: torch.Tensor | None,
+    scale: float | None,
+    bias: list[BiasOp],
+    repl: list[ReplaceOp],
+    observe: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The attention of one call with edits, by the split path where it can take them (and
+    ``joint_paths(edit="split")``), else explicitly in blocks of query rows."""
+    if _PATHS["edit"] == "split" and split_unsupported(query, key, value, attn_mask, bias) is None:
+        return split_attention(
+            query, key, value, layout, attn_mask=attn_mask, scale=scale,
+            bias=bias, replace=repl, observe=observe,
+        )  # fmt: skip
+    return edited_attention(
+        query, key, value, layout, attn_mask=attn_mask, scale=scale,
+        bias=bias, replace=repl, observe=observe,
+    )  # fmt: skip
+
+
+def _set_map(got: Any, read: torch.Tensor, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frame-level map set at ``hook_frame_probs`` (``read``: a copy of the map the hook was
+    given): ``(target [B, heads, F, F]`` float32 with rows normalised to 1, as ``Replace``
+    normalises a matrix; ``rows [B, heads, F]``: the rows that differ from ``read``). One
+    error naming what is wrong otherwise."""
+    where = f"{site}.hook_frame_probs"
+    shape = tuple(read.shape)
+    if not isinstance(got, torch.Tensor):
+        raise ValueError(
+            f"{where}: a hook returned {type(got).__name__}; a set frame map is a tensor that "
+            f"broadcasts to [B, heads, F, F] = {list(shape)}"
+        )
+    try:
+        ok = torch.broadcast_shapes(tuple(got.shape), shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{where}: a set frame map of shape {list(got.shape)} does not broadcast to "
+            f"[B, heads, F, F] = {list(shape)}"
+        )
+    m = got.detach().to(device=read.device, dtype=read.dtype).expand(shape)
+    rows = (m != read).any(-1)
+    if not bool(rows.any()):
+        return m, rows
+    if not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
+        raise ValueError(
+            f"{where}: a set frame map must be finite and non-negative (a distribution over key "
+            "frames per query frame)"
+        )
+    total = m.sum(-1, keepdim=True)
+    if bool((total <= 0).any()):
+        raise ValueError(
+            f"{where}: a set frame map has rows summing to 0; each query frame's row needs a "
+            "positive sum (rows are normalised to 1)"
+        )
+    return m / total, rows
+
+
+def _hook_point(attn: torch.nn.Module, plan: Plan | None) -> Any | None:
+    """The layer's ``hook_frame_probs`` when it must fire: someone hooks it (torch hooks, an
+    nnsight trace) or an observer asks for hook points (:func:`attnlab.hooks`); else None."""
+    point = getattr(attn, JOINT_HOOK_NAMES[0], None)
+    if point is None:
+        return None
+    asked = plan is not None and any(c.hook_points for c in plan.observe)
+    return point if asked or point.has_hooks() else None
+
+
 def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     """Concatenate per-call results that are all tensors or all None."""
     tensors = [p for p in parts if p is not None]
@@ -262,9 +391,9 @@ def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
 class JointAttnProcessor:
     """Processor for one joint (space-time) self-attention site; the original when idle.
 
-    When the host's plan for this layer is empty the original processor runs untouched
-    (bit-identical output). Otherwise the original still runs, with its attention call
-    intercepted (see the module docstring).
+    When the host's plan for this layer is empty and nobody hooks its ``hook_frame_probs``,
+    the original processor runs untouched (bit-identical output). Otherwise the original still
+    runs, with its attention call intercepted (see the module docstring).
     """
 
     def __init__(self, host: ProcessorHost, site: Site, original: Any):
@@ -287,11 +416,17 @@ class JointAttnProcessor:
         self, attn: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any
     ):
         plan = self.host.plan(self.site.name)
-        if plan is None:
-            return self.original(attn, hidden_states, *args, **kwargs)
+        hook = _hook_point(attn, plan)
         ctx = self.host.ctx
-        assert ctx is not None
-        with _Intercept(self, plan, ctx) as icpt:
+        if (plan is None and hook is None) or ctx is None:
+            return self.original(attn, hidden_states, *args, **kwargs)
+        all_perturbed = kwargs.get("all_perturbed")
+        if all_perturbed is not None and bool(all_perturbed):
+            # LTX-2's spatio-temporal guidance block with every sample perturbed: its processor
+            # answers with the values and computes no attention; the call did not run (``ran``
+            # False, nothing recorded, edits do not apply)
+            return self.original(attn, hidden_states, *args, **kwargs)
+        with _Intercept(self, plan if plan is not None else Plan(), ctx, hook) as icpt:
             out = self.original(attn, hidden_states, *args, **kwargs)
         icpt.finish()
         return out

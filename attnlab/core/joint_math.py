@@ -9,7 +9,8 @@ functions of ``q, k, v`` as a model gives them to SDPA. Derivations: ``docs/atte
 * :func:`split_attention` - joint attention (plain or with those edits) and its frame masses
   from one fused attention call per (query block, key frame), merged by log-sum-exp;
   :func:`split_unsupported` - why a call cannot take that path (None: it can);
-* :func:`to_rows` - per-query results in the temporal processors' row layout.
+* :func:`to_rows` - per-query results in the temporal processors' row layout;
+* :func:`frame_map` - per-query frame masses averaged over each query frame's tokens.
 """
 
 from __future__ import annotations
@@ -135,10 +136,14 @@ class BiasOp:
 
 @dataclass
 class ReplaceOp:
-    """A frame-mass replacement: target ``M [F, F]`` (rows sum to 1), samples it applies to."""
+    """A frame-mass replacement: target ``M [F, F]`` (rows sum to 1), or one per sample and
+    head ``[B, heads, F, F]`` (the call's; a map set at ``hook_frame_probs``), and the samples
+    it applies to."""
 
     target: torch.Tensor
     samples: torch.Tensor | None = None
+    #: bool ``[B, heads, F]``: the (sample, head, query frame) rows it applies to (None: all)
+    rows: torch.Tensor | None = None
 
 
 def _select(new: torch.Tensor, old: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
@@ -300,6 +305,13 @@ def split_unsupported(
         attn_mask.ndim > 4 or not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point())
     ):
         return f"an attention mask of shape {tuple(attn_mask.shape)} and dtype {attn_mask.dtype}"
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, attn_mask)
+    ):
+        return (
+            "autograd: the fused kernels' log-sum-exp output carries no gradient (run under "
+            "torch.no_grad() or torch.inference_mode())"
+        )
     if any(op.fn is not None for op in bias):
         return (
             "a frame-level logit function (WindowDecay) is not a constant shift of a (query "
@@ -385,13 +397,18 @@ def _replace_target(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A replacement's target rows ``M[f(q), :]`` under the mask: renormalised over the key
     frames each row can see (``vis [..., rows, F]``); and which rows it applies to (None: all;
-    a row whose target puts nothing on a visible frame keeps its masses)."""
-    M = rop.target.float()[fq]  # [rows, F]
+    a row whose target puts nothing on a visible frame keeps its masses, and so does a row
+    outside the op's ``rows``)."""
+    # [rows, F]; a per-sample, per-head target [B, heads, F, F] (a map set at a hook point):
+    # [B, heads, rows, F]
+    M = rop.target.float()[fq] if rop.target.ndim == 2 else rop.target.float()[:, :, fq]
+    rows = None if rop.rows is None else rop.rows[:, :, fq]  # [B, heads, rows]
     if vis is None:
-        return M, None
+        return M, rows
     Mv = M * vis
     total = Mv.sum(-1, keepdim=True)
-    return Mv / total.clamp_min(1e-38), total[..., 0] > 0
+    ok = total[..., 0] > 0
+    return Mv / total.clamp_min(1e-38), ok if rows is None else ok & rows
 
 
 def split_attention(
@@ -561,3 +578,10 @@ def to_rows(x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         .permute(0, 3, 1, 2, 4)
         .reshape(B * layout.per_frame, H, layout.frames, C)
     )
+
+
+def frame_map(mass: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """``[B, heads, F*T, F]`` per video query -> ``[B, heads, F, F]``: the frame-level map of
+    each query frame (its queries' renormalised frame masses averaged), the ``A[i, j]`` of
+    ``docs/attention-3d.md``."""
+    return mass.unflatten(2, (layout.frames, layout.per_frame)).mean(3)

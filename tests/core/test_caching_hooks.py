@@ -23,6 +23,16 @@ import torch
 import attnlab
 from attnlab.core import dims as D
 
+
+@pytest.fixture(autouse=True)
+def _exact_recording():
+    """These tests compare runs with and without attnlab bit for bit: recording takes the
+    exact path (the model's own attention call); the default split path is within float32
+    rounding of it (docs/attention-3d.md)."""
+    with attnlab.joint_paths(record="exact"):
+        yield
+
+
 STEPS = 6
 
 
@@ -185,8 +195,8 @@ def test_a_cache_stays_in_force_and_what_it_reused_is_marked(model, technique):
     assert rec.runs[0].attrs["caches"] == {"transformer": [technique]}
     # at step 0 (identical latents) what ran is what runs without the cache
     first = plain.to_xarray().isel(run=0, step=0)[D.PROBS].transpose(D.LAYER, D.CFG, ...).values
-    assert ran[0].any()
-    np.testing.assert_array_equal(probs[0][ran[0]], first[ran[0]])
+    assert ran[0].any()  # (the reference recorded by the split path, this run by the exact one)
+    np.testing.assert_allclose(probs[0][ran[0]], first[ran[0]], rtol=0, atol=1e-6)
 
     pipe.transformer.disable_cache()  # and without the cache, nothing is a gap
     with attnlab.record(pipe) as again:
@@ -264,3 +274,35 @@ def test_smoothed_energy_guidance_records_the_attention_of_the_blurred_queries()
     torch.testing.assert_close(torch.from_numpy(recorded.values).double(), A[0], atol=1e-5, rtol=0)
     before = plain.to_xarray()[D.PROBS].isel(run=0, step=0, sample=0).sel(layer=name, cfg="cond")
     assert np.abs(before.values - recorded.values).max() > 1e-3  # the blur changes attention
+
+
+def test_under_a_cache_the_default_recording_path_is_the_models_own_call():
+    """The default (split) recording path is within float32 rounding of the model's call, not
+    bit for bit; a cache's threshold decisions could flip on that. Under diffusers' caching
+    hooks recording takes the exact path, so the run is the cache's own, bit for bit."""
+    pipe = _pipe("cogvideox")
+    with attnlab.joint_paths(record="split"):  # the default, over this file's fixture
+        with attnlab.record(pipe, steps=[0]) as plain:  # no cache: the split path
+            split = _gen(pipe)
+        pipe.transformer.enable_cache(_config("FirstBlockCache", pipe))
+        calls, handles = _log(pipe)
+        reference = _gen(pipe)
+        computed, _ = _computed(pipe, calls)
+        calls.clear()
+        with attnlab.record(pipe) as rec:
+            got = _gen(pipe)
+        for h in handles:
+            h.remove()
+        pipe.transformer.disable_cache()
+        with attnlab.joint_paths(record="exact"), attnlab.record(pipe, steps=[0]):
+            exact = _gen(pipe)
+    assert torch.equal(got, reference)  # the cache's run, bit for bit
+    assert np.array_equal(_computed(pipe, calls)[0], computed)  # the cache decided alike
+    assert rec.runs[0].attrs["caches"] == {"transformer": ["FirstBlockCache"]}
+    # without a cache the default path is the split one: within float32 rounding of the exact
+    # path over the run (and its step-0 maps equal the cache run's)
+    torch.testing.assert_close(split, exact, rtol=0, atol=1e-4)
+    ran = rec.to_xarray().isel(run=0, step=0)[D.RAN].transpose(D.LAYER, D.CFG).values
+    first = plain.to_xarray().isel(run=0, step=0)[D.PROBS].transpose(D.LAYER, D.CFG, ...).values
+    probs = rec.to_xarray().isel(run=0, step=0)[D.PROBS].transpose(D.LAYER, D.CFG, ...).values
+    np.testing.assert_allclose(probs[ran], first[ran], rtol=0, atol=1e-6)

@@ -192,22 +192,50 @@ def test_split_unsupported_says_why():
     fn_op = BiasOp(None, fn=lambda L, qf, kf: L)
     assert "WindowDecay" in joint_math.split_unsupported(q, k, v, bias=[fn_op])
     assert "meta" in joint_math.split_unsupported(q.to("meta"), k.to("meta"), v.to("meta"))
+    qg = q.clone().requires_grad_()
+    assert "autograd" in joint_math.split_unsupported(qg, k, v)
+    with torch.no_grad():
+        assert joint_math.split_unsupported(qg, k, v) is None
+
+
+def test_recording_under_autograd_takes_the_exact_path_and_keeps_the_gradient():
+    """The fused kernels' log-sum-exp has no gradient: with grad on, recording takes the
+    exact path (the model's own call), so the output and its gradient are the model's."""
+    from attnlab.models.tiny_dit import wan_transformer
+
+    model = wan_transformer()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 3, 8, 8, generator=g)
+    text = torch.randn(1, 8, 16, generator=g)
+
+    def run():
+        xg = x.clone().requires_grad_()
+        out = model(xg, torch.tensor([500]), text, return_dict=False)[0]
+        (grad,) = torch.autograd.grad(out.square().sum(), xg)
+        return out.detach(), grad
+
+    ref, ref_grad = run()
+    with attnlab.record(model, reduce="head") as rec:
+        out, grad = run()
+    assert torch.equal(out, ref)  # the exact path: the model's own attention call
+    torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=0)
+    assert rec.to_xarray()[D.PROBS].notnull().all()
 
 
 def test_joint_paths_checks_its_arguments_and_restores():
-    assert joint._PATHS == {"record": "exact", "edit": "split"}
-    with joint.joint_paths(record="split", edit="blocked"):
-        assert joint._PATHS == {"record": "split", "edit": "blocked"}
+    assert joint._PATHS == {"record": "split", "edit": "split"}  # the defaults
+    with joint.joint_paths(record="exact", edit="blocked"):
+        assert joint._PATHS == {"record": "exact", "edit": "blocked"}
         with (
             pytest.raises(ValueError, match=r"record='fast'.*allowed: exact, split"),
             joint.joint_paths(record="fast"),
         ):
             pass
-        assert joint._PATHS == {"record": "split", "edit": "blocked"}
-    assert joint._PATHS == {"record": "exact", "edit": "split"}
+        assert joint._PATHS == {"record": "exact", "edit": "blocked"}
+    assert joint._PATHS == {"record": "split", "edit": "split"}
     with pytest.raises(RuntimeError), joint.joint_paths(edit="blocked"):
         raise RuntimeError("boom")
-    assert joint._PATHS == {"record": "exact", "edit": "split"}
+    assert joint._PATHS == {"record": "split", "edit": "split"}
 
 
 def test_skyreels_replace_ones_leaves_the_hidden_frames_empty_on_both_paths():
@@ -259,15 +287,16 @@ def test_split_merge_with_far_apart_key_blocks_equals_brute_force(lazy, monkeypa
 
 
 def test_bench_joint_variants_take_the_paths_they_name():
-    """attnlab.tools.bench.joint: record keeps the output bit-identical, record-split within
-    float32 rounding; each edit gives the same output on the split and the blocked path."""
+    """attnlab.tools.bench.joint: record-exact keeps the output bit-identical, record (the
+    default, split) within float32 rounding; each edit gives the same output on the split and
+    the blocked path."""
     from attnlab.tools.bench.joint import JointBenchConfig, build, call, inputs
 
     cfg = JointBenchConfig(heads=2, layers=1, frames=3, latent=(8, 8), text=4, rounds=1)
     model, kw = build(cfg), inputs(cfg)
-    out = {name: call(model, kw, name)[0] for name in ("plain", "record", "record-split", "tar", "tar-blocked", "identity", "identity-blocked")}  # fmt: skip
-    assert torch.equal(out["record"], out["plain"])
-    assert (out["record-split"] - out["plain"]).abs().max() < 1e-5
+    out = {name: call(model, kw, name)[0] for name in ("plain", "record", "record-exact", "tar", "tar-blocked", "identity", "identity-blocked")}  # fmt: skip
+    assert torch.equal(out["record-exact"], out["plain"])
+    assert (out["record"] - out["plain"]).abs().max() < 1e-5
     for edit in ("tar", "identity"):
         torch.testing.assert_close(out[edit], out[edit + "-blocked"], atol=1e-5, rtol=0)
         assert (out[edit] - out["plain"]).abs().max() > 1e-4

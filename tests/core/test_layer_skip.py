@@ -23,6 +23,15 @@ import attnlab
 from attnlab.core import dims as D
 
 
+@pytest.fixture(autouse=True)
+def _exact_recording():
+    """These tests compare runs with and without attnlab bit for bit: recording takes the
+    exact path (the model's own attention call); the default split path is within float32
+    rounding of it (docs/attention-3d.md)."""
+    with attnlab.joint_paths(record="exact"):
+        yield
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _registered():
     """Register the two processors as diffusers registers its own: the skip output of a

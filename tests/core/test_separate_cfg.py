@@ -71,25 +71,56 @@ def test_separate_call_guidance_is_one_step_with_both_halves(v2v):
     finally:
         for h in handles:
             h.remove()
-    assert torch.equal(got, reference)  # recording does not change the computation
+    # the default (split) recording: each layer call within 1e-6 of the model's; over 2 guided
+    # steps the latents drift further (docs/attention-3d.md)
+    torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
     assert len(calls) == 4  # 2 steps x (prompt, negative prompt)
     ds = rec.to_xarray().isel(run=0)
     assert ds.sizes[D.STEP] == 2 and list(ds[D.CFG].values) == ["uncond", "cond"]
     assert ds[D.RAN].values.all()
     assert ds[D.TIMESTEP].values.tolist() == [calls[0]["t"], calls[2]["t"]]
     assert calls[0]["t"] == calls[1]["t"] and calls[2]["t"] == calls[3]["t"]
+    _check_each_call(ds, calls, attn)
+    assert not attnlab.is_instrumented(v2v)
+
+
+def _check_each_call(ds, calls, attn):
+    """Each call's map is the brute force of that call's own q, k, in the step and half it
+    belongs to (diffusers' order: the prompt's call, then the negative prompt's)."""
     for i, call in enumerate(calls):
         step, half = divmod(i, 2)
         with torch.no_grad():
             q, k, _ = _qkv("wan", attn, *call["qkv"])
         A, _ = _brute_map(q, k, FRAMES * TOKENS, FRAMES, text_first=False)
-        cfg = "cond" if half == 0 else "uncond"  # diffusers' order: prompt, then negative
+        cfg = "cond" if half == 0 else "uncond"
         got_map = torch.from_numpy(ds[D.PROBS].sel(step=step, layer=LAYER, cfg=cfg).values)
         torch.testing.assert_close(got_map.double(), A, atol=1e-5, rtol=0)
     # the two halves differ (they are not one call recorded twice)
     probs = ds[D.PROBS].sel(layer=LAYER).values
     assert np.abs(probs[:, 0] - probs[:, 1]).max() > 1e-4
-    assert not attnlab.is_instrumented(v2v)
+
+
+def test_wan_pipeline_guidance_calls_are_one_step_with_each_half_its_own_call():
+    """``WanPipeline`` calls the transformer per half inside ``cache_context("cond")`` /
+    ``("uncond")``: one ``cfg`` coordinate, each half the map of its own call."""
+    from attnlab.models.tiny_dit import wan_pipeline
+    from tests.core.test_joint import _gen as t2v
+
+    pipe = wan_pipeline()
+    calls, attn, handles = _log(pipe)
+    try:
+        with attnlab.record(pipe, reduce="head") as rec:
+            t2v(pipe)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(calls) == 4  # 2 steps x (cond, uncond)
+    ds = rec.to_xarray().isel(run=0)
+    assert ds.sizes[D.STEP] == 2 and list(ds[D.CFG].values) == ["uncond", "cond"]
+    assert ds[D.RAN].values.all()
+    assert ds[D.TIMESTEP].values.tolist() == [calls[0]["t"], calls[2]["t"]]
+    _check_each_call(ds, calls, attn)
+    assert not attnlab.is_instrumented(pipe)
 
 
 def test_halves_that_cannot_be_told_apart_raise_one_error_saying_how_to_label_them(v2v):

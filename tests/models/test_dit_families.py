@@ -206,7 +206,8 @@ def test_recorded_maps_equal_brute_force(kind, ltx, mochi):
     finally:
         for h in handles:
             h.remove()
-    assert torch.equal(out, ref)  # recording reuses the model's own attention call
+    # the default (split) recording: within float32 rounding of the model's call
+    assert (out - ref).abs().max() < 1e-6
     ds = rec.to_xarray().isel(run=0, step=0, layer=0, cfg=0)
     with torch.no_grad():
         per_sample = _qkv(kind, dict(model.named_modules())[name], seen["in"])
@@ -324,8 +325,8 @@ def test_pipelines_idle_record_and_cfg_halves(kind, ltx_pipe, mochi_pipe):
     with attnlab.record(pipe):
         pass
     assert torch.equal(_gen(pipe, kind), ref)
-    with attnlab.record(pipe, reduce="head") as plain:
-        assert torch.equal(_gen(pipe, kind), ref)
+    with attnlab.joint_paths(record="exact"), attnlab.record(pipe, reduce="head") as plain:
+        assert torch.equal(_gen(pipe, kind), ref)  # the exact path: the model's own calls
     pl = plain.to_xarray()
     assert list(pl[D.CFG].values) == ["uncond", "cond"] and pl.sizes[D.STEP] == 2
     assert pl.sizes[D.QUERY] == FRAMES and pl[D.PROMPT].item() == "a polar bear playing drums"
