@@ -16,13 +16,17 @@ with the UNets' and builds the report (:func:`attnlab.pe_report`).
 * LTX-Video: ``LTXVideoRotaryPosEmbed``'s attributes (``dim // 6`` frequencies, ``theta``,
   ``base_num_frames``, ``patch_size_t``), per latent frame at the pipeline's frame rate;
 * Mochi: the learned weights ``pos_frequencies[0]`` (heads x D/2);
-* Kandinsky 5: ``Kandinsky5RoPE3D``'s angle tables ``args_0/1/2``.
+* Kandinsky 5: ``Kandinsky5RoPE3D``'s angle tables ``args_0/1/2``; Kandinsky 6:
+  ``Kandinsky6RoPE3D``'s ``angles_0/1/2`` over the config's ``scale_factor``;
+* LTX-2 (video stream): ``LTX2AudioVideoRotaryPosEmbed``'s attributes (``dim // 6``
+  frequencies, ``theta``, the VAE factor, ``base_num_frames``), per token frame at 24 fps
+  (time in seconds).
 
 The edits swap a frequency or angle table for the duration of the rotary module's call (Wan,
-Kandinsky 5), pass retuned frequencies into it (Mochi), rewrite the temporal columns of what it
-returns (HunyuanVideo, LTX-Video, EasyAnimate, Cosmos, AnyFlow) or of the tables the pipeline
-hands to the transformer (CogVideoX, ConsisID, Allegro). Only the columns of a changed
-frequency are recomputed.
+Kandinsky 5 and 6), pass retuned frequencies into it (Mochi), rewrite the temporal columns of
+what it returns (HunyuanVideo, LTX-Video, LTX-2, EasyAnimate, Cosmos, AnyFlow) or of the
+tables the pipeline hands to the transformer (CogVideoX, ConsisID, Allegro). Only the columns
+of a changed frequency are recomputed.
 """
 
 from __future__ import annotations
@@ -601,6 +605,152 @@ def _install_cosmos(model: torch.nn.Module, retune: Retune) -> Callable[[], None
     return hooks(rope.register_forward_hook(post, with_kwargs=True))
 
 
+# ---- LTX-2: LTX2AudioVideoRotaryPosEmbed (time coordinate in seconds) -----------------------
+#: the LTX-2 pipelines' default frame rate (the transformer's ``fps`` default too)
+LTX2_FPS = 24.0
+
+
+def _ltx2_unit_freqs(rope: torch.nn.Module) -> np.ndarray:
+    """``LTX2AudioVideoRotaryPosEmbed``'s ``dim // 6`` video frequencies per unit of coordinate,
+    as its forward computes them: ``theta ** linspace(0, 1, n) * pi / 2`` (float64 when
+    ``double_precision``), cast to float32; the angle is ``f * (2 g - 1)``."""
+    dtype = torch.float64 if rope.double_precision else torch.float32
+    f = torch.pow(rope.theta, torch.linspace(0.0, 1.0, rope.dim // 6, dtype=dtype))
+    return (f * torch.pi / 2.0).to(torch.float32).double().numpy()
+
+
+def _ltx2_step(rope: torch.nn.Module, fps: float) -> float:
+    """Coordinate ``g`` between token frames ``k >= 1``: ``c_t p_t / fps / base``."""
+    return float(rope.scale_factors[0]) * rope.patch_size_t / fps / rope.base_num_frames
+
+
+def _ltx2_pes(model: torch.nn.Module, fps: float = LTX2_FPS) -> list[TemporalPE]:
+    rope = model.rope
+    c_t, o, base = int(rope.scale_factors[0]), int(rope.causal_offset), rope.base_num_frames
+    w = 2 * _ltx2_unit_freqs(rope) * _ltx2_step(rope, fps)
+    first = (c_t * rope.patch_size_t + o - c_t) / 2
+    return [
+        TemporalPE(
+            "rope3d", "rope", w[None], base=float(rope.theta), frame_step=int(rope.patch_size_t),
+            dim=2 * len(w), layers=len(model.transformer_blocks),
+            note=f"one RoPE over the inner dim {rope.dim}, pairs cycling t/h/w ({rope.dim % 6} "
+            f"unrotated channels first, rope_type {rope.rope_type}); time in seconds: pixel frame "
+            f"/ fps / {base}, listed at {fps:g} fps (c_t {c_t} x p_t {rope.patch_size_t} pixel "
+            f"frames per token frame); the first latent frame sits at pixel frame {first:g}",
+        )
+    ]  # fmt: skip
+
+
+def _ltx2_columns(rope: torch.nn.Module) -> list[tuple[int, ...]]:
+    """Columns of time frequency ``i`` in the flattened ``[..., N, dim or dim / 2]`` table:
+    interleaved, channels ``pad + 6 i, + 1``; split, pair ``dim / 2 - 3 n + 3 i``."""
+    n = rope.dim // 6
+    if rope.rope_type == "interleaved":
+        return interleaved(n, offset=rope.dim % 6, stride=6)
+    pad = rope.dim // 2 - 3 * n
+    return [(pad + 3 * i,) for i in range(n)]
+
+
+def _install_ltx2(model: torch.nn.Module, retune: Retune) -> Callable[[], None]:
+    """Rewrites the time columns of what the video rotary module ``model.rope`` returns (the
+    audio and the audio-video cross-attention RoPEs are left alone). The time coordinate ``g``
+    of each token is read from the coordinates the module was given; the frequency per token
+    frame is the one over the gap between the last two token frames."""
+    rope = model.rope
+    unit = _ltx2_unit_freqs(rope)
+    columns = _ltx2_columns(rope)
+    sig = inspect.signature(rope.forward)
+
+    def post(module, args, kwargs, output):
+        coords = sig.bind(*args, **kwargs).arguments["coords"]
+        if coords.ndim == 4:  # patch bounds [start, end): the midpoint, as the module takes it
+            coords = coords.mean(-1)
+        g = coords[:, 0].double() / module.base_num_frames  # [B, N]
+        steps = torch.unique(g[0])
+        if steps.numel() < 2:
+            return None
+        step = float(steps[-1] - steps[-2])
+        tok = 2 * unit * step
+        new = retuned(retune, tok[None], steps.numel())
+        if new is None:
+            return None
+        new_unit = np.where(new[0] != tok, new[0] / (2 * step), unit)
+        cos, sin = output
+        if module.rope_type == "split":  # [B, H, N, D/2] -> [B, N, H * D/2] and back
+            B, H, N, r = cos.shape
+            flat = [t.swapaxes(1, 2).reshape(B, N, H * r) for t in (cos, sin)]
+            cos, sin = rewrite_columns(*flat, columns, 2 * g - 1, unit, new_unit)
+            return tuple(t.reshape(B, N, H, r).swapaxes(1, 2) for t in (cos, sin))
+        return rewrite_columns(cos, sin, columns, 2 * g - 1, unit, new_unit)
+
+    return hooks(rope.register_forward_hook(post, with_kwargs=True))
+
+
+# ---- Kandinsky 6: Kandinsky6RoPE3D (angle tables angles_0/1/2) ------------------------------
+def _kandinsky6_pes(model: torch.nn.Module) -> list[TemporalPE]:
+    """``Kandinsky6RoPE3D``'s angle tables ``angles_i = outer(positions, freqs)``; the model
+    divides each axis's angles by its config's ``scale_factor`` (time: ``scale_factor[0]``)."""
+    rope = model.visual_rope_embeddings
+    if rope.angles_0.is_meta:
+        return [TemporalPE("rope3d", "visual_rope_embeddings", note="buffers not materialised")]
+    t, h, w = (int(d) for d in rope.axes_dims)
+    scale = tuple(float(s) for s in model.scale_factor)
+
+    def axis(angles: torch.Tensor, s: float) -> np.ndarray:
+        a = angles[: probe_len()].double() / s
+        return measure_frequencies(a.cos(), a.sin())
+
+    return [
+        TemporalPE(
+            "rope3d", "visual_rope_embeddings.angles_0", axis(rope.angles_0, scale[0])[None],
+            base=float(rope.max_period), frame_step=int(model.config.patch_size[0]), dim=t,
+            layers=len(model.visual_transformer_blocks),
+            spatial={"h": axis(rope.angles_1, scale[1]), "w": axis(rope.angles_2, scale[2])},
+            table_len=int(rope.angles_0.shape[0]),
+            note=f"axes_dims {(t, h, w)}: temporal share {t} of head dim {t + h + w}; time "
+            f"positions / scale_factor[0] ({scale[0]:g})",
+        )
+    ]  # fmt: skip
+
+
+def _install_kandinsky6(model: torch.nn.Module, retune: Retune) -> Callable[[], None]:
+    """Swaps Kandinsky 6's time angle table ``angles_0`` (rows: positions) for the rotary
+    module's call; a changed frequency's column becomes ``position * w' * scale_factor[0]``
+    (the module divides it by ``scale_factor[0]`` again)."""
+    rope = model.visual_rope_embeddings
+    own = rope.angles_0
+    probe = own[: probe_len()].double()
+    unit = measure_frequencies(probe.cos(), probe.sin())  # per position, before the scaling
+    sig = inspect.signature(rope.forward)
+    cache: dict[bytes, torch.Tensor] = {}
+
+    def pre(module, args, kwargs):
+        a = sig.bind(*args, **kwargs).arguments
+        scale = float(a.get("scale_factor", (1.0, 1.0, 1.0))[0])
+        freqs = (unit / scale)[None]
+        frames = int(torch.as_tensor(a["pos"][0]).max()) + 1
+        new = retuned(retune, freqs, frames)
+        if new is None:
+            return None
+        key = new.tobytes() + np.float64(scale).tobytes()
+        if key not in cache:
+            edited = own.clone()
+            pos = torch.arange(own.shape[0], device=own.device, dtype=torch.float64)
+            for j in np.flatnonzero(new[0] != freqs[0]):
+                edited[:, j] = (pos * float(new[0][j]) * scale).to(own.dtype)
+            cache[key] = edited
+        module._buffers["angles_0"] = cache[key]
+        return None
+
+    def post(module, args, kwargs, output):
+        module._buffers["angles_0"] = own
+
+    return hooks(
+        rope.register_forward_pre_hook(pre, with_kwargs=True),
+        rope.register_forward_hook(post, with_kwargs=True),
+    )
+
+
 # ---- handlers ----------------------------------------------------------------------------
 def _joint_compression(obj: Any) -> int:
     model = denoiser_of(obj)
@@ -656,4 +806,7 @@ JOINT_HANDLERS: dict[str, PositionHandler] = {
     "cosmos": _handler(_cosmos_pes, "cosmos", _install_cosmos),
     # MotifVideo's rotary module is HunyuanVideo's in all but name (rope_dim, theta, patches)
     "motif-video": _handler(_hunyuan_pes, "motif-video", _install_hunyuan),
+    # the audio-video DiTs: the video stream's RoPE
+    "ltx2": _handler(_ltx2_pes, "ltx2", _install_ltx2),
+    "kandinsky6": _handler(_kandinsky6_pes, "kandinsky6", _install_kandinsky6),
 }

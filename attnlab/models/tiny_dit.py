@@ -242,3 +242,119 @@ def mochi_pipeline(seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---- audio-video DiTs: the video stream is mapped (attnlab.models.families.av_dits) ---------
+#: latent frames and (H, W) of the audio-video calls below; audio latent frames
+AV_FRAMES = 3
+AV_LATENT = (2, 4)
+AV_AUDIO = 5
+
+
+def ltx2_transformer(
+    seed: int = 0, *, layers: int = 2, rope_type: str = "interleaved", perturbed_attn: bool = False
+):
+    """``LTX2VideoTransformer3DModel``: video heads 2 x 10 (inner 20: 3 frequencies per axis,
+    2 unrotated channels, head 0 holds two time pairs and head 1 one), audio heads 2 x 4, patch
+    1, the default VAE factors (8, 32, 32) and RoPE base 20 (what the time coordinate uses).
+    ``perturbed_attn``: the blocks take spatio-temporal guidance (LTX-2.3's STG)."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    return LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=10, cross_attention_dim=20, audio_in_channels=4, audio_out_channels=4,
+        audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
+        num_layers=layers, caption_channels=TEXT_DIM, rope_type=rope_type,
+        perturbed_attn=perturbed_attn,
+    ).eval()  # fmt: skip
+
+
+def ltx2_inputs(
+    seed: int = 0,
+    batch: int = 2,
+    *,
+    frames: int = AV_FRAMES,
+    fps: float = 24.0,
+    self_mask: bool = False,
+) -> dict:
+    """One call of the tiny LTX-2 transformer as ``LTX2Pipeline`` makes it: packed video tokens
+    ``[B, F*H*W, C]`` with the latent grid, audio tokens, text (2 padded tokens in sample 0).
+    ``self_mask``: a multiplicative ``video_self_attention_mask`` (IC-LoRA style) that halves
+    nothing and masks the last frame's keys for the first frame's queries."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = AV_LATENT
+    n = frames * H * W
+    text_mask = torch.ones(batch, 6)
+    text_mask[0, 4:] = 0
+    kw = dict(
+        hidden_states=torch.randn(batch, n, 4, generator=g),
+        audio_hidden_states=torch.randn(batch, AV_AUDIO, 4, generator=g),
+        encoder_hidden_states=torch.randn(batch, 6, TEXT_DIM, generator=g),
+        audio_encoder_hidden_states=torch.randn(batch, 6, TEXT_DIM, generator=g),
+        timestep=torch.full((batch,), 500.0),
+        encoder_attention_mask=text_mask,
+        audio_encoder_attention_mask=text_mask,
+        num_frames=frames,
+        height=H,
+        width=W,
+        fps=fps,
+        audio_num_frames=AV_AUDIO,
+    )
+    if self_mask:
+        mask = torch.ones(batch, n, n)
+        T = H * W
+        mask[:, :T, (frames - 1) * T :] = 0  # frame 0's queries do not see the last frame
+        kw["video_self_attention_mask"] = mask
+    return kw
+
+
+def kandinsky6_transformer(
+    seed: int = 0, *, layers: int = 2, scale_factor: tuple[float, float, float] = (1.0, 2.0, 2.0)
+):
+    """``Kandinsky6Transformer3DModel``: ``axes_dims`` (4, 6, 6) (head dim 16), width 32 (2
+    heads), patch (1, 2, 2), the released checkpoints' switches (``ca_rope``, ``cross_gates``,
+    ``fix_modulation``, ``visual_cond``) and 2 token types (image conditioning's tail frame)."""
+    from diffusers import Kandinsky6Transformer3DModel
+
+    torch.manual_seed(seed)
+    return Kandinsky6Transformer3DModel(
+        in_visual_dim=4, out_visual_dim=4, in_text_dim=TEXT_DIM, in_text_dim2=8, time_dim=16,
+        patch_size=(1, 2, 2), model_dim=32, ff_dim=32, num_text_blocks=1,
+        num_visual_blocks=layers, axes_dims=(4, 6, 6), in_audio_dim=4, out_audio_dim=4,
+        scale_factor=scale_factor, text_token_padding=True, ca_rope=True, cross_gates=True,
+        fix_modulation=True, visual_token_type_num_embeddings=2,
+    ).eval()  # fmt: skip
+
+
+def kandinsky6_inputs(
+    seed: int = 0,
+    batch: int = 2,
+    *,
+    frames: int = AV_FRAMES,
+    latent: tuple[int, int] = (4, 8),
+    audio: bool = True,
+    reference: bool = False,
+) -> dict:
+    """One call as ``Kandinsky6TI2VAPipeline`` makes it: ``hidden_states (B, F, H, W, 2C + 1)``
+    (latent, conditioning latent, mask), text, pooled text, audio latents. ``reference``: image
+    conditioning, i.e. the reference frame appended as a last latent frame that reuses time
+    position 0 and carries token type 1 (``frames`` then counts it)."""
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(
+        hidden_states=torch.randn(batch, frames, *latent, 9, generator=g),
+        encoder_hidden_states=torch.randn(batch, 6, TEXT_DIM, generator=g),
+        pooled_projections=torch.randn(batch, 8, generator=g),
+        timestep=torch.full((batch,), 500.0),
+        audio_hidden_states=torch.randn(batch, AV_AUDIO, 4, generator=g) if audio else None,
+    )
+    if reference:
+        types = torch.zeros(batch, frames, dtype=torch.long)
+        types[:, -1] = 1
+        kw["visual_token_type_ids"] = types
+        kw["visual_rope_pos"] = (
+            torch.cat([torch.arange(frames - 1), torch.zeros(1, dtype=torch.long)]),
+            torch.arange(latent[0] // 2),
+            torch.arange(latent[1] // 2),
+        )
+    return kw

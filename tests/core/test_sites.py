@@ -153,9 +153,10 @@ def test_latte_and_i2vgenxl_tables():
     assert any(s.block == "up" for s in t)
 
 
-def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
-    """CogVideoX, Wan, HunyuanVideo, LTX-Video and Mochi are mapped to the frame level
-    (tests/test_joint*.py); LTX-2 not yet; an image transformer has no frame axis at all."""
+def test_full_3d_attention_models_are_mapped_and_others_get_a_clear_error():
+    """CogVideoX, Wan, HunyuanVideo, LTX-Video, Mochi and LTX-2 are mapped to the frame level
+    (tests/test_joint*.py, tests/models/test_families_av.py); a linear-attention video model has
+    no probabilities to map; an image transformer has no frame axis at all."""
     from diffusers import SD3Transformer2DModel
 
     with torch.device("meta"):
@@ -166,8 +167,11 @@ def test_full_3d_attention_models_without_a_mapping_get_a_clear_error():
         )  # fmt: skip
     with pytest.raises(UnsupportedModelError, match=r"Stable Diffusion 3.*image transformer.*no frame axis"):  # fmt: skip
         attnlab.sites(model)
-    with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level mapping"):
-        family_of("LTX2VideoTransformer3DModel")
+    with pytest.raises(
+        UnsupportedModelError, match=r"linear attention.*no attention probabilities"
+    ):
+        family_of("SanaVideoTransformer3DModel")
+    assert family_of("LTX2VideoTransformer3DModel").name == "ltx2"
     assert family_of("WanTransformer3DModel").name == "wan"
     assert family_of("LTXVideoTransformer3DModel").name == "ltx-video"
     assert family_of("MochiTransformer3DModel").name == "mochi"

@@ -439,10 +439,10 @@ def test_unknown_model_is_refused_before_anything_is_written(tiny_dirs, tmp_path
             {"_class_name": "FluxTransformer2DModel"},
             "image transformer.*no frame axis",
         ),
-        ("transformer", {"_class_name": "LTX2VideoTransformer3DModel"}, "full 3D attention"),
+        ("transformer", {"_class_name": "SanaVideoTransformer3DModel"}, "linear attention"),
         ("unet", {"_class_name": "UNet2DConditionModel"}, "without a motion adapter"),
     ],
-    ids=["image-transformer", "full-3d", "unet"],
+    ids=["image-transformer", "linear-attention", "unet"],
 )
 def test_model_without_temporal_attention_is_refused(tmp_path, folder, config, match):
     model = tmp_path / "model"

@@ -21,7 +21,7 @@ import torch
 import attnlab
 from attnlab.core import dims as D
 from attnlab.core.sites import UnsupportedModelError, family_of
-from attnlab.models.families import FULL_3D_ATTENTION, OTHER_ATTENTION
+from attnlab.models.families import OTHER_ATTENTION
 from attnlab.models.tiny_dits import FRAMES, LATENT, TINY, skyreels_v2_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -82,7 +82,8 @@ def _check_maps(model, tiny, kw, frames=FRAMES):
     ref = tiny.call(model, kw)
     with _witness(model, table) as seen, attnlab.record(model, reduce="head") as rec:
         out = tiny.call(model, kw)
-    assert torch.equal(out, ref)  # recording reuses the model's own attention call
+    # the default (split) recording: within float32 rounding of the model's call
+    assert (out - ref).abs().max() < 1e-6
     ds = rec.to_xarray().isel(run=0, step=0, cfg=0)
     assert sorted({s[0] for s in seen}) == sorted(table.names)
     for name, q, k, mask, scale in seen:
@@ -343,15 +344,6 @@ def test_other_video_denoisers_are_refused_for_their_reason(cls):
         family_of(cls)
     assert OTHER_ATTENTION[cls][1:60] in str(err.value)
     assert "no temporal attention that attnlab knows of" not in str(err.value)
-
-
-@pytest.mark.parametrize("cls", sorted(FULL_3D_ATTENTION))
-def test_joint_models_without_a_family_say_so(cls):
-    import diffusers
-
-    assert isinstance(getattr(diffusers, cls), type)
-    with pytest.raises(UnsupportedModelError, match=r"full 3D attention.*no frame-level mapping"):
-        family_of(cls)
 
 
 def test_every_diffusers_video_denoiser_is_mapped_or_refused():

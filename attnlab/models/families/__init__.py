@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from attnlab.core.sites import register_family, register_unmapped
 from attnlab.models.families import (
+    av_dits,
     dit,
     i2vgenxl,
     latte,
@@ -33,15 +34,8 @@ FAMILIES = (
     organism.FAMILY,
     *dit.JOINT_FAMILIES,
     *video_dits.VIDEO_DITS,
+    *av_dits.AV_DITS,
 )
-
-# Video denoisers whose attention is a softmax over (text +) frame-major video tokens, as read in
-# diffusers' code, for which attnlab has no family yet (the layout and time PE as read are in
-# docs/models.md): a clear error names them.
-FULL_3D_ATTENTION = {
-    "LTX2VideoTransformer3DModel": "LTX-2",
-    "Kandinsky6Transformer3DModel": "Kandinsky 6",
-}
 
 # Video denoisers whose attention is not a softmax over one frame-major token grid: the reason,
 # one sentence each (read in diffusers 0.42's code).
@@ -99,15 +93,6 @@ def register_builtin() -> None:
     for family in FAMILIES:
         register_family(family)
     positions.register_builtin()  # how each family's frame positional encoding is read and edited
-    for cls, name in FULL_3D_ATTENTION.items():
-        register_unmapped(
-            cls,
-            f"{name} ({cls}) uses full 3D attention over space and time jointly; it has no "
-            "separate temporal self-attention with N x N frame maps, and attnlab has no "
-            "frame-level mapping of its joint attention yet: its token layout and time PE have "
-            "not been declared and checked as a JointFamily (docs/models.md lists what is known "
-            "of them; docs/extending.md says how to register one).",
-        )
     for cls, why in OTHER_ATTENTION.items():
         register_unmapped(cls, f"{cls}: {why[0].upper()}{why[1:]}")
     for cls, name in IMAGE_TRANSFORMERS.items():
