@@ -32,11 +32,10 @@ PE_OF = {"organism-none": ("none", None), "organism-sinusoidal": ("sinusoidal", 
 PE_OF["organism-rope"] = ("rope", None)
 # the highest background noise of 2 videos per background (evaluator, corner patches, 10 steps;
 # the world's clips: 0.000) when written, and the limit pinned a little above it
-# (when written: none 0.015 / 0.025 / 0.020, sinusoidal 0.020 / 0.025 / 0.019, rope 0.018 /
-# 0.022 / 0.021 for black / gray / dark blue; clean is <= 0.03; organism-none's gray is clean in
-# 13 of the 19 gray videos of docs/organisms.md, so its limit keeps a margin above 0.03)
+# (when written: none 0.010 / 0.018 / 0.017, sinusoidal 0.020 / 0.025 / 0.019, rope 0.018 /
+# 0.022 / 0.021 for black / gray / dark blue; clean is <= 0.03)
 BACKGROUND_LIMITS = {
-    "organism-none": {"black": 0.03, "gray": 0.035, "dark blue": 0.03},
+    "organism-none": {"black": 0.03, "gray": 0.03, "dark blue": 0.03},
     "organism-sinusoidal": {"black": 0.03, "gray": 0.03, "dark blue": 0.03},
     "organism-rope": {"black": 0.03, "gray": 0.03, "dark blue": 0.03},
 }
@@ -83,12 +82,15 @@ def test_committed_organism_loads_with_its_positional_encoding(name, organisms):
     assert rec["steps"] == rec["config"]["steps"] or rec["stopped"].startswith(
         f"at step {rec['steps']} of the {rec['config']['steps']} asked"
     )
-    first = rec.get("init_record", rec)  # a fine-tuning stage records the run it started from
-    assert first["loss_last100"] < first["loss_first100"]  # (that run, from the image phase)
+    first = rec  # a fine-tuning stage records the run it started from, down to the first one
+    while "init_record" in first:
+        first = first["init_record"]
+    assert first["loss_last100"] < first["loss_first100"]  # (the run from the image phase)
     if "init_record" in rec:
-        before = first.get("video_steps_total", first["steps"])
+        parent = rec["init_record"]
+        before = parent.get("video_steps_total", parent["steps"])
         assert rec["video_steps_total"] == before + rec["steps"]
-        assert rec["image_phase"] == first["image_phase"] and "fresh optimiser" in rec["init"]
+        assert rec["image_phase"] == parent["image_phase"] and "fresh optimiser" in rec["init"]
 
 
 def test_organisms_share_data_seed_schedule_and_image_phase():
@@ -125,14 +127,14 @@ def test_organisms_share_data_seed_schedule_and_image_phase():
         [r for rs in speckle.values() for r in rs], but=("t_max", "steps", "temporal_conv_dropout")
     )
     assert {n: [r["config"]["t_max"] for r in rs] for n, rs in speckle.items()} == {
-        "organism-none": [200, 400, 400],
+        "organism-none": [200, 200, 400, 400],
         "organism-sinusoidal": [200, 400],
         "organism-rope": [200, 400],
     }
     # organism-none skipped its temporal convolutions at random in them (0.5, then 0.8)
     drop = {n: [r["config"]["temporal_conv_dropout"] for r in rs] for n, rs in speckle.items()}
     assert drop == {
-        "organism-none": [0.8, 0.8, 0.5],
+        "organism-none": [0.8, 0.8, 0.8, 0.5],
         "organism-sinusoidal": [0.0, 0.0],
         "organism-rope": [0.0, 0.0],
     }
@@ -238,7 +240,7 @@ def test_organism_moves_the_object_the_captioned_way_and_identity_everywhere_tak
     ok = sum(bool(s.direction_ok) for s in scores)
     ok_probed = sum(bool(s.direction_ok) for s in probed)
     # plain / identity, generator seeds 0-3, when written: sinusoidal 8/1, 8/2, 8/2, 8/2; rope 8/1, 8/1,
-    # 8/2, 8/1; none 8/3, 8/1, 8/2, 8/3 (chance: 2 of 8)
+    # 8/2, 8/1; none 8/3, 8/2 (seeds 0-1) (chance: 2 of 8)
     assert ok >= 6, ok
     assert ok_probed <= 4 and ok - ok_probed >= 4, (ok, ok_probed)
 
