@@ -48,7 +48,7 @@ from attnlab.core.store import (
     save_video,
 )
 from attnlab.edits import PRESETS, TAR, Edit, Replace, Transfer, preset_sigma
-from attnlab.models.loading import generate
+from attnlab.models.loading import DEFAULT_MODEL, generate
 from attnlab.models.organisms import TRAIN_FRAMES
 
 
@@ -184,7 +184,7 @@ SIMILARITY_BACKEND = "stlpips"  # offline, real weights (DreamSim needs user-sup
 class Context:
     """Settings shared by the experiments of one invocation."""
 
-    model: str = "organism-none"
+    model: str = DEFAULT_MODEL
     data: Path = Path("analyses/data")
     figures: Path = Path("figures")
     frames: tuple[int, int] = (16, 48)

@@ -15,8 +15,11 @@ from attnlab.util.provenance import NAME_ATTR, model_name  # noqa: F401  (re-exp
 if TYPE_CHECKING:  # torch and diffusers load inside the functions (the CLI imports this module)
     import torch
 
-# the trained organism without a frame PE, like ModelScope / VideoCrafter2 (the paper's subject)
-DEFAULT_MODEL = "organism-none"
+# the LaVie-shaped trained organism (temporal attention with RoPE, no temporal convolution): the
+# one whose motion lives most clearly in its temporal attention, so that the demo's maps, probes
+# and edits show real effects (organism-none's frame order lives in its convolutions:
+# docs/organisms.md, "Where the motion lives")
+DEFAULT_MODEL = "organism-rope"
 
 
 def builtin_models() -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import pytest
 
 import attnlab
 from attnlab.core import dims as D
+from attnlab.models.loading import DEFAULT_MODEL
 from attnlab.tools.cli import main
 
 HEAVY = ("torch", "diffusers", "transformers", "xarray", "zarr", "dask", "nnsight")
@@ -25,6 +26,7 @@ def test_help_argument_errors_and_datasets_list_load_no_heavy_module(tmp_path):
     # what a command line waits for before it answers: a fresh interpreter, no torch & co.
     code = f"""
 import sys
+from attnlab.models.loading import DEFAULT_MODEL
 from attnlab.tools.cli import main
 for argv in (["--help"], ["record", "--help"], ["record", "--frames", "many"], ["nope"]):
     try:
@@ -60,7 +62,7 @@ def test_help_texts_show_defaults(capsys):
         main(["record", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "sampler steps (default: 25)" in text
-    assert "(default: organism-none)" in text
+    assert f"(default: {DEFAULT_MODEL})" in text
     assert "classifier-free guidance scale (default: 7.5)" in text
     with pytest.raises(SystemExit):
         main(["record-real", "--help"])
@@ -100,7 +102,7 @@ def test_figures_all_without_data_names_the_path_and_creates_nothing(tmp_path, m
     monkeypatch.chdir(tmp_path)
     assert main(["figures", "--all"]) == 2
     line = _one_error_line(capsys)
-    assert str(Path("analyses/data/organism-none")) in line
+    assert str(Path("analyses/data") / DEFAULT_MODEL) in line
     assert list(tmp_path.iterdir()) == []  # no data folder, no figures folder
 
 
