@@ -60,3 +60,14 @@ def samples(tmp_path_factory) -> dict:
     from attnlab.data.datasets import fetch_samples
 
     return fetch_samples()  # into $ATTNLAB_CACHE/samples, where load_clip("carphone") finds them
+
+
+@pytest.fixture
+def exact_joint_recording():
+    """Joint-attention recording by the exact path (the model's own attention call, output
+    bit-identical) for a test that compares runs with and without attnlab bit for bit; the
+    default split path is within float32 rounding of it (docs/attention-3d.md)."""
+    import attnlab
+
+    with attnlab.joint_paths(record="exact"):
+        yield

@@ -60,3 +60,32 @@ def wan_pipeline_as(cls, **extra):
     pipe = cls(**{k: getattr(base, k) for k in parts}, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def sdpa_witness(model, names):
+    """Every call of ``torch.nn.functional.scaled_dot_product_attention`` made inside the modules
+    ``names`` of ``model``, as (module name, q, k, mask, scale), q and k in float64."""
+    F = torch.nn.functional
+    original, seen, current = F.scaled_dot_product_attention, [], [None]
+
+    def witness(
+        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw
+    ):
+        if current[0] is not None:
+            seen.append((current[0], query.double(), key.double(), attn_mask, scale))
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                        is_causal=is_causal, scale=scale, **kw)  # fmt: skip
+
+    mods = dict(model.named_modules())
+    handles = []
+    for name in names:
+        handles.append(mods[name].register_forward_pre_hook(lambda m, a, n=name: current.__setitem__(0, n)))  # fmt: skip
+        handles.append(mods[name].register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))  # fmt: skip
+    F.scaled_dot_product_attention = witness
+    try:
+        yield seen
+    finally:
+        F.scaled_dot_product_attention = original
+        for h in handles:
+            h.remove()

@@ -23,14 +23,8 @@ import torch
 import attnlab
 from attnlab.core import dims as D
 
-
-@pytest.fixture(autouse=True)
-def _exact_recording():
-    """These tests compare runs with and without attnlab bit for bit: recording takes the
-    exact path (the model's own attention call); the default split path is within float32
-    rounding of it (docs/attention-3d.md)."""
-    with attnlab.joint_paths(record="exact"):
-        yield
+# these tests compare runs with and without attnlab bit for bit: recording by the exact path
+pytestmark = pytest.mark.usefixtures("exact_joint_recording")
 
 
 STEPS = 6

@@ -23,14 +23,8 @@ from attnlab.core.refusals import UnsupportedConfigurationError
 from tests.core.test_joint import _brute_map, _qkv
 from tests.helpers import wan_pipeline_as
 
-
-@pytest.fixture(autouse=True)
-def _exact_recording():
-    """These tests compare runs with and without attnlab bit for bit: recording takes the
-    exact path (the model's own attention call); the default split path is within float32
-    rounding of it (docs/attention-3d.md)."""
-    with attnlab.joint_paths(record="exact"):
-        yield
+# these tests compare runs with and without attnlab bit for bit: recording by the exact path
+pytestmark = pytest.mark.usefixtures("exact_joint_recording")
 
 
 FRAMES, TOKENS = 3, 16  # 9 video frames -> 3 latent frames; 64 x 64 -> 8 x 8 latent -> 4 x 4 tokens

@@ -10,7 +10,6 @@ modules compute.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -28,6 +27,7 @@ from attnlab.models.tiny_dit import (
     ltx2_inputs,
     ltx2_transformer,
 )
+from tests.helpers import sdpa_witness
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -71,34 +71,6 @@ def _call(model, kw):
     with torch.no_grad():
         out = model(**kw, return_dict=False)
     return out[0]
-
-
-@contextlib.contextmanager
-def _witness(model, names):
-    """Every SDPA call made inside the modules ``names``, as (name, q, k, mask, scale)."""
-    F = torch.nn.functional
-    original, seen, current = F.scaled_dot_product_attention, [], [None]
-
-    def witness(
-        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw
-    ):
-        if current[0] is not None:
-            seen.append((current[0], query.double(), key.double(), attn_mask, scale))
-        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                        is_causal=is_causal, scale=scale, **kw)  # fmt: skip
-
-    mods = dict(model.named_modules())
-    handles = []
-    for name in names:
-        handles.append(mods[name].register_forward_pre_hook(lambda m, a, n=name: current.__setitem__(0, n)))  # fmt: skip
-        handles.append(mods[name].register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))  # fmt: skip
-    F.scaled_dot_product_attention = witness
-    try:
-        yield seen
-    finally:
-        F.scaled_dot_product_attention = original
-        for h in handles:
-            h.remove()
 
 
 def _brute(q, k, mask, scale, frames, per_frame):
@@ -154,7 +126,7 @@ def test_recorded_maps_equal_the_brute_force_frame_marginal(case, models):
     for path in RECORD_PATHS:
         with (
             attnlab.joint_paths(record=path),
-            _witness(model, table.names) as seen,
+            sdpa_witness(model, table.names) as seen,
             attnlab.record(model, reduce="head") as rec,
         ):
             out = _call(model, kw)
@@ -184,7 +156,7 @@ def test_token_layout_is_frame_major(key, models):
     first, T = table.names[0], 8
 
     def first_query(kw):
-        with _witness(model, [first]) as seen:
+        with sdpa_witness(model, [first]) as seen:
             _call(model, kw)
         return seen[0][1]
 

@@ -11,7 +11,6 @@ first layer change.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -23,6 +22,7 @@ from attnlab.core import dims as D
 from attnlab.core.sites import UnsupportedModelError, family_of
 from attnlab.models.families import OTHER_ATTENTION
 from attnlab.models.tiny_dits import FRAMES, LATENT, TINY, skyreels_v2_inputs
+from tests.helpers import sdpa_witness
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -30,34 +30,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 @pytest.fixture(scope="module")
 def models():
     return {name: tiny.build() for name, tiny in TINY.items()}
-
-
-@contextlib.contextmanager
-def _witness(model, table):
-    """Every SDPA call of each site module, as (site name, q, k, mask, scale) in float64."""
-    F = torch.nn.functional
-    original, seen, current = F.scaled_dot_product_attention, [], [None]
-
-    def witness(
-        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw
-    ):
-        if current[0] is not None:
-            seen.append((current[0], query.double(), key.double(), attn_mask, scale))
-        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                        is_causal=is_causal, scale=scale, **kw)  # fmt: skip
-
-    mods = dict(model.named_modules())
-    handles = []
-    for name in table.names:
-        handles.append(mods[name].register_forward_pre_hook(lambda m, a, n=name: current.__setitem__(0, n)))  # fmt: skip
-        handles.append(mods[name].register_forward_hook(lambda m, a, o: current.__setitem__(0, None)))  # fmt: skip
-    F.scaled_dot_product_attention = witness
-    try:
-        yield seen
-    finally:
-        F.scaled_dot_product_attention = original
-        for h in handles:
-            h.remove()
 
 
 def _brute(q, k, mask, scale, text, frames, per_frame):
@@ -80,7 +52,7 @@ def _check_maps(model, tiny, kw, frames=FRAMES):
     table = attnlab.sites(model, latent=LATENT, frames=frames)
     T = tiny.tokens_per_frame
     ref = tiny.call(model, kw)
-    with _witness(model, table) as seen, attnlab.record(model, reduce="head") as rec:
+    with sdpa_witness(model, table.names) as seen, attnlab.record(model, reduce="head") as rec:
         out = tiny.call(model, kw)
     # the default (split) recording: within float32 rounding of the model's call
     assert (out - ref).abs().max() < 1e-6
@@ -122,7 +94,7 @@ def test_token_layout_is_frame_major_where_the_family_says(name, models):
     frame_axis = {"BCFHW": 2, "BFCHW": 1, "BFHWC": 1}[table.family.sample_layout]
 
     def first_query(kw):
-        with _witness(model, table) as seen:
+        with sdpa_witness(model, table.names) as seen:
             tiny.call(model, kw)
         return next(q for n, q, *_ in seen if n == first)
 
