@@ -9,7 +9,7 @@ the attention-side measures, and CLIP-VL when a local open_clip checkpoint is gi
 (``--clip-checkpoint`` or $ATTNLAB_CLIP_CHECKPOINT). The paper's MTScore needs InternVideo2
 weights that no registry ships; it is not computed (see docs/evaluation.md).
 
-On the embedded default (organism-none, CPU, minutes):
+On the embedded default (organism-rope, CPU, minutes):
     python analyses/table2_vsp_tar.py --frames 16 --steps 10
 On a real checkpoint on a GPU:
     python analyses/table2_vsp_tar.py --model adamdad/videocrafterv2_diffusers --device cuda \\
