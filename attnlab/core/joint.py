@@ -182,23 +182,14 @@ class _Intercept(TorchFunctionMode):
             and key.shape[1] == query.shape[1]
             and split_unsupported(query, key, value, attn_mask) is None
         )
-        hook = self.hook
         if one_call:  # recording by the split path: its output is the layer's (within 1e-6)
             layout = self.proc.layout(self.ctx)
             with alone():
                 out, mass, text = split_attention(
                     query, key, value, layout, attn_mask=attn_mask, scale=scale, observe=True
                 )
-            if hook is not None:
-                out, mass, text = self._hooked(query, key, value, layout, attn_mask, scale, out, mass, text, [], [])  # type: ignore[arg-type]  # fmt: skip
-            with alone():
-                if plan.observe:
-                    logits = None
-                    if any(c.logits for c in plan.observe):
-                        logits = frame_logits(query, key, layout, scale)
-                    self.results.append((mass, text, logits))  # type: ignore[arg-type]
-            assert out is not None
-            return out
+            assert out is not None and mass is not None
+            return self._conclude(query, key, value, layout, attn_mask, scale, out, mass, text, [], [])  # fmt: skip
         if other_modes() or not (plan.bias or plan.replace):
             # the modes entered before attnlab's decide, as without attnlab
             out = SDPA(query, key, value, **kw)
@@ -211,7 +202,7 @@ class _Intercept(TorchFunctionMode):
                 "grouped heads (put the model in eval mode)"
             )
         layout = self.proc.layout(self.ctx)
-        observe = bool(plan.observe) or hook is not None
+        observe = bool(plan.observe) or self.hook is not None
         bias: list[BiasOp] = []
         repl: list[ReplaceOp] = []
         with alone():
@@ -225,16 +216,35 @@ class _Intercept(TorchFunctionMode):
                 out, mass, text = _edited(
                     query, key, value, layout, attn_mask, scale, bias, repl, observe
                 )
-        if hook is not None:
-            assert out is not None and mass is not None
+        assert out is not None
+        return self._conclude(query, key, value, layout, attn_mask, scale, out, mass, text, bias, repl)  # fmt: skip
+
+    def _conclude(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        layout: TokenLayout,
+        attn_mask: torch.Tensor | None,
+        scale: float | None,
+        out: torch.Tensor,
+        mass: torch.Tensor | None,
+        text: torch.Tensor | None,
+        bias: list[BiasOp],
+        repl: list[ReplaceOp],
+    ) -> torch.Tensor:
+        """The end of one attention call, whichever path computed it: fire the hook point on
+        its frame-level map (a set map recomputes the call), keep what the observers read, and
+        return the layer output."""
+        if self.hook is not None:
+            assert mass is not None
             out, mass, text = self._hooked(query, key, value, layout, attn_mask, scale, out, mass, text, bias, repl)  # fmt: skip
         with alone():
-            if plan.observe:
+            if self.plan.observe:
                 logits = None
-                if any(c.logits for c in plan.observe):
+                if any(c.logits for c in self.plan.observe):
                     logits = frame_logits(query, key, layout, scale)
                 self.results.append((mass, text, logits))  # type: ignore[arg-type]
-        assert out is not None
         return out
 
     def _hooked(

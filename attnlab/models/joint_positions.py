@@ -421,38 +421,52 @@ def _install_anyflow(model: torch.nn.Module, retune: Retune) -> Callable[[], Non
     return hooks(rope.register_forward_hook(post, with_kwargs=True))
 
 
-def _install_kandinsky(model: torch.nn.Module, retune: Retune) -> Callable[[], None]:
-    """Swaps Kandinsky 5's time angle table ``args_0`` (rows: positions) for the rotary
-    module's call; a changed frequency's column becomes ``position * w'``."""
-    rope = model.visual_rope_embeddings
-    freqs = _kandinsky_pes(model)[0].freqs
-    assert freqs is not None
-    own = rope.args_0
+def _swap_angle_table(
+    rope: torch.nn.Module,
+    name: str,
+    retune: Retune,
+    freqs_at: Callable[[dict[str, Any]], tuple[np.ndarray, float]],
+) -> Callable[[], None]:
+    """Swaps the rotary module's time angle table ``name`` (rows: positions) for its call (the
+    Kandinsky modules): with ``freqs_at(arguments)`` the frequencies per position unit and the
+    call's position scaling, a changed frequency's column becomes ``position * w' * scale``
+    (the module divides by the scaling again); restored after the call."""
+    own = rope._buffers[name]
     sig = inspect.signature(rope.forward)
     cache: dict[bytes, torch.Tensor] = {}
 
     def pre(module, args, kwargs):
-        frames = int(torch.as_tensor(sig.bind(*args, **kwargs).arguments["pos"][0]).max()) + 1
+        a = sig.bind(*args, **kwargs).arguments
+        freqs, scale = freqs_at(a)
+        frames = int(torch.as_tensor(a["pos"][0]).max()) + 1
         new = retuned(retune, freqs, frames)
         if new is None:
             return None
-        key = new.tobytes()
+        key = new.tobytes() + np.float64(scale).tobytes()
         if key not in cache:
             edited = own.clone()
             pos = torch.arange(own.shape[0], device=own.device, dtype=torch.float64)
             for j in np.flatnonzero(new[0] != freqs[0]):
-                edited[:, j] = (pos * float(new[0][j])).to(own.dtype)
+                edited[:, j] = (pos * float(new[0][j]) * scale).to(own.dtype)
             cache[key] = edited
-        module._buffers["args_0"] = cache[key]
+        module._buffers[name] = cache[key]
         return None
 
     def post(module, args, kwargs, output):
-        module._buffers["args_0"] = own
+        module._buffers[name] = own
 
     return hooks(
         rope.register_forward_pre_hook(pre, with_kwargs=True),
         rope.register_forward_hook(post, with_kwargs=True),
     )
+
+
+def _install_kandinsky(model: torch.nn.Module, retune: Retune) -> Callable[[], None]:
+    """Swaps Kandinsky 5's time angle table ``args_0`` (rows: positions) for the rotary
+    module's call; a changed frequency's column becomes ``position * w'``."""
+    freqs = _kandinsky_pes(model)[0].freqs
+    assert freqs is not None
+    return _swap_angle_table(model.visual_rope_embeddings, "args_0", retune, lambda a: (freqs, 1.0))
 
 
 # ---- EasyAnimate: EasyAnimateRotaryPosEmbed (get_3d_rotary_pos_embed inside the model) ----
@@ -718,37 +732,14 @@ def _install_kandinsky6(model: torch.nn.Module, retune: Retune) -> Callable[[], 
     module's call; a changed frequency's column becomes ``position * w' * scale_factor[0]``
     (the module divides it by ``scale_factor[0]`` again)."""
     rope = model.visual_rope_embeddings
-    own = rope.angles_0
-    probe = own[: probe_len()].double()
+    probe = rope.angles_0[: probe_len()].double()
     unit = measure_frequencies(probe.cos(), probe.sin())  # per position, before the scaling
-    sig = inspect.signature(rope.forward)
-    cache: dict[bytes, torch.Tensor] = {}
 
-    def pre(module, args, kwargs):
-        a = sig.bind(*args, **kwargs).arguments
+    def freqs_at(a: dict[str, Any]) -> tuple[np.ndarray, float]:
         scale = float(a.get("scale_factor", (1.0, 1.0, 1.0))[0])
-        freqs = (unit / scale)[None]
-        frames = int(torch.as_tensor(a["pos"][0]).max()) + 1
-        new = retuned(retune, freqs, frames)
-        if new is None:
-            return None
-        key = new.tobytes() + np.float64(scale).tobytes()
-        if key not in cache:
-            edited = own.clone()
-            pos = torch.arange(own.shape[0], device=own.device, dtype=torch.float64)
-            for j in np.flatnonzero(new[0] != freqs[0]):
-                edited[:, j] = (pos * float(new[0][j]) * scale).to(own.dtype)
-            cache[key] = edited
-        module._buffers["angles_0"] = cache[key]
-        return None
+        return (unit / scale)[None], scale
 
-    def post(module, args, kwargs, output):
-        module._buffers["angles_0"] = own
-
-    return hooks(
-        rope.register_forward_pre_hook(pre, with_kwargs=True),
-        rope.register_forward_hook(post, with_kwargs=True),
-    )
+    return _swap_angle_table(rope, "angles_0", retune, freqs_at)
 
 
 # ---- handlers ----------------------------------------------------------------------------

@@ -71,6 +71,13 @@ def _text(g: torch.Generator, batch: int) -> torch.Tensor:
     return torch.randn(batch, TEXT_TOKENS, TEXT_DIM, generator=g)
 
 
+def _text_mask(batch: int) -> torch.Tensor:
+    """The text attention mask ``[batch, TEXT_TOKENS]``: sample 0 has two padded tokens."""
+    mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.long)
+    mask[0, -2:] = 0
+    return mask
+
+
 # ---- SkyReels-V2 (diffusion forcing: per-frame timesteps, block-causal frames) ---------------
 def skyreels_v2_transformer(seed: int = 0, *, num_frame_per_block: int = 1) -> torch.nn.Module:
     """``SkyReelsV2Transformer3DModel``: Wan's tiny config; ``num_frame_per_block > 1`` makes
@@ -174,8 +181,7 @@ def hunyuan15_transformer(seed: int = 0) -> torch.nn.Module:
 
 def hunyuan15_inputs(seed: int = 0, batch: int = 2) -> dict[str, Any]:
     g = _gen(seed)
-    mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.long)
-    mask[0, -2:] = 0  # sample 0: two padded text tokens
+    mask = _text_mask(batch)
     return dict(
         hidden_states=_video(g, batch),
         timestep=torch.full((batch,), 500.0),
@@ -348,8 +354,7 @@ def allegro_inputs(seed: int = 0, batch: int = 2) -> dict[str, Any]:
 
     g = _gen(seed)
     H, W = LATENT
-    mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.long)
-    mask[0, -2:] = 0  # sample 0: two padded text tokens (cross-attention only)
+    mask = _text_mask(batch)  # sample 0: two padded text tokens (cross-attention only)
     return dict(
         hidden_states=_video(g, batch),
         encoder_hidden_states=_text(g, batch),
@@ -409,8 +414,7 @@ def motif_video_transformer(seed: int = 0) -> torch.nn.Module:
 
 def motif_video_inputs(seed: int = 0, batch: int = 2) -> dict[str, Any]:
     g = _gen(seed)
-    mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.long)
-    mask[0, -2:] = 0  # sample 0: two padded text tokens
+    mask = _text_mask(batch)
     return dict(
         hidden_states=_video(g, batch),
         timestep=torch.full((batch,), 500.0),
