@@ -1,7 +1,9 @@
 """Length extrapolation: the methods side by side against the length ratio, one figure per PE
 kind (docs/extrapolation.md).
 
-For each model, each length ratio ``r`` (video frames ``round(r * train)``), seed and method,
+For each model, each length ratio ``r`` (video frames ``round(r * train)``; on a DiT whose VAE
+compresses ``c`` frames into one, the nearest ``c k + 1``, the counts its pipeline takes), seed
+and method,
 one generation recorded into ``<data>/extrapolation/<model>.zarr`` (run ``<method>-x<r>-s<seed>``,
 its video under ``videos/``; runs already stored are skipped), then per run:
 
@@ -17,8 +19,7 @@ Methods (each at the run's frame count ``N``, training length ``L`` in latent fr
 (``RopeScale(.., N / L)``); ``window_decay`` (``WindowDecay(L, 0.9)``); ``sliding_window``
 (``SlidingWindow(L, 4)``); ``spectral_blend`` (``SpectralBlend(L, 0.25)``). A model whose frame
 table is shorter than ``N`` (sinusoidal tables) gets ``FramePositions("extend", N)`` with every
-method; a method its model cannot take (RIFLEx without a RoPE; the window fusions on a DiT) is
-logged and left out. SpectralBlend's recorded maps are signed (a high-pass of a distribution):
+method; a method its model cannot take (RIFLEx without a RoPE) is logged and left out. SpectralBlend's recorded maps are signed (a high-pass of a distribution):
 the map metrics that need probabilities (mass beyond, sink) are NaN for it.
 
 The table (``<figures>/extrapolation/metrics.csv``, one row per run) and one figure per PE kind
@@ -123,7 +124,11 @@ def generate_model(
     except StoreError:
         done = set()
     for ratio in ratios:
+        # a frame count the model takes (a DiT compressing c frames: c k + 1, as its pipeline
+        # would round it, with a warning, to)
         frames = round(ratio * train)
+        if compression > 1:
+            frames = round((ratio * train - 1) / compression) * compression + 1
         latent = (frames - 1) // compression + 1
         for seed in seeds:
             for method in methods:

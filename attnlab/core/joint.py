@@ -39,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 from attnlab.core.joint_math import (
     SDPA,
     BiasOp,
+    MixOp,
     ReplaceOp,
     alone,
     edited_attention,
@@ -204,7 +205,7 @@ class _Intercept(TorchFunctionMode):
         layout = self.proc.layout(self.ctx)
         observe = bool(plan.observe) or self.hook is not None
         bias: list[BiasOp] = []
-        repl: list[ReplaceOp] = []
+        repl: list[ReplaceOp | MixOp] = []
         with alone():
             if not plan.bias and not plan.replace:
                 assert out is not None
@@ -231,7 +232,7 @@ class _Intercept(TorchFunctionMode):
         mass: torch.Tensor | None,
         text: torch.Tensor | None,
         bias: list[BiasOp],
-        repl: list[ReplaceOp],
+        repl: list[ReplaceOp | MixOp],
     ) -> torch.Tensor:
         """The end of one attention call, whichever path computed it: fire the hook point on
         its frame-level map (a set map recomputes the call), keep what the observers read, and
@@ -259,7 +260,7 @@ class _Intercept(TorchFunctionMode):
         mass: torch.Tensor,
         text: torch.Tensor | None,
         bias: list[BiasOp],
-        repl: list[ReplaceOp],
+        repl: list[ReplaceOp | MixOp],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Fire ``hook_frame_probs`` on this call's frame-level map. The rows a hook sets (by
         returning another tensor or changing this one in place: each (sample, head, query
@@ -276,6 +277,13 @@ class _Intercept(TorchFunctionMode):
             target, rows = _set_map(got, before, self.proc.site.name)
             if not bool(rows.any()):
                 return out, mass, text  # nothing set
+            if any(isinstance(r, MixOp) and r.lowpass is not None for r in repl):
+                raise JointAttentionError(
+                    f"{self.proc.site.name}: a map set at hook_frame_probs under SpectralBlend: "
+                    "on joint attention SpectralBlend's output is a filter over query frames, "
+                    "not a map a replacement can start from (read the map, or set it without "
+                    "SpectralBlend)"
+                )
             op = ReplaceOp(target.to(query.device), rows=rows.to(query.device))
             new_out, new_mass, new_text = _edited(
                 query, key, value, layout, attn_mask, scale, bias, [*repl, op], True
@@ -327,7 +335,7 @@ def _edited(
     attn_mask: torch.Tensor | None,
     scale: float | None,
     bias: list[BiasOp],
-    repl: list[ReplaceOp],
+    repl: list[ReplaceOp | MixOp],
     observe: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The attention of one call with edits, by the split path where it can take them (and
@@ -484,8 +492,19 @@ class JointAttnProcessor:
 
     def replace_op(
         self, client: ReplaceClient, ctx: CallContext, offset: int, n: int, device: torch.device
-    ) -> ReplaceOp:
+    ) -> ReplaceOp | MixOp:
         target = client.target(ctx)
+        mixture = getattr(client, "frame_mixture", None)
+        if target is None and mixture is not None:
+            # an input-dependent mixture of window softmaxes (SlidingWindow, SpectralBlend)
+            coef, keys, low = mixture(ctx.frames)
+            samples = self._samples(client, ctx, offset, n)
+            return MixOp(
+                torch.as_tensor(coef, dtype=torch.float32, device=device),
+                torch.as_tensor(keys, dtype=torch.bool, device=device),
+                None if low is None else torch.as_tensor(low, dtype=torch.float32, device=device),
+                None if samples is None else samples.to(device),
+            )
         if target is None:
             raise JointAttentionError(
                 f"{self.site.name}: {type(client).__name__} replaces probabilities with values "

@@ -4,7 +4,8 @@ functions of ``q, k, v`` as a model gives them to SDPA. Derivations: ``docs/atte
 * :func:`frame_mass` - per video query, its attention mass on each latent frame, and on text;
 * :func:`frame_logits` - per video query, its mean pre-softmax logit over each frame's keys;
 * :class:`BiasOp`, :class:`ReplaceOp` - a TAR-style logit bias (or a frame-level logit
-  function), a frame-mass replacement;
+  function), a frame-mass replacement; :class:`~attnlab.core.joint_mix.MixOp` (from
+  :mod:`attnlab.core.joint_mix`) - a mixture of window softmaxes (SlidingWindow, SpectralBlend);
 * :func:`edited_attention` - joint attention with those edits, explicit and blocked;
 * :func:`split_attention` - joint attention (plain or with those edits) and its frame masses
   from one fused attention call per (query block, key frame), merged by log-sum-exp;
@@ -23,6 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.core.blocking import joint_block_rows
+from attnlab.core.joint_mix import (
+    Blend,
+    MixOp,
+    block_masses,
+    mix,
+    store_masses,
+    with_masses,
+)
 from attnlab.core.joint_sites import TokenLayout
 
 # torch's SDPA (attnlab never replaces it: the joint processor sees the layer's calls to it
@@ -146,6 +155,43 @@ class ReplaceOp:
     rows: torch.Tensor | None = None
 
 
+def _apply_ops(
+    w: torch.Tensor,
+    fq: torch.Tensor,
+    ops: list,
+    vis: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, MixOp | None]:
+    """The replacement-stage ops in order on the block masses ``w [B, heads, r, F (+1)]`` of
+    video rows: a :class:`ReplaceOp` sets the rows' video masses to its target (keeping their
+    video total), a :class:`MixOp` without ``lowpass`` mixes window softmaxes. Returns the new
+    masses, and for a final ``lowpass`` op (SpectralBlend) the local branch's masses and the op
+    (else None, None)."""
+    for n, op in enumerate(ops):
+        if isinstance(op, MixOp):
+            if op.lowpass is not None:
+                if n != len(ops) - 1:
+                    raise ValueError(
+                        "SpectralBlend on joint attention must be the call's last replacement-"
+                        "stage edit (its output is a filter over query frames, not a map that "
+                        "a later edit or a map set at hook_frame_probs could start from)"
+                    )
+                eye = torch.eye(op.keys.shape[0], device=w.device)
+                local = MixOp(eye, op.keys, None, op.samples)
+                return w, mix(w, fq, local, vis), op
+            w = mix(w, fq, op, vis)
+            continue
+        Fr = op.target.shape[-1]
+        fvis = None if vis is None else vis[..., :Fr]
+        M, ok = _replace_target(op, fq, fvis)
+        V = w[..., :Fr].sum(-1, keepdim=True)
+        new = torch.cat([V * M, w[..., Fr:]], -1) if w.shape[-1] > Fr else V * M
+        on = torch.ones((), dtype=torch.bool, device=w.device) if ok is None else ok
+        if op.samples is not None:
+            on = on & op.samples.view(-1, 1, 1)
+        w = torch.where(on[..., None], new, w)
+    return w, None, None
+
+
 def _select(new: torch.Tensor, old: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
     if samples is None:
         return new
@@ -161,7 +207,7 @@ def edited_attention(
     attn_mask: torch.Tensor | None = None,
     scale: float | None = None,
     bias: list[BiasOp] = (),  # type: ignore[assignment]
-    replace: list[ReplaceOp] = (),  # type: ignore[assignment]
+    replace: list[ReplaceOp | MixOp] = (),  # type: ignore[assignment]
     observe: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Joint attention with frame-level edits, explicit and blocked over queries.
@@ -170,8 +216,9 @@ def edited_attention(
     of the probabilities after every edit, when ``observe``). Per block of query rows:
     logits ``q k^T * scale + mask`` -> bias ops on the video-row x video-key part (priors
     and frame-level logit functions, in order; text rows and keys untouched) -> softmax
-    (float32) -> replacement ops on the video rows -> ``@ v``. See ``docs/attention-3d.md`` for
-    the definitions.
+    (float32) -> replacement ops on the video rows (fixed targets, window mixtures; on each
+    row's block masses, in order) -> ``@ v`` (SpectralBlend: then its filter over query frames).
+    See ``docs/attention-3d.md`` for the definitions.
     """
     B, H, S, d = query.shape
     scale = d**-0.5 if scale is None else scale
@@ -216,6 +263,8 @@ def edited_attention(
         if observe and layout.text != "cross"
         else None
     )
+    mixing = any(isinstance(op, MixOp) for op in replace)
+    blend: Blend | None = None
     for a, b in blocks:
         L = logits_of(a, b)
         ra, rb = max(a, v0), min(b, v0 + Nv)  # video query rows in this block
@@ -236,7 +285,24 @@ def edited_attention(
             L[:, :, rows, v0 : v0 + Nv] = Lvv
         P = L.softmax(dim=-1, dtype=torch.float32)
         del L
-        if has_video and replace:
+        if has_video and mixing:
+            rows = slice(ra - a, rb - a)
+            fq = frame_of[ra - v0 : rb - v0]
+            mr = _mask_rows(attn_mask, ra, rb)
+            old, vis = block_masses(P[:, :, rows], v0, layout, mr)
+            new, local, mop = _apply_ops(old, fq, replace, vis)
+            Pg = with_masses(P[:, :, rows], old, new, v0, layout, mr)
+            P[:, :, rows] = Pg
+            if mop is not None:
+                assert local is not None
+                if blend is None:
+                    dv = value.shape[-1]
+                    blend = Blend(mop, B, H, Nv, dv, old.shape[-1], query.device, observe)
+                Pl = with_masses(Pg, new, local, v0, layout, mr)
+                g_out = Pg.to(value.dtype) @ value
+                l_out = Pl.to(value.dtype) @ value
+                blend.put(slice(ra - v0, rb - v0), g_out.float(), l_out.float(), new, local)
+        elif has_video and replace:
             rows = slice(ra - a, rb - a)
             fq = frame_of[ra - v0 : rb - v0]
             Pvv = P[:, :, rows, v0 : v0 + Nv].unflatten(-1, (Fr, T))  # [B, H, r, F, T]
@@ -257,6 +323,7 @@ def edited_attention(
                 within = torch.where(
                     (m > 0)[..., None], Pvv / m.clamp_min(1e-38)[..., None], uniform
                 )
+                assert isinstance(rop, ReplaceOp)
                 M, ok = _replace_target(rop, fq, fvis)
                 new = within * (V * M.to(P.dtype))[..., None]
                 if ok is not None:
@@ -271,6 +338,8 @@ def edited_attention(
             mass[:, :, ra - v0 : rb - v0] = raw / raw.sum(-1, keepdim=True)
             if text is not None:
                 text[:, :, ra - v0 : rb - v0] = Pv[..., :v0].sum(-1) + Pv[..., v0 + Nv :].sum(-1)
+    if blend is not None:
+        blend.finish(out, mass, text, v0, layout)
     return out, mass, text
 
 
@@ -420,7 +489,7 @@ def split_attention(
     attn_mask: torch.Tensor | None = None,
     scale: float | None = None,
     bias: list[BiasOp] = (),  # type: ignore[assignment]
-    replace: list[ReplaceOp] = (),  # type: ignore[assignment]
+    replace: list[ReplaceOp | MixOp] = (),  # type: ignore[assignment]
     observe: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Joint attention, plain or with frame-level edits, and its frame masses, from torch's
@@ -436,8 +505,10 @@ def split_attention(
     replacement sets the video ``w_j`` to ``(sum of video w) * M'[f(q), j]`` (``M'``: the
     target row renormalised over the frames the mask leaves visible), and the output is
     ``sum_j w_j O_j``. TAR's ``max`` comes from a first pass of ``q k^T`` (per-frame row
-    maxima, from which every max mode and chained priors follow). Derivation:
-    ``docs/attention-3d.md``.
+    maxima, from which every max mode and chained priors follow). With a :class:`MixOp`
+    (SlidingWindow, SpectralBlend) every ``O_j`` of a block of query rows is kept until the
+    row's ``w`` is known, the ops act on ``w`` in order (:func:`_apply_ops`), and SpectralBlend's
+    filter over query frames runs once every row is done. Derivation: ``docs/attention-3d.md``.
     """
     B, H, S, d = query.shape
     scale = d**-0.5 if scale is None else scale
@@ -472,7 +543,10 @@ def split_attention(
     mass = query.new_empty((B, H, Nv, Fr), dtype=torch.float32) if observe else None
     text = query.new_empty((B, H, Nv), dtype=torch.float32) if observe and has_text else None
     budget = max(SPLIT_BLOCK_ELEMENTS, B * H * S * dv // 16)
-    step = max(1, min(S, budget // max(1, B * H * dv)))
+    mixing = any(isinstance(op, MixOp) for op in replace)
+    # with a mixture every key block's partial output is kept until the row's masses are known
+    step = max(1, min(S, budget // max(1, B * H * dv * (nb if mixing else 1))))
+    blend: Blend | None = None
     for a in range(0, S, step):
         b = min(S, a + step)
         q = query[:, :, a:b]
@@ -497,11 +571,12 @@ def split_attention(
         # replacements: the target row of each video query (the last op that applies wins:
         # a replacement keeps each row's video mass, so a later one overrides an earlier)
         target = applied = None
-        if ra < rb and replace:
+        if ra < rb and replace and not mixing:
             fvis = None if vis is None else vis[..., vr if vis.shape[-2] > 1 else slice(None), :Fr]
             target = torch.zeros((B, H, b - a, Fr), dtype=torch.float32, device=dev)
             applied = torch.zeros((B, H, b - a), dtype=torch.bool, device=dev)
             for rop in replace:
+                assert isinstance(rop, ReplaceOp)
                 M, ok = _replace_target(rop, fq, fvis)
                 on = torch.ones((), dtype=torch.bool, device=dev) if ok is None else ok
                 if rop.samples is not None:
@@ -511,12 +586,16 @@ def split_attention(
                 applied[:, :, vr] |= on
         lse = torch.empty((B, H, b - a, nb), dtype=torch.float32, device=dev)
         acc = ref = acc_m = o_text = None
+        parts: list[torch.Tensor] | None = [] if mixing else None
         for j, (c0, c1) in enumerate(cols):
             mj = None if m is None else m[..., c0:c1]
             o, lj = _fused_lse(q, key[:, :, c0:c1], value[:, :, c0:c1], mj, scale)
             if vis is not None:
                 lj = lj.masked_fill(~vis[..., j], float("-inf"))
             lse[..., j] = lj
+            if parts is not None:
+                parts.append(o)
+                continue
             if shift is not None:
                 lj = lj + shift[..., j]
             # online merge (flash-decoding), rescaled lazily: acc = sum_j exp(lse_j - ref) O_j
@@ -542,6 +621,11 @@ def split_attention(
             lse = lse + shift
         total = lse.logsumexp(-1, keepdim=True)
         w = (lse - total).exp().nan_to_num_(0.0)  # [B, H, r, blocks]
+        if parts is not None:
+            blend = _mixed_rows(
+                out, mass, text, blend, parts, w, a, b, v0, vr, fq, vis, replace, layout
+            )
+            continue
         if observe and ra < rb:
             assert mass is not None
             raw = w[:, :, vr, :Fr]
@@ -566,7 +650,48 @@ def split_attention(
                 edited += o_text * wt
             acc = torch.where(applied[..., None], edited, acc)
         out[:, :, a:b] = acc
+    if blend is not None:
+        blend.finish(out, mass, text, v0, layout)
     return out, mass, text
+
+
+def _mixed_rows(
+    out, mass, text, blend, parts, w, a, b, v0, vr, fq, vis, ops, layout
+) -> Blend | None:
+    """One block of query rows ``a:b`` of :func:`split_attention` with a :class:`MixOp`: the
+    replacement-stage ops on the video rows' block masses ``w``, the output ``sum_j w_j O_j``
+    from the kept partial outputs ``parts``; SpectralBlend's rows go to ``blend`` (made on its
+    first rows; returned)."""
+    B, H = w.shape[:2]
+    Fr = layout.frames
+    new = local = op = None
+    wn = w
+    if vr.start < vr.stop:
+        vvis = None if vis is None else (vis[..., vr, :] if vis.shape[-2] > 1 else vis)
+        new, local, op = _apply_ops(w[:, :, vr], fq, ops, vvis)
+        wn = w.clone()
+        wn[:, :, vr] = new
+    acc = torch.zeros(parts[0].shape, dtype=torch.float32, device=w.device)
+    for j, o in enumerate(parts):
+        acc.addcmul_(o.float(), wn[..., j, None])
+    out[:, :, a:b] = acc.to(out.dtype)
+    if new is None:
+        return blend
+    rows = slice(vr.start + a - v0, vr.stop + a - v0)
+    if op is None:
+        if mass is not None:
+            store_masses(mass, text, new, rows, Fr)
+        return blend
+    assert local is not None
+    if blend is None:
+        blend = Blend(
+            op, B, H, layout.video, acc.shape[-1], w.shape[-1], w.device, mass is not None
+        )
+    l_out = torch.zeros_like(acc[:, :, vr])
+    for j, o in enumerate(parts):
+        l_out.addcmul_(o[:, :, vr].float(), local[..., j, None])
+    blend.put(rows, acc[:, :, vr], l_out, new, local)
+    return blend
 
 
 def to_rows(x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

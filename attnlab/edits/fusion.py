@@ -1,6 +1,7 @@
 """Attention-side length extrapolation by windows: :class:`SlidingWindow` (FreeNoise's window
 fusion, Qiu et al., ICLR 2024, arXiv 2310.15169) and :class:`SpectralBlend` (FreeLong's blend of
-global and local attention, Lu et al., NeurIPS 2024, arXiv 2407.19918), on temporal attention.
+global and local attention, Lu et al., NeurIPS 2024, arXiv 2407.19918), on temporal attention
+(UNets) and on joint space-time attention (DiTs).
 
 Both mix softmaxes taken over subsets of the key frames. A softmax restricted to a window ``w``
 of key frames is the full softmax renormalised over ``w`` (``exp(L_ij) / sum_{j' in w}
@@ -9,6 +10,13 @@ window softmaxes, so each is one ``F x F`` matrix ``M`` (the *effective map*) ap
 values: ``out = M @ v``. attnlab applies them as replacement-stage edits: the model's logits
 (with its position terms and any bias edit: TAR, WindowDecay) -> softmax -> ``M`` from those
 probabilities -> ``M @ v``; recorders see ``M``. Every row of ``M`` sums to 1.
+
+On joint attention a video query attends to every video token and the text: there a window is
+its frames' video tokens plus the text tokens, the window softmax is the row's attention
+renormalised over them, and the mixture acts on each row's mass per key frame (and on text)
+without changing the distribution within a frame (:meth:`_MapEdit.frame_mixture`, applied by
+``attnlab.core.joint_math`` on both joint paths); SpectralBlend's filter runs over the query
+frames at each token position. ``window`` counts latent frames there.
 
 * :func:`sliding_windows`, :func:`window_weights` - FreeNoise's windows and fusion weights;
 * :func:`fusion_coefficients` - per query frame, the weight of each window containing it;
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 
 from attnlab.core.protocol import CallContext, Stage, Target
-from attnlab.core.sites import Site, SiteTable
+from attnlab.core.sites import Site
 from attnlab.edits.base import Edit, EditError, register
 
 #: FreeNoise's fusion weights (diffusers' ``FreeNoiseTransformerBlock._get_frame_weights``)
@@ -193,28 +201,12 @@ def blended_map(
 
 # ---- the edits -------------------------------------------------------------------------------
 class _MapEdit(Edit):
-    """A replacement-stage edit whose map depends on the probabilities (temporal layers only)."""
+    """A replacement-stage edit whose map depends on the probabilities: on temporal layers
+    (UNets) the effective map from the softmax (:meth:`effective`); on joint space-time layers
+    (DiTs) the same mixture of window softmaxes over the latent frames, the text tokens in every
+    window (:meth:`frame_mixture`, applied by ``attnlab.core.joint_math``)."""
 
     stage = Stage.REPLACE
-
-    def bind(self, controller: Any) -> None:
-        super().bind(controller)
-        self.check_table(controller.table)
-
-    def check_table(self, table: SiteTable) -> None:
-        """Refuse a model whose attention is joint space-time (DiTs): the softmax there runs
-        over every token of every frame and the text, and attnlab's joint processor applies
-        logit priors, frame-level logit functions and fixed frame-mass replacements only."""
-        if getattr(table, "joint", False):
-            kind = type(self).__name__
-            raise EditError(
-                f"{kind} acts on temporal attention layers (UNets); this model's attention is "
-                "joint space-time (a DiT): its softmax runs over every token of every frame and "
-                "the text, and attnlab's joint processor applies logit priors and frame-level "
-                "logit functions (TAR, Transfer, WindowDecay) and fixed frame-mass "
-                f"replacements (Replace) there, not input-dependent mixtures of window "
-                f"softmaxes such as {kind}'s"
-            )
 
     def identity_at(self, frames: int) -> bool:
         raise NotImplementedError
@@ -230,6 +222,11 @@ class _MapEdit(Edit):
         return None  # depends on the input
 
     def effective(self, probs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def frame_mixture(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """For joint attention over ``frames`` latent frames: ``(coef [F, W], keys [W, F] bool,
+        lowpass [F, F] or None)``, a :class:`~attnlab.core.joint_math.MixOp`'s data."""
         raise NotImplementedError
 
     def replace(self, site: Site, ctx: CallContext, probs: torch.Tensor) -> torch.Tensor:
@@ -263,7 +260,8 @@ class SlidingWindow(_MapEdit):
     Identity limit (bit-exact: the layer is not touched): ``window >= F``.
 
     Args:
-        window (``int``): frames per window (FreeNoise: the training length, 16), >= 1.
+        window (``int``): frames per window (FreeNoise: the training length, 16; latent
+            frames on a DiT), >= 1.
         stride (``int``, default 4): frames between window starts (FreeNoise: 4), >= 1.
         weighting (``str``, default ``"pyramid"``): ``"pyramid"`` or ``"flat"``.
         **target: ``levels``, ``blocks``, ``names``, ``steps``, ``t_min``, ``t_max``, ``cfg``
@@ -271,8 +269,7 @@ class SlidingWindow(_MapEdit):
 
     Raises:
         EditError: a ``window`` or ``stride`` that is not an int >= 1, a ``stride`` larger
-            than ``window`` (frames no window covers), an unknown ``weighting``; on entering
-            ``attnlab.edit``, a model with joint space-time attention (DiTs).
+            than ``window`` (frames no window covers), an unknown ``weighting``.
 
     Example::
 
@@ -301,6 +298,10 @@ class SlidingWindow(_MapEdit):
 
     def identity_at(self, frames: int) -> bool:
         return frames <= self.window
+
+    def frame_mixture(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        C, K = fusion_coefficients(frames, self.window, self.stride, self.weighting)
+        return C.T, K, None
 
     def effective(self, probs: torch.Tensor) -> torch.Tensor:
         frames = probs.shape[-1]
@@ -348,7 +349,8 @@ class SpectralBlend(_MapEdit):
     (only the global branch), or ``F <= window`` (the local window is every frame).
 
     Args:
-        window (``int``): the local window in frames (FreeLong: 16, the training length), >= 1.
+        window (``int``): the local window in frames (FreeLong: 16, the training length;
+            latent frames on a DiT), >= 1.
         cutoff (``float``, default 0.25): the low-pass cut-off as a fraction of the highest
             frequency (``F / 2`` cycles per video), > 0 (FreeLong: 0.25).
         filter (``str``, default ``"gaussian"``): ``"gaussian"`` or ``"box"``.
@@ -357,8 +359,7 @@ class SpectralBlend(_MapEdit):
 
     Raises:
         EditError: a ``window`` that is not an int >= 1, a ``cutoff`` that is not a positive
-            number, an unknown ``filter``; on entering ``attnlab.edit``, a model with joint
-            space-time attention (DiTs).
+            number, an unknown ``filter``.
 
     Example::
 
@@ -397,6 +398,10 @@ class SpectralBlend(_MapEdit):
 
     def identity_at(self, frames: int) -> bool:
         return frames <= self.window or (self.filter == "box" and self.cutoff >= 1.0)
+
+    def frame_mixture(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        lo = lowpass_matrix(frames, self.cutoff, self.filter)
+        return np.eye(frames), local_windows(frames, self.window), lo
 
     def effective(self, probs: torch.Tensor) -> torch.Tensor:
         return blended_map(probs, self.window, self.cutoff, self.filter)

@@ -2,8 +2,8 @@
 arXiv 2407.19918) on temporal attention: windows and weights against diffusers' own FreeNoise
 block, each layer's output against a hand computation from its logits (window softmaxes fused
 by the weights; an FFT over frames of the global and local outputs), both processor paths,
-composition with TAR, bit-exact identity limits, restoration, serialisation, the command-line
-form, and the refusal on joint attention."""
+composition with TAR, bit-exact identity limits, restoration, serialisation and the
+command-line form (on joint attention: tests/edits/test_fusion_joint.py)."""
 
 from __future__ import annotations
 
@@ -311,13 +311,3 @@ def test_json_round_trip_and_the_command_line_form():
 def test_bad_parameters_raise_one_clear_error(make, match):
     with pytest.raises(EditError, match=match):
         make()
-
-
-@pytest.mark.parametrize("edit", [SlidingWindow(2, 1), SpectralBlend(2, 0.25)])
-def test_joint_attention_models_are_refused_with_one_clear_error(edit):
-    from attnlab.models.tiny_dit import cogvideox_transformer
-
-    model = cogvideox_transformer()
-    with pytest.raises(EditError, match="joint space-time"), attnlab.edit(model, edit):
-        pass
-    assert not attnlab.is_instrumented(model)

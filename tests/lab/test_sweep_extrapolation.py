@@ -1,6 +1,6 @@
 """Sweep specs for length extrapolation: frame counts as ratios of the training length
 (``lengths`` x ``train_frames``), the attention-side edits as cells (strings and tables), and
-preflight refusing an edit a model's attention cannot take, before any work."""
+preflight naming an edit a model cannot take, before any work."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_bad_lengths_and_edits_name_the_entry(over, key, match):
     assert err.value.key.startswith(key.replace("\\", ""))
 
 
-def test_preflight_refuses_window_fusion_on_a_dit_before_any_work(tmp_path):
+def test_preflight_takes_the_window_fusions_on_a_dit_and_names_a_bad_target(tmp_path):
     from attnlab.models.tiny_dit import cogvideox_pipeline
 
     folder = tmp_path / "cog"
@@ -88,13 +88,13 @@ def test_preflight_refuses_window_fusion_on_a_dit_before_any_work(tmp_path):
         models=[str(folder)],
         train_frames=9,
         lengths=[1, 2],
-        edits=["none", "window_decay:2,0.9", "spectral_blend:2,0.25"],
+        edits=["none", "window_decay:2,0.9", "sliding_window:2,1", "spectral_blend:2,0.25@7"],
         generation={"steps": 2, "height": 64, "width": 64},
     )
-    with pytest.raises(SweepSpecError, match="SpectralBlend acts on temporal") as err:
+    with pytest.raises(SweepSpecError, match="level") as err:
         preflight(parse_spec(spec))
-    assert err.value.key == "edits[2]"
-    spec["edits"] = ["none", "window_decay:2,0.9"]  # WindowDecay runs on joint attention
+    assert err.value.key == "edits[3]"
+    spec["edits"] = ["none", "window_decay:2,0.9", "sliding_window:2,1", "spectral_blend:2,0.25"]
     assert str(folder) in preflight(parse_spec(spec))
 
 

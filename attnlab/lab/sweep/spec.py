@@ -640,9 +640,6 @@ def preflight(spec: SweepSpec) -> dict[str, str]:
                         edit.target_matrix(cell.frames)
                     if isinstance(edit, Synopsis):
                         edit.weights(cell.frames)
-                    check_table = getattr(edit, "check_table", None)
-                    if check_table is not None:  # edits that refuse some models' attention
-                        check_table(table)
                 except (EditError, SelectionError, ValueError) as err:
                     raise SweepSpecError(
                         f"edits[{idx}]", f"{model!r}, {cell.frames} frames: {err}"
