@@ -28,6 +28,9 @@ with ``--threads 1``):
   ``joint_paths(edit="blocked")``;
 * ``identity``: ``attnlab.Replace("identity")`` on every layer (split path);
   ``identity-blocked``: blocked;
+* ``sliding`` / ``blend``: ``attnlab.SlidingWindow(4, 2)`` / ``attnlab.SpectralBlend(4, 0.25)``
+  on every layer (split path); ``sliding-blocked`` / ``blend-blocked``: blocked (not in the
+  default set: ``--variants``);
 * ``full-map`` (memory only): the naive way, for comparison -- each layer's ``S x S`` softmax
   materialised (float32) and summed over frame blocks.
 
@@ -155,6 +158,14 @@ def variant(model: torch.nn.Module, name: str):
     if name in ("identity", "identity-blocked"):
         path = joint_paths(edit="blocked" if name.endswith("blocked") else "split")
         return _stacked(path, attnlab.edit(model, attnlab.Replace("identity")))
+    if name in ("sliding", "sliding-blocked", "blend", "blend-blocked"):
+        path = joint_paths(edit="blocked" if name.endswith("blocked") else "split")
+        edit = (
+            attnlab.SlidingWindow(4, 2)
+            if name.startswith("sliding")
+            else attnlab.SpectralBlend(4, 0.25)
+        )
+        return _stacked(path, attnlab.edit(model, edit))
     if name == "full-map":
         return _full_map()
     raise ValueError(f"unknown variant {name!r}")
