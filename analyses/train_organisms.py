@@ -225,12 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         default=TrainConfig.temporal_conv_dropout,
         help="with --finetune: skip each temporal convolution with this probability per step",
     )
+    p.add_argument(
+        "--temporal-conv-channels",
+        type=int,
+        default=TrainConfig.temporal_conv_channels,
+        help="with --finetune: each temporal convolution writes only its first this many "
+        "channels (0: all)",
+    )
     a = p.parse_args(argv)
     if not a.finetune:
         only = {"--batch": "batch", "--motions": "motions", "--temporal-text": "temporal_text"}
         only |= {"--shape": "shape", "--train": "train", "--init": "init"}
         only["--temporal-conv-levels"] = "temporal_conv_levels"
         only["--temporal-conv-dropout"] = "temporal_conv_dropout"
+        only["--temporal-conv-channels"] = "temporal_conv_channels"
         if given := [k for k, dest in only.items() if getattr(a, dest) != p.get_default(dest)]:
             p.error(
                 f"{', '.join(given)}: only with --finetune (its own run), not in a run's phases"
@@ -362,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             motion_weights=None if a.motions == "directions" else TrainConfig.motion_weights,
             trainable=a.train,
             temporal_conv_dropout=a.temporal_conv_dropout,
+            temporal_conv_channels=a.temporal_conv_channels,
             **schedule,
             **video_opt,
         )

@@ -205,6 +205,10 @@ class TrainConfig:
     # identity) with this probability, drawn afresh per layer and step, so that the temporal
     # attention must carry what a skipped convolution would have (at inference none is skipped)
     temporal_conv_dropout: float = 0.0
+    # > 0: each temporal convolution writes only its first this many channels (the rest of its
+    # last Conv3d's output rows are zeroed and kept at zero): enough to pass the frame order on,
+    # too few to carry the appearance, which the temporal attention must then move between frames
+    temporal_conv_channels: int = 0
 
 
 def checkpoint_config(path: str | Path) -> TrainConfig:
@@ -405,6 +409,35 @@ def _conv_dropout_hooks(unet: torch.nn.Module) -> dict[str, list[bool]]:
     return flags
 
 
+def _narrow_temporal_convs(unet: torch.nn.Module, channels: int) -> int:
+    """Zero every output row but the first ``channels`` of the last convolution of each temporal
+    convolution of ``unet`` (diffusers' ``TemporalConvLayer``: its output is its input plus that
+    convolution's) and keep them zero under training (their gradients are masked; AdamW leaves a
+    zero weight with zero gradient at zero). Returns how many layers were narrowed."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    n = 0
+    for module in unet.modules():
+        if isinstance(module, TemporalConvLayer):
+            conv = module.conv4[-1]
+            if not 0 < channels <= conv.out_channels:
+                raise ValueError(
+                    f"temporal_conv_channels={channels}; allowed: 1..{conv.out_channels}"
+                )
+            mask = torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
+            mask[:channels] = 1
+            with torch.no_grad():
+                conv.weight.mul_(mask.view(-1, 1, 1, 1, 1))
+                conv.bias.mul_(mask)
+            rows = mask.view(-1, 1, 1, 1, 1)
+            conv.weight.register_hook(lambda g, m=rows: g * m)
+            conv.bias.register_hook(lambda g, m=mask: g * m)
+            n += 1
+    if not n:
+        raise ValueError("temporal_conv_channels: this UNet has no temporal convolution")
+    return n
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -444,6 +477,8 @@ class Trainer:
             names = set(temporal_parameter_names(self.unet))
             for n, prm in self.unet.named_parameters():
                 prm.requires_grad_(n in names)
+        if cfg.temporal_conv_channels:
+            _narrow_temporal_convs(self.unet, cfg.temporal_conv_channels)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
         self._conv_skip = _conv_dropout_hooks(self.unet) if cfg.temporal_conv_dropout else {}
         self.pipe = build_pipeline(

@@ -318,3 +318,37 @@ def test_t_max_bounds_the_training_timesteps(tmp_path, monkeypatch):
     for bad in (dict(t_max=1000), dict(t_min=50, t_max=40), dict(t_max=-1)):
         with pytest.raises(ValueError, match="t_max"):
             Trainer(dataclasses.replace(cfg, **bad), codec, tmp_path / "c.pt")
+
+
+def test_temporal_conv_channels_keep_all_but_the_first_outputs_at_zero_through_training(tmp_path):
+    """``temporal_conv_channels=k``: every temporal convolution's last projection writes its
+    first k output channels only, in the trained UNet and its EMA copy, before and after
+    training steps that change the first k; the layer's output differs from its input in those
+    channels only."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    codec = PatchCodec(patch=4, latent_channels=TINY.latent_channels)
+    cfg = TrainConfig(frame_pe="none", steps=1, batch=2, seed=3, spec=TINY)
+    init = _modelscope("none").state_dict()
+    tr = Trainer(
+        dataclasses.replace(cfg, temporal_conv_channels=2), codec, tmp_path / "a.pt", init=init
+    )
+
+    def projections(unet):
+        return [m.conv4[-1] for m in unet.modules() if isinstance(m, TemporalConvLayer)]
+
+    before = [c.weight[:2].clone() for c in projections(tr.unet)]
+    assert before and all(bool(w.abs().sum() > 0) for w in before)
+    tr.run(3, log=None)
+    for unet in (tr.unet, tr.ema):
+        for conv in projections(unet):
+            assert torch.equal(conv.weight[2:], torch.zeros_like(conv.weight[2:]))
+            assert torch.equal(conv.bias[2:], torch.zeros_like(conv.bias[2:]))
+    assert any(not torch.equal(c.weight[:2], w) for c, w in zip(projections(tr.unet), before))
+    layer = next(m for m in tr.unet.modules() if isinstance(m, TemporalConvLayer)).eval()
+    x = torch.randn(2 * 4, layer.in_dim, 2, 2)
+    with torch.no_grad():
+        y = layer(x, num_frames=4)
+    assert torch.equal(y[:, 2:], x[:, 2:]) and not torch.allclose(y[:, :2], x[:, :2])
+    with pytest.raises(ValueError, match="temporal_conv_channels"):
+        Trainer(dataclasses.replace(cfg, temporal_conv_channels=10_000), codec, tmp_path / "b.pt")
