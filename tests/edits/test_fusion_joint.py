@@ -94,10 +94,16 @@ def _sliding_reference(q, k, v, layout, window, stride, mask=None, tar=None, sam
     for t in range(layout.video):
         i = t // layout.per_frame
         row = torch.zeros_like(P[..., v0 + t, :])
+        total = torch.zeros_like(row[..., :1])
         for n in range(C.shape[0]):
             if C[n, i] > 0:
                 allowed = set(np.flatnonzero(K[n]).tolist())
-                row += C[n, i] * _window_softmax(L[..., v0 + t, :], layout, i, allowed)
+                soft = _window_softmax(L[..., v0 + t, :], layout, i, allowed)
+                # a window whose every key is masked is left out (the others renormalised)
+                ok = ~soft.isnan().any(-1, keepdim=True)
+                row += torch.where(ok, C[n, i] * soft, 0.0)
+                total += ok * C[n, i]
+        row = row / total
         if samples is not None:
             row = torch.where(samples.view(-1, 1, 1), row, P[..., v0 + t, :])
         Peff[..., v0 + t, :] = row
@@ -216,6 +222,26 @@ def test_with_a_mask_one_cfg_half_and_tar_before(path):
     _check(tuple(x[1:] for x in got), tuple(x[1:] for x in want))
     for a, b in zip(got, plain):
         torch.testing.assert_close(a[:1], b[:1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_window_whose_every_key_is_masked_is_left_out(path):
+    """No text (self-attention over video only) and sample 1's frames 3-6 masked: the tail
+    window (frames 3-6) has nothing visible for it; the other windows' weights renormalise.
+    Sample 0 sees everything."""
+    layout, q, k, v = _tensors("cross", seed=6)
+    S = q.shape[2]
+    mask = torch.zeros(2, 1, 1, S)
+    mask[1, ..., 3 * PER_FRAME :] = float("-inf")
+    got = PATHS[path](q, k, v, layout, attn_mask=mask, replace=[_sliding_op(4, 2)], observe=True)
+    want = _sliding_reference(q, k, v, layout, 4, 2, mask=mask)
+    # query frame 6 lies in the tail window alone: for sample 1 its rows see nothing (as a row
+    # whose every key is masked); compare the others
+    f = torch.arange(layout.video) // PER_FRAME
+    keep = f < 6
+    for a, b in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a.double()[:, :, keep], b[:, :, keep], atol=1e-5, rtol=1e-4)
+    assert float(got[1][1, :, keep][..., 3:].abs().max()) == 0.0  # nothing on masked frames
 
 
 @pytest.mark.parametrize("path", PATHS)
