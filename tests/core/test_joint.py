@@ -8,6 +8,7 @@ probabilities, 1e-4 on attention outputs of unit-scale values).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -146,6 +147,24 @@ def _brute_map(q, k, n_video, frames, text_first):
     text = 1 - m.sum(-1)
     A = (m / m.sum(-1, keepdim=True)).unflatten(2, (frames, T)).mean(3)
     return A, text.unflatten(2, (frames, T)).mean(3)
+
+
+def _first_layer_under(model, kind, *edits, paths=None):
+    """One call under ``edits`` (and ``joint.joint_paths(edit=paths)`` when given) with the
+    first joint layer watched: (the model's output, that layer's attention output before its
+    projection, and its q, k, v recomputed by hand in float64)."""
+    name = "transformer_blocks.0.attn1" if kind == "cog" else "blocks.0.attn1"
+    seen, handles = _capture(model, name)
+    path = joint.joint_paths(edit=paths) if paths else contextlib.nullcontext()
+    try:
+        with path, attnlab.edit(model, *edits):
+            out = _call(model, kind)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        q, k, v = _qkv(kind, dict(model.named_modules())[name], *seen["in"])
+    return out, seen["attn_out"], q, k, v
 
 
 def _capture(model, name):
@@ -404,17 +423,10 @@ def test_3d_tar_on_one_layer_equals_an_independent_implementation(kind, path, co
     q, k, v recomputed by hand (video rows x video keys only; text untouched), on both edit
     paths."""
     model = {"cog": cog, "wan": wan}[kind]
-    name = "transformer_blocks.0.attn1" if kind == "cog" else "blocks.0.attn1"
     ref = _call(model, kind)
-    seen, handles = _capture(model, name)
-    try:
-        with joint.joint_paths(edit=path), attnlab.edit(model, attnlab.TAR(1.0, t_min=None)):
-            out = _call(model, kind)
-    finally:
-        for h in handles:
-            h.remove()
-    with torch.no_grad():
-        q, k, v = _qkv(kind, dict(model.named_modules())[name], *seen["in"])
+    out, attn_out, q, k, v = _first_layer_under(
+        model, kind, attnlab.TAR(1.0, t_min=None), paths=path
+    )
     S, Nv, T = q.shape[2], FRAMES * 16, 16
     v0 = S - Nv
     L = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
@@ -423,7 +435,7 @@ def test_3d_tar_on_one_layer_equals_an_independent_implementation(kind, path, co
     dA = torch.exp(-0.5 * ((f[None] - f[:, None]).double() / 1.0) ** 2)  # sigma 1 (preset 64D1)
     L[:, :, v0:, v0:] = Lvv + Lvv.amax(-1, keepdim=True) * dA
     expected = (L.softmax(-1) @ v).transpose(1, 2).flatten(2)
-    torch.testing.assert_close(seen["attn_out"].double(), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(attn_out.double(), expected, atol=1e-4, rtol=0)
     assert (out - ref).abs().max() > 1e-3
     assert torch.equal(_call(model, kind), ref)
 

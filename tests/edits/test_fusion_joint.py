@@ -22,7 +22,7 @@ from attnlab.core.joint_sites import JointAttentionError, TokenLayout
 from attnlab.edits import TAR, Replace, SlidingWindow, SpectralBlend
 from attnlab.edits.fusion import fusion_coefficients, local_windows
 from tests.core.test_joint import FRAMES as DIT_FRAMES
-from tests.core.test_joint import _call, _capture, _qkv
+from tests.core.test_joint import _call, _first_layer_under, cog, wan  # noqa: F401
 
 FRAMES, PER_FRAME, N_TEXT, D = 7, 3, 4, 8
 
@@ -294,40 +294,17 @@ def test_the_split_path_keeps_every_partial_in_small_row_blocks(monkeypatch):
 
 
 # ---- on the tiny DiTs ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cog():
-    from attnlab.models.tiny_dit import cogvideox_transformer
-
-    return cogvideox_transformer()
-
-
-@pytest.fixture(scope="module")
-def wan():
-    from attnlab.models.tiny_dit import wan_transformer
-
-    return wan_transformer()
-
-
 @pytest.mark.parametrize("kind", ["cog", "wan"])
 @pytest.mark.parametrize(
     "edit", [SlidingWindow(2, 1), SpectralBlend(2, 0.25)], ids=["sliding", "blend"]
 )
-def test_on_one_dit_layer_the_output_is_the_brute_force_from_its_own_qkv(kind, edit, cog, wan):
+def test_on_one_dit_layer_the_output_is_the_brute_force_from_its_own_qkv(kind, edit, cog, wan):  # noqa: F811
     """The attention output of a layer of the tiny CogVideoX / Wan transformer under the edit
     (after TAR) == the brute force above from q, k, v recomputed by hand; the model is
     restored on exit."""
     model = {"cog": cog, "wan": wan}[kind]
-    name = "transformer_blocks.0.attn1" if kind == "cog" else "blocks.0.attn1"
     ref = _call(model, kind)
-    seen, handles = _capture(model, name)
-    try:
-        with attnlab.edit(model, TAR(1.0, t_min=None), edit):
-            out = _call(model, kind)
-    finally:
-        for h in handles:
-            h.remove()
-    with torch.no_grad():
-        q, k, v = _qkv(kind, dict(model.named_modules())[name], *seen["in"])
+    out, attn_out, q, k, v = _first_layer_under(model, kind, TAR(1.0, t_min=None), edit)
     layout = TokenLayout(DIT_FRAMES, 16, "first" if kind == "cog" else "cross")
     f = torch.arange(DIT_FRAMES, dtype=torch.float64)
     dA = torch.exp(-0.5 * (f[:, None] - f[None]) ** 2)
@@ -336,7 +313,7 @@ def test_on_one_dit_layer_the_output_is_the_brute_force_from_its_own_qkv(kind, e
     else:
         want, _, _ = _blend_reference(q, k, v, layout, 2, 0.25, False, tar=dA)
     torch.testing.assert_close(
-        seen["attn_out"].double(), want.transpose(1, 2).flatten(2), atol=1e-5, rtol=0
+        attn_out.double(), want.transpose(1, 2).flatten(2), atol=1e-5, rtol=0
     )
     assert (out - ref).abs().max() > 1e-4
     assert torch.equal(_call(model, kind), ref)
@@ -347,7 +324,7 @@ def test_on_one_dit_layer_the_output_is_the_brute_force_from_its_own_qkv(kind, e
     [SlidingWindow(2, 1), SpectralBlend(2, 0.25), SpectralBlend(2, 0.5, filter="box")],
     ids=["sliding", "blend", "blend-box"],
 )
-def test_on_a_dit_recorded_maps_are_the_effective_maps(cog, edit):
+def test_on_a_dit_recorded_maps_are_the_effective_maps(cog, edit):  # noqa: F811
     """Rows of the recorded frame maps sum to 1 and differ from the plain ones; SlidingWindow's
     put nothing on frames that share no window with the query (3 frames, windows 0-1 and 1-2:
     frame 0 and frame 2)."""
@@ -370,7 +347,7 @@ def test_on_a_dit_recorded_maps_are_the_effective_maps(cog, edit):
     [SlidingWindow(3, 1), SpectralBlend(3, 0.25), SpectralBlend(2, 1.0, filter="box")],
     ids=["window-covers", "blend-window-covers", "blend-global-only"],
 )
-def test_on_a_dit_the_identity_limits_are_bit_exact(kind, edit, cog, wan):
+def test_on_a_dit_the_identity_limits_are_bit_exact(kind, edit, cog, wan):  # noqa: F811
     """3 latent frames: a window of 3 covers them; a box filter with cutoff 1 keeps only the
     global branch. Both leave every layer untouched (alone and after TAR)."""
     model = {"cog": cog, "wan": wan}[kind]
@@ -383,7 +360,7 @@ def test_on_a_dit_the_identity_limits_are_bit_exact(kind, edit, cog, wan):
         assert torch.equal(_call(model, kind), tar)
 
 
-def test_a_map_set_at_the_hook_point_after_them(cog):
+def test_a_map_set_at_the_hook_point_after_them(cog):  # noqa: F811
     """Under SlidingWindow a map set at ``hook_frame_probs`` replaces the frame masses last, as
     Replace after it does (the video's share of each row as the windows left it, so not as
     Replace alone); under SpectralBlend, whose output is a filter over query frames and

@@ -20,21 +20,7 @@ from attnlab.core.joint_math import BiasOp, edited_attention
 from attnlab.core.joint_sites import TokenLayout
 from attnlab.data.metrics import dispersion
 from attnlab.edits import TAR, WindowDecay
-from tests.core.test_joint import FRAMES, _call, _capture, _qkv
-
-
-@pytest.fixture(scope="module")
-def cog():
-    from attnlab.models.tiny_dit import cogvideox_transformer
-
-    return cogvideox_transformer()
-
-
-@pytest.fixture(scope="module")
-def wan():
-    from attnlab.models.tiny_dit import wan_transformer
-
-    return wan_transformer()
+from tests.core.test_joint import FRAMES, _call, _first_layer_under, cog, wan  # noqa: F401
 
 
 def _factor(fi: int, fj: int, window, alpha, period=None, beta=None, width=1.0) -> float:
@@ -101,24 +87,15 @@ def test_joint_decay_equals_a_brute_force_softmax_on_random_tensors(text, monkey
 
 @pytest.mark.parametrize("kind", ["cog", "wan"])
 @pytest.mark.parametrize("with_tar", [False, True])
-def test_joint_window_decay_on_one_layer_equals_the_hand_formula(kind, with_tar, cog, wan):
+def test_joint_window_decay_on_one_layer_equals_the_hand_formula(kind, with_tar, cog, wan):  # noqa: F811
     """The attention output of a WindowDecay-edited DiT layer (after TAR when given) ==
     softmax(decay(L)) @ v from q, k, v recomputed by hand: video x video logits only."""
     model = {"cog": cog, "wan": wan}[kind]
-    name = "transformer_blocks.0.attn1" if kind == "cog" else "blocks.0.attn1"
     ref = _call(model, kind)
     edits = [WindowDecay(0, 0.4)]
     if with_tar:
         edits.insert(0, TAR(1.0, t_min=None))
-    seen, handles = _capture(model, name)
-    try:
-        with attnlab.edit(model, *edits):
-            out = _call(model, kind)
-    finally:
-        for h in handles:
-            h.remove()
-    with torch.no_grad():
-        q, k, v = _qkv(kind, dict(model.named_modules())[name], *seen["in"])
+    out, attn_out, q, k, v = _first_layer_under(model, kind, *edits)
     S, T = q.shape[2], 16
     Nv = FRAMES * T
     v0 = S - Nv
@@ -130,13 +107,13 @@ def test_joint_window_decay_on_one_layer_equals_the_hand_formula(kind, with_tar,
         L[:, :, v0:, v0:] = Lvv + Lvv.amax(-1, keepdim=True) * dA
     L = _decayed(L, v0, Nv, T, window=0, alpha=0.4)
     expected = (L.softmax(-1) @ v).transpose(1, 2).flatten(2)
-    torch.testing.assert_close(seen["attn_out"].double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(attn_out.double(), expected, atol=1e-5, rtol=0)
     assert (out - ref).abs().max() > 1e-3
     assert torch.equal(_call(model, kind), ref)  # restored on exit
 
 
 @pytest.mark.parametrize("kind", ["cog", "wan"])
-def test_joint_identity_limits_are_bit_exact_and_the_model_is_restored(kind, cog, wan):
+def test_joint_identity_limits_are_bit_exact_and_the_model_is_restored(kind, cog, wan):  # noqa: F811
     model = {"cog": cog, "wan": wan}[kind]
     ref = _call(model, kind)
     for edit in (WindowDecay(0, 1.0), WindowDecay(FRAMES - 1, 0.1)):  # alpha 1; window >= N-1
@@ -156,7 +133,7 @@ def test_joint_identity_limits_are_bit_exact_and_the_model_is_restored(kind, cog
     assert not attnlab.is_instrumented(model)
 
 
-def test_joint_recorded_maps_stay_distributions_with_less_mass_beyond(cog):
+def test_joint_recorded_maps_stay_distributions_with_less_mass_beyond(cog):  # noqa: F811
     with attnlab.record(cog, reduce="head") as plain:
         _call(cog, "cog")
     with attnlab.record(cog, reduce="head") as rec, attnlab.edit(cog, WindowDecay(0, 0.2)):
