@@ -281,12 +281,14 @@ def claim_tar(lab: Lab) -> dict[str, Any]:
 
 # ---- claim 4: the PE variants beyond their training length -----------------------------------
 def window_scores(videos: np.ndarray, captions: list[str]) -> list[dict[str, Any]]:
-    """The evaluator on each 16-frame window (frames 0-15, 16-31, ...) of every video."""
+    """The evaluator on each 16-frame window (frames 0-15, 16-31, ...; the last one ends at the
+    video's last frame) of every video."""
     n = videos.shape[1]
     out = []
     for a in range(0, n, TRAIN_FRAMES):
         rows = video_scores(videos[:, a : a + TRAIN_FRAMES], captions)
-        out.append({"frames": [a, a + TRAIN_FRAMES - 1], **{k: ci(v) for k, v in rows.items()}})
+        last = min(a + TRAIN_FRAMES, n) - 1
+        out.append({"frames": [a, last], **{k: ci(v) for k, v in rows.items()}})
     return out
 
 
