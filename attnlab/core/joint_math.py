@@ -544,8 +544,12 @@ def split_attention(
     text = query.new_empty((B, H, Nv), dtype=torch.float32) if observe and has_text else None
     budget = max(SPLIT_BLOCK_ELEMENTS, B * H * S * dv // 16)
     mixing = any(isinstance(op, MixOp) for op in replace)
-    # with a mixture every key block's partial output is kept until the row's masses are known
-    step = max(1, min(S, budget // max(1, B * H * dv * (nb if mixing else 1))))
+    step = max(1, min(S, budget // max(1, B * H * dv)))
+    if mixing:
+        # every key block's partial output is kept until the row's masses are known: as many
+        # rows as keep them within half the output's size (within the same budget at least);
+        # short blocks of query rows would cost the fused kernel more than the memory saves
+        step = max(1, step // nb, min(step, S // (2 * nb)))
     blend: Blend | None = None
     for a in range(0, S, step):
         b = min(S, a + step)
