@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def generate_model(
     import attnlab
     from attnlab.core.store import StoreError, list_runs, save_video
     from attnlab.edits import EditError, FramePositions
+    from attnlab.edits.base import EditInactiveWarning
     from attnlab.lab.experiments import generate_recorded
     from attnlab.models.loading import default_device, load_pipeline
 
@@ -141,14 +143,18 @@ def generate_model(
                 meta = {"model": model, "method": method, "ratio": ratio, "train_frames": train}
                 meta.update(pe_kind=pe, train_latent=train_latent)
                 try:
-                    video, _ = generate_recorded(
-                        pipe,
-                        settings(frames, seed),
-                        edits,
-                        store=store,
-                        name=name,
-                        record_kwargs={"meta": meta},
-                    )
+                    with warnings.catch_warnings():
+                        # at ratios <= 1 the window methods are the identity by design
+                        if ratio <= 1:
+                            warnings.simplefilter("ignore", EditInactiveWarning)
+                        video, _ = generate_recorded(
+                            pipe,
+                            settings(frames, seed),
+                            edits,
+                            store=store,
+                            name=name,
+                            record_kwargs={"meta": meta},
+                        )
                 except EditError as err:
                     log(f"  {model} {name}: {method} does not apply ({err})")
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +23,11 @@ REGISTRY: dict[str, type[Edit]] = {}
 
 class EditError(ValueError):
     """Bad edit parameters (raised at construction or when the edit meets a model)."""
+
+
+class EditInactiveWarning(UserWarning):
+    """An edit left every layer untouched for a whole run because its window of frames covered
+    every call (see :class:`FrameWindowEdit`)."""
 
 
 def register(cls: type[Edit]) -> type[Edit]:
@@ -181,3 +187,53 @@ class Edit(Client):
         for h in halves:
             view[h] = fn(view[h])
         return out
+
+
+class FrameWindowEdit(Edit):
+    """An edit with a window of ``window`` frames that is the identity on a call whose frames the
+    window covers (:meth:`covers`): WindowDecay, SlidingWindow, SpectralBlend. Such calls are left
+    untouched (bit-exact). A run in which the window covered every selected call, so that the
+    edit did nothing at all, ends with one :class:`EditInactiveWarning` naming the frame counts:
+    the window counts the frames the attention sees, latent frames on a DiT, and a window given
+    in video frames would otherwise do nothing without a word. (Neutral parameters, such as
+    ``alpha=1``, are deliberate and not warned about.)"""
+
+    window: int
+    _acted: bool = False
+    _covered: frozenset[int] = frozenset()
+
+    def covers(self, frames: int) -> bool:
+        """Whether the window covers a call of ``frames`` frames (the edit then does nothing)."""
+        return frames <= self.window
+
+    def identity_at(self, frames: int) -> bool:
+        """Whether the edit changes nothing for a call of ``frames`` frames."""
+        raise NotImplementedError
+
+    def on_run_start(self, run) -> None:
+        super().on_run_start(run)
+        self._acted, self._covered = False, frozenset()
+
+    def wants(self, site: Site, ctx: CallContext) -> bool:
+        if not super().wants(site, ctx):
+            return False
+        if self.identity_at(ctx.frames):
+            if self.covers(ctx.frames):
+                self._covered = self._covered | {ctx.frames}
+            return False
+        self._acted = True
+        return True
+
+    def on_run_end(self, run, ok: bool) -> None:
+        super().on_run_end(run, ok)
+        if ok and self._covered and not self._acted:
+            frames = ", ".join(str(f) for f in sorted(self._covered))
+            warnings.warn(
+                f"{self!r} left every layer untouched in this run: the attention saw {frames} "
+                f"frames per call, which its window of {self.window} covers (the window counts "
+                "the frames the attention sees: latent frames on a DiT, e.g. 81 video frames of "
+                "Wan are 21)",
+                EditInactiveWarning,
+                stacklevel=2,
+            )
+        self._acted, self._covered = False, frozenset()

@@ -35,7 +35,7 @@ import torch
 
 from attnlab.core.protocol import CallContext, Stage, Target
 from attnlab.core.sites import Site
-from attnlab.edits.base import Edit, EditError, register
+from attnlab.edits.base import EditError, FrameWindowEdit, register
 
 #: FreeNoise's fusion weights (diffusers' ``FreeNoiseTransformerBlock._get_frame_weights``)
 WEIGHTINGS = ("pyramid", "flat")
@@ -200,19 +200,13 @@ def blended_map(
 
 
 # ---- the edits -------------------------------------------------------------------------------
-class _MapEdit(Edit):
+class _MapEdit(FrameWindowEdit):
     """A replacement-stage edit whose map depends on the probabilities: on temporal layers
     (UNets) the effective map from the softmax (:meth:`effective`); on joint space-time layers
     (DiTs) the same mixture of window softmaxes over the latent frames, the text tokens in every
     window (:meth:`frame_mixture`, applied by ``attnlab.core.joint_math``)."""
 
     stage = Stage.REPLACE
-
-    def identity_at(self, frames: int) -> bool:
-        raise NotImplementedError
-
-    def wants(self, site: Site, ctx: CallContext) -> bool:
-        return super().wants(site, ctx) and not self.identity_at(ctx.frames)
 
     def row_local(self, ctx: CallContext) -> bool:
         """Each ``F x F`` map from itself alone, unless one CFG half is edited alone."""

@@ -28,7 +28,7 @@ import torch
 from attnlab.core.joint_math import FrameLogitFn
 from attnlab.core.protocol import CallContext, LogitPrior, Stage
 from attnlab.core.sites import Site
-from attnlab.edits.base import Edit, EditError, _positive, register
+from attnlab.edits.base import EditError, FrameWindowEdit, _positive, register
 
 #: what happens to the positive logits beyond the window: ``"constant"`` (``alpha``
 #: everywhere), ``"periodic"`` (``beta`` near multiples of ``period``, ``alpha`` elsewhere)
@@ -75,7 +75,7 @@ def decay_factors(
 
 
 @register
-class WindowDecay(Edit):
+class WindowDecay(FrameWindowEdit):
     """UltraViCo's decay of attention beyond the training window (arXiv 2511.20123).
 
     For query frame ``i`` and key frame ``j`` with logit ``L_ij`` (before the softmax)::
@@ -183,9 +183,12 @@ class WindowDecay(Edit):
             frames, self.window, self.alpha, self.beyond, self.period, self.beta, self.width
         )
 
+    def covers(self, frames: int) -> bool:
+        return frames <= self.window + 1  # no two frames farther apart than the window
+
     def identity_at(self, frames: int) -> bool:
         """Whether the edit changes nothing for a call of ``frames`` frames."""
-        if frames <= self.window + 1:
+        if self.covers(frames):
             return True
         return self.alpha == 1.0 and (self.beyond != "periodic" or self.beta == 1.0)
 
@@ -228,9 +231,6 @@ class WindowDecay(Edit):
             return self.decay(logits, qf, kf, frames)
 
         return fn
-
-    def wants(self, site: Site, ctx: CallContext) -> bool:
-        return super().wants(site, ctx) and not self.identity_at(ctx.frames)
 
     def row_local(self, ctx: CallContext) -> bool:
         """Entry by entry on each map: row-local unless one CFG half is edited alone."""

@@ -223,6 +223,8 @@ def test_recorded_maps_rows_sum_to_one(ms_pipe, gen):
 
 
 # ---- identity limits, composition, restoration ------------------------------------------------
+# windows that cover every call warn once per run (tested in test_fusion_joint)
+@pytest.mark.filterwarnings("ignore::attnlab.edits.base.EditInactiveWarning")
 def test_identity_limits_are_bit_exact_and_the_model_is_restored(ms_pipe, gen):
     ref = gen(ms_pipe)  # 8 latent frames
     for edit in (

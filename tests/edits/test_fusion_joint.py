@@ -341,6 +341,8 @@ def test_on_a_dit_recorded_maps_are_the_effective_maps(cog, edit):  # noqa: F811
         assert all(float(abs(x).max()) == 0.0 for x in far)
 
 
+# windows that cover every call warn once per run (tested in test_fusion_joint)
+@pytest.mark.filterwarnings("ignore::attnlab.edits.base.EditInactiveWarning")
 @pytest.mark.parametrize("kind", ["cog", "wan"])
 @pytest.mark.parametrize(
     "edit",
@@ -398,3 +400,26 @@ def test_a_map_set_at_the_hook_point_after_them(cog):  # noqa: F811
             h.remove()
     assert len(seen) == 1
     torch.testing.assert_close(seen[0].sum(-1), torch.ones_like(seen[0].sum(-1)), atol=1e-5, rtol=0)
+
+
+def test_a_window_that_covers_every_call_says_so_once_per_run(cog):  # noqa: F811
+    """The tiny CogVideoX has 3 latent frames per call: a window given in video frames (9)
+    covers them, the edit does nothing, and the run ends with one EditInactiveWarning naming the
+    frame count; a window that acts, or a neutral setting chosen on purpose, says nothing."""
+    import warnings
+
+    from attnlab.edits import WindowDecay
+    from attnlab.edits.base import EditInactiveWarning
+
+    ref = _call(cog, "cog")
+    for edit in (SlidingWindow(9, 4), SpectralBlend(9), WindowDecay(2, 0.5)):
+        warns = pytest.warns(EditInactiveWarning, match="saw 3 frames per call")
+        with warns as seen, attnlab.edit(cog, edit):
+            assert torch.equal(_call(cog, "cog"), ref)
+            _call(cog, "cog")  # the same (implicit) run
+        assert len([w for w in seen if w.category is EditInactiveWarning]) == 1
+    for edit in (SlidingWindow(2, 1), SpectralBlend(2, 1.0, filter="box"), WindowDecay(0, 1.0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", EditInactiveWarning)
+            with attnlab.edit(cog, edit):
+                _call(cog, "cog")
