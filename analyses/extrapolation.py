@@ -110,8 +110,7 @@ def generate_model(
     """Every run of one model into ``store`` (skipping stored ones); returns its PE kind."""
     import attnlab
     from attnlab.core.store import StoreError, list_runs, save_video
-    from attnlab.edits import EditError, FramePositions
-    from attnlab.edits.base import EditInactiveWarning
+    from attnlab.edits import EditError, EditInactiveWarning, FramePositions
     from attnlab.lab.experiments import generate_recorded
     from attnlab.models.loading import default_device, load_pipeline
 

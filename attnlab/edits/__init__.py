@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from attnlab.edits.base import REGISTRY, Edit, EditError, _positive, register
+from attnlab.edits.base import REGISTRY, Edit, EditError, EditInactiveWarning, _positive, register
 from attnlab.edits.bias import (
     MAX_MODES,
     PRESETS,
@@ -57,6 +57,7 @@ __all__ = [
     "TAR_T_MIN",
     "Edit",
     "EditError",
+    "EditInactiveWarning",
     "FramePositions",
     "LogitBias",
     "PositionHandler",
