@@ -419,6 +419,7 @@ class JointAttnProcessor:
         self.site = site
         self.original = original
         self._consts: dict[tuple, torch.Tensor] = {}
+        self._mixtures: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         # diffusers' Attention.forward filters keyword arguments by the processor's signature
         # (``inspect.signature(processor.__call__)``): expose the original's
         call = type(self).__call__
@@ -496,15 +497,21 @@ class JointAttnProcessor:
         target = client.target(ctx)
         mixture = getattr(client, "frame_mixture", None)
         if target is None and mixture is not None:
-            # an input-dependent mixture of window softmaxes (SlidingWindow, SpectralBlend)
-            coef, keys, low = mixture(ctx.frames)
+            # an input-dependent mixture of window softmaxes (SlidingWindow, SpectralBlend): its
+            # tables depend on the frame count only, made once per layer, edit and device
+            key = (id(client), ctx.frames, device)
+            tables = self._mixtures.get(key)
+            if tables is None:
+                coef, keys, low = mixture(ctx.frames)
+                tables = self._mixtures[key] = (
+                    torch.as_tensor(coef, dtype=torch.float32, device=device),
+                    torch.as_tensor(keys, dtype=torch.bool, device=device),
+                    None
+                    if low is None
+                    else torch.as_tensor(low, dtype=torch.float32, device=device),
+                )
             samples = self._samples(client, ctx, offset, n)
-            return MixOp(
-                torch.as_tensor(coef, dtype=torch.float32, device=device),
-                torch.as_tensor(keys, dtype=torch.bool, device=device),
-                None if low is None else torch.as_tensor(low, dtype=torch.float32, device=device),
-                None if samples is None else samples.to(device),
-            )
+            return MixOp(*tables, None if samples is None else samples.to(device))
         if target is None:
             raise JointAttentionError(
                 f"{self.site.name}: {type(client).__name__} replaces probabilities with values "

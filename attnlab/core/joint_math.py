@@ -29,6 +29,7 @@ from attnlab.core.joint_mix import (
     MixOp,
     block_masses,
     mix,
+    select,
     store_masses,
     with_masses,
 )
@@ -175,27 +176,15 @@ def _apply_ops(
                         "stage edit (its output is a filter over query frames, not a map that "
                         "a later edit or a map set at hook_frame_probs could start from)"
                     )
-                eye = torch.eye(op.keys.shape[0], device=w.device)
-                local = MixOp(eye, op.keys, None, op.samples)
-                return w, mix(w, fq, local, vis), op
+                return w, mix(w, fq, op, vis), op  # the local branch: each frame's window
             w = mix(w, fq, op, vis)
             continue
         Fr = op.target.shape[-1]
-        fvis = None if vis is None else vis[..., :Fr]
-        M, ok = _replace_target(op, fq, fvis)
+        M, on = _replace_rows(op, fq, None if vis is None else vis[..., :Fr], w.device)
         V = w[..., :Fr].sum(-1, keepdim=True)
         new = torch.cat([V * M, w[..., Fr:]], -1) if w.shape[-1] > Fr else V * M
-        on = torch.ones((), dtype=torch.bool, device=w.device) if ok is None else ok
-        if op.samples is not None:
-            on = on & op.samples.view(-1, 1, 1)
         w = torch.where(on[..., None], new, w)
     return w, None, None
-
-
-def _select(new: torch.Tensor, old: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
-    if samples is None:
-        return new
-    return torch.where(samples.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
 def edited_attention(
@@ -281,7 +270,7 @@ def edited_attention(
                     m = Lvv.amax(dim=-1) if op.max_mode == "row" else maxima[i]
                     dA = op.dA.to(Lvv.dtype)[fq][:, frame_of]  # [rows, Nv]
                     new = Lvv + (op.scale * m)[..., None] * dA
-                Lvv = _select(new, Lvv, op.samples)
+                Lvv = select(new, Lvv, op.samples)
             L[:, :, rows, v0 : v0 + Nv] = Lvv
         P = L.softmax(dim=-1, dtype=torch.float32)
         del L
@@ -328,7 +317,7 @@ def edited_attention(
                 new = within * (V * M.to(P.dtype))[..., None]
                 if ok is not None:
                     new = torch.where(ok[..., None, None], new, Pvv)
-                Pvv = _select(new, Pvv, rop.samples)
+                Pvv = select(new, Pvv, rop.samples)
             P[:, :, rows, v0 : v0 + Nv] = Pvv.flatten(-2)
         out[:, :, a:b] = (P.to(value.dtype) @ value).to(out.dtype)
         if observe and has_video:
@@ -480,6 +469,24 @@ def _replace_target(
     return Mv / total.clamp_min(1e-38), ok if rows is None else ok & rows
 
 
+def _replace_rows(
+    rop: ReplaceOp, fq: torch.Tensor, vis: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_replace_target`, with the rows it applies to as one bool mask broadcastable to
+    ``[B, heads, rows]``: its ``rows``, the mask's and its samples together."""
+    M, ok = _replace_target(rop, fq, vis)
+    on = torch.ones((), dtype=torch.bool, device=device) if ok is None else ok
+    if rop.samples is not None:
+        on = on & rop.samples.view(-1, 1, 1)
+    return M, on
+
+
+def _video_rows(vis: torch.Tensor | None, vr: slice) -> torch.Tensor | None:
+    """The video rows ``vr`` of a block's key-block visibility (:func:`_visible`; a mask with one
+    row for all queries stays as it is)."""
+    return None if vis is None else (vis[..., vr, :] if vis.shape[-2] > 1 else vis)
+
+
 def split_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -569,22 +576,20 @@ def split_attention(
                 assert op.dA is not None
                 mx = cur.amax(-1, keepdim=True) if op.max_mode == "row" else maxima[i][..., None]
                 c = op.scale * mx * op.dA.float()[fq]
-                c = _select(c, torch.zeros_like(c), op.samples)
+                c = select(c, torch.zeros_like(c), op.samples)
                 shift[:, :, vr, :Fr] += c
                 cur += c
         # replacements: the target row of each video query (the last op that applies wins:
         # a replacement keeps each row's video mass, so a later one overrides an earlier)
         target = applied = None
         if ra < rb and replace and not mixing:
-            fvis = None if vis is None else vis[..., vr if vis.shape[-2] > 1 else slice(None), :Fr]
+            vvis = _video_rows(vis, vr)
+            fvis = None if vvis is None else vvis[..., :Fr]
             target = torch.zeros((B, H, b - a, Fr), dtype=torch.float32, device=dev)
             applied = torch.zeros((B, H, b - a), dtype=torch.bool, device=dev)
             for rop in replace:
                 assert isinstance(rop, ReplaceOp)
-                M, ok = _replace_target(rop, fq, fvis)
-                on = torch.ones((), dtype=torch.bool, device=dev) if ok is None else ok
-                if rop.samples is not None:
-                    on = on & rop.samples.view(-1, 1, 1)
+                M, on = _replace_rows(rop, fq, fvis, dev)
                 on = on.expand(B, H, rb - ra)
                 target[:, :, vr] = torch.where(on[..., None], M, target[:, :, vr])
                 applied[:, :, vr] |= on
@@ -671,8 +676,7 @@ def _mixed_rows(
     new = local = op = None
     wn = w
     if vr.start < vr.stop:
-        vvis = None if vis is None else (vis[..., vr, :] if vis.shape[-2] > 1 else vis)
-        new, local, op = _apply_ops(w[:, :, vr], fq, ops, vvis)
+        new, local, op = _apply_ops(w[:, :, vr], fq, ops, _video_rows(vis, vr))
         wn = w.clone()
         wn[:, :, vr] = new
     acc = torch.zeros(parts[0].shape, dtype=torch.float32, device=w.device)

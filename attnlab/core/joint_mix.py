@@ -23,7 +23,7 @@ class MixOp:
 
     Without ``lowpass`` (FreeNoise's window fusion) the mixture is the row's new block masses.
     With ``lowpass [F, F]`` (FreeLong's SpectralBlend, ``coef`` the identity: each query frame's
-    own local window) the output is ``local + Lo @ (global - local)`` over the query frames at
+    own local window) the mixture is the local branch and the output is ``local + Lo @ (global - local)`` over the query frames at
     each token position (``global``: the attention before this op); a ``lowpass`` op must be the
     call's last edit."""
 
@@ -55,9 +55,15 @@ def mix(w: torch.Tensor, fq: torch.Tensor, op: MixOp, vis: torch.Tensor | None) 
         u = torch.where(empty & (n > 0), coef, torch.zeros((), dtype=w.dtype))
         out = out + (u[..., None] * vk / n.clamp_min(1)[..., None]).sum(-2)
         out = out / out.sum(-1, keepdim=True)  # windows with nothing visible left out
-    if op.samples is None:
-        return out
-    return torch.where(op.samples.view(-1, 1, 1, 1), out, w)
+    return select(out, w, op.samples)
+
+
+def select(new: torch.Tensor, old: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
+    """``new`` for the samples (first axis) selected by ``samples`` (bool; None: all), ``old``
+    for the others."""
+    if samples is None:
+        return new
+    return torch.where(samples.view(-1, *([1] * (new.ndim - 1))), new, old)
 
 
 def lowpass_frames(x: torch.Tensor, lowpass: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
