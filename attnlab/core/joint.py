@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -190,7 +190,8 @@ class _Intercept(TorchFunctionMode):
                     query, key, value, layout, attn_mask=attn_mask, scale=scale, observe=True
                 )
             assert out is not None and mass is not None
-            return self._conclude(query, key, value, layout, attn_mask, scale, out, mass, text, [], [])  # fmt: skip
+            call = _Call(query, key, value, layout, attn_mask, scale)
+            return self._conclude(call, out, mass, text, [], [])
         if other_modes() or not (plan.bias or plan.replace):
             # the modes entered before attnlab's decide, as without attnlab
             out = SDPA(query, key, value, **kw)
@@ -203,6 +204,7 @@ class _Intercept(TorchFunctionMode):
                 "grouped heads (put the model in eval mode)"
             )
         layout = self.proc.layout(self.ctx)
+        call = _Call(query, key, value, layout, attn_mask, scale)
         observe = bool(plan.observe) or self.hook is not None
         bias: list[BiasOp] = []
         repl: list[ReplaceOp | MixOp] = []
@@ -214,20 +216,13 @@ class _Intercept(TorchFunctionMode):
                 dev = query.device
                 bias = [self.proc.bias_op(c, self.ctx, offset, B, dev) for c in plan.bias]
                 repl = [self.proc.replace_op(c, self.ctx, offset, B, dev) for c in plan.replace]
-                out, mass, text = _edited(
-                    query, key, value, layout, attn_mask, scale, bias, repl, observe
-                )
+                out, mass, text = _edited(call, bias, repl, observe)
         assert out is not None
-        return self._conclude(query, key, value, layout, attn_mask, scale, out, mass, text, bias, repl)  # fmt: skip
+        return self._conclude(call, out, mass, text, bias, repl)
 
     def _conclude(
         self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        layout: TokenLayout,
-        attn_mask: torch.Tensor | None,
-        scale: float | None,
+        call: _Call,
         out: torch.Tensor,
         mass: torch.Tensor | None,
         text: torch.Tensor | None,
@@ -239,23 +234,18 @@ class _Intercept(TorchFunctionMode):
         return the layer output."""
         if self.hook is not None:
             assert mass is not None
-            out, mass, text = self._hooked(query, key, value, layout, attn_mask, scale, out, mass, text, bias, repl)  # fmt: skip
+            out, mass, text = self._hooked(call, out, mass, text, bias, repl)
         with alone():
             if self.plan.observe:
                 logits = None
                 if any(c.logits for c in self.plan.observe):
-                    logits = frame_logits(query, key, layout, scale)
+                    logits = frame_logits(call.query, call.key, call.layout, call.scale)
                 self.results.append((mass, text, logits))  # type: ignore[arg-type]
         return out
 
     def _hooked(
         self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        layout: TokenLayout,
-        attn_mask: torch.Tensor | None,
-        scale: float | None,
+        call: _Call,
         out: torch.Tensor,
         mass: torch.Tensor,
         text: torch.Tensor | None,
@@ -269,7 +259,7 @@ class _Intercept(TorchFunctionMode):
         per sample and head), and the attention is computed again with it; rows left as read
         keep their queries' own masses."""
         with alone():
-            read = frame_map(mass, layout)
+            read = frame_map(mass, call.layout)
             before = read.clone()  # the hook may change ``read`` in place
         assert self.hook is not None
         got = self.hook(read)  # torch hooks and nnsight act here, outside attnlab's math
@@ -284,10 +274,9 @@ class _Intercept(TorchFunctionMode):
                     "not a map a replacement can start from (read the map, or set it without "
                     "SpectralBlend)"
                 )
-            op = ReplaceOp(target.to(query.device), rows=rows.to(query.device))
-            new_out, new_mass, new_text = _edited(
-                query, key, value, layout, attn_mask, scale, bias, [*repl, op], True
-            )
+            dev = call.query.device
+            op = ReplaceOp(target.to(dev), rows=rows.to(dev))
+            new_out, new_mass, new_text = _edited(call, bias, [*repl, op], True)
         assert new_mass is not None
         return new_out, new_mass, new_text
 
@@ -327,19 +316,26 @@ class _Intercept(TorchFunctionMode):
                 client.observe(site, self.ctx, lg, probs, text_mass=tm)
 
 
+class _Call(NamedTuple):
+    """One joint attention call's inputs, as the layer gave them to SDPA, and its token layout."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    layout: TokenLayout
+    attn_mask: torch.Tensor | None
+    scale: float | None
+
+
 def _edited(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    layout: TokenLayout,
-    attn_mask: torch.Tensor | None,
-    scale: float | None,
+    call: _Call,
     bias: list[BiasOp],
     repl: list[ReplaceOp | MixOp],
     observe: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The attention of one call with edits, by the split path where it can take them (and
     ``joint_paths(edit="split")``), else explicitly in blocks of query rows."""
+    query, key, value, layout, attn_mask, scale = call
     if _PATHS["edit"] == "split" and split_unsupported(query, key, value, attn_mask, bias) is None:
         return split_attention(
             query, key, value, layout, attn_mask=attn_mask, scale=scale,
