@@ -18,7 +18,8 @@ change. The two dependence targets of issue 27 are checked on the every-level co
 identity drops the direction to <= 50 % (or coherence by >= 0.15), all-ones slows the object to
 <= 0.5 x its plain speed (or drops the direction to <= 50 %).
 
-Writes ``analyses/data/organisms_dependence/<model>.json`` and prints a markdown table.
+Writes ``analyses/data/organisms_dependence/<model>.json`` (a folder's path with ``_`` for
+``/``, as ``organisms_eval.py`` names it) and prints a markdown table.
 ``--model`` also takes a folder saved by ``train_organisms.py --finetune --save`` (its
 ``pipeline`` subfolder) to check a checkpoint before it is committed.
 """
@@ -72,6 +73,12 @@ def uniform_distance(probs) -> dict[int, float]:
     uniform = probs * 0 + 1.0 / probs.sizes["key_frame"]
     tv = 0.5 * metrics.map_distance(probs, uniform, "l1")
     return {int(lv): float(t.mean()) for lv, t in tv.groupby("level")}
+
+
+def record_name(model: str) -> str:
+    """The record's file name (no suffix) for ``--model``: an organism's name, or a folder's
+    whole path with ``_`` for ``/`` (two checkpoints' ``.../pipeline`` folders stay apart)."""
+    return model.strip("/").replace("/", "_")
 
 
 def measure(pipe, n: int, seeds: int, frames: int = 16, alone: bool = True) -> dict[str, dict]:
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         res = measure(pipe, a.n, a.seeds, alone=not a.every_level_only)
         ok = verdict(res)
-        name = Path(model).name if Path(model).exists() else model
+        name = record_name(model)
         record = {
             "model": model,
             "seeds": a.seeds,

@@ -1,5 +1,6 @@
 """analyses/organisms_dependence.py: the plain maps' distance from uniform against a brute-force
-sum, its two ends (all-ones 0, identity 1 - 1/N), and one draw on an organism end to end."""
+sum, its two ends (all-ones 0, identity 1 - 1/N), the record's file name for a folder, and one
+draw on an organism end to end."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def test_uniform_distance_is_the_mean_row_total_variation_per_level(script):
         assert got[lv] == pytest.approx(want[lv], abs=1e-12)
     ends = script["uniform_distance"](probs.isel(layer=[0, 2]))
     assert ends == pytest.approx({0: 1 - 1 / n, 1: 0.0}, abs=1e-12)
+
+
+def test_a_folders_record_is_named_by_its_whole_path(script):
+    name = script["record_name"]
+    assert name("organism-none") == "organism-none"
+    runs = [name(f"/runs/{r}/out/organism-none/pipeline/") for r in ("a", "b")]
+    assert runs == ["runs_a_out_organism-none_pipeline", "runs_b_out_organism-none_pipeline"]
 
 
 def test_one_draw_on_an_organism_writes_conditions_targets_and_map_distances(script, tmp_path):
