@@ -38,6 +38,7 @@ from scipy import stats
 
 import attnlab
 from attnlab import metrics
+from attnlab.core import dims as D
 from attnlab.lab.organisms import EVAL_SEED, moving_captions, sample, score_videos
 from attnlab.models import load_pipeline
 
@@ -70,9 +71,9 @@ def interval(values: list[float]) -> dict[str, float]:
 def uniform_distance(probs) -> dict[int, float]:
     """Per level: the mean row total-variation distance of ``probs`` (a recording's maps) from
     uniform, over every other dimension."""
-    uniform = probs * 0 + 1.0 / probs.sizes["key_frame"]
+    uniform = probs * 0 + 1.0 / probs.sizes[D.KEY]
     tv = 0.5 * metrics.map_distance(probs, uniform, "l1")
-    return {int(lv): float(t.mean()) for lv, t in tv.groupby("level")}
+    return {int(lv): float(t.mean()) for lv, t in tv.groupby(D.LEVEL)}
 
 
 def record_name(model: str) -> str:
@@ -92,7 +93,7 @@ def measure(pipe, n: int, seeds: int, frames: int = 16, alone: bool = True) -> d
             if edit is None:
                 with attnlab.record(pipe, cfg="cond", reduce="mean") as rec:
                     videos = sample(pipe, captions, frames=frames, seed=draw)
-                for lv, d in uniform_distance(rec.to_xarray().probs).items():
+                for lv, d in uniform_distance(rec.to_xarray()[D.PROBS]).items():
                     per.setdefault("map_distance", {}).setdefault(f"level {lv}", []).append(d)
             else:
                 with attnlab.edit(pipe, edit):
