@@ -252,7 +252,6 @@ def edited_attention(
         if observe and layout.text != "cross"
         else None
     )
-    mixing = any(isinstance(op, MixOp) for op in replace)
     blend: Blend | None = None
     for a, b in blocks:
         L = logits_of(a, b)
@@ -274,7 +273,7 @@ def edited_attention(
             L[:, :, rows, v0 : v0 + Nv] = Lvv
         P = L.softmax(dim=-1, dtype=torch.float32)
         del L
-        if has_video and mixing:
+        if has_video and replace:
             rows = slice(ra - a, rb - a)
             fq = frame_of[ra - v0 : rb - v0]
             mr = _mask_rows(attn_mask, ra, rb)
@@ -291,34 +290,6 @@ def edited_attention(
                 g_out = Pg.to(value.dtype) @ value
                 l_out = Pl.to(value.dtype) @ value
                 blend.put(slice(ra - v0, rb - v0), g_out.float(), l_out.float(), new, local)
-        elif has_video and replace:
-            rows = slice(ra - a, rb - a)
-            fq = frame_of[ra - v0 : rb - v0]
-            Pvv = P[:, :, rows, v0 : v0 + Nv].unflatten(-1, (Fr, T))  # [B, H, r, F, T]
-            # the keys the mask leaves visible: a masked frame gets no mass, and a frame whose
-            # mass underflowed to 0 is spread uniformly over its visible keys
-            mr = _mask_rows(attn_mask, ra, rb)
-            kvis = None if mr is None else (mr[..., v0 : v0 + Nv] > float("-inf"))
-            kvis = None if kvis is None else kvis.unflatten(-1, (Fr, T))  # [..., r, F, T]
-            uniform = (
-                Pvv.new_full((), 1 / T)
-                if kvis is None
-                else kvis / kvis.sum(-1, keepdim=True).clamp_min(1)
-            )
-            fvis = None if kvis is None else kvis.any(-1)
-            for rop in replace:
-                m = Pvv.sum(-1)  # [B, H, r, F]
-                V = m.sum(-1, keepdim=True)
-                within = torch.where(
-                    (m > 0)[..., None], Pvv / m.clamp_min(1e-38)[..., None], uniform
-                )
-                assert isinstance(rop, ReplaceOp)
-                M, ok = _replace_target(rop, fq, fvis)
-                new = within * (V * M.to(P.dtype))[..., None]
-                if ok is not None:
-                    new = torch.where(ok[..., None, None], new, Pvv)
-                Pvv = select(new, Pvv, rop.samples)
-            P[:, :, rows, v0 : v0 + Nv] = Pvv.flatten(-2)
         out[:, :, a:b] = (P.to(value.dtype) @ value).to(out.dtype)
         if observe and has_video:
             Pv = P[:, :, ra - a : rb - a]
