@@ -23,9 +23,9 @@ class MixOp:
 
     Without ``lowpass`` (FreeNoise's window fusion) the mixture is the row's new block masses.
     With ``lowpass [F, F]`` (FreeLong's SpectralBlend, ``coef`` the identity: each query frame's
-    own local window) the mixture is the local branch and the output is ``local + Lo @ (global - local)`` over the query frames at
-    each token position (``global``: the attention before this op); a ``lowpass`` op must be the
-    call's last edit."""
+    own local window) the mixture is the local branch and the output is
+    ``local + Lo @ (global - local)`` over the query frames at each token position (``global``:
+    the attention before this op); a ``lowpass`` op must be the call's last edit."""
 
     coef: torch.Tensor  # [F (query frame), W]
     keys: torch.Tensor  # bool [W, F (key frame)]
@@ -84,7 +84,10 @@ def block_masses(
     S = Pv.shape[-1]
     frames = Pv[..., v0 : v0 + Nv].unflatten(-1, (layout.frames, layout.per_frame)).sum(-1)
     text = Nv < S
-    w = torch.cat([frames, (Pv[..., :v0].sum(-1) + Pv[..., v0 + Nv :].sum(-1))[..., None]], -1) if text else frames  # fmt: skip
+    w = frames
+    if text:
+        text_mass = Pv[..., :v0].sum(-1) + Pv[..., v0 + Nv :].sum(-1)
+        w = torch.cat([frames, text_mass[..., None]], -1)
     if mask is None:
         return w, None
     seen = mask > float("-inf")
