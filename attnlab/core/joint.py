@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -414,8 +415,8 @@ class JointAttnProcessor:
         self.host = host
         self.site = site
         self.original = original
-        self._consts: dict[tuple, torch.Tensor] = {}
-        self._mixtures: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        # per client (edit) and frame count: its bias and target tables (see _per_client)
+        self._tables: dict[tuple, tuple[weakref.ref, Any]] = {}
         # diffusers' Attention.forward filters keyword arguments by the processor's signature
         # (``inspect.signature(processor.__call__)``): expose the original's
         call = type(self).__call__
@@ -459,12 +460,19 @@ class JointAttnProcessor:
         idx = torch.arange(offset, offset + n) // per_half
         return torch.isin(idx, torch.tensor(halves))
 
+    def _per_client(self, client: Any, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, made once per ``client`` and ``key`` while this processor is installed.
+        Keyed by the client's ``id`` with a weak reference to the client itself: an edit made
+        after another was freed can get its ``id``, and must not be given its tables."""
+        entry = self._tables.get((id(client), *key))
+        if entry is None or entry[0]() is not client:
+            entry = self._tables[(id(client), *key)] = (weakref.ref(client), make())
+        return entry[1]
+
     def _const(self, kind: str, client: Any, ctx: CallContext, make) -> torch.Tensor:
-        key = (kind, id(client), ctx.frames)
-        t = self._consts.get(key)
-        if t is None:
-            t = self._consts[key] = torch.as_tensor(make(), dtype=torch.float32)
-        return t
+        return self._per_client(
+            client, (kind, ctx.frames), lambda: torch.as_tensor(make(), dtype=torch.float32)
+        )
 
     def bias_op(
         self, client: BiasClient, ctx: CallContext, offset: int, n: int, device: torch.device
@@ -495,19 +503,18 @@ class JointAttnProcessor:
         if target is None and mixture is not None:
             # an input-dependent mixture of window softmaxes (SlidingWindow, SpectralBlend): its
             # tables depend on the frame count only, made once per layer, edit and device
-            key = (id(client), ctx.frames, device)
-            tables = self._mixtures.get(key)
-            if tables is None:
+            def tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
                 coef, keys, low = mixture(ctx.frames)
-                tables = self._mixtures[key] = (
-                    torch.as_tensor(coef, dtype=torch.float32, device=device),
+                f32 = torch.float32
+                return (
+                    torch.as_tensor(coef, dtype=f32, device=device),
                     torch.as_tensor(keys, dtype=torch.bool, device=device),
-                    None
-                    if low is None
-                    else torch.as_tensor(low, dtype=torch.float32, device=device),
+                    None if low is None else torch.as_tensor(low, dtype=f32, device=device),
                 )
+
+            coef, keys, low = self._per_client(client, ("mixture", ctx.frames, device), tables)
             samples = self._samples(client, ctx, offset, n)
-            return MixOp(*tables, None if samples is None else samples.to(device))
+            return MixOp(coef, keys, low, None if samples is None else samples.to(device))
         if target is None:
             raise JointAttentionError(
                 f"{self.site.name}: {type(client).__name__} replaces probabilities with values "

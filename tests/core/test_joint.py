@@ -440,6 +440,44 @@ def test_3d_tar_on_one_layer_equals_an_independent_implementation(kind, path, co
     assert torch.equal(_call(model, kind), ref)
 
 
+def test_an_edit_gets_its_own_tables_not_those_of_a_freed_edit_with_its_id(cog):
+    # the processors stay installed while a recorder is attached; edits made one after another
+    # inside it can get a freed edit's id (CPython reuses it), and each must still act as itself
+    makers = [
+        lambda: attnlab.SlidingWindow(2, 1),
+        lambda: attnlab.SlidingWindow(1, 1),
+        lambda: attnlab.TAR("64D1", t_min=None),
+        lambda: attnlab.TAR("64D4", t_min=None),
+    ]
+    alone = []
+    for make in makers:
+        with attnlab.edit(cog, make()):
+            alone.append(_call(cog, "cog"))
+    assert (alone[0] - alone[1]).abs().max() > 1e-3 and (alone[2] - alone[3]).abs().max() > 1e-3
+    with attnlab.record(cog):
+        for make, ref in zip(makers, alone, strict=True):
+            with attnlab.edit(cog, make()):
+                torch.testing.assert_close(_call(cog, "cog"), ref, rtol=0, atol=1e-5)
+        # and where the id is surely taken: a decoy's tables filed under the new edit's id
+        edit, decoy = makers[1](), makers[0]()
+        with attnlab.edit(cog, decoy):
+            _call(cog, "cog")  # the decoy's tables, made now
+        procs = [
+            m.processor
+            for m in cog.modules()
+            if isinstance(getattr(m, "processor", None), joint.JointAttnProcessor)
+        ]
+        planted = 0
+        for proc in procs:
+            for key, entry in list(proc._tables.items()):
+                if entry[0]() is decoy:
+                    proc._tables[(id(edit), *key[1:])] = entry
+                    planted += 1
+        assert planted
+        with attnlab.edit(cog, edit):
+            torch.testing.assert_close(_call(cog, "cog"), alone[1], rtol=0, atol=1e-5)
+
+
 def test_tar_presets_windows_and_transfer_on_joint_attention(cog):
     ref = _call(cog, "cog", t=500)
     with attnlab.edit(cog, attnlab.TAR("64D1")):  # window t >= 0.441 T: active at t = 500
