@@ -19,8 +19,9 @@ Methods (each at the run's frame count ``N``, training length ``L`` in latent fr
 (``RopeScale(.., N / L)``); ``window_decay`` (``WindowDecay(L, 0.9)``); ``sliding_window``
 (``SlidingWindow(L, 4)``); ``spectral_blend`` (``SpectralBlend(L, 0.25)``). A model whose frame
 table is shorter than ``N`` (sinusoidal tables) gets ``FramePositions("extend", N)`` with every
-method; a method its model cannot take (RIFLEx without a RoPE) is logged and left out. SpectralBlend's recorded maps are signed (a high-pass of a distribution):
-the map metrics that need probabilities (mass beyond, sink) are NaN for it.
+method; a method its model cannot take (RIFLEx without a RoPE) is logged and left out.
+SpectralBlend's recorded maps are signed (a high-pass of a distribution): the map metrics that
+need probabilities (mass beyond, sink) are NaN for it.
 
 The table (``<figures>/extrapolation/metrics.csv``, one row per run) and one figure per PE kind
 (``<figures>/extrapolation/<pe>.png``: each metric against the length ratio, one line per

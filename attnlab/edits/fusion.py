@@ -291,7 +291,7 @@ class SlidingWindow(_MapEdit):
         return {"window": self.window, "stride": self.stride, "weighting": self.weighting}
 
     def identity_at(self, frames: int) -> bool:
-        return frames <= self.window
+        return self.covers(frames)
 
     def frame_mixture(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         C, K = fusion_coefficients(frames, self.window, self.stride, self.weighting)
@@ -391,7 +391,7 @@ class SpectralBlend(_MapEdit):
         return {"window": self.window, "cutoff": self.cutoff, "filter": self.filter}
 
     def identity_at(self, frames: int) -> bool:
-        return frames <= self.window or (self.filter == "box" and self.cutoff >= 1.0)
+        return self.covers(frames) or (self.filter == "box" and self.cutoff >= 1.0)
 
     def frame_mixture(self, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         lo = lowpass_matrix(frames, self.cutoff, self.filter)
