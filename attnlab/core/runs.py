@@ -122,7 +122,13 @@ class RunTracker:
         self.patches.apply(
             CallbackPatch(
                 model,
-                lambda: model.register_forward_pre_hook(self._pre_forward, with_kwargs=True).remove,
+                # first among the denoiser's pre-hooks: an edit's own pre-hook there (a RoPE
+                # retune on the denoiser) decides from this call's step, not the previous one's
+                lambda: (
+                    model.register_forward_pre_hook(
+                        self._pre_forward, with_kwargs=True, prepend=True
+                    ).remove
+                ),
                 f"{name} forward pre-hook (step counter)"
                 + (f" of {self.expert_name(model)}" if model is not self.model else ""),
             )

@@ -247,6 +247,29 @@ def test_cogvideox_edit_goes_through_the_rotary_embedding_the_pipeline_passes():
     assert not model._forward_pre_hooks and torch.equal(_run(model, inputs), plain)
 
 
+def test_step_window_on_a_denoiser_level_retune_acts_on_its_own_steps():
+    """CogVideoX's retune is a pre-hook on the transformer itself: it must decide from the
+    call that is starting (the step counter runs first), also on the run's first call."""
+    pipe = tiny_dit.cogvideox_pipeline()
+    seen: list[torch.Tensor] = []
+    hook = pipe.transformer.transformer_blocks[0].register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["image_rotary_emb"][0].clone()), with_kwargs=True
+    )
+    call = dict(
+        prompt="a bear", num_frames=9, height=64, width=64, num_inference_steps=3,
+        max_sequence_length=8, guidance_scale=6.0, output_type="latent",
+    )  # fmt: skip
+    try:
+        pipe(**call, generator=torch.Generator().manual_seed(0))
+        plain, seen[:] = list(seen), []
+        with attnlab.edit(pipe, RopeScale("pi", 4.0, steps=[1])):
+            pipe(**call, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert len(seen) == len(plain) == 3
+    assert [not torch.equal(a, b) for a, b in zip(seen, plain)] == [False, True, False]
+
+
 def test_ltx_and_mochi_edits_touch_only_their_temporal_frequencies():
     ltx = tiny_dit.ltx_transformer()
     args = (torch.zeros(1, 5 * 4 * 4, 8), 5, 4, 4, (8 / 25, 1, 1))
