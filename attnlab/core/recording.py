@@ -184,9 +184,11 @@ class Recorder(Observer):
         before the first step leaves no empty store skeleton behind."""
         if self.store is None or not getattr(self, "_created_store", False):
             return
-        from attnlab.core.store import list_runs
+        from attnlab.core.store import RUNS_GROUP
 
-        if Path(self.store).exists() and not list_runs(self.store, include_incomplete=True):
+        runs = Path(self.store) / RUNS_GROUP
+        # any run folder, whatever state it is in, keeps the store
+        if Path(self.store).exists() and not (runs.is_dir() and any(runs.iterdir())):
             shutil.rmtree(self.store, ignore_errors=True)
 
     def on_run_start(self, run: RunInfo) -> None:
@@ -639,4 +641,7 @@ class Recorder(Observer):
 
 
 def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({k: v for k, v in attrs.items() if k != "complete"}, default=str))
+    from attnlab.core.store import WRITE_ATTRS
+
+    attrs = {k: v for k, v in attrs.items() if k not in WRITE_ATTRS}
+    return json.loads(json.dumps(attrs, default=str))

@@ -256,9 +256,14 @@ def verify_store(path: str | os.PathLike) -> StoreCheck:
             continue
         group, _, array = name.rpartition("/")
         seen.add(group)
+        every = bool((root[group] if group else root).attrs.get(EVERY_CHUNK, False))
         if not _has_checksums(obj):
             unchecked.add(group)
         for index in itertools.product(*(range(n) for n in obj.cdata_shape)):
+            # written with every chunk: a missing one is damage (zarr would read the fill value)
+            if every and not (path / name / obj.metadata.encode_chunk_key(index)).exists():
+                damaged.setdefault(group, []).append(f"{array} chunk {index}: missing")
+                continue
             try:
                 obj.get_block_selection(index)
             except Exception as err:  # any reader error is damage, named with its chunk
@@ -291,6 +296,24 @@ def _warn_if_unchecked(path: Path, run_id: str) -> None:
         )
 
 
+#: group attribute of everything written with every chunk present (attnlab 0.3 on): there a
+#: missing chunk is damage; zarr would read it back as the fill value
+EVERY_CHUNK = "every_chunk"
+#: group attributes that describe the writing, not the run (never provenance)
+WRITE_ATTRS = ("complete", EVERY_CHUNK)
+
+
+def write_group(ds: xr.Dataset, path: str | os.PathLike, group: str, **kwargs: Any) -> None:
+    """``ds.to_zarr`` into ``group`` of the store at ``path`` with every chunk written, also one
+    that holds only the fill value (zarr leaves those out by default, coordinates included, and
+    a step where nothing ran, ``ran`` all False and maps all NaN, would then look like damage)."""
+    import zarr
+
+    ds = ds.assign_attrs({EVERY_CHUNK: True})
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        ds.to_zarr(Path(path), group=group, zarr_format=3, consolidated=False, **kwargs)
+
+
 class RunWriter:
     """Writes one run into a store step by step (streaming) and marks it complete at the end."""
 
@@ -318,22 +341,9 @@ class RunWriter:
             encoding = checksum_encoding(ds)
             for v in ds.data_vars:
                 encoding[str(v)]["chunks"] = _step_chunks(ds[v])
-            ds.to_zarr(
-                self.path,
-                group=_group(self.run_id),
-                mode="w-",
-                zarr_format=3,
-                consolidated=False,
-                encoding=encoding,
-            )
+            write_group(ds, self.path, _group(self.run_id), mode="w-", encoding=encoding)
         else:
-            ds.to_zarr(
-                self.path,
-                group=_group(self.run_id),
-                append_dim=D.STEP,
-                zarr_format=3,
-                consolidated=False,
-            )
+            write_group(ds, self.path, _group(self.run_id), append_dim=D.STEP)
         self.steps += ds.sizes[D.STEP]
 
     def finish(self, complete: bool, extra: dict[str, Any] | None = None) -> None:
@@ -559,7 +569,7 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
     for rid, ds in zip(ids, parts):
         if with_ran and D.RAN not in ds.data_vars:
             ds = ds.assign({D.RAN: _ran_from_maps(ds)})
-        attrs = {k: v for k, v in ds.attrs.items() if k != "complete"}
+        attrs = {k: v for k, v in ds.attrs.items() if k not in WRITE_ATTRS}
         for c in LAYER_COORDS:
             for name, value in zip(ds[D.LAYER].values, ds[c].values):
                 layer_static[c].setdefault(
@@ -655,14 +665,7 @@ def _write_array_group(path: str | os.PathLike, group: str, name: str, da: xr.Da
     if layout_of(path) is None:
         raise StoreError(f"no attnlab store at {path}: record a run first")
     ds = encode_strings(da.to_dataset(name="data"))
-    ds.to_zarr(
-        Path(path),
-        group=f"{group}/{name}",
-        mode="w",
-        zarr_format=3,
-        consolidated=False,
-        encoding=checksum_encoding(ds),
-    )
+    write_group(ds, path, f"{group}/{name}", mode="w", encoding=checksum_encoding(ds))
 
 
 def _read_array_group(path: str | os.PathLike, group: str, name: str) -> xr.DataArray:

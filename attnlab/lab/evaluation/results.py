@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from attnlab.core import dims as D
-from attnlab.core.store import checksum_encoding
+from attnlab.core.store import checksum_encoding, write_group
 
 __all__ = ["EVALUATION_GROUP", "is_store", "load_evaluation", "scalar_table"]
 
@@ -116,14 +116,7 @@ def _write(path: Path, rid: str, ds: xr.Dataset, new_settings: dict[str, Any]) -
             k: (a if isinstance(a, (str, int, float)) else json.dumps(a))
             for k, a in ds[v].attrs.items()
         }
-    ds.to_zarr(
-        path,
-        group=_run_group(rid),
-        mode="w",
-        zarr_format=3,
-        consolidated=False,
-        encoding=checksum_encoding(ds),
-    )
+    write_group(ds, path, _run_group(rid), mode="w", encoding=checksum_encoding(ds))
 
 
 def _concat(parts: Mapping[str, xr.Dataset]) -> xr.Dataset:
