@@ -9,6 +9,11 @@ its last two axes are taken as rows and columns.
 
 Matrix entries are read by position (0..N-1), never by coordinate label. Reductions run
 in float64.
+
+A map with a NaN entry scores NaN (a gap: ``ran`` False; or the padding of a run shorter than
+the others of one Dataset: score such runs each on its own frames, e.g.
+``probs.isel(query_frame=slice(0, n), key_frame=slice(0, n))``); never a number from the
+entries that are there.
 """
 
 from __future__ import annotations
@@ -113,13 +118,22 @@ def _check_nonnegative(maps: xr.DataArray, what: str) -> None:
 
 
 def _row_normalised(maps: xr.DataArray, col_dim: str) -> xr.DataArray:
-    """Rows divided by their sum (no-op for attention probabilities); all-zero rows stay 0."""
-    total = maps.sum(col_dim)
-    return xr.where(total > 0, maps / total.where(total > 0, 1.0), 0.0)
+    """Rows divided by their sum (no-op for attention probabilities); all-zero rows stay 0, a
+    row with a NaN entry is NaN."""
+    total = maps.sum(col_dim, skipna=False)
+    return xr.where(total > 0, maps / total.where(total > 0, 1.0), 0.0).where(total.notnull())
 
 
 def _is_row_stochastic(maps: xr.DataArray, col_dim: str) -> bool:
-    return bool(np.allclose(maps.sum(col_dim).values, 1.0, atol=_STOCHASTIC_ATOL))
+    """Every row without NaN sums to 1 (gaps do not decide it)."""
+    sums = np.asarray(maps.sum(col_dim, skipna=False).values).ravel()
+    sums = sums[np.isfinite(sums)]
+    return bool(sums.size) and bool(np.allclose(sums, 1.0, atol=_STOCHASTIC_ATOL))
+
+
+def _whole(maps: xr.DataArray, row_dim: str, col_dim: str) -> xr.DataArray:
+    """True for each map without a NaN entry (the others score NaN)."""
+    return maps.notnull().all([row_dim, col_dim])
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -166,7 +180,7 @@ def diagonalness(
     # variances below float noise count as zero (e.g. all mass in one column)
     defined = denom > 1e-9
     score = xr.where(defined, cov / denom.where(defined, 1.0), 0.0)
-    return score.clip(-1.0, 1.0).rename("diagonalness")
+    return score.clip(-1.0, 1.0).where(_whole(maps, row_dim, col_dim)).rename("diagonalness")
 
 
 def band_profile(
@@ -194,8 +208,8 @@ def band_concentration(
 
     For attention probabilities (rows sum to 1) this is the attention mass on the ``k``
     nearest frames on either side; rows are divided by their sum so that similarity matrices
-    read the same way. Identity gives 1; uniform gives ``(N (2k+1) - k (k+1)) / N^2``
-    (``(3N - 2) / N^2`` for ``k = 1``).
+    read the same way. Identity gives 1; uniform gives ``(N (2k+1) - k (k+1)) / N^2`` for
+    ``k < N`` (``(3N - 2) / N^2`` for ``k = 1``), and 1 for ``k >= N - 1``.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k must be an integer >= 0, got {k!r}")
@@ -204,7 +218,8 @@ def band_concentration(
     _check_nonnegative(maps, "band_concentration")
     inside = (_abs_offset(n, row_dim, col_dim) <= k).astype(np.float64)
     rows = _row_normalised(maps, col_dim)
-    return (rows * inside).sum(col_dim).mean(row_dim).rename("band_concentration")
+    inner = (rows * inside).sum(col_dim, skipna=False).mean(row_dim, skipna=False)
+    return inner.rename("band_concentration")
 
 
 def row_entropy(
@@ -223,7 +238,7 @@ def row_entropy(
     _check_nonnegative(maps, "row_entropy")
     p = _row_normalised(maps, col_dim)
     plogp = xr.where(p > 0, p * np.log(p.where(p > 0, 1.0)), 0.0)
-    h = -plogp.sum(col_dim)
+    h = (-plogp.sum(col_dim)).where(p.notnull().all(col_dim))  # a row with NaN: NaN
     if normalise:
         n = maps.sizes[col_dim]
         h = h / np.log(n) if n > 1 else h * 0.0
@@ -241,7 +256,8 @@ def minmax_normalise(
 
     ``shared_dims`` adds dimensions over which one common min/max is taken, e.g.
     ``shared_dims=("run",)`` to normalise synthetic and real maps together as in Fig. S.1.
-    Constant maps become 0.
+    Constant maps become 0; NaN entries stay NaN and take no part in the min and max (a
+    run padded to a longer one is scaled by its own frames).
     """
     maps = _as_maps(maps, row_dim, col_dim)
     missing = [d for d in shared_dims if d not in maps.dims]
@@ -250,7 +266,7 @@ def minmax_normalise(
     over = [row_dim, col_dim, *shared_dims]
     lo, hi = maps.min(over), maps.max(over)
     span = hi - lo
-    out = xr.where(span > 0, (maps - lo) / span.where(span > 0, 1.0), 0.0)
+    out = xr.where(span > 0, (maps - lo) / span.where(span > 0, 1.0), 0.0).where(maps.notnull())
     return out.transpose(*maps.dims).assign_attrs(maps.attrs)
 
 
@@ -338,9 +354,9 @@ def map_distance(
     a = a.drop_vars([row_dim, col_dim], errors="ignore")
     b = b.drop_vars([row_dim, col_dim], errors="ignore")
     if kind == "l1":
-        out = abs(a - b).sum(col_dim).mean(row_dim)
+        out = abs(a - b).sum(col_dim, skipna=False).mean(row_dim, skipna=False)
     elif kind == "fro":
-        out = np.sqrt(((a - b) ** 2).sum([row_dim, col_dim]))
+        out = np.sqrt(((a - b) ** 2).sum([row_dim, col_dim], skipna=False))
     elif kind == "js":
         _check_nonnegative(a, "map_distance(kind='js')")
         _check_nonnegative(b, "map_distance(kind='js')")
@@ -352,6 +368,7 @@ def map_distance(
             return xr.where(x > 0, x * np.log2(ratio), 0.0).sum(col_dim)
 
         out = (0.5 * _kl(p) + 0.5 * _kl(q)).mean(row_dim)
+        out = out.where(_whole(a, row_dim, col_dim) & _whole(b, row_dim, col_dim))
     else:
         raise ValueError(f"kind must be 'l1', 'js' or 'fro', got {kind!r}")
     return out.rename(f"map_distance_{kind}")
@@ -400,8 +417,8 @@ def dispersion(
     _check_nonnegative(maps, "dispersion")
     beyond = (_abs_offset(n, row_dim, col_dim) > window).astype(np.float64)
     rows = _row_normalised(maps, col_dim)
-    mass = (rows * beyond).sum(col_dim).mean(row_dim)
-    entropy = row_entropy(maps, True, row_dim, col_dim).mean(row_dim)
+    mass = (rows * beyond).sum(col_dim, skipna=False).mean(row_dim, skipna=False)
+    entropy = row_entropy(maps, True, row_dim, col_dim).mean(row_dim, skipna=False)
     w = min(window, n - 1)
     uniform = (n - w - 1) * (n - w) / n**2
     return xr.Dataset(
@@ -464,7 +481,7 @@ def band_spectrum(
 
         power(P) = |sum_d x(d) exp(-2 pi i d / P)|^2 / ((N - 1) * sum_d x(d)^2)
 
-    in [0, 1] (Cauchy-Schwarz); 0 where ``x`` is all zero. A rotary frame encoding whose
+    in [0, 1] (Cauchy-Schwarz); 0 where ``x`` is all zero, NaN for a map with NaN. A rotary frame encoding whose
     channel pair turns once every ``P`` frames brings attention back at offsets ``P, 2P, ...``
     (echoes): the spectrum peaks at ``P``. ``periods`` defaults to ``2, 3, ..., N - 1``.
     Needs ``N >= 4``.
@@ -491,7 +508,8 @@ def band_spectrum(
         energy = (x**2).sum(-1, keepdims=True) * len(d)
         power = (x @ cos) ** 2 + (x @ sin) ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(energy > 0, power / np.where(energy > 0, energy, 1.0), 0.0)
+            out = np.where(energy > 0, power / np.where(energy > 0, energy, 1.0), 0.0)
+        return np.where(np.isnan(energy), np.nan, out)
 
     out = xr.apply_ufunc(
         spectrum,
@@ -512,11 +530,13 @@ def echo_period(
 ) -> xr.DataArray:
     """The period (frames) where :func:`band_spectrum` is largest, per map; its power in the
     coordinate ``echo_power``. Compare with ``attnlab.pe_report``'s ``period_latent``. Where
-    the spectrum is all zero (no echo at all) the first period is returned with power 0."""
+    the spectrum is all zero (no echo at all) the first period is returned with power 0; a
+    map with NaN gives NaN for both."""
     spec = band_spectrum(maps, periods, detrend=detrend, row_dim=row_dim, col_dim=col_dim)
     idx = spec.fillna(-1.0).argmax(PERIOD)
     period = spec[PERIOD].isel({PERIOD: idx}).drop_vars(PERIOD, errors="ignore")
     power = spec.isel({PERIOD: idx}).drop_vars(PERIOD, errors="ignore")
+    period = period.where(power.notnull())
     return period.assign_coords(echo_power=power).rename("echo_period")
 
 
@@ -526,7 +546,8 @@ def echo_peaks(
     """Offsets where attention comes back: bool over ``offset`` (0..N-1), True where the band
     profile ``b(d)`` exceeds both neighbours, ``b(d) > b(d - 1)`` and ``b(d) > b(d + 1)``
     (``1 <= d <= N - 2``; the ends are never peaks). A map that only decays with distance has
-    none; a rotary period ``P`` shows as peaks near ``P, 2P, ...``."""
+    none; a rotary period ``P`` shows as peaks near ``P, 2P, ...``. A map with NaN (whose band
+    profile is NaN) has none: check it with :func:`band_profile` first."""
     profile = band_profile(maps, row_dim, col_dim)
     n = profile.sizes[OFFSET]
     inner = np.zeros(n, dtype=bool)
@@ -556,7 +577,8 @@ def sink_score(
     _check_nonnegative(maps, "sink_score")
     rows = _row_normalised(maps, col_dim).isel({col_dim: frame}, drop=True)
     others = np.arange(n) != frame
-    return rows.isel({row_dim: others}).mean(row_dim).rename("sink_score")
+    score = rows.isel({row_dim: others}).mean(row_dim, skipna=False)
+    return score.where(_whole(maps, row_dim, col_dim)).rename("sink_score")
 
 
 def lag_similarity(video: object) -> xr.DataArray:

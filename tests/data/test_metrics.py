@@ -245,6 +245,52 @@ def test_metrics_broadcast_over_extra_dims(fn, extra):
     np.testing.assert_allclose(swapped.transpose(*out.dims).values, out.values)
 
 
+_ON_MAPS = {
+    "diagonalness": M.diagonalness,
+    "band_profile": M.band_profile,
+    "band_concentration": lambda m: M.band_concentration(m, 1),
+    "row_entropy": M.row_entropy,
+    "sink_score": M.sink_score,
+    "mass_beyond": lambda m: M.dispersion(m, 1)["mass_beyond"],
+    "entropy_of_dispersion": lambda m: M.dispersion(m, 1)["entropy"],
+    "band_spectrum": M.band_spectrum,
+    "echo_period": M.echo_period,
+    "echo_power": lambda m: M.echo_period(m).echo_power,
+    "l1_to_uniform": lambda m: M.map_distance(m, _uniform(m.sizes[QUERY])),
+    "js_to_uniform": lambda m: M.map_distance(m, _uniform(m.sizes[QUERY]), "js"),
+    "fro_to_uniform": lambda m: M.map_distance(m, _uniform(m.sizes[QUERY]), "fro"),
+}
+
+
+@pytest.mark.parametrize("name", list(_ON_MAPS))
+def test_a_gap_or_a_padded_map_scores_nan_and_the_others_are_untouched(name):
+    """A gap (all NaN, ``ran`` False) and a 4-frame map padded with NaN to 6 frames beside
+    whole maps: NaN for those two, never a number from the entries that are there; the whole
+    maps score as alone."""
+    fn = _ON_MAPS[name]
+    gap = np.full((N, N), np.nan)
+    padded = np.full((N, N), np.nan)
+    padded[:4, :4] = _gauss_rows(4)
+    whole = [_gauss_rows(N, 1.0), _gauss_rows(N, 2.5)]
+    maps = xr.DataArray(np.stack([whole[0], gap, padded, whole[1]]), dims=(LAYER, QUERY, KEY))
+    out = fn(maps)
+    for i in (1, 2):
+        assert np.isnan(out.isel({LAYER: i}).values).all()
+    for i, w in ((0, whole[0]), (3, whole[1])):
+        np.testing.assert_allclose(out.isel({LAYER: i}).values, fn(_maps(w)).values)
+        assert np.isfinite(out.isel({LAYER: i}).values).all()
+
+
+def test_minmax_keeps_nan_where_the_map_has_none_and_scales_a_padded_map_by_its_frames():
+    padded = np.full((N, N), np.nan)
+    padded[:4, :4] = _gauss_rows(4)
+    gap = np.full((N, N), np.nan)
+    out = M.minmax_normalise(xr.DataArray(np.stack([padded, gap]), dims=(LAYER, QUERY, KEY)))
+    np.testing.assert_allclose(out.values[0, :4, :4], M.minmax_normalise(_gauss_rows(4)).values)
+    assert np.isnan(out.values[0, 4:]).all() and np.isnan(out.values[0, :, 4:]).all()
+    assert np.isnan(out.values[1]).all()
+
+
 def test_golden_values_in_a_stack():
     d = M.diagonalness(_stack())
     np.testing.assert_allclose(d.sel(head=0).values[:2], [1.0, 0.0], atol=1e-12)
