@@ -40,6 +40,7 @@ from attnlab.core.sites import Site
 from attnlab.core.store import (
     WINDOW,
     RunWriter,
+    abandon_claim,
     claim_run,
     concat_runs,
     new_run_id,
@@ -62,6 +63,8 @@ class _Run:
     halves: list[int] = field(default_factory=list)
     cfg_names: list[str] = field(default_factory=list)
     writer: RunWriter | None = None
+    # the store's reservation of the run (claim_run), until its writer takes it over
+    mark: dict[str, Any] | None = None
     chunks: list[xr.Dataset] = field(default_factory=list)
     complete: bool = False
     # the `expert` labels of the run (fixed up front: the store codes them per run)
@@ -188,7 +191,9 @@ class Recorder(Observer):
 
         runs = Path(self.store) / RUNS_GROUP
         # any run folder, whatever state it is in, keeps the store
-        if Path(self.store).exists() and not (runs.is_dir() and any(runs.iterdir())):
+        if Path(self.store).exists() and not (
+            runs.is_dir() and any(child.is_dir() for child in runs.iterdir())
+        ):
             shutil.rmtree(self.store, ignore_errors=True)
 
     def on_run_start(self, run: RunInfo) -> None:
@@ -221,8 +226,8 @@ class Recorder(Observer):
             "attnlab_version": __version__,
             "torch_version": torch.__version__,
         }
-        if self.store is not None:
-            claim_run(self.store, run_id)  # before any work: refuse a complete run of that name
+        # before any work: refuse a complete run of that name, or one being written now
+        mark = claim_run(self.store, run_id) if self.store is not None else None
         self._run = _Run(
             run_id,
             run,
@@ -230,6 +235,7 @@ class Recorder(Observer):
             halves=chosen,
             cfg_names=[halves[i] for i in chosen],
             experts=list(run.experts),
+            mark=mark,
         )
         self.runs.append(self._run)
         if run.timesteps is not None:
@@ -331,6 +337,8 @@ class Recorder(Observer):
             current.complete = ok
             if current.writer is not None:
                 current.writer.finish(ok, {"frames": current.attrs.get("frames")})
+            elif current.mark is not None and self.store is not None:
+                abandon_claim(self.store, current.id, current.mark)
 
     # ---- reduction -----------------------------------------------------------------------
     def _start_buffer(self, ctx: CallContext) -> None:
@@ -420,7 +428,7 @@ class Recorder(Observer):
         if self.store is not None:
             if run.writer is None:
                 run.writer = RunWriter(
-                    self.store, run.id, run.attrs, labels={D.EXPERT: run.experts}
+                    self.store, run.id, run.attrs, labels={D.EXPERT: run.experts}, mark=run.mark
                 )
             run.writer.append(ds)
         else:

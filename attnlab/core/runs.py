@@ -333,6 +333,27 @@ class RunTracker:
                     f"{type(scheduler).__name__}.set_timesteps (step list)",
                 )
             )
+            if hasattr(scheduler, "set_begin_index"):
+                set_begin_index = scheduler.set_begin_index
+
+                # img2img / video-to-video with strength < 1: the pipeline skips the first
+                # steps of the schedule (get_timesteps) and says where it begins here
+                @functools.wraps(set_begin_index)
+                def wrapped_set_begin_index(begin_index: int = 0, *args, **kwargs):
+                    out = set_begin_index(begin_index, *args, **kwargs)
+                    run = tracker.run_info
+                    if run is not None and run.timesteps is not None and begin_index:
+                        tracker.steps_known([float(t) for t in scheduler.timesteps[begin_index:]])
+                    return out
+
+                self.patches.apply(
+                    AttributePatch(
+                        scheduler,
+                        "set_begin_index",
+                        wrapped_set_begin_index,
+                        f"{type(scheduler).__name__}.set_begin_index (the steps that run)",
+                    )
+                )
 
     def _call_meta(self, pipe: Any, args: dict[str, Any]) -> dict[str, Any]:
         meta: dict[str, Any] = {k: _jsonable(args[k]) for k in _CALL_KEYS if k in args}
@@ -406,8 +427,18 @@ class RunTracker:
             info.meta["caches"] = caches
         self._runs += 1
         self.run_info = info
-        for client in list(self.clients):
-            client.on_run_start(info)
+        started = []
+        try:
+            for client in list(self.clients):
+                client.on_run_start(info)
+                started.append(client)
+        except BaseException:
+            # a client refused the run: the others end it unfinished, and no run is open
+            self.run_info = None
+            for client in started:
+                with contextlib.suppress(Exception):
+                    client.on_run_end(info, False)
+            raise
         return info
 
     def steps_known(self, timesteps: list[float]) -> None:
@@ -448,8 +479,12 @@ class RunTracker:
             self.begin_run(cfg=False, source="synthetic", meta={}).implicit = True
         run = self.run_info
         assert run is not None
+        if run.calls == 0 and timestep is not None and run.timesteps:
+            self._skip_to(run.timesteps, timestep)
         half = self._cache_name if self._cache_name in ("cond", "uncond") else None
-        if run.cfg and half is None and dims["B"] % 2:
+        if run.cfg and half is None and (dims["B"] % 2 or self._carries_one_half(bound)):
+            # one guidance half per call, told by its text (an even batch too: several
+            # videos per prompt)
             half = self._half_by_text(bound, int(dims["B"]))
         if half is None:
             run.halves_seen = None
@@ -484,6 +519,27 @@ class RunTracker:
         )
         self.ctx.expert = self._expert_names.get(id(module)) or self.expert_name(module)
         self._new_call(self.ctx)
+
+    def _skip_to(self, timesteps: list[float], first: float) -> None:
+        """The run's first call is at a later step of the schedule: a pipeline that skips the
+        first steps (video-to-video with strength < 1, ``get_timesteps``) without telling the
+        scheduler (``set_begin_index``). The run's steps begin there."""
+        if math.isclose(first, timesteps[0], rel_tol=1e-6, abs_tol=1e-6):
+            return
+        for k, t in enumerate(timesteps):
+            if math.isclose(first, t, rel_tol=1e-6, abs_tol=1e-6):
+                self.steps_known(timesteps[k:])
+                return
+
+    def _carries_one_half(self, bound: dict[str, Any]) -> bool:
+        """The call's text conditioning is the prompt's or the negative prompt's embeddings
+        alone, as the pipeline's ``encode_prompt`` returned them (not their [uncond, cond]
+        concatenation)."""
+        text = bound.get("encoder_hidden_states")
+        texts = self._texts
+        if self._current_pipe is None or texts is None or not torch.is_tensor(text):
+            return False
+        return any(t is not None and _same(text, t) for t in texts)
 
     def _half_by_text(self, bound: dict[str, Any], batch: int) -> str:
         """The guidance half of a call that carries one half without ``cache_context``

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -159,19 +160,69 @@ def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
     return path
 
 
-def claim_run(path: str | os.PathLike, run_id: str) -> None:
-    """Make ``run_id`` writable: refuse a complete run of that name, drop an incomplete one.
+#: group attribute of a run being written: the writer's ``pid``, ``host`` and ``token`` (None
+#: once its writer finished)
+WRITER = "writer"
+#: the tokens of the runs this process is writing now
+_WRITING: set[str] = set()
 
-    An incomplete group is what an interrupted run leaves behind; re-running the same named
-    job (analyses, sweeps) replaces it instead of failing forever.
+
+def _writing_now(writer: Any) -> bool:
+    """Whether the writer a run group names is still writing it: one of this process's, or a
+    live process of this host (one of another host cannot be told: its run is replaced)."""
+    if not isinstance(writer, dict):
+        return False
+    if writer.get("token") in _WRITING:
+        return True
+    if writer.get("host") != socket.gethostname() or writer.get("pid") == os.getpid():
+        return False
+    try:
+        os.kill(int(writer["pid"]), 0)
+    except PermissionError:
+        return True  # a live process of another user
+    except (OSError, KeyError, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def claim_run(path: str | os.PathLike, run_id: str) -> dict[str, Any]:
+    """Reserve ``run_id`` for one writer, before any work; returns the writer's mark.
+
+    Refused (:class:`StoreError`): a complete run of that name, and a run another writer is
+    writing now (another recorder of this process, or a live process of this host). An
+    incomplete group an interrupted writer left behind is replaced, so re-running the same
+    named job (analyses, sweeps) does not fail forever.
     """
     runs = _open_root(Path(path), "r+")[RUNS_GROUP]
     if run_id in runs:
-        if runs[run_id].attrs.get("complete", False):
+        attrs = runs[run_id].attrs
+        if attrs.get("complete", False):
             raise StoreError(
                 f"run {run_id!r} already exists (complete) in {path}; choose another name"
             )
+        writer = attrs.get(WRITER)
+        if _writing_now(writer):
+            raise StoreError(
+                f"run {run_id!r} of {path} is being written now (process {writer.get('pid')} "
+                f"on {writer.get('host')}); choose another name"
+            )
         del runs[run_id]
+    token = secrets.token_hex(8)
+    mark: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "token": token}
+    runs.create_group(run_id, attributes={"complete": False, WRITER: mark})
+    _WRITING.add(token)
+    return mark
+
+
+def abandon_claim(path: str | os.PathLike, run_id: str, mark: dict[str, Any]) -> None:
+    """A claimed run that never wrote a step: its empty group goes, if it is still this
+    writer's."""
+    _WRITING.discard(mark["token"])
+    runs = _open_root(Path(path), "r+")[RUNS_GROUP]
+    if run_id in runs:
+        group = runs[run_id]
+        if (group.attrs.get(WRITER) or {}).get("token") == mark["token"] and not list(group.keys()):
+            del runs[run_id]
 
 
 def _group(run_id: str) -> str:
@@ -300,7 +351,7 @@ def _warn_if_unchecked(path: Path, run_id: str) -> None:
 #: missing chunk is damage; zarr would read it back as the fill value
 EVERY_CHUNK = "every_chunk"
 #: group attributes that describe the writing, not the run (never provenance)
-WRITE_ATTRS = ("complete", EVERY_CHUNK)
+WRITE_ATTRS = ("complete", EVERY_CHUNK, WRITER)
 
 
 def write_group(ds: xr.Dataset, path: str | os.PathLike, group: str, **kwargs: Any) -> None:
@@ -323,34 +374,41 @@ class RunWriter:
         run_id: str,
         attrs: dict[str, Any],
         labels: dict[str, list[str]] | None = None,
+        mark: dict[str, Any] | None = None,
     ):
-        """``labels``: the fixed labels of string coordinates along ``step`` (``expert``)."""
+        """``labels``: the fixed labels of string coordinates along ``step`` (``expert``);
+        ``mark``: the run's :func:`claim_run` made earlier (else it is claimed now)."""
         self.path = path
         self.run_id = run_id
         self.attrs = attrs
         self.labels = dict(labels or {})
         self.steps = 0
-        claim_run(path, run_id)
+        self.mark = mark if mark is not None else claim_run(path, run_id)
 
     def append(self, ds: xr.Dataset) -> None:
         """Append the steps in ``ds`` (a Dataset with a ``step`` dimension)."""
         # xarray rewrites the group's attributes on every append: always send the provenance
-        ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False})
+        ds = ds.assign_attrs({**_attrs_for_zarr(self.attrs), "complete": False, WRITER: self.mark})
         ds = encode_strings(ds, self.labels)
         if self.steps == 0:
             encoding = checksum_encoding(ds)
             for v in ds.data_vars:
                 encoding[str(v)]["chunks"] = _step_chunks(ds[v])
-            write_group(ds, self.path, _group(self.run_id), mode="w-", encoding=encoding)
+            # (into the group claim_run made for this writer)
+            write_group(ds, self.path, _group(self.run_id), mode="a", encoding=encoding)
         else:
             write_group(ds, self.path, _group(self.run_id), append_dim=D.STEP)
         self.steps += ds.sizes[D.STEP]
 
     def finish(self, complete: bool, extra: dict[str, Any] | None = None) -> None:
         if self.steps == 0:
+            abandon_claim(self.path, self.run_id, self.mark)
             return
+        _WRITING.discard(self.mark["token"])
         group = _open_root(self.path, "r+")[_group(self.run_id)]
-        group.attrs.update({**_attrs_for_zarr(extra or {}), "complete": bool(complete)})
+        group.attrs.update(
+            {**_attrs_for_zarr(extra or {}), "complete": bool(complete), WRITER: None}
+        )
 
 
 def _step_chunks(da: xr.DataArray) -> tuple[int, ...]:
@@ -396,6 +454,8 @@ def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
         try:
             group = zarr.open_group(str(path), path=_group(child.name), mode="r", zarr_format=3)
             complete = bool(group.attrs.get("complete", False))
+            if not complete and not any(True for _ in group.array_keys()):
+                continue  # claimed by a writer that has not written a step yet
             if complete:
                 _check_chunks(path, child.name, group)
         except Exception as err:  # one damaged run must not hide the others
@@ -505,7 +565,14 @@ def load(
         [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]  # type: ignore[arg-type]
     )
     runs = list(runs) if runs is not None else None  # read once per store and in the check
+    if runs is not None and len(set(runs)) < len(runs):
+        twice = sorted({r for r in runs if runs.count(r) > 1})
+        raise StoreError(f"runs names these more than once: {twice}; each run is read once")
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) < len(resolved):
+        raise StoreError(f"a store is given more than once: {', '.join(map(str, paths))}")
     parts, ids, layout = [], [], None
+    where: dict[str, Path] = {}
     for p in paths:
         if not p.exists():
             raise StoreError(f"no store at {p}")
@@ -533,6 +600,13 @@ def load(
                     "reads them",
                     stacklevel=2,
                 )
+        for r in wanted:
+            if r in where:
+                raise StoreError(
+                    f"run {r!r} is in both {where[r]} and {p}; load them separately, or pick "
+                    "one with runs=[...]"
+                )
+            where[r] = p
         if wanted:
             _warn_if_unchecked(p, wanted[0])
         parts += [open_run(p, r) for r in wanted]

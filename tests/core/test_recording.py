@@ -393,3 +393,33 @@ def test_an_inner_block_does_not_cut_the_outer_blocks_run_of_bare_calls(ms_pipe)
     assert not torch.equal(edited, plain)
     with attnlab.edit(unet, attnlab.Replace("identity", levels=[0])):
         assert torch.equal(call(700), edited)
+
+
+def test_video_to_video_with_strength_records_the_steps_that_run(ms_pipe):
+    """diffusers' VideoToVideoSDPipeline with strength 0.5 of 4 steps runs the last 2 of the
+    schedule (it tells the scheduler with set_begin_index): the run has those 2 steps, and
+    steps=-1 is its last call (before: num_steps 4, step 3 selected, nothing recorded)."""
+    from diffusers import VideoToVideoSDPipeline
+
+    pipe = VideoToVideoSDPipeline(**ms_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    calls: list[float] = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(float(a[1] if len(a) > 1 else kw["timestep"])),
+        with_kwargs=True,
+    )
+    video = [np.random.default_rng(i).random((64, 48, 3)) for i in range(8)]
+    try:
+        with attnlab.record(pipe, steps=-1) as last, attnlab.record(pipe) as every:
+            pipe(
+                "a bear", video=video, num_inference_steps=4, strength=0.5, output_type="pt",
+                generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(calls) == 2
+    ds = every.to_xarray().isel(run=0)
+    assert ds[D.STEP].values.tolist() == [0, 1] and every.runs[0].attrs["num_steps"] == 2
+    assert ds[D.TIMESTEP].values.tolist() == calls
+    one = last.to_xarray().isel(run=0)
+    assert one[D.STEP].values.tolist() == [1] and one[D.TIMESTEP].values.tolist() == calls[1:]

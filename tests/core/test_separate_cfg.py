@@ -33,14 +33,17 @@ def v2v():
     return wan_pipeline_as(WanVideoToVideoPipeline)
 
 
-def _gen(pipe, negative: str = "blurry", guidance: float = 6.0):
+def _gen(
+    pipe, negative: str | list[str] = "blurry", guidance: float = 6.0, prompt="a bear", **more
+):
     from PIL import Image
 
     video = [Image.new("RGB", (64, 64), (100, 50, 20 + 10 * i)) for i in range(9)]
     return pipe(
-        video=video, prompt="a bear", negative_prompt=negative, height=64, width=64,
-        num_inference_steps=2, guidance_scale=guidance, strength=1.0, max_sequence_length=8,
-        output_type="latent", generator=torch.Generator().manual_seed(0),
+        video=video, prompt=prompt, negative_prompt=negative, height=64, width=64,
+        guidance_scale=guidance, max_sequence_length=8, output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **{"num_inference_steps": 2, "strength": 1.0, **more},
     ).frames  # fmt: skip
 
 
@@ -82,6 +85,51 @@ def test_separate_call_guidance_is_one_step_with_both_halves(v2v):
     assert calls[0]["t"] == calls[1]["t"] and calls[2]["t"] == calls[3]["t"]
     _check_each_call(ds, calls, attn)
     assert not attnlab.is_instrumented(v2v)
+
+
+def test_separate_call_guidance_with_two_videos_per_call_keeps_halves_and_samples(v2v):
+    """Two prompts: each call holds one half of batch 2 (even), still told by its text; before,
+    an even batch was read as an [uncond, cond] batch (4 steps, 1 sample, halves wrong)."""
+    calls, attn, handles = _log(v2v)
+    try:
+        with attnlab.record(v2v, reduce="head") as rec:
+            _gen(v2v, negative=["blurry", "dark"], prompt=["a bear", "a cat"])
+    finally:
+        for h in handles:
+            h.remove()
+    ds = rec.to_xarray().isel(run=0)
+    assert ds.sizes[D.STEP] == 2 and list(ds[D.CFG].values) == ["uncond", "cond"]
+    assert ds.sizes[D.SAMPLE] == 2 and ds[D.RAN].values.all()
+    for i, call in enumerate(calls):
+        step, half = divmod(i, 2)
+        with torch.no_grad():
+            q, k, _ = _qkv("wan", attn, *call["qkv"])
+        A, _ = _brute_map(q, k, FRAMES * TOKENS, FRAMES, text_first=False)  # [2, H, F, F]
+        cfg = "cond" if half == 0 else "uncond"
+        got = ds[D.PROBS].sel(step=step, layer=LAYER, cfg=cfg).transpose(D.SAMPLE, ...).values
+        torch.testing.assert_close(torch.from_numpy(got).double(), A, atol=1e-5, rtol=0)
+
+
+def test_a_pipeline_that_skips_the_first_steps_is_recorded_with_the_steps_it_runs(v2v):
+    """strength 0.5 of 4 steps: WanVideoToVideoPipeline runs the last 2 steps of the schedule
+    (get_timesteps, without set_begin_index); the run has 2 steps, and steps=-1 is the last
+    call (before: num_steps 4, step 3 selected, nothing recorded)."""
+    calls, _, handles = _log(v2v)
+    try:
+        with attnlab.record(v2v, steps=-1) as last, attnlab.record(v2v) as every:
+            _gen(v2v, guidance=1.0, num_inference_steps=4, strength=0.5)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(calls) == 2
+    ds = every.to_xarray().isel(run=0)
+    assert ds[D.STEP].values.tolist() == [0, 1]
+    assert ds[D.TIMESTEP].values.tolist() == [c["t"] for c in calls]
+    assert every.runs[0].attrs["num_steps"] == 2
+    one = last.to_xarray().isel(run=0)
+    assert one[D.STEP].values.tolist() == [1] and one[D.TIMESTEP].values.tolist() == [calls[1]["t"]]
+    with pytest.raises(Exception, match="out of range"), attnlab.record(v2v, steps=[3]):
+        _gen(v2v, guidance=1.0, num_inference_steps=4, strength=0.5)
 
 
 def _check_each_call(ds, calls, attn):

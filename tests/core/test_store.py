@@ -254,3 +254,70 @@ def test_runs_given_as_a_generator_are_checked_like_a_list():
     assert attnlab.load(STORE, runs=(r for r in [run_id])).sizes["run"] == 1
     with pytest.raises(S.StoreError, match=r"runs not found.*\['nope'\]"):
         attnlab.load(STORE, runs=(r for r in [run_id, "nope"]))
+
+
+def test_a_run_is_read_once():
+    from tests.snapshot import STORE
+
+    (run_id,) = [str(r) for r in attnlab.load(STORE).run.values]
+    with pytest.raises(S.StoreError, match="more than once"):
+        attnlab.load(STORE, runs=[run_id, run_id])
+    with pytest.raises(S.StoreError, match="more than once"):
+        attnlab.load([STORE, STORE])
+
+
+def test_two_writers_of_one_run_name_the_second_is_refused_and_nothing_is_mixed(ms_pipe, tmp_path):
+    """Two recorders (cond, uncond) with one name in one store: the second is refused before any
+    work, and the first's unfinished run is taken back (before, the second deleted the first's
+    group and the two wrote their steps into one run marked complete)."""
+    store = tmp_path / "s.zarr"
+    with (
+        pytest.raises(S.StoreError, match="being written now"),
+        attnlab.record(ms_pipe, levels=[0], cfg="cond", store=store, name="x"),
+        attnlab.record(ms_pipe, levels=[0], cfg="uncond", store=store, name="x"),
+    ):
+        ms_pipe(**GEN, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert not store.exists()  # the recorder made it, and no run was written
+    with attnlab.record(ms_pipe, levels=[0], cfg="cond", store=store, name="x"):
+        ms_pipe(**GEN, generator=torch.Generator().manual_seed(0), output_type="pt")
+    ds = attnlab.load(store)
+    assert ds.run.values.tolist() == ["x"] and ds.cfg.values.tolist() == ["cond"]
+    assert ds.step.values.tolist() == [0, 1]
+
+
+def test_a_run_another_live_process_writes_is_refused_and_a_dead_writers_is_replaced(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import zarr
+
+    store = tmp_path / "s.zarr"
+    S.prepare_store(store, {"reduction": "mean", "grid": None, "variables": ["probs"]})
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid, refused in ((child.pid, True), (None, False)):
+            runs = zarr.open_group(store, mode="r+")["runs"]
+            if "job" in runs:
+                del runs["job"]
+            if pid is None:  # a process that has ended
+                child.kill()
+                child.wait()
+                pid = child.pid
+            writer = {"pid": pid, "host": socket.gethostname(), "token": "elsewhere"}
+            runs.create_group("job", attributes={"complete": False, "writer": writer})
+            if refused:
+                with pytest.raises(S.StoreError, match=rf"being written now \(process {pid}"):
+                    S.claim_run(store, "job")
+            else:
+                mark = S.claim_run(store, "job")
+                assert mark["pid"] == os.getpid()
+                attrs = json.loads((store / "runs" / "job" / "zarr.json").read_text())
+                assert attrs["attributes"]["writer"] == mark
+                S.abandon_claim(store, "job", mark)
+                assert not (store / "runs" / "job").exists()
+    finally:
+        child.kill()
+        child.wait()
