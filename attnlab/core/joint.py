@@ -492,7 +492,11 @@ class JointAttnProcessor:
                     "replacements (Replace)"
                 )
             return BiasOp(None, samples=samples, fn=fn)
-        dA = self._const("bias", client, ctx, lambda: prior.dA)
+        # keyed by what the prior depends on (TAR with compat="vstar": the call's latent width)
+        key = client.prior_key(self.site, ctx) if hasattr(client, "prior_key") else (ctx.frames,)
+        dA = self._per_client(
+            client, ("bias", *key), lambda: torch.as_tensor(prior.dA, dtype=torch.float32)
+        )
         return BiasOp(dA.to(device), prior.max_mode, prior.scale, samples)
 
     def replace_op(

@@ -226,24 +226,38 @@ def edited_attention(
         m = _mask_rows(attn_mask, a, b)
         return L if m is None else L + m
 
-    # the maxima that need every row first ("head": per sample and head; "global": per call)
+    # the maxima that need every row first ("head": per sample and head; "global": per call),
+    # each of the logits as the ops before it left them (as the temporal path applies them)
     maxima: dict[int, torch.Tensor] = {}
-    if any(op.fn is None and op.max_mode != "row" for op in bias):
+
+    def biased(Lvv: torch.Tensor, fq: torch.Tensor, ops: int) -> torch.Tensor:
+        """The video-row x video-key logits after the first ``ops`` bias ops."""
+        for i, op in enumerate(bias[:ops]):
+            if op.fn is not None:
+                new = op.fn(Lvv, fq, frame_of)
+            else:
+                assert op.dA is not None
+                m = Lvv.amax(dim=-1) if op.max_mode == "row" else maxima[i]
+                dA = op.dA.to(Lvv.dtype)[fq][:, frame_of]  # [rows, Nv]
+                new = Lvv + (op.scale * m)[..., None] * dA
+            Lvv = select(new, Lvv, op.samples)
+        return Lvv
+
+    for n, op in enumerate(bias):
+        if op.fn is not None or op.max_mode == "row":
+            continue
         head_max = query.new_full((B, H), float("-inf"))
         for a, b in blocks:
             ra, rb = max(a, v0), min(b, v0 + Nv)
             if ra >= rb:
                 continue
-            L = logits_of(ra, rb)[..., v0 : v0 + Nv]
+            L = biased(logits_of(ra, rb)[..., v0 : v0 + Nv], frame_of[ra - v0 : rb - v0], n)
             head_max = torch.maximum(head_max, L.amax(dim=(-2, -1)))
-        for i, op in enumerate(bias):
-            if op.fn is not None:
-                continue
-            if op.max_mode == "head":
-                maxima[i] = head_max[:, :, None]
-            elif op.max_mode == "global":
-                sel = head_max if op.samples is None else head_max[op.samples]
-                maxima[i] = sel.amax().expand(B, H)[:, :, None]
+        if op.max_mode == "head":
+            maxima[n] = head_max[:, :, None]
+        else:  # "global"
+            sel = head_max if op.samples is None else head_max[op.samples]
+            maxima[n] = sel.amax().expand(B, H)[:, :, None]
 
     out = value.new_empty((B, H, S, value.shape[-1]))
     mass = query.new_empty((B, H, Nv, Fr), dtype=torch.float32) if observe else None
@@ -260,17 +274,7 @@ def edited_attention(
         if has_video and bias:
             rows = slice(ra - a, rb - a)
             fq = frame_of[ra - v0 : rb - v0]
-            Lvv = L[:, :, rows, v0 : v0 + Nv]
-            for i, op in enumerate(bias):
-                if op.fn is not None:
-                    new = op.fn(Lvv, fq, frame_of)
-                else:
-                    assert op.dA is not None
-                    m = Lvv.amax(dim=-1) if op.max_mode == "row" else maxima[i]
-                    dA = op.dA.to(Lvv.dtype)[fq][:, frame_of]  # [rows, Nv]
-                    new = Lvv + (op.scale * m)[..., None] * dA
-                Lvv = select(new, Lvv, op.samples)
-            L[:, :, rows, v0 : v0 + Nv] = Lvv
+            L[:, :, rows, v0 : v0 + Nv] = biased(L[:, :, rows, v0 : v0 + Nv], fq, len(bias))
         P = L.softmax(dim=-1, dtype=torch.float32)
         del L
         if has_video and replace:
@@ -503,18 +507,25 @@ def split_attention(
     dev = query.device
     frame_of = torch.arange(Nv, device=dev) // T
 
-    # priors: per-frame row maxima first (every max mode and chained priors follow from them)
+    # priors: per-frame row maxima first (every max mode and chained priors follow from them:
+    # a prior adds a constant per query row and key frame, so the maxima of the logits after
+    # each op are those before it plus its constant)
     fmax: torch.Tensor | None = None
     maxima: dict[int, torch.Tensor] = {}
     if bias:
         fmax = _row_frame_max(query, key, layout, mask, scale)
-        head_max = fmax.amax(dim=(-2, -1))  # [B, H]
+        after = fmax.clone()  # [B, H, Nv, F]: per-frame row maxima after the ops so far
         for i, op in enumerate(bias):
-            if op.max_mode == "head":
+            assert op.dA is not None
+            if op.max_mode != "row":
+                head_max = after.amax(dim=(-2, -1))  # [B, H]
+                if op.max_mode == "global":
+                    sel = head_max if op.samples is None else head_max[op.samples]
+                    head_max = sel.amax().expand(B, H)
                 maxima[i] = head_max[:, :, None]
-            elif op.max_mode == "global":
-                sel = head_max if op.samples is None else head_max[op.samples]
-                maxima[i] = sel.amax().expand(B, H)[:, :, None]
+            mx = after.amax(-1, keepdim=True) if op.max_mode == "row" else maxima[i][..., None]
+            c = op.scale * mx * op.dA.float()[frame_of]
+            after += select(c, torch.zeros_like(c), op.samples)
 
     dv = value.shape[-1]
     out = value.new_empty((B, H, S, dv))

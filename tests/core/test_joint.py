@@ -478,6 +478,32 @@ def test_an_edit_gets_its_own_tables_not_those_of_a_freed_edit_with_its_id(cog):
             torch.testing.assert_close(_call(cog, "cog"), alone[1], rtol=0, atol=1e-5)
 
 
+def test_a_vstar_band_follows_the_latent_size_of_each_call(wan):
+    """TAR(compat="vstar") picks sigma by the call's latent width: a call of another size with
+    the same frame count gets its own band (its table was cached by frame count alone)."""
+    from attnlab.edits.bias import vstar_width
+
+    def call(h, w):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 3, h, w, generator=g)
+        text = torch.randn(1, 8, 16, generator=g)
+        with torch.no_grad():
+            return wan(x, torch.full((1,), 500), text, return_dict=False)[0]
+
+    def tar():
+        return attnlab.TAR({vstar_width(16): 0.3, vstar_width(32): 8.0}, compat="vstar")
+
+    with attnlab.edit(wan, tar()):
+        wide = call(8, 16)
+    with attnlab.edit(wan, tar()):
+        square = call(8, 8)
+        again = call(8, 16)
+    with attnlab.edit(wan, tar()):
+        assert torch.equal(call(8, 8), square)
+    torch.testing.assert_close(again, wide, rtol=0, atol=1e-6)
+    assert (wide - call(8, 16)).abs().max() > 1e-4  # the edit acts at that size
+
+
 def test_tar_presets_windows_and_transfer_on_joint_attention(cog):
     ref = _call(cog, "cog", t=500)
     with attnlab.edit(cog, attnlab.TAR("64D1")):  # window t >= 0.441 T: active at t = 500

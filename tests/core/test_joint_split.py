@@ -90,12 +90,14 @@ def test_split_on_a_block_causal_mask_gives_masked_frames_no_mass():
     assert mass[:, :, :10, 2:].abs().max() == 0  # frames 0-1 see only frames 0-1
 
 
+@pytest.mark.parametrize("order", ["first", "last"])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("mode", ["row", "head", "global"])
-def test_split_priors_equal_the_tar_formula_chained_and_per_half(mode, masked, monkeypatch):
-    """Two priors in order (the second's row max is of the logits the first biased), the first
-    on sample 1 only (one CFG half), against the formula on the float64 logits; also under a
-    block-causal frame mask (maxima over the visible keys)."""
+def test_split_priors_equal_the_tar_formula_chained_and_per_half(mode, masked, order, monkeypatch):
+    """Two priors in order (each one's max, of any mode, is of the logits the ones before it
+    biased, as on the temporal path), one of them on sample 1 only (one CFG half), against the
+    formula on the float64 logits; also under a block-causal frame mask (maxima over the
+    visible keys)."""
     monkeypatch.setattr(joint_math, "SPLIT_BLOCK_ELEMENTS", 2 * 2 * 8 * 7)
     monkeypatch.setattr(joint_math, "MAX_BLOCK_ELEMENTS", 2 * 2 * 24 * 5)
     layout = TokenLayout(frames=4, per_frame=6, text="last")
@@ -109,6 +111,8 @@ def test_split_priors_equal_the_tar_formula_chained_and_per_half(mode, masked, m
     dB = torch.rand(4, 4, generator=torch.Generator().manual_seed(5))
     samples = torch.tensor([False, True])
     ops = [BiasOp(dA, mode, 0.7, samples), BiasOp(dB, "row", 0.3)]
+    if order == "last":
+        ops = ops[::-1]
     out, mass, tm = split_attention(q, k, v, layout, attn_mask=mask, bias=ops, observe=True)
     L = q.double() @ k.double().transpose(-1, -2) / math.sqrt(8)
     if mask is not None:
@@ -116,13 +120,17 @@ def test_split_priors_equal_the_tar_formula_chained_and_per_half(mode, masked, m
     Nv = layout.video
     fq = torch.arange(Nv) // 6
     Lvv = L[:, :, :Nv, :Nv]
-    m = {
-        "row": Lvv.amax(-1, keepdim=True),
-        "head": Lvv.amax((-2, -1), keepdim=True),
-        "global": Lvv[1:].amax().expand(2, 2, 1, 1),
-    }[mode]
-    Lvv[1] += 0.7 * m[1] * dA.double()[fq][:, fq]
-    Lvv += 0.3 * Lvv.amax(-1, keepdim=True) * dB.double()[fq][:, fq]
+    for op in ops:
+        m = {
+            "row": Lvv.amax(-1, keepdim=True),
+            "head": Lvv.amax((-2, -1), keepdim=True),
+            "global": Lvv[1:].amax().expand(2, 2, 1, 1),
+        }[op.max_mode]
+        add = op.scale * m * op.dA.double()[fq][:, fq]
+        if op.samples is None:
+            Lvv += add
+        else:
+            Lvv[1] += add[1]
     P = L.softmax(-1)
     torch.testing.assert_close(out.double(), P @ v.double(), atol=1e-5, rtol=0)
     per, text_mass = _masses(P, layout, 0)
