@@ -101,6 +101,11 @@ class Layers:
         }
 
 
+def _is_index(value: Any) -> bool:
+    """An integer step index (a bool is not one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Steps:
     """Which sampler steps, by index (0 = the first, noisiest, denoiser call of a run).
@@ -120,13 +125,17 @@ class Steps:
             return steps
         if isinstance(steps, slice):
             return cls(slice_=_check_slice(steps))
-        if isinstance(steps, int):
-            return cls(indices=(steps,))
+        if _is_index(steps):
+            return cls(indices=(int(steps),))
         if isinstance(steps, Iterable) and not isinstance(steps, (str, bytes)):
             values = tuple(steps)
-            if not all(isinstance(v, int) for v in values):
+            if not all(_is_index(v) for v in values):
                 raise SelectionError(f"steps must be integers, got {values!r}")
-            return cls(indices=values)
+            if not values:
+                raise SelectionError(
+                    "steps is empty: it would select no step; None selects every step"
+                )
+            return cls(indices=tuple(int(v) for v in values))
         raise SelectionError(
             f"steps must be None, an int, a list/range of ints or a slice; got {steps!r}"
         )

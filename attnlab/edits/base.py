@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -67,7 +68,9 @@ class Edit(Client):
         self.layers = Layers.make(levels, blocks, names)
         self.steps = Steps.make(steps)
         for name, v in (("t_min", t_min), ("t_max", t_max)):
-            if v is not None and not (0.0 <= float(v) <= 1.0):
+            if v is not None and (
+                isinstance(v, (bool, str)) or not isinstance(v, numbers.Real) or not 0 <= v <= 1
+            ):
                 raise EditError(
                     f"{name} is a fraction of the training horizon T in [0, 1], got {v!r}"
                 )

@@ -492,6 +492,8 @@ class Transfer(LogitBias):
                 raise EditError(
                     f"reference must be a video path, frames [F,H,W,3]/[F,3,H,W] or an F x F matrix; got shape {arr.shape}"
                 )
+            if normalise == "max":  # known now: refuse what 'max' cannot scale, before any run
+                self.prior(None, self.reference_matrix.shape[0])  # type: ignore[arg-type]
 
     def _similarity_of(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         from attnlab.data.similarity import similarity_matrix
@@ -540,5 +542,14 @@ class Transfer(LogitBias):
             lo, hi = dA.min(), dA.max()
             dA = (dA - lo) / (hi - lo) if hi > lo else np.ones_like(dA)
         elif self.normalise == "max":
-            dA = dA / dA.max()
+            top = float(dA.max())
+            if not top > 0:  # (NaN too)
+                raise EditError(
+                    f"Transfer(normalise='max'): the reference similarity's largest entry is "
+                    f"{top}; 'max' needs a positive one (normalise='minmax' takes signed or "
+                    "zero similarities)"
+                )
+            dA = dA / top
+        if not np.isfinite(dA).all():
+            raise EditError("Transfer: the reference similarity has NaN or infinite entries")
         return dA

@@ -180,6 +180,7 @@ class Synopsis(Edit):
         self.mode = mode
         self._handles: list[Any] = []
         self._per_frame: dict[tuple, torch.Tensor] = {}
+        self._encoded: torch.Tensor | None = None  # text key states, by the bound pipeline
 
     @property
     def num_states(self) -> int:
@@ -225,19 +226,21 @@ class Synopsis(Edit):
             h.remove()
         self._handles = []
         self._per_frame.clear()
+        self._encoded = None  # text key states are encoded anew by the next pipeline
 
     def wants(self, site, ctx) -> bool:
         return False  # acts on the text context, not on temporal attention
 
     def _key_embeddings(self, device, dtype) -> torch.Tensor:
-        if self.embeddings is None:
+        if self.embeddings is not None:
+            return self.embeddings.to(device=device, dtype=dtype)
+        if self._encoded is None:
             pipe = self.controller.pipe
             if pipe is None:
                 raise EditError("Synopsis needs a pipeline (it encodes the key-state prompts)")
             with torch.no_grad():
-                emb = pipe.encode_prompt(self.key_states, device, 1, False)[0]
-            self.embeddings = emb
-        return self.embeddings.to(device=device, dtype=dtype)
+                self._encoded = pipe.encode_prompt(self.key_states, device, 1, False)[0]
+        return self._encoded.to(device=device, dtype=dtype)
 
     def per_frame(self, frames: int, device, dtype) -> torch.Tensor:
         """``[frames, L, D]``: the blended text embedding of every frame."""
@@ -275,10 +278,12 @@ class Synopsis(Edit):
             raise EditError(
                 f"Synopsis embeddings {tuple(per_frame.shape[1:])} do not match the model's text context {tuple(context.shape[1:])}"
             )
-        halves = 2 if ctx.cfg else 1
-        n = batch // halves
-        view = context.view(halves, n, frames, *context.shape[1:]).clone()
-        view[-1] = per_frame  # the conditional half (last); uncond stays as it was
+        halves = ctx.halves()  # (a call may hold one half: separate-call guidance, caches)
+        if "cond" not in halves:
+            return None  # the unconditional half keeps its own text
+        n = batch // len(halves)
+        view = context.view(len(halves), n, frames, *context.shape[1:]).clone()
+        view[halves.index("cond")] = per_frame  # the conditional half; uncond stays as it was
         return args, {
             **kwargs,
             "encoder_hidden_states": view.view(batch * frames, *context.shape[1:]),

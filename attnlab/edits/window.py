@@ -113,9 +113,7 @@ class WindowDecay(FrameWindowEdit):
     Raises:
         EditError: a ``window`` that is not an int >= 0, ``alpha``/``beta`` outside [0, 1], a
             ``beyond`` not in ``("constant", "periodic")``, a ``period`` missing with
-            ``"periodic"`` or given without it, a negative ``width``; on entering
-            ``attnlab.edit``, a model whose attention is joint space-time (DiTs): see the
-            docstring of :meth:`bind`.
+            ``"periodic"`` or given without it, a negative ``width``.
 
     Example::
 

@@ -101,6 +101,9 @@ def test_presets_and_parsing():
         (lambda: TAR({0: float("nan")}), "positive"),
         (lambda: TAR(1, max_mode="mean"), "max_mode"),
         (lambda: TAR(1, t_min=2.0), "fraction"),
+        (lambda: TAR(1, t_min="x"), "fraction"),
+        (lambda: Transfer(np.zeros((3, 3)), normalise="max"), "needs a positive one"),
+        (lambda: Transfer(-np.ones((3, 3)), normalise="max"), "needs a positive one"),
         (lambda: Replace("zeros"), "'identity', 'ones'"),
         (lambda: Replace(np.ones((2, 3))), "square"),
         (lambda: Replace([[1.0, float("nan")], [1, 1]]), "NaN"),
@@ -117,6 +120,12 @@ def test_presets_and_parsing():
 def test_bad_parameters_raise_one_clear_error(make, match):
     with pytest.raises(EditError, match=match):
         make()
+
+
+@pytest.mark.parametrize("steps", [[], range(0), True, [0, True], [0.5]])
+def test_a_step_selection_that_selects_nothing_or_is_not_integers_is_refused(steps):
+    with pytest.raises(SelectionError, match="steps"):
+        TAR(1, steps=steps)
 
 
 def test_unknown_level_is_refused_when_meeting_the_model(ms_pipe):

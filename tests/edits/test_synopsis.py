@@ -132,3 +132,48 @@ def test_llm_step_is_a_pluggable_callable():
     assert "a boy is getting old" in asked[0]
     with pytest.raises(EditError, match="no key states"):
         key_states_from_llm("x", lambda t: "\n\n")
+
+
+def test_a_call_holding_one_guidance_half_gets_key_states_only_in_the_conditional_one():
+    """Separate-call guidance or a cache narrows a call to one half (``ctx.half``): the cond
+    call gets the per-frame key states, the uncond call keeps its own text."""
+    from types import SimpleNamespace
+
+    from attnlab.core.protocol import CallContext, RunInfo
+
+    F, L, Dim = 4, 3, 5
+    key_states = torch.arange(2 * L * Dim, dtype=torch.float32).reshape(2, L, Dim) + 100
+    syn = attnlab.Synopsis(key_states)
+    run = RunInfo(index=0, cfg=True, timesteps=[900.0])
+    for half, batch in (("uncond", 1), ("cond", 1), ("uncond", 2), ("cond", 2)):
+        ctx = CallContext(
+            run=run, step=0, timestep=900.0, num_train_timesteps=1000, batch=batch, frames=F,
+            latent=(2, 2), half=half,
+        )  # fmt: skip
+        syn.controller = SimpleNamespace(ctx=ctx, pipe=None)
+        context = torch.zeros(batch * F, L, Dim)
+        out = syn._swap(None, (), {"encoder_hidden_states": context})
+        if half == "uncond":
+            assert out is None
+        else:
+            got = out[1]["encoder_hidden_states"].view(batch, F, L, Dim)
+            for b in range(batch):
+                assert torch.equal(got[b], syn.per_frame(F, "cpu", torch.float32))
+
+
+def test_text_key_states_are_encoded_by_the_pipeline_in_use():
+    """Used again with another pipeline, the edit encodes its prompts with that one."""
+    from types import SimpleNamespace
+
+    class Encoder:
+        def __init__(self, value: float):
+            self.value = value
+
+        def encode_prompt(self, prompts, device, n, cfg):
+            return (torch.full((len(prompts), 2, 3), self.value),)
+
+    syn = attnlab.Synopsis(["a young boy", "an old man"])
+    for value in (1.0, 2.0):
+        syn.controller = SimpleNamespace(pipe=Encoder(value))
+        assert float(syn._key_embeddings("cpu", torch.float32).unique()) == value
+        syn.release()
