@@ -7,7 +7,7 @@ Attention maps (``probs`` and ``logits`` variables) have dimensions, in this ord
     run, step, layer, cfg, sample, [head], query_frame, key_frame, [y, x]
 
 ``head`` is present for per-head reductions, ``y``/``x`` for subsampled spatial maps.
-Videos use ``frame, channel, height, width``.
+Videos use ``frame, height, width, channel`` (uint8 RGB, as the store keeps them).
 """
 
 from __future__ import annotations

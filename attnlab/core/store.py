@@ -682,6 +682,11 @@ def concat_runs(parts: list[xr.Dataset], ids: list[str]) -> xr.Dataset:
     out = out.assign_coords(
         {c: (D.LAYER, [layer_static[c][n] for n in layers]) for c in LAYER_COORDS}
     )
+    if D.CFG in out.dims:  # batch order, whatever order the runs brought the halves in
+        halves = [str(h) for h in out[D.CFG].values]
+        order = [h for h in ("uncond", "cond") if h in halves]
+        if halves != order and sorted(halves) == sorted(order):
+            out = out.sel({D.CFG: order})
     if with_expert:  # steps a run does not have: "" (the outer join filled NaN)
         values = np.asarray(out[D.EXPERT].values, dtype=object)
         filled = np.where([isinstance(v, str) for v in values.ravel()], values.ravel(), "")

@@ -500,9 +500,15 @@ def read_sample(
     s = _resolve([name], MANIFEST)[0]
     path = sample_path(name, cache_dir)
     lo, hi = s.frame_range or (0, None)
+    if s.frame_range is not None:  # positions within the segment, never outside it
+        length = hi - lo
+        if not 0 <= start < length:
+            raise ValueError(f"start={start} is outside segment {name} (frames 0..{length - 1})")
+        if end is not None and not start < end <= length:
+            raise ValueError(
+                f"end={end} is outside segment {name} ({length} frames, after start={start})"
+            )
     stop = hi if end is None else lo + end
-    if hi is not None and stop is not None and stop > hi:
-        raise ValueError(f"end={end} is beyond segment {name} ({hi - lo} frames)")
     return read_video(path, start=lo + start, end=stop, id=name, **kwargs)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from attnlab.data.video import to_unit_frames
+from attnlab.data.video import VideoError, to_unit_frames
 from attnlab.data.world import (
     BACKGROUNDS,
     COLORS,
@@ -156,9 +156,11 @@ class VideoScore:
     displacement: float  # px over the first 16 frames along the captioned direction (0 if none)
     speed: float  # mean centroid step per frame, fraction of the frame size
     dynamics_ratio: float | None  # speed / the world's mean speed, for moving captions
-    coherence: float  # mean of the four parts below, in [0, 1]
+    # mean of four terms in [0, 1]: single_object x the found share of frames,
+    # color_stability, area_stability, and no_flicker x the share of steps without a jump
+    coherence: float
     single_object: float  # frames with exactly one object / found frames
-    color_stability: float  # found frames in their expected (or modal) colour
+    color_stability: float  # found frames in their captioned colour
     area_stability: float  # 1 - median relative area change between frames (size-changing: 1)
     no_flicker: float  # 1 - (found <-> lost switches) / (frames - 1)
     jumps: int  # centroid steps larger than JUMP of the frame
@@ -197,6 +199,13 @@ def score_world_video(video: Any, caption: str) -> VideoScore:
     frames = to_unit_frames(video, dtype=np.float64)
     words = parse_caption(caption)
     n, size = len(frames), frames.shape[1]
+    if n < 2:
+        raise VideoError(f"a video of {n} frame(s): scoring needs at least 2 frames")
+    if words["motion"] == "recolor" and n < TRANSITION:
+        raise VideoError(
+            f"{caption!r} recolours over {TRANSITION} frames: scoring it needs at least "
+            f"{TRANSITION} frames, got {n}"
+        )
     reads = [read_frame(f) for f in frames]
     found = [r for r in reads if r.found]
     found_rate = len(found) / n

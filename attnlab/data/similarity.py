@@ -7,11 +7,12 @@ Fig. S.2 with :func:`similarity_by_interval`, or resampled with :func:`resample_
 used as the TAR prior for a generated video of another length (Fig. 8).
 
 Frames
-    Either a float tensor/array ``(F, 3, H, W)`` with values in ``[-1, 1]`` (the diffusion
-    convention) or a ``uint8`` tensor/array ``(F, H, W, 3)`` with values in ``[0, 255]`` (the
-    decoder convention). Anything else is an error; float frames outside ``[-1, 1]`` too
-    (up to 0.05 of decoder overshoot is clamped; float frames in ``[0, 1]`` cannot be told
-    apart from dark ``[-1, 1]`` frames: convert them with ``2 * x - 1``).
+    Read by :func:`attnlab.data.video.to_unit_frames`, the rule every frame input of attnlab
+    follows: a :class:`~attnlab.data.video.Video`, uint8 in ``[0, 255]``, floats in
+    ``[0, 1]`` (a pipeline's ``output_type="pt"`` / ``"np"``), or in ``[-1, 1]`` when any value
+    is below 0 (up to 0.05 of decoder overshoot is clipped), or in ``value_range=(lo, hi)``
+    when given (an all-bright ``[-1, 1]`` video needs ``value_range=(-1, 1)``); channels first
+    or last. Anything else is an error naming what was received.
 
 Backends (a registry; add one with :func:`register_backend`)
     ``"dreamsim"``  DreamSim (the paper's choice): cosine similarity of DreamSim embeddings,
@@ -21,7 +22,7 @@ Backends (a registry; add one with :func:`register_backend`)
     ``"pixel"``     no weights: Pearson correlation of downsampled pixels between frames.
 
 Results are cached on disk under ``$ATTNLAB_CACHE/similarity`` (or the user cache dir),
-keyed by the frame bytes, the backend name and every setting that changes the values.
+keyed by the frames as read, the backend name and every setting that changes the values.
 """
 
 from __future__ import annotations
@@ -65,39 +66,18 @@ __all__ = [
 
 DREAMSIM_ENV = "ATTNLAB_DREAMSIM_DIR"
 SIMILARITY = "similarity"
-_RANGE_SLACK = 0.05
 
 # ---------------------------------------------------------------------------- frames
 
 
-def _to_unit_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Validate ``frames`` and return a float32 CPU tensor ``(F, 3, H, W)`` in ``[0, 1]``."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if not isinstance(frames, torch.Tensor):
-        raise TypeError(f"frames must be a torch.Tensor or numpy array, got {type(frames)}")
-    frames = frames.detach().cpu()
-    if frames.ndim != 4:
-        raise ValueError(f"frames must be 4-D, got shape {tuple(frames.shape)}")
-    if frames.dtype == torch.uint8:
-        if frames.shape[-1] != 3:
-            raise ValueError(
-                f"uint8 frames must be (F, H, W, 3) in [0, 255], got shape {tuple(frames.shape)}"
-            )
-        return frames.permute(0, 3, 1, 2).float() / 255.0
-    if frames.is_floating_point():
-        if frames.shape[1] != 3:
-            raise ValueError(
-                f"float frames must be (F, 3, H, W) in [-1, 1], got shape {tuple(frames.shape)}"
-            )
-        lo, hi = float(frames.min()), float(frames.max())
-        # decoders overshoot [-1, 1] slightly: up to _RANGE_SLACK outside is clamped
-        if not (np.isfinite(lo) and np.isfinite(hi)) or min(lo, -hi) < -1.0 - _RANGE_SLACK:
-            raise ValueError(f"float frames must lie in [-1, 1], got values in [{lo}, {hi}]")
-        return ((frames.float().clamp(-1.0, 1.0) + 1.0) / 2.0).contiguous()
-    raise ValueError(
-        f"frames must be float (F, 3, H, W) in [-1, 1] or uint8 (F, H, W, 3); got {frames.dtype}"
-    )
+def _to_unit_frames(frames: Any, value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """``frames`` read by :func:`attnlab.data.video.to_unit_frames` (the one rule for every
+    frame input: uint8 in [0, 255], floats in [0, 1], or [-1, 1] when any value is below 0,
+    or in ``value_range``), as a float32 CPU tensor ``(F, 3, H, W)`` in ``[0, 1]``."""
+    from attnlab.data.video import to_unit_frames
+
+    unit = to_unit_frames(frames, value_range)
+    return torch.from_numpy(unit).permute(0, 3, 1, 2).contiguous()
 
 
 def _resize(frames01: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -566,15 +546,18 @@ def _cache_key(frames_digest: str, backend: SimilarityBackend) -> str:
 
 
 def similarity_matrix(
-    frames: torch.Tensor | np.ndarray,
+    frames: Any,
     backend: str | SimilarityBackend = "dreamsim",
     *,
+    value_range: tuple[float, float] | None = None,
     cache: bool = True,
     **backend_kwargs: Any,
 ) -> xr.DataArray:
     """``(frame, frame2)`` similarity matrix of a video's frames.
 
-    ``frames``: float ``(F, 3, H, W)`` in [-1, 1] or uint8 ``(F, H, W, 3)``. ``backend``: a
+    ``frames``: anything :func:`attnlab.data.video.to_unit_frames` reads, by its one rule
+    (a :class:`~attnlab.data.video.Video`; uint8 in [0, 255]; floats in [0, 1], or in
+    [-1, 1] when any value is below 0, or in ``value_range``; channels first or last). ``backend``: a
     registered name (settings as keyword arguments) or a backend instance (reuse it to load
     a model once for many videos). The result is symmetric, higher = more similar, with the
     maximum 1 on the diagonal; its range is in ``attrs["value_range"]``, and the attrs name
@@ -589,8 +572,8 @@ def similarity_matrix(
         impl = backend
     else:
         raise TypeError(f"backend must be a name or a SimilarityBackend, got {type(backend)}")
-    unit = _to_unit_frames(frames)
-    digest = _frames_digest(frames)
+    unit = _to_unit_frames(frames, value_range)
+    digest = _frames_digest(unit)  # of the frames as read: one rule, one key
     attrs = {
         "backend": impl.name,
         "backend_settings": json.dumps(impl.settings(), sort_keys=True, default=str),

@@ -11,6 +11,7 @@ uint8 form; writers, metrics and the world evaluator read frames through them.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import tempfile
@@ -87,8 +88,20 @@ class Video:
                 f"Video {self.id!r}: frames must be a uint8 array (F, H, W, 3), got "
                 f"{getattr(f, 'dtype', type(f))} {getattr(f, 'shape', '')}"
             )
+        if len(f) == 0:
+            raise VideoError(f"Video {self.id!r}: no frames (shape {f.shape})")
         if len(self.indices) != len(f):
             raise VideoError(f"Video {self.id!r}: {len(self.indices)} indices for {len(f)} frames")
+        if not np.issubdtype(np.asarray(self.indices).dtype, np.integer):
+            raise VideoError(
+                f"Video {self.id!r}: indices must be integer source frame indices, got "
+                f"{np.asarray(self.indices).dtype}"
+            )
+        for what, rate in (("fps", self.fps), ("source_fps", self.source_fps)):
+            if not (isinstance(rate, numbers.Real) and np.isfinite(rate) and rate > 0):
+                raise VideoError(
+                    f"Video {self.id!r}: {what} must be a positive number, got {rate!r}"
+                )
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -192,18 +205,19 @@ def sample_indices(
     """
     if fps is not None and stride is not None:
         raise ValueError("pass fps or stride, not both")
-    if frames is not None and frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    if stride is not None and stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    for what, value, least in (("frames", frames, 1), ("stride", stride, 1), ("start", start, 0)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least
+        ):
+            raise ValueError(f"{what} must be an integer >= {least}, got {value!r}")
+    if end is not None and (isinstance(end, bool) or not isinstance(end, numbers.Integral)):
+        raise ValueError(f"end must be an integer frame index, got {end!r}")
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if if_short not in ("error", "spread"):
         raise ValueError(f"if_short must be 'error' or 'spread', got {if_short!r}")
     if not (np.isfinite(source_fps) and source_fps > 0):
         raise VideoError(f"{name}: unknown or invalid source frame rate {source_fps!r}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
     stop = n_available if end is None else end
     if stop > n_available:
         raise VideoError(f"{name}: end={stop} is beyond the {n_available} frames of the clip")
@@ -508,7 +522,7 @@ def read_video(
             n, meta_fps, read = _av_source(p)
     if n == 0:
         raise VideoError(f"{p}: contains no video frames")
-    rate = source_fps or meta_fps
+    rate = source_fps if source_fps is not None else meta_fps
     if rate is None:
         raise VideoError(f"{p}: frame rate unknown; pass source_fps=")
     idx, eff = sample_indices(
@@ -572,7 +586,7 @@ def read_davis(
 # channel counts a frame array may carry: RGB, gray (repeated to RGB), RGBA (alpha dropped)
 _CHANNELS = (3, 1, 4)
 # slack on the inferred ranges for rounding noise (a pipeline's 1.0000001); beyond it, refuse
-_RANGE_SLACK = 1e-3
+_RANGE_SLACK = 0.05  # decoders overshoot [-1, 1] slightly: clipped
 _ALLOWED = (
     "allowed: uint8 in [0, 255], or floats in [0, 1] or [-1, 1], shaped (F, H, W, C) or "
     "(F, C, H, W) with C = 3 (RGB), 1 (gray) or 4 (RGBA), or (F, H, W) gray; a Video; a "
@@ -673,7 +687,7 @@ def to_unit_frames(
 
     Values: uint8 is ``[0, 255]``. Other dtypes hold values in ``value_range`` (clipped to
     it) or, with ``value_range=None``, in ``[0, 1]``, or in ``[-1, 1]`` when any value is
-    below 0; values beyond ``[-1, 1]`` (by more than 1e-3), NaN and infinities raise
+    below 0; values beyond ``[-1, 1]`` (by more than 0.05), NaN and infinities raise
     :class:`VideoError`: pass ``value_range=(0, 255)`` for floats in ``[0, 255]``. An
     all-bright ``[-1, 1]`` video reads as ``[0, 1]`` unless ``value_range=(-1, 1)`` is given.
 

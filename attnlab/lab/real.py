@@ -10,6 +10,7 @@ schema as synthetic runs (``source="real"``, video id, frame indices).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,11 +42,12 @@ def load_clip(
     from attnlab.data.world import is_world_spec, world_video
 
     if isinstance(video, Video):
-        return (
-            video.select(frames, fps=fps, start=start, if_short=if_short)
-            if len(video) != frames
-            else video
-        )
+        as_is = (
+            (frames is None or len(video) == frames)
+            and not start
+            and (fps is None or math.isclose(fps, video.fps))
+        )  # (else its frames are sampled: fps and start apply to a Video as to a file)
+        return video if as_is else video.select(frames, fps=fps, start=start, if_short=if_short)
     ref = str(video)
     if is_world_spec(ref):
         if frames is None:  # a world clip has no length of its own: world_video's default

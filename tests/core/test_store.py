@@ -321,3 +321,21 @@ def test_a_run_another_live_process_writes_is_refused_and_a_dead_writers_is_repl
     finally:
         child.kill()
         child.wait()
+
+
+def test_guidance_halves_stay_in_batch_order_whichever_run_comes_first(ms_pipe, tmp_path):
+    """An unguided run (cfg: cond) loaded before a guided one: cfg is still (uncond, cond),
+    and each run's maps stay under their own half."""
+    store = tmp_path / "s.zarr"
+    with attnlab.record(ms_pipe, levels=[0], store=store) as rec:
+        ms_pipe(**GEN, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+        ms_pipe(**GEN, generator=torch.Generator().manual_seed(0))
+    alone = [rec.to_xarray().sel(run=r.id) for r in rec.runs]
+    for ds in (rec.to_xarray(), attnlab.load(store)):
+        assert ds[D.CFG].values.tolist() == ["uncond", "cond"]
+        unguided, guided = (ds.sel(run=r.id) for r in rec.runs)
+        assert not unguided[D.RAN].sel(cfg="uncond").values.any()
+        assert unguided[D.RAN].sel(cfg="cond").values.all() and guided[D.RAN].values.all()
+        np.testing.assert_array_equal(
+            guided[D.PROBS].sel(cfg="uncond").values, alone[1][D.PROBS].sel(cfg="uncond").values
+        )

@@ -154,8 +154,13 @@ def test_read_sample_segment(samples: dict[str, Path]) -> None:
     assert whole.indices.tolist() == list(range(242, 250))
     with pytest.raises(VideoError, match=r"too few frames.*46 frames"):
         read_sample("bikes_shot1", cache, frames=16, fps=8)
-    with pytest.raises(ValueError, match="beyond segment"):
+    with pytest.raises(ValueError, match="end=31 is outside segment bikes_shot0"):
         read_sample("bikes_shot0", cache, end=31)
+    # start counts from the segment's first frame: never into the shot before it
+    with pytest.raises(ValueError, match="start=-10 is outside segment bikes_shot2"):
+        read_sample("bikes_shot2", cache, start=-10, frames=4)
+    with pytest.raises(ValueError, match="start=61 is outside segment bikes_shot2"):
+        read_sample("bikes_shot2", cache, start=61)
 
 
 def test_unknown_sample_name(tmp_path: Path) -> None:

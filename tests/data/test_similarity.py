@@ -55,11 +55,19 @@ def _smooth_video(
 
 
 def test_frame_conventions():
-    video = _smooth_video()
+    """Frames are read by attnlab.data.video.to_unit_frames, the rule every frame input
+    follows (before, similarity read every float as [-1, 1]: a pipeline's [0, 1] output came
+    out as [0.5, 1])."""
+    video = _smooth_video()  # float (F, 3, H, W) in [-1, 1]
     as_uint8 = ((video + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
     a = S.similarity_matrix(video, "pixel", cache=False)
     b = S.similarity_matrix(as_uint8.numpy(), "pixel", cache=False)
     np.testing.assert_allclose(a.values, b.values, atol=2e-3)
+    unit = (video + 1) / 2  # the same frames in [0, 1], channels last
+    for same in (unit, unit.permute(0, 2, 3, 1), as_uint8.permute(0, 3, 1, 2)):
+        np.testing.assert_allclose(S.similarity_matrix(same, "pixel").values, a.values, atol=2e-3)
+    c = S.similarity_matrix(unit * 255, "pixel", value_range=(0, 255), cache=False)
+    np.testing.assert_allclose(c.values, a.values, atol=2e-3)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         S.similarity_matrix(video * 255, "pixel", cache=False)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -71,12 +79,6 @@ def test_frame_conventions():
     bf16 = S.similarity_matrix(video.bfloat16(), "pixel")
     np.testing.assert_allclose(bf16.values, a.values, atol=2e-2)
     assert bf16.attrs["frames_sha256"] != a.attrs["frames_sha256"]
-    with pytest.raises(ValueError, match=r"uint8 frames must be \(F, H, W, 3\)"):
-        S.similarity_matrix(as_uint8.permute(0, 3, 1, 2), "pixel", cache=False)
-    with pytest.raises(ValueError, match=r"float frames must be \(F, 3, H, W\)"):
-        S.similarity_matrix(video.permute(0, 2, 3, 1), "pixel", cache=False)
-    with pytest.raises(ValueError, match="4-D"):
-        S.similarity_matrix(video[0], "pixel", cache=False)
     with pytest.raises(ValueError, match="int64"):
         S.similarity_matrix(as_uint8.long(), "pixel", cache=False)
 

@@ -493,3 +493,42 @@ def test_too_few_frames_with_stride(carphone: Path) -> None:
         read_video(carphone, frames=13, stride=10)
     with pytest.raises(VideoError, match="beyond the 120 frames"):
         read_video(carphone, end=121)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"frames": 2.5}, "frames must be an integer"),
+        ({"frames": True}, "frames must be an integer"),
+        ({"frames": 3, "start": 1.5}, "start must be an integer"),
+        ({"frames": 3, "start": -1}, "start must be an integer >= 0"),
+        ({"frames": 3, "stride": 2.5}, "stride must be an integer"),
+        ({"frames": 3, "end": 7.5}, "end must be an integer"),
+    ],
+)
+def test_frame_counts_and_positions_must_be_integers(kwargs, match):
+    """(2.5 frames gave 3; start 1.5 gave indices 1.5, 2.5, ... which decoders truncate)"""
+    from attnlab.data.video import sample_indices
+
+    with pytest.raises(ValueError, match=match):
+        sample_indices(20, 24.0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"frames": np.zeros((0, 4, 4, 3), np.uint8), "indices": np.arange(0)}, "no frames"),
+        ({"indices": np.array([0.5, 1.5])}, "indices must be integer"),
+        ({"fps": 0.0}, "fps must be a positive number"),
+        ({"source_fps": float("nan")}, "source_fps must be a positive number"),
+    ],
+)
+def test_a_video_refuses_what_would_make_its_times_wrong(change, match):
+    from attnlab.data.video import Video, VideoError
+
+    args = dict(
+        frames=np.zeros((2, 4, 4, 3), np.uint8), fps=8.0, source_fps=8.0,
+        indices=np.arange(2), id="x",
+    )  # fmt: skip
+    with pytest.raises(VideoError, match=match):
+        Video(**{**args, **change})

@@ -416,6 +416,26 @@ def test_cli_evaluate_store_and_video(scored_store, tmp_path, capsys):
 # ---------------------------------------------------------------- the world scorer
 
 
+def test_world_scorer_refuses_what_it_cannot_score():
+    """A recolouring changes colour over TRANSITION (16) frames: a shorter clip cannot show its
+    end colour (12 frames scored colour False while its frames 9-11 read blue, 14 passed on
+    frame 13 alone); an empty video raised a bare ZeroDivisionError."""
+    from attnlab.data import evaluator
+    from attnlab.data.video import VideoError
+    from attnlab.data.world import TRANSITION, render, scene_for_caption, world_clip
+
+    caption = "a circle turning from red to blue on a black background"
+    clip = render(scene_for_caption(caption), TRANSITION, 32)
+    assert evaluator.score_world_video(clip.frames01(), caption).color_ok
+    with pytest.raises(VideoError, match=f"needs at least {TRANSITION} frames, got 14"):
+        evaluator.score_world_video(clip.frames01()[:14], caption)
+    moving = world_clip(0)
+    assert evaluator.score_world_video(moving.frames01()[:8], moving.caption).found_rate > 0
+    for n in (0, 1):
+        with pytest.raises(VideoError, match="at least 2 frames"):
+            evaluator.score_world_video(moving.frames01()[:n], moving.caption)
+
+
 def test_world_scorer_reads_every_frame_form_and_its_old_name_warns():
     from attnlab.data import evaluator
     from attnlab.data.world import world_clip

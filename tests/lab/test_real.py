@@ -148,3 +148,20 @@ def test_continued_denoising_with_stateful_schedulers(ms_pipe, samples, name):
         t in schedule for t in ds[D.TIMESTEP].values[~np.isnan(ds[D.TIMESTEP].values)]
     )
     assert np.isfinite(ds[D.PROBS].values[~np.isnan(ds[D.PROBS].values)]).all()
+
+
+def test_load_clip_samples_a_video_object_as_it_samples_a_file():
+    """fps and start apply to a Video too (a 16-frame 24 fps Video asked for 16 frames at 8 fps
+    was returned as it was, so record_real's default recorded 24 fps clips as 8 fps ones)."""
+    from attnlab.data.video import Video, VideoError
+    from attnlab.lab.real import load_clip
+
+    frames = np.arange(48, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    long = Video(frames, fps=24.0, source_fps=24.0, indices=np.arange(48), id="v48")
+    got = load_clip(long, frames=16, fps=8.0)
+    assert got.fps == 8.0 and got.indices.tolist() == list(range(0, 46, 3))
+    short = Video(frames[:16], fps=24.0, source_fps=24.0, indices=np.arange(16), id="v16")
+    with pytest.raises(VideoError, match="too few frames"):
+        load_clip(short, frames=16, fps=8.0, start=4)
+    assert load_clip(short, frames=16, fps=24.0) is short  # already what is asked: as it is
+    assert load_clip(short, frames=8, fps=None, start=2).indices.tolist() == list(range(2, 10))
