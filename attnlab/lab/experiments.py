@@ -268,24 +268,83 @@ def _done(store: Path) -> set[str]:
         return set()
 
 
-def _synthetic(
-    ctx: Context, store: Path, name: str, frames: int, edits=(), model: str | None = None
-) -> None:
-    if name in _done(store):
+#: provenance key of the settings an experiment made a run with (a re-run reuses a run only
+#: when they are the same)
+SETTINGS_KEY = "experiment_settings"
+
+
+def _fingerprint(ctx: Context, model: str | None, **what: Any) -> str:
+    """The settings that make a run of an experiment, as sorted JSON."""
+    model = model or ctx.model
+    base = {
+        "model": model,
+        "prompt": ctx.prompt or default_prompt(model),
+        "steps": ctx.steps,
+        "seed": ctx.seed,
+        "height": ctx.height,
+        "width": ctx.width,
+    }
+    return json.dumps({**base, **what}, sort_keys=True, default=str)
+
+
+def _reuse(ctx: Context, stores: Sequence[Path], name: str, settings: str) -> bool:
+    """Whether run ``name`` is stored already with ``settings`` (then it is reused). Stored
+    with other settings is an error: a re-run into the same folder with other settings would
+    otherwise mix the old runs into the new figures."""
+    for store in stores:
+        if name not in _done(store):
+            continue
+        from attnlab.core.store import open_run
+
+        have = open_run(store, name).attrs.get(SETTINGS_KEY)
+        if have is None:
+            ctx.log(f"  {name}: stored (its settings were not kept then: not checked), skipped")
+            return True
+        if have != settings:
+            old, new = json.loads(have), json.loads(settings)
+            diff = ", ".join(
+                f"{k} {old.get(k)!r} (now {new.get(k)!r})"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            )
+            raise ValueError(
+                f"{store} holds run {name!r} made with other settings: {diff}; write to "
+                f"another folder, or remove {store} to make it anew"
+            )
         ctx.log(f"  {name}: stored, skipped")
+        return True
+    return False
+
+
+def _synthetic(
+    ctx: Context,
+    store: Path,
+    name: str,
+    frames: int,
+    edits=(),
+    model: str | None = None,
+    settings: str | None = None,
+) -> None:
+    """``settings``: the run's fingerprint (default: these frames and edits)."""
+    specs = [e.spec() for e in edits]
+    settings = settings or _fingerprint(ctx, model, frames=frames, edits=specs)
+    if _reuse(ctx, [store], name, settings):
         return
     t0 = time.time()
     prompt = ctx.prompt or default_prompt(model or ctx.model)
     video, _ = generate_recorded(
-        ctx.pipe(model), ctx.settings(frames, prompt=prompt), edits, store=store, name=name
-    )
+        ctx.pipe(model), ctx.settings(frames, prompt=prompt), edits, store=store, name=name,
+        record_kwargs={"meta": {SETTINGS_KEY: settings}},
+    )  # fmt: skip
     save_video(store, name, video)
     ctx.log(f"  {name}: {frames} frames in {time.time() - t0:.1f} s")
 
 
 def _real(ctx: Context, store: Path, name: str, frames: int, timesteps=(600, 400, 200)) -> None:
-    if name in _done(store):
-        ctx.log(f"  {name}: stored, skipped")
+    settings = _fingerprint(
+        ctx, None, frames=frames, clip=ctx.real_clip(), timesteps=list(timesteps), prompt=None
+    )
+    if _reuse(ctx, [store], name, settings):
         return
     from attnlab.lab.real import load_clip, record_real
 
@@ -301,6 +360,7 @@ def _real(ctx: Context, store: Path, name: str, frames: int, timesteps=(600, 400
         name=name,
         progress=False,
         store=store,
+        meta={SETTINGS_KEY: settings},
     )
     save_video(store, name, clip.frames)
     ctx.log(f"  {name}: real clip {clip.id}, {frames} frames, t = {list(timesteps)}")
@@ -531,8 +591,8 @@ def run_models(ctx: Context) -> None:
     for model in ctx.models:
         for n in (ctx.frames[0], 2 * ctx.frames[0], 3 * ctx.frames[0]):
             name = f"{ctx.slug(model)}-f{n}"
-            if any(name in _done(s) for s in _model_stores(ctx)):
-                ctx.log(f"  {name}: stored, skipped")
+            settings = _fingerprint(ctx, model, length=n)  # (known before loading the model)
+            if _reuse(ctx, _model_stores(ctx), name, settings):
                 continue
             table = sites(ctx.pipe(model))
             limit = table.max_frames
@@ -546,7 +606,7 @@ def run_models(ctx: Context) -> None:
                         f"  {name}: skipped, {token_frames} latent frames exceed the PE ({limit})"
                     )
                     continue
-                _synthetic(ctx, store, name, video, model=model)
+                _synthetic(ctx, store, name, video, model=model, settings=settings)
                 continue
             if limit is not None and n > limit:
                 unet = ctx.pipe(model).unet
@@ -554,7 +614,7 @@ def run_models(ctx: Context) -> None:
                     ctx.log(f"  {name}: skipped, {n} frames exceed the model's PE ({limit})")
                     continue
                 extend_frame_positions(unet, n)  # positions < limit are unchanged
-            _synthetic(ctx, store, name, n, model=model)
+            _synthetic(ctx, store, name, n, model=model, settings=settings)
 
 
 #: the models experiment's store for DiTs whose text is in the attention sequence (they also

@@ -52,6 +52,12 @@ def test_maps_experiment_runs_once_then_skips_everything(tmp_path, tiny_dirs, sa
     run_experiment("maps", again, draw=False)
     assert again._pipes == {}
     assert sum("skipped" in line for line in logs) == 6
+    # a re-run with other settings into the same folder is refused, naming what differs
+    # (before, it reused the runs made with the old settings in the new figures)
+    other = Context(**{**ctx.__dict__, "_pipes": {}, "steps": 3})
+    with pytest.raises(ValueError, match=r"holds run 'real-f6' made with other settings: steps 2"):
+        run_experiment("maps", other, draw=False)
+    assert other._pipes == {}
 
 
 @pytest.mark.slow
