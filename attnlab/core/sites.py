@@ -11,7 +11,6 @@ attnlab can map get a clear :class:`UnsupportedModelError`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -646,8 +645,10 @@ def sites(
     pipe = model_or_pipe
     scale = None
     if isinstance(model_or_pipe, (str, os.PathLike)):
-        pipe = _meta_model(str(model_or_pipe))
-        scale = _vae_scale(Path(model_or_pipe).expanduser())
+        from attnlab.core.model_refs import meta_model, vae_scale
+
+        pipe = meta_model(str(model_or_pipe))
+        scale = vae_scale(Path(model_or_pipe).expanduser())
     model = denoiser_of(pipe)
     fam = family_of(model)
     if latent is None and height is not None and width is not None:
@@ -679,126 +680,3 @@ def _temporal_compression(pipe: Any) -> int | None:
         if isinstance(value, int):
             return value
     return None
-
-
-def _vae_scale(path: Path) -> int | None:
-    """The VAE scale factor of a local pipeline folder, as diffusers derives it (else None)."""
-    cfg = path / "vae" / "config.json"
-    if not cfg.is_file():
-        return None
-    channels = json.loads(cfg.read_text()).get("block_out_channels")
-    return 2 ** (len(channels) - 1) if channels else None
-
-
-def check_model_reference(ref: str) -> None:
-    """Refuse a reference that looks like a local path but does not exist (before any hub call)."""
-    if Path(ref).expanduser().exists():
-        return
-    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
-        raise FileNotFoundError(
-            f"model folder {ref!r} does not exist (hub ids look like 'owner/name')"
-        )
-
-
-def _meta_model(ref: str) -> torch.nn.Module:
-    """Instantiate only the denoiser of a local dir or hub id on the meta device (no weights)."""
-    import diffusers
-
-    check_model_reference(ref)
-    path = Path(ref).expanduser()
-    for sub in ("unet", "transformer"):
-        try:
-            if path.is_dir():
-                if not (path / sub / "config.json").exists():
-                    continue
-                config = json.loads((path / sub / "config.json").read_text())
-            else:
-                from huggingface_hub import hf_hub_download
-
-                config = json.loads(Path(hf_hub_download(ref, f"{sub}/config.json")).read_text())
-        except Exception as err:
-            if sub == "transformer":
-                raise FileNotFoundError(
-                    f"cannot read a denoiser config from {ref!r}: expected unet/config.json or "
-                    f"transformer/config.json in a local directory or on the Hugging Face Hub ({err})"
-                ) from err
-            continue
-        cls_name = config.get("_class_name", "")
-        if cls_name == "UNet2DConditionModel":
-            return _meta_motion(ref, path, config)
-        cls: Any = getattr(diffusers, cls_name, None)
-        if cls is None:  # a class of another package, named with it in model_index.json
-            cls = _library_class(path, sub, cls_name)
-        if cls is None:
-            family_of(cls_name)  # clear error for unsupported models before building anything
-            cls = _class_of(family_of(cls_name), cls_name)  # attnlab's own (LaVie, ...)
-        try:
-            family_of(cls)  # (a subclass of a mapped class maps as its base)
-        except UnsupportedModelError:
-            if cls_name in _UNMAPPED:
-                raise
-            with torch.device("meta"):  # a renamed copy of a mapped DiT: found by structure
-                model = cls.from_config(config)
-            family_of(model)
-            return model
-        with torch.device("meta"):
-            return cls.from_config(config)
-    raise FileNotFoundError(
-        f"no unet/config.json or transformer/config.json under {ref!r}: not a diffusers pipeline"
-    )
-
-
-def _library_class(path: Path, sub: str, name: str) -> type | None:
-    """The class ``model_index.json`` of a local folder names for component ``sub``
-    (``["library", "ClassName"]``, as diffusers resolves it) when it is ``name`` and not
-    diffusers'; None when the folder does not say or the library cannot be imported."""
-    import importlib
-
-    index = path / "model_index.json"
-    if not path.is_dir() or not index.exists():
-        return None
-    entry = json.loads(index.read_text()).get(sub)
-    if not isinstance(entry, list) or len(entry) != 2 or entry[1] != name:
-        return None
-    if entry[0] in (None, "diffusers"):
-        return None
-    try:
-        return getattr(importlib.import_module(entry[0]), name, None)
-    except ImportError:
-        return None
-
-
-def _class_of(family: Family, name: str) -> type:
-    """A denoiser class that diffusers does not define, from its family's ``classes``."""
-    import importlib
-
-    target = family.classes.get(name)
-    if target is None:
-        raise UnsupportedModelError(
-            f"{name} is in the {family.name!r} family but the family does not say where the "
-            "class is defined (Family.classes)"
-        )
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _meta_motion(ref: str, path: Path, unet_config: dict) -> torch.nn.Module:
-    """AnimateDiff folders hold a 2D UNet plus a motion adapter: combine them as diffusers does."""
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-
-    if path.is_dir():
-        cfg_file = path / "motion_adapter" / "config.json"
-        if not cfg_file.exists():
-            raise UnsupportedModelError(
-                f"{ref}: a 2D image UNet without a motion adapter has no temporal attention"
-            )
-        adapter_config = json.loads(cfg_file.read_text())
-    else:
-        from huggingface_hub import hf_hub_download
-
-        adapter_config = json.loads(
-            Path(hf_hub_download(ref, "motion_adapter/config.json")).read_text()
-        )
-    unet2d = UNet2DConditionModel.from_config(unet_config)
-    adapter = MotionAdapter.from_config(adapter_config)
-    return UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)

@@ -24,11 +24,13 @@ Both position terms live on the :class:`LaVieTemporalAttention` module as ``attn
 ``attnlab_logit_bias``, the two hooks attnlab's explicit attention path applies, so recorded
 maps and edits see exactly the logits the model computes. Module and parameter names follow
 the original, so LaVie's ``lavie_base.pt`` state dict loads with only the rotary-frequency
-copies folded (see :mod:`attnlab.models.convert`).
+copies folded (see :mod:`attnlab.models.convert`). ``LaViePipeline``: diffusers'
+``TextToVideoSDPipeline`` with LaVie's 320 x 512 as its default size (built on first use).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,8 @@ from torch import nn
 ROPE_DIM = 32  # LaVie: RotaryEmbedding(32)
 REL_BUCKETS = 32  # RelativePositionBias(num_buckets=32, ...)
 REL_MAX_DISTANCE = 32  # ... max_distance=32)
+#: LaVie's video size (``base/configs/sample.yaml``: ``image_size: [320, 512]``)
+DEFAULT_HEIGHT, DEFAULT_WIDTH = 320, 512
 
 
 # --- the temporal attention's two position terms --------------------------------------------
@@ -578,3 +582,81 @@ class LaVieUNet(ModelMixin, ConfigMixin):
         if not return_dict:
             return (x,)
         return LaVieUNetOutput(sample=x)
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+def __getattr__(name: str) -> Any:
+    # LaViePipeline is built on first use: its base class and component types (diffusers'
+    # pipelines, transformers' CLIP) take seconds to import, which LaVieUNet's users need not pay
+    if name == "LaViePipeline":
+        return _lavie_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _lavie_pipeline() -> type:
+    from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, TextToVideoSDPipeline
+    from diffusers.video_processor import VideoProcessor
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    class LaViePipeline(TextToVideoSDPipeline):
+        """diffusers' ``TextToVideoSDPipeline`` around a :class:`LaVieUNet`, with LaVie's video
+        size (320 x 512, ``base/configs/sample.yaml``) as its default: the SD-1.4 UNet config's
+        ``sample_size`` (64 latents) would make it 512 x 512. ``height`` / ``width`` None mean
+        320 / 512. The sampling loop is diffusers' own, unchanged.
+
+        Converted folders name ``TextToVideoSDPipeline`` (so that diffusers loads them too);
+        :func:`attnlab.models.load_pipeline` loads every folder whose UNet is a
+        :class:`LaVieUNet` as this class, and the component types declared here spare the
+        "Expected types for unet" warning."""
+
+        def __init__(
+            self,
+            vae: AutoencoderKL,
+            text_encoder: CLIPTextModel,
+            tokenizer: CLIPTokenizer,
+            unet: LaVieUNet,
+            scheduler: SchedulerMixin,
+        ):
+            # DiffusionPipeline's own __init__: skips the deprecation notice that
+            # TextToVideoSDPipeline's mixin prints for every construction
+            DiffusionPipeline.__init__(self)
+            self.register_modules(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+            )
+            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.video_processor = VideoProcessor(
+                do_resize=False, vae_scale_factor=self.vae_scale_factor
+            )
+
+        def __call__(
+            self,
+            prompt: str | list[str] | None = None,
+            height: int | None = DEFAULT_HEIGHT,
+            width: int | None = DEFAULT_WIDTH,
+            **kwargs: Any,
+        ):
+            return super().__call__(
+                prompt=prompt,
+                height=DEFAULT_HEIGHT if height is None else height,
+                width=DEFAULT_WIDTH if width is None else width,
+                **kwargs,
+            )
+
+    LaViePipeline.__qualname__ = "LaViePipeline"  # found here by name (pickle, diffusers)
+    # real classes, not the strings of `from __future__ import annotations` (diffusers checks
+    # the loaded components against these and warns if it cannot resolve them)
+    LaViePipeline.__init__.__annotations__ = {
+        "vae": AutoencoderKL,
+        "text_encoder": CLIPTextModel,
+        "tokenizer": CLIPTokenizer,
+        "unet": LaVieUNet,
+        "scheduler": SchedulerMixin,
+    }
+    return LaViePipeline

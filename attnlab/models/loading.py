@@ -34,6 +34,10 @@ class UnknownModelError(ValueError):
     """A model name that is neither embedded, a local folder nor a reachable hub id."""
 
 
+class AmbiguousModelError(ValueError):
+    """An embedded model's name that is also a folder in the working directory."""
+
+
 def _unknown(model: str, why: str) -> UnknownModelError:
     names = builtin_models()
     close = difflib.get_close_matches(model, names, n=1, cutoff=0.5)
@@ -63,15 +67,23 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 def resolve_model(model: str) -> str:
     """A loadable reference: embedded names become their saved folder; local folders and hub
-    ids pass through. A name that is none of these (a typo such as ``organism-nnone``), and a
-    hub id while offline (``HF_HUB_OFFLINE``) that is not in the local hub cache, raise
-    :class:`UnknownModelError` naming the embedded models and the closest match, before any
-    network call."""
-    from attnlab.core.sites import check_model_reference
+    ids pass through. An embedded name that is also a folder in the working directory raises
+    :class:`AmbiguousModelError` (``./name`` is the folder). A name that is none of these (a
+    typo such as ``organism-nnone``), and a hub id while offline (``HF_HUB_OFFLINE``) that is
+    not in the local hub cache, raise :class:`UnknownModelError` naming the embedded models
+    and the closest match, before any network call."""
+    from attnlab.core.model_refs import check_model_reference
     from attnlab.models.organisms import ORGANISMS
     from attnlab.models.tiny import TINY_MODELS
 
     model = str(model)
+    if model in (*TINY_MODELS, *ORGANISMS) and Path(model).is_dir():
+        folder = str(Path(model).absolute())
+        raise AmbiguousModelError(
+            f"{model!r} is both an embedded model and the folder {folder!r} in the working "
+            f"directory: give {'./' + model!r} for the folder, or give {model!r} from a "
+            "directory without such a folder for the embedded model"
+        )
     if model in TINY_MODELS:
         from attnlab.models.tiny import tiny_path
 
@@ -107,8 +119,7 @@ def load_pipeline(
     ``progress=False``: no progress bars, neither the libraries' while loading nor the
     pipeline's while sampling."""
     ref = resolve_model(str(model))
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+    kwargs.update(dtype_kwargs(dtype))
     import contextlib
 
     from attnlab.util.quiet import no_loading_bars, quiet_library_logs
@@ -131,9 +142,26 @@ def load_pipeline(
     return pipe
 
 
+def dtype_kwargs(dtype: torch.dtype | None, library: str = "diffusers") -> dict[str, Any]:
+    """The keyword argument that sets the dtype of ``library``'s ``from_pretrained``
+    (``"diffusers"`` or ``"transformers"``): ``dtype=`` where the installed version takes it
+    (diffusers 0.42 deprecates ``torch_dtype=`` with a FutureWarning, transformers 4.56
+    renamed it), else ``torch_dtype=``; empty for None."""
+    if dtype is None:
+        return {}
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    first = Version("0.42") if library == "diffusers" else Version("4.56")
+    return {"dtype" if Version(version(library)) >= first else "torch_dtype": dtype}
+
+
 def _pipeline_class(ref: str):
     """DiffusionPipeline, or attnlab's own pipeline class named in a local model_index.json
-    (diffusers looks pipeline classes up in its own namespace only)."""
+    (diffusers looks pipeline classes up in its own namespace only); a converted LaVie folder
+    (a ``TextToVideoSDPipeline`` with a ``LaVieUNet``) loads as
+    :class:`~attnlab.models.lavie.LaViePipeline`."""
     from diffusers import DiffusionPipeline
 
     index = Path(ref).expanduser() / "model_index.json"
@@ -155,6 +183,13 @@ def _pipeline_class(ref: str):
             from attnlab.models.videocrafter import VideoCrafter2Pipeline
 
             return VideoCrafter2Pipeline
+        unet = spec.get("unet")
+        if spec.get("_class_name") in ("TextToVideoSDPipeline", "LaViePipeline") and (
+            isinstance(unet, list) and unet[-1:] == ["LaVieUNet"]
+        ):  # a converted LaVie folder: LaVie's 320 x 512 by default, its UNet type declared
+            from attnlab.models.lavie import LaViePipeline
+
+            return LaViePipeline
     return DiffusionPipeline
 
 
@@ -191,8 +226,9 @@ def _component_module(index: Path, component: str, module: str) -> str:
 
 def check_setting(name: str, value: Any) -> Any:
     """``value`` if it is allowed for the generation setting ``name`` (``frames``, ``steps``:
-    whole numbers >= 1; ``height``, ``width``: None or whole numbers >= 8; ``guidance``: a
-    finite number); otherwise one ``ValueError`` naming the setting, the value and the rule."""
+    whole numbers >= 1; ``height``, ``width``: None or multiples of 8, as the VAEs of every family
+    attnlab knows shrink a video 8 times or more; ``guidance``: a finite number); otherwise one
+    ``ValueError`` naming the setting, the value and the rule."""
     import math
     import numbers
 
@@ -201,8 +237,10 @@ def check_setting(name: str, value: Any) -> Any:
         if not whole or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     elif name in ("height", "width"):
-        if value is not None and (not whole or value < 8):
-            raise ValueError(f"{name} must be a whole number of pixels >= 8, got {value!r}")
+        if value is not None and (not whole or value < 8 or value % 8):
+            raise ValueError(
+                f"{name} must be a multiple of 8 pixels (8, 16, 24, ...), got {value!r}"
+            )
     elif name == "guidance":
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not real or not math.isfinite(value):
@@ -269,16 +307,18 @@ def generate(
     sites_of(model).check_frames(frames)  # a clear error before any work
     device = getattr(pipe, "_execution_device", None) or "cpu"
     generator = torch.Generator(device="cpu" if str(device) == "mps" else device).manual_seed(seed)
+    # a size only when given: None would override the pipeline's own default (VideoCrafter2's
+    # 320 x 512; others derive theirs from the denoiser's config)
+    size = {k: v for k, v in dict(height=height, width=width).items() if v is not None}
     out = pipe(
         prompt=prompt,
         negative_prompt=negative_prompt,
         num_frames=frames,
         num_inference_steps=steps,
         guidance_scale=guidance,
-        height=height,
-        width=width,
         generator=generator,
         output_type="pt",
+        **size,
         **kwargs,
     )
     video = out.frames

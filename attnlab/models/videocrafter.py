@@ -40,6 +40,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 DEFAULT_FPS = 28  # VSTAR's setting for VideoCrafter2
+DEFAULT_HEIGHT, DEFAULT_WIDTH = 320, 512  # VideoCrafter2's (and VSTAR's) video size
 
 
 class VideoCrafter2UNet(UNet3DConditionModel):
@@ -373,14 +374,16 @@ class VideoCrafter2Scheduler(DDIMScheduler):
 class VideoCrafter2Pipeline(TextToVideoSDPipeline):
     """``TextToVideoSDPipeline`` with VideoCrafter2's fps input and the sampling defaults of the
     authors' and VSTAR's code: 25 DDIM steps, eta 1.0, guidance 12, 320 x 512, 16 frames, fps 28.
+    ``height`` / ``width`` None mean 320 / 512 (the converted UNet's config has no
+    ``sample_size`` to derive a size from).
     """
 
     @torch.no_grad()
     def __call__(  # type: ignore[override]
         self,
         prompt: str | list[str] | None = None,
-        height: int | None = 320,
-        width: int | None = 512,
+        height: int | None = DEFAULT_HEIGHT,
+        width: int | None = DEFAULT_WIDTH,
         num_frames: int = 16,
         num_inference_steps: int = 25,
         guidance_scale: float = 12.0,
@@ -401,8 +404,8 @@ class VideoCrafter2Pipeline(TextToVideoSDPipeline):
         with self.unet.fps_context(fps):
             return super().__call__(
                 prompt=prompt,
-                height=height,
-                width=width,
+                height=DEFAULT_HEIGHT if height is None else height,
+                width=DEFAULT_WIDTH if width is None else width,
                 num_frames=num_frames,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,

@@ -237,3 +237,134 @@ def test_levels_that_share_a_size_are_recorded(ms_pipe):
     assert set(p["level"].values) == {2, 3}
     sums = p.sum("key_frame").values
     assert abs(sums - 1).max() < 1e-5
+
+
+# ---- local folders: config only, and the VAE scale their pipeline uses ----------------------
+
+
+def test_animatediff_folder_builds_its_models_on_the_meta_device(tmp_path, monkeypatch):
+    """A folder with a 2D UNet and motion_adapter/ (AnimateDiff's hub layout) is read from its
+    configs: the 2D UNet, the adapter and the combined UNetMotionModel hold no weights."""
+    import json
+
+    from diffusers import UNetMotionModel
+
+    from attnlab.core.model_refs import meta_model as _meta_model
+
+    unet = dict(
+        _class_name="UNet2DConditionModel",
+        block_out_channels=[32, 64],
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    adapter = dict(
+        _class_name="MotionAdapter",
+        block_out_channels=[32, 64],
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=8,
+    )
+    for sub, config in (("unet", unet), ("motion_adapter", adapter)):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "config.json").write_text(json.dumps(config))
+    built = []
+    original = UNetMotionModel.from_unet2d.__func__
+
+    def spy(cls, unet2d, motion_adapter=None, load_weights=True):
+        built.extend([unet2d, motion_adapter])
+        return original(cls, unet2d, motion_adapter, load_weights)
+
+    monkeypatch.setattr(UNetMotionModel, "from_unet2d", classmethod(spy))
+    model = _meta_model(str(tmp_path))
+    assert isinstance(model, UNetMotionModel) and len(built) == 2
+    for module in (*built, model):
+        assert {p.device.type for p in module.parameters()} == {"meta"}, type(module).__name__
+    assert attnlab.sites(str(tmp_path)).family.name == "motion"
+
+
+def _hunyuan_pipeline():
+    """The tiny HunyuanVideo pipeline of tests/models/test_hunyuan_pipeline.py."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from attnlab.models.tiny_dit import clip_tokenizer, hunyuan_transformer
+
+    transformer = hunyuan_transformer()
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+    llama = LlamaModel(
+        LlamaConfig(
+            vocab_size=49408, hidden_size=transformer.config.text_embed_dim,
+            intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+            num_key_value_heads=2, max_position_embeddings=128,
+        )
+    ).eval()  # fmt: skip
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=transformer.config.pooled_projection_dim,
+            intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+    ).eval()  # fmt: skip
+    return HunyuanVideoPipeline(
+        text_encoder=llama,
+        tokenizer=clip_tokenizer(),
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=clip,
+        tokenizer_2=clip_tokenizer(),
+    )
+
+
+def _pipeline_scale(pipe) -> int:
+    """The spatial VAE scale factor a pipeline states (diffusers names it four ways)."""
+    for attr in (
+        "vae_scale_factor",
+        "vae_scale_factor_spatial",
+        "vae_spatial_compression_ratio",
+        "vae_spatial_scale_factor",
+    ):
+        if isinstance(getattr(pipe, attr, None), int):
+            return getattr(pipe, attr)
+    raise AssertionError(f"{type(pipe).__name__} states no VAE scale factor")
+
+
+@pytest.mark.parametrize("name", ["cogvideox", "wan", "ltx", "mochi", "hunyuan"])
+def test_saved_dit_folder_uses_its_pipelines_vae_scale(name, tmp_path):
+    """sites(folder, height=, width=) divides by the scale the pipeline itself uses: LTX-Video's
+    VAE compresses by its patch size times its scaling blocks (4 here, 32 in the real model),
+    not 2 ** (len(block_out_channels) - 1) (8)."""
+    from attnlab.models import tiny_dit
+
+    pipe = _hunyuan_pipeline() if name == "hunyuan" else getattr(tiny_dit, f"{name}_pipeline")()
+    pipe.save_pretrained(tmp_path)
+    scale = _pipeline_scale(pipe)
+    if name == "ltx":
+        assert scale == 4  # the case the rule of thumb got wrong
+    from_folder = attnlab.sites(str(tmp_path), height=64, width=64)
+    loaded = attnlab.sites(pipe, height=64, width=64)
+    assert from_folder.latent == loaded.latent == (-(-64 // scale),) * 2
+
+
+@pytest.mark.parametrize("kind", ["tiny-modelscope", "tiny-animatediff"])
+def test_saved_unet_folder_uses_its_pipelines_vae_scale(kind, tiny_dirs, ms_pipe, ad_pipe):
+    pipe = {"tiny-modelscope": ms_pipe, "tiny-animatediff": ad_pipe}[kind]
+    from_folder = attnlab.sites(str(tiny_dirs[kind]), height=64, width=48)
+    loaded = attnlab.sites(pipe, height=64, width=48)
+    assert from_folder.latent == loaded.latent
+    assert [s.as_dict() for s in from_folder] == [s.as_dict() for s in loaded]

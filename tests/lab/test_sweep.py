@@ -135,6 +135,15 @@ def test_example_spec_is_valid():
         ({"generation": {"guidance": "high"}}, "generation.guidance", "must be a number"),
         ({"prompts": [{"prompt": "x", "subprompts": "a"}]}, r"prompts\[0\].subprompts", "list"),
         ({"prompt_file": "p.json"}, "prompts", "exactly one of"),
+        # one edit spelled two ways is one cell id: two cells would write one run
+        (
+            {"edits": ["none", "tar:64D1", {"kind": "tar", "sigma": "64D1"}]},
+            "edits",
+            r"edits\[1\] and edits\[2\] are the same edit",
+        ),
+        ({"device": "gpu"}, "device", "'gpu' is not a torch device"),
+        ({"device": "cuda:x"}, "device", "not a torch device"),
+        ({"device": "meta"}, "device", "holds no data"),
     ],
 )
 def test_malformed_spec_names_the_key(change, key, match, tmp_path):
@@ -144,6 +153,39 @@ def test_malformed_spec_names_the_key(change, key, match, tmp_path):
     assert info.value.key == key.replace("\\", "")
     assert key.replace("\\", "") in str(info.value)
     assert not (tmp_path / "s.zarr").exists()  # nothing written
+
+
+def test_same_edit_spelled_two_ways_is_refused_also_in_combinations():
+    spec = base_spec(["tiny-modelscope"], edits=[["tar:64D1"], {"kind": "tar", "sigma": "64D1"}])
+    with pytest.raises(SweepSpecError, match=r"edits\[0\] and edits\[1\] are the same edit"):
+        parse_spec(spec)
+    # different settings of one kind are different edits
+    spec["edits"] = ["tar:64D1", {"kind": "tar", "sigma": "64D1", "scale": 0.5}]
+    assert len({c.cell_id for c in parse_spec(spec).cells()}) == 2
+
+
+def test_device_syntax_at_parse_time_availability_at_preflight(monkeypatch, tmp_path):
+    """A spec may name a device this machine lacks (written here for a GPU machine): it parses
+    and plans; running its cells here is refused before any work."""
+    import torch
+
+    from attnlab.lab.sweep.spec import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = parse_spec(base_spec(["tiny-modelscope"], device="cuda:1"))
+    assert spec.device == "cuda:1"
+    assert [state.state for _, state in plan_sweep(spec, tmp_path / "s.zarr")] == ["missing"]
+    with pytest.raises(SweepSpecError, match="no CUDA device") as info:
+        run_sweep(spec, tmp_path / "s.zarr", progress=False)
+    assert info.value.key == "device" and not (tmp_path / "s.zarr").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda:0")
+    check_device("cuda")
+    with pytest.raises(SweepSpecError, match="1 CUDA device"):
+        check_device("cuda:1")
+    check_device("cpu")
+    check_device("auto")
 
 
 def test_toml_syntax_error_names_file_and_line(tmp_path):

@@ -509,6 +509,56 @@ def test_lavie_pipeline_tar(lavie):
     assert torch.equal(run(), base)
 
 
+def test_lavie_folder_loads_as_lavie_pipeline_at_lavies_size(lavie):
+    """LaVie samples 320 x 512 (base/configs/sample.yaml), not the 512 x 512 that SD 1.4's
+    UNet sample_size (64) gives TextToVideoSDPipeline; None means the default too."""
+    from attnlab.models import generate
+
+    _, pipe = lavie
+    assert type(pipe).__name__ == "LaViePipeline"
+    defaults = {k: v.default for k, v in inspect.signature(type(pipe).__call__).parameters.items()}
+    assert (defaults["height"], defaults["width"]) == (320, 512)
+    assert tuple(generate(pipe, "a bear", frames=1, steps=1).shape) == (1, 320, 512, 3)
+    out = pipe("a bear", height=None, width=None, num_frames=1, num_inference_steps=1)
+    assert out.frames.shape[-3:-1] == (320, 512)
+
+
+def _known_notices(text: str) -> list[str]:
+    notices = ("Expected types for", "should be kept in float32: []", "has been deprecated")
+    return [line for line in text.splitlines() if any(n in line for n in notices)]
+
+
+def test_conversions_and_loading_print_no_known_library_notices(sd14_small, tmp_path, capfd):
+    """Converting (with a dtype) and loading print none of the known-harmless library notices
+    (the float32-modules note of .to(), the pipeline deprecation notice, the UNet type
+    warning of a LaVie folder), and pass no deprecated ``torch_dtype=``."""
+    import warnings
+
+    from attnlab.models import load_pipeline
+    from attnlab.models.lavie import LaVieRoPE
+
+    layout = convert.lavie_layout(convert.lavie_unet_config(sd14_small))
+    state = _random_state(layout, seed=2)
+    state |= {k: LaVieRoPE().freqs for k in state if k.endswith("rotary_emb.freqs")}
+    torch.save({"ema": state}, tmp_path / "lavie_base.pt")
+    torch.save({"state_dict": _lvdm_state(VC2_SMALL, seed=3)}, tmp_path / "model.ckpt")
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert.convert_lavie(
+            tmp_path / "lavie_base.pt", sd14_small, tmp_path / "lavie", dtype=torch.float16
+        )
+        convert.convert_videocrafter2(
+            tmp_path / "model.ckpt", tmp_path / "vc2", config=VC2_SMALL, dtype=torch.float16
+        )
+        for name in ("lavie", "vc2"):
+            pipe = load_pipeline(str(tmp_path / name), dtype=torch.float16, progress=False)
+            assert pipe.unet.dtype == torch.float16
+    err = capfd.readouterr().err
+    assert _known_notices(err) == []
+    assert [str(w.message) for w in caught if "torch_dtype" in str(w.message)] == []
+
+
 # --- VideoCrafter2 ----------------------------------------------------------------------------
 
 VC2_SMALL = VC2Config(
@@ -661,6 +711,24 @@ def test_vc2_conversion_round_trip(vc2):
     )
     assert (defaults["fps"], defaults["height"], defaults["width"]) == (28, 320, 512)
     assert pipe.vae.config.scaling_factor == 0.18215  # the config's (lvdm: an attribute)
+
+
+def test_vc2_generates_at_its_size_without_height_and_width(vc2, tmp_path):
+    """The converted UNet has no sample_size: no height / width means VideoCrafter2's 320 x 512
+    (attnlab's generate passes no None over the pipeline's defaults, and the pipeline takes
+    None for its default), as `attnlab generate --model vc2/` runs it."""
+    from attnlab.models import generate
+    from attnlab.tools.cli import main
+
+    _, _, pipe = vc2
+    assert pipe.unet.config.sample_size is None
+    assert tuple(generate(pipe, "a bear", frames=1, steps=1).shape) == (1, 320, 512, 3)
+    out = pipe("a bear", height=None, width=None, num_frames=1, num_inference_steps=1)
+    assert out.frames.shape[-3:-1] == (320, 512)
+    folder = tmp_path / "vc2"
+    pipe.save_pretrained(folder)
+    args = ["generate", "--model", str(folder), "--edit", "tar:64D1", "--guidance", "12"]
+    assert main([*args, "--frames", "1", "--steps", "1", "--out", str(tmp_path / "b.gif")]) == 0
 
 
 def test_vc2_from_deepspeed_with_a_scale_factor_buffer(vc2, tmp_path):

@@ -47,3 +47,37 @@ def test_a_broken_model_index_names_the_file(organism_folder):
     (organism_folder / "model_index.json").write_text('{"_class_name": \n')
     with pytest.raises(ValueError, match=r"organism/model_index.json is not valid JSON"):
         load_pipeline(str(organism_folder), progress=False)
+
+
+def test_an_embedded_name_that_is_also_a_folder_here_is_refused(tmp_path, monkeypatch):
+    """``tiny-modelscope`` with a folder of that name in the working directory: no silent
+    choice; ``./tiny-modelscope`` is the folder, the bare name elsewhere the embedded model."""
+    from attnlab.models.loading import AmbiguousModelError, resolve_model
+    from attnlab.tools.cli import main
+
+    (tmp_path / "tiny-modelscope").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AmbiguousModelError, match=r"give '\./tiny-modelscope' for the folder"):
+        resolve_model("tiny-modelscope")
+    with pytest.raises(AmbiguousModelError):
+        load_pipeline("tiny-modelscope", progress=False)
+    assert main(["sites", "tiny-modelscope"]) != 0
+    assert resolve_model("./tiny-modelscope") == "./tiny-modelscope"
+    monkeypatch.chdir(tmp_path / "tiny-modelscope")
+    assert resolve_model("tiny-modelscope") != "tiny-modelscope"  # the embedded one
+
+
+def test_a_dtype_loads_without_the_deprecated_torch_dtype(tiny_dirs):
+    import warnings
+
+    import torch
+
+    from attnlab.models.loading import dtype_kwargs
+
+    assert dtype_kwargs(None) == {}
+    assert dtype_kwargs(torch.float16) == {"dtype": torch.float16}  # diffusers 0.42
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_pipeline(str(tiny_dirs["tiny-modelscope"]), dtype=torch.float16, progress=False)
+    assert pipe.unet.dtype == torch.float16
+    assert [str(w.message) for w in caught if "torch_dtype" in str(w.message)] == []

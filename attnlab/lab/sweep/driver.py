@@ -132,7 +132,7 @@ def plan_sweep(
 ) -> list[tuple[Cell, CellState]]:
     """Every cell of a sweep with its state in ``store`` (validates the spec; writes nothing)."""
     spec = load_spec(spec)
-    preflight(spec)
+    preflight(spec, check_device_here=False)  # a plan may be made on another machine
     cells = spec.cells()
     store = Path(store)
     if not store.exists():
@@ -173,7 +173,8 @@ def run_sweep(
     store = Path(store).expanduser().absolute()
     StoreLock(store).check()  # refuse a busy store at once, before loading any model
     cells = spec.cells()
-    refs = preflight(spec)
+    # the device is this machine's only when the cells run here
+    refs = preflight(spec, check_device_here=scheduler == "local")
     layout = spec.layout()
     prepare_store(store, layout)
     variables = tuple(layout["variables"])

@@ -6,6 +6,7 @@
 * :func:`parse_spec` - validate a spec given as a mapping
 * :func:`load_spec` - a :class:`SweepSpec` from itself, a mapping or a TOML / YAML / JSON file
 * :func:`preflight` - check every model, frame count, selection and edit before any work
+* :func:`check_device` - refuse a device this machine does not have
 * :func:`record_kwargs` - keyword arguments of :func:`attnlab.record` from record settings
 * :class:`SweepError`, :class:`SweepSpecError` - a sweep that cannot run as given
 """
@@ -365,6 +366,23 @@ def _edits(data: Mapping[str, Any]) -> list[EditChoice]:
         else:
             label, specs, syn = _edit_one(item, where)
             out.append(EditChoice(label, specs, syn))
+    # the same edit spelled two ways ("tar:64D1" and {kind="tar", sigma="64D1"}) is one cell id:
+    # compare the canonical specs, not the labels
+    seen: dict[str, int] = {}
+    for i, choice in enumerate(out):
+        key = json.dumps(
+            {"specs": choice.specs, "synopsis": choice.synopsis},
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+        if key in seen:
+            raise SweepSpecError(
+                "edits",
+                f"edits[{seen[key]}] and edits[{i}] are the same edit "
+                f"({out[seen[key]].label!r} and {choice.label!r}); give it once",
+            )
+        seen[key] = i
     labels = [c.label for c in out]
     if len(set(labels)) != len(labels):
         raise SweepSpecError("edits", f"duplicate edits: {labels}")
@@ -496,6 +514,60 @@ def _record(data: Mapping[str, Any]) -> dict[str, Any]:
     return r
 
 
+_DEVICE_HINT = "'auto', 'cpu', 'cuda', 'cuda:1', 'mps', ..."
+
+
+def _device(value: Any) -> str:
+    """``device`` as torch parses it ("auto": the worker's choice). Only the syntax: a spec may
+    be written on one machine for another; :func:`check_device` asks this machine."""
+    if not isinstance(value, str) or not value:
+        raise SweepSpecError("device", f"must be one of {_DEVICE_HINT}, got {value!r}")
+    if value == "auto":
+        return value
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise SweepSpecError(
+            "device", f"{value!r} is not a torch device; give one of {_DEVICE_HINT}"
+        ) from None
+    if dev.type == "meta":
+        raise SweepSpecError("device", "'meta' holds no data and cannot generate")
+    return value
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``device`` (as :func:`parse_spec` accepts it) that this machine does not have:
+    CUDA without a CUDA device or with too few of them, MPS or another backend that is not
+    available. "auto" and "cpu" always pass."""
+    import torch
+
+    if device == "auto":
+        return
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SweepSpecError("device", f"{device!r}: this machine has no CUDA device")
+        if dev.index is not None and dev.index >= count:
+            raise SweepSpecError(
+                "device",
+                f"{device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}",
+            )
+        return
+    for module in (getattr(torch.backends, dev.type, None), getattr(torch, dev.type, None)):
+        available = getattr(module, "is_available", None)
+        if callable(available):  # torch.backends.mps, torch.xpu, ...
+            if not available():
+                raise SweepSpecError(
+                    "device", f"{device!r}: {dev.type} is not available on this machine"
+                )
+            return
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -511,11 +583,7 @@ def parse_spec(data: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> Sw
     name = data.get("name", "")
     if not isinstance(name, str):
         raise SweepSpecError("name", f"must be a string, got {_type_name(name)}")
-    device = data.get("device", "auto")
-    if not isinstance(device, str) or not device:
-        raise SweepSpecError(
-            "device", f"must be 'auto', 'cpu', 'cuda', 'cuda:1', ... got {device!r}"
-        )
+    device = _device(data.get("device", "auto"))
     frames, lengths, train_frames = _frames(data)
     spec = SweepSpec(
         models=_str_list(data, "models"),
@@ -573,14 +641,18 @@ def load_spec(spec: SweepSpec | Mapping[str, Any] | str | os.PathLike) -> SweepS
 # Checks before any work: models, frame limits, selections and edits against each model
 
 
-def preflight(spec: SweepSpec) -> dict[str, str]:
-    """Check every model and setting before any work; returns {model: loadable reference}."""
+def preflight(spec: SweepSpec, *, check_device_here: bool = True) -> dict[str, str]:
+    """Check every model and setting before any work; returns {model: loadable reference}.
+    ``check_device_here``: also refuse a ``device`` this machine does not have
+    (:func:`check_device`; leave it off where the cells run on other machines)."""
     from attnlab.core.selection import Layers, SelectionError, Steps
     from attnlab.core.sites import FrameLimitError, UnsupportedModelError, sites
     from attnlab.edits import EditError, Replace, from_spec
     from attnlab.edits.synopsis import Synopsis
     from attnlab.models.loading import resolve_model
 
+    if check_device_here:
+        check_device(spec.device)
     refs = {}
     kw = spec.record_kwargs()
     rec_layers = Layers.make(kw["levels"], kw["blocks"], kw["names"])

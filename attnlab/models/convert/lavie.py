@@ -175,6 +175,8 @@ def convert_lavie(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from attnlab.models.lavie import LaVieRoPE, LaVieUNet
+    from attnlab.models.loading import dtype_kwargs
+    from attnlab.util.quiet import quiet_library_logs
 
     sd = Path(sd_folder).expanduser()
     for sub in ("vae", "text_encoder", "tokenizer"):
@@ -194,21 +196,25 @@ def convert_lavie(
             raise CheckpointLayoutError(
                 f"{key}: rotary frequencies differ from RotaryEmbedding(32)'s 10000^(-2i/32)"
             )
-    with torch.device("meta"):
-        unet = LaVieUNet.from_config(config)
-    unet.load_state_dict(state, strict=True, assign=True)
-    unet = unet.to(dtype or torch.float32)
-    report = ConversionReport(str(checkpoint), consumed=len(state))
-    report.components["unet"] = len(state)
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    pipe = TextToVideoSDPipeline(
-        vae=AutoencoderKL.from_pretrained(sd / "vae", **kwargs),
-        text_encoder=CLIPTextModel.from_pretrained(sd / "text_encoder", **kwargs),
-        tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"),
-        unet=unet,
-        scheduler=lavie_scheduler(sd),
-    )
-    pipe.save_pretrained(out)
+    # only the known-harmless notices: "kept in float32: []" of .to(), the deprecation notice
+    # of TextToVideoSDPipeline's constructor
+    with quiet_library_logs():
+        with torch.device("meta"):
+            unet = LaVieUNet.from_config(config)
+        unet.load_state_dict(state, strict=True, assign=True)
+        unet = unet.to(dtype or torch.float32)
+        report = ConversionReport(str(checkpoint), consumed=len(state))
+        report.components["unet"] = len(state)
+        pipe = TextToVideoSDPipeline(
+            vae=AutoencoderKL.from_pretrained(sd / "vae", **dtype_kwargs(dtype)),
+            text_encoder=CLIPTextModel.from_pretrained(
+                sd / "text_encoder", **dtype_kwargs(dtype, "transformers")
+            ),
+            tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"),
+            unet=unet,
+            scheduler=lavie_scheduler(sd),
+        )
+        pipe.save_pretrained(out)
     report.notes.append(f"VAE, text encoder and tokenizer from {sd}")
     if not (sd / "scheduler" / "scheduler_config.json").is_file():
         report.notes.append(f"{sd} has no scheduler/: SD 1.4's scheduler settings used")

@@ -465,6 +465,7 @@ def convert_videocrafter2(
         VideoCrafter2UNet,
         latent_scale,
     )
+    from attnlab.util.quiet import quiet_library_logs
 
     state = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     check_layout(state, vc2_layout(config), f"VideoCrafter2 ({checkpoint})", VC2_OPTIONAL)
@@ -512,7 +513,8 @@ def convert_videocrafter2(
     with torch.device("meta"):
         unet = VideoCrafter2UNet.from_config(vc2_unet_config(config))
     unet.load_state_dict(convert_vc2_unet(unet_state, config), strict=True, assign=True)
-    unet = unet.to(dtype or torch.float32)
+    with quiet_library_logs():  # "kept in float32: []" (the cast changes nothing there)
+        unet = unet.to(dtype or torch.float32)
 
     vae_state = {k: v for k, v in state.items() if k.startswith("first_stage_model.")}
     vae_config = dict(
@@ -531,7 +533,8 @@ def convert_videocrafter2(
         vae = AutoencoderKL(**vae_config)
     vae_new = convert_ldm_vae_checkpoint(vae_state, vae.config)
     vae.load_state_dict(vae_new, strict=True, assign=True)
-    vae = vae.to(dtype or torch.float32)
+    with quiet_library_logs():
+        vae = vae.to(dtype or torch.float32)
 
     text_state = {
         k.removeprefix("cond_stage_model.model."): v
@@ -550,8 +553,13 @@ def convert_videocrafter2(
     }
     report.dropped = [f"cond_stage_model.model.{k}" for k in text_dropped]
     report.consumed = len(state)
-    pipe = VideoCrafter2Pipeline(
-        vae=vae, text_encoder=text, tokenizer=openclip_tokenizer(), unet=unet, scheduler=scheduler
-    )
-    pipe.save_pretrained(out)
+    with quiet_library_logs():  # the deprecation notice of TextToVideoSDPipeline's constructor
+        pipe = VideoCrafter2Pipeline(
+            vae=vae,
+            text_encoder=text,
+            tokenizer=openclip_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+        )
+        pipe.save_pretrained(out)
     return report
