@@ -81,11 +81,28 @@ def _setting(name: str, convert: Callable[[str], object]) -> Callable[[str], obj
                 f"invalid {convert.__name__} value: {text!r}"
             ) from None
         try:
-            return check_setting(name, value)
+            value = check_setting(name, value)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
+        return value
 
     parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _positive(name: str) -> Callable[[str], int]:
+    """An argparse type: a whole number >= 1."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number >= 1, got {value}")
+        return value
+
+    parse.__name__ = name
     return parse
 
 
@@ -142,6 +159,19 @@ def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps:
     )
 
 
+#: the recording options (dest -> option, default); ``generate`` takes them only with
+#: ``--record``
+RECORD_OPTIONS: dict[str, tuple[str, object]] = {
+    "levels": ("--record-levels", None),
+    "blocks": ("--record-blocks", None),
+    "names": ("--record-names", None),
+    "record_steps": ("--record-steps", None),
+    "cfg": ("--cfg", "both"),
+    "reduce": ("--reduce", "mean"),
+    "logits": ("--logits", False),
+}
+
+
 def _add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--record-levels",
@@ -172,11 +202,14 @@ def _add_record_args(p: argparse.ArgumentParser) -> None:
         help="step indices to record, e.g. '0,5,10' or '0:14' (default all)",
     )
     p.add_argument(
-        "--cfg", default="both", choices=["both", "cond", "uncond"], help="batch halves to record"
+        "--cfg",
+        default=RECORD_OPTIONS["cfg"][1],
+        choices=["both", "cond", "uncond"],
+        help="batch halves to record",
     )
     p.add_argument(
         "--reduce",
-        default="mean",
+        default=RECORD_OPTIONS["reduce"][1],
         choices=["mean", "head", "spatial"],
         help="reduction of the maps (over space and heads, over space, or a spatial grid)",
     )
@@ -200,9 +233,148 @@ def _check_writable(path: str | None, what: str, suffixes: tuple[str, ...] = ())
         raise ValueError(f"{what} {path!r}: the folder {folder} is not writable")
 
 
+def _check_device(text: str | None, option: str = "--device") -> None:
+    """Refuse a device torch cannot name or this machine does not have, before any work."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(
+            f"{option} {text!r} is not a torch device: give cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "" if torch.version.cuda else ", a torch built without CUDA"
+            raise ValueError(
+                f"{option} {text!r}: CUDA is not available on this machine "
+                f"(torch {torch.__version__}{built}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"{option} {text!r}: this machine has {count} CUDA device"
+                f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+            )
+        return
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{option} {text!r}: MPS is not available on this machine")
+        return
+    available = getattr(getattr(torch, device.type, None), "is_available", None)
+    if not callable(available):
+        raise ValueError(
+            f"{option} {text!r}: attnlab runs on cpu, cuda, cuda:N, mps or another "
+            "accelerator torch reports available"
+        )
+    if not available():
+        raise ValueError(f"{option} {text!r}: {device.type} is not available on this machine")
+
+
+def _check_model(model: str, option: str = "--model") -> None:
+    """A local file is not a pipeline (diffusers loads folders and hub ids): refuse it before
+    it is taken for a hub id."""
+    path = Path(str(model)).expanduser()
+    if not path.is_file():
+        return
+    from attnlab.models.loading import builtin_models
+
+    if str(model) not in builtin_models():  # an embedded name wins over a file of its name
+        raise ValueError(
+            f"{option} {model!r} is a file, not a pipeline folder: give an embedded name, a "
+            "diffusers pipeline folder (with model_index.json) or a hub id; original LaVie / "
+            "VideoCrafter2 checkpoints convert with `attnlab convert`"
+        )
+
+
+def _check_selection(args: argparse.Namespace) -> None:
+    """The layer selection (``--record-levels``, ``--record-blocks``, ``--record-names``) by
+    the API's rules, as far as they are known without a model."""
+    import re
+
+    from attnlab.core.selection import Layers, SelectionError
+    from attnlab.core.sites import BLOCKS
+
+    try:
+        Layers.make(args.levels)
+    except SelectionError as err:
+        raise SelectionError(f"--record-levels: {err}") from None
+    bad = [b for b in args.blocks or () if b not in BLOCKS]
+    if bad:
+        raise SelectionError(f"--record-blocks: unknown block {bad}; allowed: {', '.join(BLOCKS)}")
+    for pattern in args.names or ():
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise SelectionError(
+                f"--record-names: {pattern!r} is not a valid regular expression: {err}"
+            ) from None
+
+
+def _check_store_layout(path: str | os.PathLike | None, option: str, args) -> None:
+    """An existing store must take this recording's layout (``--reduce``, ``--logits``): the
+    recorder would refuse it only after the model has loaded."""
+    if path is None:
+        return
+    from attnlab.core import dims as D
+    from attnlab.core.store import SCHEMA_VERSION, StoreError, layout_of
+
+    if Path(path).expanduser().is_file():
+        raise StoreError(f"{option} {str(path)!r} is a file, not a zarr store (a folder)")
+    have = layout_of(Path(path).expanduser())  # StoreError: not an attnlab store
+    if have is None:
+        return
+    if have.get("schema") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{option} {path}: it has attnlab store schema {have.get('schema')}, this attnlab "
+            f"writes schema {SCHEMA_VERSION}; write to a new store"
+        )
+    want_grid = [4, 4] if args.reduce == "spatial" else None  # the recorder's default grid
+    logits = D.LOGITS in (have.get("variables") or ())
+    if (
+        have.get("reduction") != args.reduce
+        or have.get("grid") != want_grid
+        or (logits != bool(args.logits))
+    ):
+
+        def said(reduce: str, grid: object, with_logits: bool) -> str:
+            grid_text = f" (grid {grid})" if grid else ""
+            return f"--reduce {reduce}{grid_text}{' --logits' if with_logits else ''}"
+
+        raise StoreError(
+            f"{option} {path} holds runs recorded with "
+            f"{said(str(have.get('reduction')), have.get('grid'), logits)}; this recording is "
+            f"{said(args.reduce, want_grid, bool(args.logits))}: record with the store's "
+            "settings or write to a new store"
+        )
+
+
+def _probe_level_sets(tokens: Sequence[str]) -> list[list[int]]:
+    """``probe --levels``: each set whole numbers >= 0 joined by commas (``0``, ``0,1``;
+    ``+`` joins too), none empty, none twice."""
+    sets: list[list[int]] = []
+    for token in tokens:
+        parts = [p.strip() for p in str(token).replace("+", ",").split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(
+                f"--levels: bad level set {token!r}: give whole numbers >= 0 joined by commas, "
+                "e.g. 0 or 0,1 (0 = full latent resolution)"
+            )
+        levels = sorted({int(p) for p in parts})
+        if levels in sets:
+            raise ValueError(f"--levels: the level set {token!r} is given twice")
+        sets.append(levels)
+    return sets
+
+
 def _check_before_loading(args: argparse.Namespace) -> None:
-    """Every generation setting and output place checked before the model loads (the API's
-    rules: :func:`attnlab.models.loading.check_generation`)."""
+    """Every generation setting, selection, device and output place checked before the model
+    loads (the API's rules: :func:`attnlab.models.loading.check_generation`,
+    :meth:`attnlab.core.selection.Layers.make`); nothing is created here."""
     check_generation(
         frames=args.frames,
         steps=args.steps,
@@ -212,14 +384,38 @@ def _check_before_loading(args: argparse.Namespace) -> None:
         # record-real's runs have one step per timestep, not --steps
         record_steps=None if args.command == "record-real" else args.record_steps,
     )
+    _check_model(args.model)
+    _check_selection(args)
     if args.command == "generate":
+        if args.record is None:
+            ignored = [
+                option
+                for dest, (option, default) in RECORD_OPTIONS.items()
+                if getattr(args, dest) != default
+            ]
+            if ignored:
+                raise ValueError(
+                    f"{', '.join(ignored)} {'acts' if len(ignored) == 1 else 'act'} only with "
+                    f"--record STORE: add --record, or leave {'it' if len(ignored) == 1 else 'them'} "
+                    "out"
+                )
         _check_writable(args.out, "--out", (".mp4", ".gif"))
         _check_writable(args.record, "--record")
+        _check_store_layout(args.record, "--record", args)
     elif args.command == "record":
         _check_writable(args.out, "--out")
         _check_writable(args.video, "--video", (".mp4", ".gif"))
+        _check_store_layout(args.out, "--out", args)
+    elif args.command == "probe":
+        if len(set(args.kind)) != len(args.kind):
+            raise ValueError(f"--kind: each kind once, got {' '.join(args.kind)}")
+        args.probe_level_sets = _probe_level_sets(args.level_sets)
+        _check_writable(args.out, "--out")
+        _check_probe_out(Path(args.out), args.force)
     else:
         _check_writable(args.out, "--out")
+        _check_store_layout(args.out, "--out", args)
+    _check_device(args.device)
 
 
 def _check_recorded(store: str, run_id: str | None) -> str:
@@ -281,14 +477,18 @@ def _configure_sites(p: argparse.ArgumentParser) -> None:
         help="embedded name (organism-none, tiny-modelscope, ...), local pipeline folder or hub id",
     )
     p.add_argument(
-        "--latent", type=int, nargs=2, metavar=("H", "W"), help="latent size for feature sizes"
+        "--latent",
+        type=_positive("latent size"),
+        nargs=2,
+        metavar=("H", "W"),
+        help="latent size for feature sizes",
     )
     p.add_argument(
         "--height",
-        type=int,
+        type=_positive("height"),
         help="video height (with --width; uses the VAE scale factor of local folders, else 8)",
     )
-    p.add_argument("--width", type=int, help="video width (with --height)")
+    p.add_argument("--width", type=_positive("width"), help="video width (with --height)")
     p.add_argument("--json", action="store_true", help="print JSON records")
 
 
@@ -298,6 +498,12 @@ def cmd_sites(args: argparse.Namespace) -> int:
     from attnlab.core.sites import sites
     from attnlab.models.loading import resolve_model
 
+    if (args.height is None) != (args.width is None):
+        given, missing = ("--height", "--width") if args.width is None else ("--width", "--height")
+        raise ValueError(f"{given} needs {missing} too (a video size is height and width)")
+    if args.latent and args.height is not None:
+        raise ValueError("give --latent H W or --height H --width W, not both")
+    _check_model(args.model, "the model")
     latent = tuple(args.latent) if args.latent else None
     table = sites(resolve_model(args.model), latent=latent, height=args.height, width=args.width)
     if args.json:
@@ -406,25 +612,87 @@ def _configure_probe(p: argparse.ArgumentParser) -> None:
         default=["0", "1", "2", "3", "0,1"],
         help="level sets, e.g. 0 1 2 3 0,1",
     )
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (probe.zarr, videos/, probe_grid.png/.pdf); one that already holds "
+        "a probe's results is refused unless --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results of an earlier probe in --out (its probe.zarr, videos and grid "
+        "are deleted once the model has loaded)",
+    )
+
+
+#: what ``attnlab probe`` writes into its --out folder (besides videos/<probe>.gif)
+PROBE_STORE = "probe.zarr"
+PROBE_GRID = "probe_grid"
+
+
+def _probe_outputs(out: Path) -> list[Path]:
+    """The results of an earlier probe in ``out``: its store, grid and videos."""
+    found = [out / PROBE_STORE] if (out / PROBE_STORE).exists() else []
+    found += sorted(out.glob(f"{PROBE_GRID}.*"))
+    videos = out / "videos"
+    if videos.is_dir():
+        found += sorted(videos.glob("baseline.gif"))
+        found += sorted(videos.glob("*_levels*.gif"))
+    return found
+
+
+def _check_probe_out(out: Path, force: bool) -> None:
+    """Refuse an --out that holds an earlier probe's results (its runs would be appended to
+    and its figures overwritten), unless --force."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+    if (out / PROBE_STORE).exists() and not force:
+        raise ValueError(
+            f"--out {str(out)!r} already holds a probe ({out / PROBE_STORE}): choose a new "
+            "folder, or pass --force to replace its results"
+        )
+
+
+def _clear_probe_out(out: Path) -> None:
+    import shutil
+
+    for path in _probe_outputs(out):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 @command("probe", "replacement probes (paper Fig. 4): video grid and maps", _configure_probe)
 def cmd_probe(args: argparse.Namespace) -> int:
     """Paper Fig. 4: replace temporal attention with I_N / J_N per level set; videos, maps, grid."""
     from attnlab import load
-    from attnlab.lab.experiments import parse_level_sets, run_probes
+    from attnlab.lab.experiments import run_probes
     from attnlab.lab.plots import fig_probe_grid, reduce_maps, save_figure
 
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
+    pipe = _pipe(args)  # checks every option first (probe_level_sets: parsed) and creates nothing
+    from attnlab import sites
+    from attnlab.core.selection import Layers, SelectionError
+
+    # what the model has, known now: checked before the baseline is generated
+    table = sites(pipe)
+    for levels in args.probe_level_sets:
+        try:
+            Layers.make(levels).resolve(table)
+        except SelectionError as err:
+            raise SelectionError(f"--levels: {err}") from None
+    Layers.make(args.levels, args.blocks, args.names).resolve(table)  # --record-levels ...
+    if args.force:
+        _clear_probe_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = _pipe(args)
-    store = out / "probe.zarr"
+    store = out / PROBE_STORE
     result = run_probes(
         pipe,
         _settings(args),
         kinds=args.kind,
-        level_sets=parse_level_sets(args.level_sets),
+        level_sets=args.probe_level_sets,
         store=store,
         videos_dir=out / "videos",
         record_kwargs=_record_kwargs(args),
@@ -440,7 +708,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if key[0] != "baseline"
     }
     fig = fig_probe_grid(result["videos"], maps, baseline=result["baseline"])
-    paths = save_figure(fig, out / "probe_grid")
+    paths = save_figure(fig, out / PROBE_GRID)
     print(f"videos in {out / 'videos'}, maps in {store}, grid: {', '.join(map(str, paths))}")
     return 0
 
@@ -573,7 +841,8 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
 
 
 def _configure_bench(p: argparse.ArgumentParser) -> None:
-    from attnlab.tools.bench import ALL_VARIANTS, CONFIGS, PEERS, VARIANTS
+    # the names only (no torch): `attnlab bench --help` answers at once
+    from attnlab.tools.bench_names import ALL_VARIANTS, CONFIGS, PEERS, VARIANTS
 
     p.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default per config)")
@@ -607,11 +876,14 @@ def _configure_bench(p: argparse.ArgumentParser) -> None:
 )
 def cmd_bench(argv: list[str]) -> int:
     """Time and peak memory of recording and editing, as ratios to plain (see --help)."""
-    from attnlab.tools import bench
+    from attnlab.tools.bench_names import DESCRIPTION
 
-    p = argparse.ArgumentParser(prog="attnlab bench", description=bench.__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="attnlab bench", description=DESCRIPTION)
     _configure_bench(p)
     args = p.parse_args(argv)
+    _check_device(args.device)
+    from attnlab.tools import bench
+
     result = bench.run_bench(
         args.config,
         args.repeats,
@@ -815,6 +1087,7 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
 )
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Video metrics (dynamics, flicker, smoothness, consistency, CLIP-VL) of a store or a video."""
+    _check_device(args.device)
     from attnlab.lab.evaluation import evaluate, is_store, scalar_table
 
     target = args.target
@@ -869,6 +1142,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 REPORT_MAX_MB = 6.0
 
 
+def _megabytes(text: str) -> float:
+    """``report --max-mb``: a finite positive number (the report checks its minimum)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"the size limit must be a finite positive number of MB, got {text}"
+        )
+    return value
+
+
 def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "store",
@@ -893,10 +1181,11 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-mb",
-        type=float,
+        type=_megabytes,
         default=REPORT_MAX_MB,
-        help="size limit: above it the page holds fewer steps, the cond half only, head and "
-        "level means, and says what it left out",
+        help="size limit in MB (at least the page's fixed part, BokehJS and script: about 1.4): "
+        "above it the page holds fewer steps, the cond half only, head and level means, and "
+        "says what it left out",
     )
     p.add_argument("--title", default=None, help="the page's title (default: names the stores)")
 
@@ -928,8 +1217,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _configure_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("family", choices=["lavie", "videocrafter2"])
     p.add_argument("checkpoint", help="lavie_base.pt or VideoCrafter2's model.ckpt")
-    p.add_argument("out", help="output folder")
+    p.add_argument(
+        "out",
+        help="output folder (new or empty; an earlier conversion is replaced only with --force)",
+    )
     p.add_argument("--sd14", default=None, help="LaVie: Stable Diffusion 1.4 diffusers folder")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing pipeline folder OUT (one with model_index.json), once the "
+        "conversion has succeeded",
+    )
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument(
         "--trust-pickle", action="store_true", help="allow pickled objects beyond tensors"
@@ -943,26 +1241,68 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
 )
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an original LaVie or VideoCrafter2 checkpoint into a diffusers folder."""
+    out = Path(args.out).expanduser()
+    _check_convert_out(out, args.force)  # before a checkpoint of gigabytes is read
+    if args.family == "lavie" and not args.sd14:
+        raise ValueError(
+            "convert lavie needs --sd14 SD_FOLDER (Stable Diffusion 1.4, diffusers layout)"
+        )
+    import shutil
+
     import torch
 
     from attnlab.models import convert
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.family == "lavie":
-        if not args.sd14:
-            raise ValueError(
-                "convert lavie needs --sd14 SD_FOLDER (Stable Diffusion 1.4, diffusers layout)"
+    # written beside OUT and moved into place once complete: a failed conversion leaves
+    # neither a half-written folder nor a damaged earlier one
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.converting"
+    old = out.parent / f".{out.name}.{os.getpid()}.replaced"
+    tmp.mkdir()
+    try:
+        if args.family == "lavie":
+            report = convert.convert_lavie(
+                args.checkpoint, args.sd14, tmp, dtype=dtype, trust_pickle=args.trust_pickle
             )
-        report = convert.convert_lavie(
-            args.checkpoint, args.sd14, args.out, dtype=dtype, trust_pickle=args.trust_pickle
-        )
-    else:
-        report = convert.convert_videocrafter2(
-            args.checkpoint, args.out, dtype=dtype, trust_pickle=args.trust_pickle
-        )
+        else:
+            report = convert.convert_videocrafter2(
+                args.checkpoint, tmp, dtype=dtype, trust_pickle=args.trust_pickle
+            )
+        if out.exists():  # an empty folder, or an earlier conversion (--force)
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old.exists():
+                old.rename(out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(report.summary())
     print(f"diffusers folder written to {args.out}; load it with attnlab.models.load_pipeline")
     return 0
+
+
+def _check_convert_out(out: Path, force: bool) -> None:
+    """``convert``'s OUT: a new or empty folder in a writable place; an existing pipeline
+    folder only with ``--force``; never a file or a folder holding other things."""
+    _check_writable(str(out), "OUT")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"OUT {str(out)!r} is a file: give a folder for the diffusers pipeline")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "model_index.json").is_file():
+        raise ValueError(
+            f"OUT {str(out)!r} is a folder holding other files, not a pipeline: give a new or "
+            "empty folder"
+        )
+    if not force:
+        raise ValueError(
+            f"OUT {str(out)!r} already holds a pipeline (model_index.json): give a new folder, "
+            "or pass --force to replace it"
+        )
 
 
 # ---- parsing and running ----------------------------------------------------------------------
@@ -1041,6 +1381,18 @@ def _run(name: str, call: Callable[[], int], args: argparse.Namespace | None) ->
             text += "; a store is damaged: `attnlab check STORE` names its damaged runs"
         print(f"attnlab {name}: error: {text}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as err:
+        # the machine or a library (a device out of memory, a disk full, a file that cannot
+        # be read): one line naming the exception, and how to see where it came from
+        if os.environ.get("ATTNLAB_DEBUG"):
+            raise
+        text = " ".join(str(err).split())
+        print(
+            f"attnlab {name}: error: {type(err).__name__}: {text or '(no message)'} "
+            "(ATTNLAB_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _interrupted(args: argparse.Namespace | None) -> str:

@@ -296,6 +296,44 @@ def test_runs_and_compare_are_respected(stores, tmp_path, capsys):
         report(stores["runs"], compare=[ids[0]])
 
 
+def test_a_run_named_twice_is_one_run_of_the_page(stores, tmp_path, capsys):
+    ids = [str(r) for r in attnlab.load(stores["runs"])[D.RUN].values]
+    out = tmp_path / "twice.html"
+    argv = ["report", str(stores["runs"]), "-o", str(out), "--runs", ids[1], ids[0], ids[1]]
+    assert main(argv) == 0
+    assert [r["run_id"] for r in page_data(out.read_text())["runs"]] == [ids[1], ids[0]]
+    # by its id and by STORE_NAME/ID: still one run
+    page = report([stores["runs"], stores["real"]], runs=[ids[0], f"runs/{ids[0]}"])
+    assert page.runs == [ids[0]]
+
+
+def test_a_size_limit_must_be_finite_and_hold_the_page_itself(stores, tmp_path, capsys):
+    from attnlab.lab.report import minimum_mb
+
+    assert 1.0 < minimum_mb() < DEFAULT_MAX_MB
+    for bad in (float("inf"), float("nan"), 0, -1.0, True, "6"):
+        with pytest.raises(ReportError, match="max_mb must be a finite positive number"):
+            report(stores["runs"], max_mb=bad)
+    with pytest.raises(
+        ReportError, match=rf"max_mb 0.5 is below the page's fixed part.*at least {minimum_mb()}"
+    ):
+        report(stores["runs"], max_mb=0.5)
+    out = tmp_path / "r.html"
+    for value, message in [
+        ("inf", "argument --max-mb: the size limit must be a finite positive number of MB"),
+        ("nan", "argument --max-mb: the size limit must be a finite positive number of MB"),
+        ("0.5", "error: max_mb 0.5 is below the page's fixed part: BokehJS, the page's script"),
+    ]:
+        try:
+            rc = main(["report", str(stores["runs"]), "-o", str(out), "--max-mb", value])
+        except SystemExit as stop:
+            rc = stop.code
+        assert rc == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
 def test_a_size_limit_leaves_out_detail_and_says_so(stores):
     full = report(stores["runs"])
     limit = (full.size - 1000) / 1e6  # a little less than everything needs
@@ -316,7 +354,9 @@ def test_a_size_limit_leaves_out_detail_and_says_so(stores):
         maps[2, li, 0, 0, 0], probs.sel(cfg="cond").isel(step=1, layer=0).values
     )
     # the last resort: the mean over steps at each level only
-    tiny = report(stores["runs"], max_mb=0.1)
+    from attnlab.lab.report import minimum_mb
+
+    tiny = report(stores["runs"], max_mb=minimum_mb())
     for run in page_data(tiny.html)["runs"]:
         assert run["steps"] == [] and all(e["kind"] != "layer" for e in run["layers"])
     assert (

@@ -22,7 +22,7 @@ BAD_RECORD_OPTIONS = [
     (["--frames", "0"], "argument --frames: frames must be a whole number >= 1, got 0"),
     (["--frames", "-3"], "argument --frames: frames must be a whole number >= 1, got -3"),
     (["--frames", "many"], "argument --frames: invalid int value: 'many'"),
-    (["--height", "3"], "argument --height: height must be a whole number of pixels >= 8"),
+    (["--height", "3"], "argument --height: height must be a multiple of 8 pixels"),
     (["--guidance", "nan"], "argument --guidance: guidance must be a finite number, got nan"),
     (["--guidance", "inf"], "argument --guidance: guidance must be a finite number, got inf"),
     (["--record-steps", "abc"], "argument --record-steps: invalid step selection 'abc'"),

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import html
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -37,7 +38,15 @@ from attnlab.lab.report.content import (
     resolve_run,
 )
 
-__all__ = ["DEFAULT_MAX_MB", "Detail", "Report", "ReportError", "detail_ladder", "report"]
+__all__ = [
+    "DEFAULT_MAX_MB",
+    "Detail",
+    "Report",
+    "ReportError",
+    "detail_ladder",
+    "minimum_mb",
+    "report",
+]
 
 #: size limit of a report in MB (10^6 bytes) unless told otherwise; with more data the largest
 #: runs give up detail first (:func:`~attnlab.lab.report.content.fit`): the unconditional half,
@@ -126,7 +135,8 @@ def report(
             complete runs).
         compare (``(run_a, run_b) | None``, default None): the pair the comparison opens with
             (default the first two runs).
-        max_mb (``float``, default :data:`DEFAULT_MAX_MB`): size limit in MB; with more data
+        max_mb (``float``, default :data:`DEFAULT_MAX_MB`): size limit in MB, finite and at
+            least :func:`minimum_mb` (the page's fixed part, about 1.4 MB); with more data
             the largest runs hold less detail (``cond`` only, fewer steps, head means, level
             means; :func:`~attnlab.lab.report.content.fit`) and the page says what it left out.
         title (``str | None``): the page's title (default names the stores).
@@ -140,13 +150,26 @@ def report(
     Raises:
         StoreError: a store that does not exist, is not an attnlab store or holds no
             complete run; run ids it does not hold.
-        ReportError: no store given, a bad ``compare`` pair or ``max_mb``, a Dataset that is
-            not :func:`attnlab.load`'s, an output path that is a folder.
+        ReportError: no store given, a bad ``compare`` pair, a ``max_mb`` that is not a finite
+            number or is below :func:`minimum_mb`, a Dataset that is not
+            :func:`attnlab.load`'s, an output path that is a folder.
     """
     import xarray as xr
 
-    if not (isinstance(max_mb, (int, float)) and max_mb > 0):
-        raise ReportError(f"max_mb must be a positive number of megabytes, got {max_mb!r}")
+    if not (
+        isinstance(max_mb, (int, float))
+        and not isinstance(max_mb, bool)
+        and math.isfinite(max_mb)
+        and max_mb > 0
+    ):
+        raise ReportError(f"max_mb must be a finite positive number of megabytes, got {max_mb!r}")
+    fixed = _fixed_bytes()
+    if max_mb < minimum_mb():
+        raise ReportError(
+            f"max_mb {max_mb:g} is below the page's fixed part: BokehJS, the page's script and "
+            f"style take {fixed / 1e6:.2f} MB before any run; give at least "
+            f"{minimum_mb():.2f} (MB)"
+        )
     stores = (
         list(store_or_dataset)
         if isinstance(store_or_dataset, (list, tuple))
@@ -167,7 +190,7 @@ def report(
     from attnlab.lab.report.page import render
 
     names = [s.label for s in sources]
-    budget = int(max_mb * 1e6) - _fixed_bytes()
+    budget = int(max_mb * 1e6) - fixed
     content = collect(sources, budget)
     page = render(
         content,
@@ -182,6 +205,12 @@ def report(
     if path is not None:
         out.save(path)
     return out
+
+
+def minimum_mb() -> float:
+    """The smallest ``max_mb`` a report takes: the page's fixed part (BokehJS, template, style
+    and script), rounded up to 0.01 MB; its runs and videos come on top of it."""
+    return math.ceil(_fixed_bytes() / 1e4) / 100
 
 
 def _fixed_bytes() -> int:

@@ -114,8 +114,10 @@ def resolve_run(name: str, sources: Sequence[Source]) -> str:
 
 
 def _select(sources: list[Source], runs: list[str]) -> list[Source]:
+    """The sources with only ``runs`` (each once: a run named twice, or by its id and by
+    ``label/id``, is one run of the page)."""
     keys = run_keys(sources)
-    wanted = [resolve_run(r, sources) for r in runs]
+    wanted = list(dict.fromkeys(resolve_run(r, sources) for r in runs))
     out = []
     for i, s in enumerate(sources):
         ids = [keys[k][1] for k in wanted if keys[k][0] == i]
@@ -264,13 +266,8 @@ def run_shape(ds: xr.Dataset, run_id: str) -> RunShape:
 
 
 def _frames(sub: xr.Dataset, probs: xr.DataArray) -> int:
-    value = sub[D.FRAMES].values if D.FRAMES in sub.coords else None
-    try:
-        n = int(value) if value is not None else 0
-    except (TypeError, ValueError):
-        n = 0
-    if 0 < n <= probs.sizes[D.QUERY]:
-        return n
+    """The run's own frame count in its maps: the query frames that hold values (``frames``
+    counts video frames, more than the latent ones of a model that compresses time)."""
     rows = probs.notnull().any([d for d in probs.dims if d != D.QUERY]).values
     return int(rows.nonzero()[0].max()) + 1 if rows.any() else probs.sizes[D.QUERY]
 
