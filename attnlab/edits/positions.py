@@ -254,6 +254,18 @@ class PositionEdit(Edit):
     def target_params(self) -> dict[str, Any]:
         return {"steps": self.steps.to_json(), "t_min": self.t_min, "t_max": self.t_max}
 
+    def bind(self, controller: Controller) -> None:
+        # one positional-encoding edit per model: two would compose differently by family
+        # (a swapped table keeps only the last, a rewritten output applies both in turn)
+        other = next((c for c in controller.clients if isinstance(c, PositionEdit)), None)
+        if other is not None:
+            raise EditError(
+                f"{type(self).__name__}: {type(controller.model).__name__} has a positional-"
+                f"encoding edit already ({other!r}); one at a time, a frame encoding "
+                "changed once"
+            )
+        super().bind(controller)
+
     def wants(self, site: Site, ctx: CallContext) -> bool:
         return False  # acts on the positional encoding, not on attention maps
 

@@ -198,7 +198,10 @@ def _install_wan(
     def post(module, args, output):
         module._buffers["freqs_cos"], module._buffers["freqs_sin"] = own
 
-    return hooks(rope.register_forward_pre_hook(pre), rope.register_forward_hook(post))
+    # (the post hook runs also when the call raises: the model never keeps the retuned table)
+    return hooks(
+        rope.register_forward_pre_hook(pre), rope.register_forward_hook(post, always_call=True)
+    )
 
 
 def _install_chronoedit(model: torch.nn.Module, retune: Retune) -> Callable[[], None]:
@@ -307,7 +310,9 @@ def _install_ltx(model: torch.nn.Module, retune: Retune) -> Callable[[], None]:
         steps = torch.unique(c)
         if steps.numel() < 2:
             return None
-        step = float(steps[1] - steps[0])
+        # the last gap: LTXConditionPipeline's causal fix puts the first frames 1/c_t apart
+        # (pixel-frame coordinates 0, 1, 9, 17, ...), the others one token frame
+        step = float(steps[-1] - steps[-2])
         tok = 2 * unit * step
         new = retuned(retune, tok[None], steps.numel())
         if new is None:
@@ -457,7 +462,7 @@ def _swap_angle_table(
 
     return hooks(
         rope.register_forward_pre_hook(pre, with_kwargs=True),
-        rope.register_forward_hook(post, with_kwargs=True),
+        rope.register_forward_hook(post, with_kwargs=True, always_call=True),  # (also on raise)
     )
 
 

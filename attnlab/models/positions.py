@@ -275,7 +275,11 @@ def _install_lavie(model: torch.nn.Module, retune: Retune) -> Callable[[], None]
         def post(module, args, output, own=own):
             module._buffers["freqs"] = own
 
-        handles += [rope.register_forward_pre_hook(pre), rope.register_forward_hook(post)]
+        # (the post hook runs also when the call raises: the model never keeps the new table)
+        handles += [
+            rope.register_forward_pre_hook(pre),
+            rope.register_forward_hook(post, always_call=True),
+        ]
     return hooks(*handles)
 
 

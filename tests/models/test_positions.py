@@ -453,3 +453,56 @@ def test_bad_input_names_what_is_allowed():
 def test_position_edits_round_trip_through_json(edit):
     assert from_spec(edit.spec()) == edit
     assert from_json(edit.to_json()) == edit
+
+
+def test_a_retuned_table_is_put_back_when_the_rotary_call_raises():
+    """Wan swaps its tables for the rotary module's call: a call that raises (more frames than
+    rope_max_seq_len) must not leave the retuned table in the model after the block."""
+    model = tiny_dit.wan_transformer()
+    own = model.rope.freqs_cos.clone()
+    too_long = model.rope.freqs_cos.shape[0] + 8
+    with attnlab.edit(model, RIFLEx(k=1, frames=400)):
+        with pytest.raises(RuntimeError):
+            model.rope(torch.zeros(1, 4, too_long, 2, 2))
+        assert torch.equal(model.rope.freqs_cos, own)  # already during the block
+    assert torch.equal(model.rope.freqs_cos, own)
+
+
+def test_ltx_retune_reads_the_token_frame_step_past_the_causal_first_frame():
+    """LTXConditionPipeline's coordinates put the first two frames 1 pixel frame apart, the
+    others c_t = 8 (0, 1, 9, 17, ...): RIFLEx must take the step of a token frame, as it does
+    without video_coords (the first gap made every frequency look 8 times slower)."""
+    model = tiny_dit.ltx_transformer()
+    rope = model.rope
+    fps, F, H, W = 25.0, 5, 2, 2
+    pixel = (torch.arange(F).float() * 8 + 1 - 8).clamp(min=0)
+    t = pixel[:, None, None].expand(F, H, W).reshape(-1) / fps
+    h = torch.arange(H).float()[None, :, None].expand(F, H, W).reshape(-1) * 32
+    w = torch.arange(W).float()[None, None, :].expand(F, H, W).reshape(-1) * 32
+    coords = torch.stack([t, h, w])[None]
+    x = torch.zeros(1, F * H * W, model.config.in_channels)
+    col = rope.dim % 6  # the slowest time frequency's first channel
+    L = 200  # token frames
+    with attnlab.edit(model, RIFLEx(k=2, frames=8 * (L - 1) + 1)):
+        cos, sin = rope(x, F, H, W, None, coords)
+        cos_ref, sin_ref = rope(x, F, H, W, (8 / fps, 32, 32), None)
+
+    def per_frame(c, s):  # angle between token frames 2 and 3
+        a = torch.atan2(s[0, :, col], c[0, :, col]).double()
+        return float(a[3 * H * W] - a[2 * H * W])
+
+    assert per_frame(cos, sin) == pytest.approx(0.9 * 2 * math.pi / L, rel=1e-4)
+    assert per_frame(cos, sin) == pytest.approx(per_frame(cos_ref, sin_ref), rel=1e-4)
+
+
+def test_one_positional_encoding_edit_at_a_time():
+    """Two would compose differently by family (Wan keeps the last table, HunyuanVideo applies
+    both): the second is refused, and the model is left as it was."""
+    model = tiny_dit.wan_transformer()
+    own = model.rope.freqs_cos.clone()
+    with (
+        pytest.raises(EditError, match="positional-encoding edit already"),
+        attnlab.edit(model, RopeScale("pi", 2.0), RIFLEx(k=1, frames=257)),
+    ):
+        pass
+    assert torch.equal(model.rope.freqs_cos, own) and not attnlab.is_instrumented(model)
