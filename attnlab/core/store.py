@@ -160,8 +160,8 @@ def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
     return path
 
 
-#: group attribute of a run being written: the writer's ``pid``, ``host`` and ``token`` (None
-#: once its writer finished)
+#: group attribute of a run being written: the writer's ``pid``, its start time ``started``,
+#: ``host`` and ``token`` (None once its writer finished)
 WRITER = "writer"
 #: the tokens of the runs this process is writing now
 _WRITING: set[str] = set()
@@ -176,13 +176,19 @@ def _writing_now(writer: Any) -> bool:
         return True
     if writer.get("host") != socket.gethostname() or writer.get("pid") == os.getpid():
         return False
+    import psutil  # (distributed's dependency)
+
     try:
-        os.kill(int(writer["pid"]), 0)
-    except PermissionError:
+        process = psutil.Process(int(writer["pid"]))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False  # killed, not yet reaped
+        started = writer.get("started")
+        # the pid of a process started after the writer is another process (pid reuse)
+        return started is None or abs(process.create_time() - float(started)) < 1.0
+    except psutil.AccessDenied:
         return True  # a live process of another user
-    except (OSError, KeyError, TypeError, ValueError, OverflowError):
+    except (psutil.Error, KeyError, TypeError, ValueError, OverflowError):
         return False
-    return True
 
 
 def claim_run(path: str | os.PathLike, run_id: str) -> dict[str, Any]:
@@ -207,8 +213,15 @@ def claim_run(path: str | os.PathLike, run_id: str) -> dict[str, Any]:
                 f"on {writer.get('host')}); choose another name"
             )
         del runs[run_id]
+    import psutil
+
     token = secrets.token_hex(8)
-    mark: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "token": token}
+    mark: dict[str, Any] = {
+        "pid": os.getpid(),
+        "started": psutil.Process().create_time(),
+        "host": socket.gethostname(),
+        "token": token,
+    }
     runs.create_group(run_id, attributes={"complete": False, WRITER: mark})
     _WRITING.add(token)
     return mark
@@ -466,8 +479,11 @@ def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
 
 
 def _check_chunks(path: Path, run_id: str, group) -> None:
-    """A complete run must have every chunk of its maps (a missing one would read as NaN)."""
-    for name in (D.PROBS, D.LOGITS, D.TEXT_MASS, D.RAN):
+    """A complete run must have every chunk (a missing one would read as the fill value, NaN
+    or 0): of every array where every chunk was written, else of its maps and ``ran``."""
+    every = bool(group.attrs.get(EVERY_CHUNK, False))
+    names = [n for n, _ in group.arrays()] if every else [D.PROBS, D.LOGITS, D.TEXT_MASS, D.RAN]
+    for name in names:
         if name in group:
             arr = group[name]
             if arr.nchunks_initialized < arr.nchunks:

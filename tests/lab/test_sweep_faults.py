@@ -355,6 +355,8 @@ def test_ctrl_c_stops_the_sweep_and_its_workers(tiny_dirs, tmp_path, monkeypatch
                 os.kill(os.getpid(), signal.SIGINT)
                 return
             time.sleep(0.2)
+        if not stop.is_set():  # never reached: interrupt anyway, the test fails (not hangs)
+            os.kill(os.getpid(), signal.SIGINT)
 
     watcher = threading.Thread(target=interrupt_when_hanging, daemon=True)
     watcher.start()
@@ -517,3 +519,96 @@ def test_bad_worker_count_and_missing_spec_file(tmp_path, capsys):
         run_sweep(spec_for(["tiny-modelscope"]), tmp_path / "s.zarr", workers=0)
     assert main([str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s.zarr")]) == 2
     assert "nope.toml' not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("array", ["ran", "timestep"])
+def test_a_complete_run_missing_a_chunk_of_ran_or_of_a_coordinate_is_corrupt(
+    tiny_dirs, tmp_path, array
+):
+    """Not only the maps: a lost chunk of ``ran`` made load skip the run while the sweep
+    skipped the cell forever; a lost ``timestep`` chunk loaded as NaN."""
+    from attnlab.core.store import prepare_store
+    from attnlab.lab.sweep.spec import preflight, store_layout
+
+    spec = parse_spec(spec_for([ms(tiny_dirs)], prompts=["alpha cat"]))
+    refs = preflight(spec, check_device_here=False)
+    layout = store_layout(spec, refs)
+    variables = tuple(layout["variables"])
+    store = tmp_path / "s.zarr"
+    prepare_store(store, layout)
+    (cell,) = spec.cells()
+    assert (
+        run_cell(CellTask(cell, str(store), refs[cell.model], "cpu", variables))["status"] == "done"
+    )
+    assert cell_states(store, [cell], variables)[cell.cell_id].state == "complete"
+    chunks = sorted(
+        p for p in (store / "runs" / cell.run_id / array / "c").rglob("*") if p.is_file()
+    )
+    chunks[-1].unlink()
+    state = cell_states(store, [cell], variables)[cell.cell_id]
+    assert state.state == "corrupt" and f"chunks of {array!r} are missing" in state.reason
+    with pytest.warns(UserWarning, match=f"chunks of {array!r} are missing"):
+        assert attnlab.core.store.list_runs(store) == []  # never loaded with a hole
+
+
+def test_a_cell_never_replaces_a_run_another_live_writer_is_writing(tiny_dirs, tmp_path):
+    """A re-run of a task still running elsewhere (a remote scheduler re-submits it): the cell
+    fails instead of deleting the live writer's group (it deleted any incomplete run)."""
+    from attnlab.core.store import prepare_store
+    from attnlab.lab.sweep.spec import preflight, store_layout
+
+    spec = parse_spec(spec_for([ms(tiny_dirs)], prompts=["alpha cat"]))
+    refs = preflight(spec, check_device_here=False)
+    layout = store_layout(spec, refs)
+    store = tmp_path / "s.zarr"
+    prepare_store(store, layout)
+    (cell,) = spec.cells()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs = zarr.open_group(str(store), mode="r+", zarr_format=3)["runs"]
+        mark = {"pid": writer.pid, "host": socket.gethostname(), "token": "elsewhere"}
+        group = runs.create_group(cell.run_id, attributes={"complete": False, "writer": mark})
+        group.create_array("marker", shape=(1,), dtype="f4")[:] = 1
+        out = run_cell(
+            CellTask(cell, str(store), refs[cell.model], "cpu", tuple(layout["variables"]))
+        )
+        assert out["status"] == "failed" and "being written now" in out["error"]
+        assert "marker" in zarr.open_group(str(store), path=f"runs/{cell.run_id}", mode="r")
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_mistyped_scheduler_is_refused_before_anything_is_written(tmp_path):
+    store = tmp_path / "s.zarr"
+    with pytest.raises(SweepError, match="scheduler must be 'local' or a scheduler's address"):
+        run_sweep(spec_for(["tiny-modelscope"]), store, scheduler="locl", progress=False)
+    assert not store.exists()
+
+
+def test_a_dit_attending_to_its_text_sweeps_with_the_text_mass_and_not_beside_a_unet(
+    tiny_dirs, tmp_path
+):
+    """CogVideoX's recorder also writes the text mass: the store is prepared for it (every cell
+    of such a sweep failed on the layout before); one store holds one layout, so such a DiT
+    beside a UNet is refused before anything is written."""
+    from attnlab.core.store import prepare_store
+    from attnlab.lab.sweep.spec import preflight, store_layout
+    from attnlab.models.tiny_dit import cogvideox_pipeline
+
+    folder = tmp_path / "cog"
+    cogvideox_pipeline().save_pretrained(str(folder))
+    over = {"prompts": ["alpha cat"], "frames": [9], "record": {}}
+    over["generation"] = {"steps": 2, "height": 64, "width": 64}
+    spec = parse_spec(spec_for([folder], **over))
+    refs = preflight(spec, check_device_here=False)
+    layout = store_layout(spec, refs)
+    assert layout["variables"] == [D.PROBS, D.TEXT_MASS]
+    store = tmp_path / "s.zarr"
+    prepare_store(store, layout)
+    (cell,) = spec.cells()
+    out = run_cell(CellTask(cell, str(store), refs[cell.model], "cpu", tuple(layout["variables"])))
+    assert out["status"] == "done", out.get("error")
+    assert D.TEXT_MASS in attnlab.load(store)
+    with pytest.raises(SweepSpecError, match="one store holds one layout"):
+        preflight(parse_spec(spec_for([folder, ms(tiny_dirs)], **over)), check_device_here=False)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnlab.core.store import RUNS_GROUP
+from attnlab.core import dims as D
+from attnlab.core.store import EVERY_CHUNK, RUNS_GROUP
 from attnlab.lab.sweep.spec import Cell, record_kwargs
 
 FAILURES_GROUP = "failures"
@@ -66,18 +67,23 @@ def _run_state(
         for var in variables:
             if var not in group:
                 return "corrupt", f"run {run_id} is marked complete but has no {var!r} array"
-            arr = group[var]
+            if steps is not None and group[var].shape[0] != steps:
+                return "corrupt", (
+                    f"run {run_id} is marked complete but holds {group[var].shape[0]} of "
+                    f"{steps} steps"
+                )
+        # every chunk of every array (ran and the coordinates too) where every chunk was
+        # written; in older stores (chunks of fill values left out) those of the maps and ran
+        every = bool(group.attrs.get(EVERY_CHUNK, False))
+        for name, arr in group.arrays():  # (every array's metadata must parse)
+            if not (every or name in (*variables, D.RAN)):
+                continue
             if arr.nchunks_initialized < arr.nchunks:
                 missing = arr.nchunks - arr.nchunks_initialized
                 return (
                     "corrupt",
-                    f"run {run_id}: {missing} of {arr.nchunks} chunks of {var!r} are missing",
+                    f"run {run_id}: {missing} of {arr.nchunks} chunks of {name!r} are missing",
                 )
-            if steps is not None and arr.shape[0] != steps:
-                return "corrupt", (
-                    f"run {run_id} is marked complete but holds {arr.shape[0]} of {steps} steps"
-                )
-        list(group.arrays())  # every array's metadata must parse
     except Exception as err:
         return "corrupt", f"run {run_id} has unreadable arrays: {type(err).__name__}: {err}"
     return "complete", ""

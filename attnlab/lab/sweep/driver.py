@@ -26,7 +26,14 @@ from attnlab.lab.sweep.cells import (
     cell_states,
 )
 from attnlab.lab.sweep.lock import StoreLock
-from attnlab.lab.sweep.spec import Cell, SweepError, SweepSpec, load_spec, preflight
+from attnlab.lab.sweep.spec import (
+    Cell,
+    SweepError,
+    SweepSpec,
+    load_spec,
+    preflight,
+    store_layout,
+)
 from attnlab.lab.sweep.worker import CellTask, run_cell
 
 # how often dask re-runs a cell whose worker died before giving up on it (KilledWorker)
@@ -74,6 +81,24 @@ class SweepSummary:
         if self.not_retried:
             text += f" ({len(self.not_retried)} failed before and not retried: use --retry-failed)"
         return text
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    """``scheduler``: "local" or a scheduler's address (``tcp://host:port``, ``host:port``)."""
+    if scheduler == "local":
+        return
+    from dask.distributed.comm import parse_address, parse_host_port
+
+    try:
+        if not isinstance(scheduler, str) or not scheduler:
+            raise ValueError("not a string")
+        _, location = parse_address(scheduler)
+        parse_host_port(location)
+    except (ValueError, TypeError) as err:
+        raise SweepError(
+            f"scheduler must be 'local' or a scheduler's address such as "
+            f"tcp://127.0.0.1:8786, got {scheduler!r} ({err})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -171,11 +196,12 @@ def run_sweep(
         raise SweepError(f"workers must be a positive integer, got {workers!r}")
     spec = load_spec(spec)
     store = Path(store).expanduser().absolute()
+    _check_scheduler(scheduler)  # before anything is written
     StoreLock(store).check()  # refuse a busy store at once, before loading any model
     cells = spec.cells()
     # the device is this machine's only when the cells run here
     refs = preflight(spec, check_device_here=scheduler == "local")
-    layout = spec.layout()
+    layout = store_layout(spec, refs)
     prepare_store(store, layout)
     variables = tuple(layout["variables"])
     summary = SweepSummary(store=str(store), total=len(cells))

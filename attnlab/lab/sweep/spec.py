@@ -177,20 +177,24 @@ class SweepSpec:
     def record_kwargs(self) -> dict[str, Any]:
         return record_kwargs(self.record)
 
-    def layout(self) -> dict[str, Any]:
-        """The store layout this sweep writes (must match an existing store's)."""
+    def layout(self, text_mass: bool = False) -> dict[str, Any]:
+        """The store layout this sweep writes (must match an existing store's); ``text_mass``:
+        its models are joint-attention DiTs with the text in the attention sequence, whose
+        recorders also write the text mass (:func:`store_layout` tells it from the models)."""
         from attnlab.core.recording import Recorder
         from attnlab.core.selection import Layers, Steps
 
         kw = self.record_kwargs()
-        return Recorder(
+        rec = Recorder(
             layers=Layers.make(kw["levels"], kw["blocks"], kw["names"]),
             steps=Steps.make(kw["steps"]),
             cfg=kw["cfg"],
             reduce=kw["reduce"],
             grid=kw["grid"],
             logits=kw["logits"],
-        ).layout
+        )
+        rec._text_mass = text_mass  # as binding to such a model sets it
+        return rec.layout
 
 
 def record_kwargs(record: dict[str, Any]) -> dict[str, Any]:
@@ -667,6 +671,7 @@ def preflight(spec: SweepSpec, *, check_device_here: bool = True) -> dict[str, s
             "record.cfg", "'uncond' needs classifier-free guidance (generation.guidance > 1)"
         )
     cells = spec.cells()
+    text_in: dict[str, bool] = {}  # the text in the attention sequence: text_mass recorded
     for i, model in enumerate(spec.models):
         key = f"models[{i}]"
         try:
@@ -675,6 +680,7 @@ def preflight(spec: SweepSpec, *, check_device_here: bool = True) -> dict[str, s
         except (FileNotFoundError, UnsupportedModelError, OSError, ValueError) as err:
             raise SweepSpecError(key, f"{model!r}: {err}") from err
         refs[model] = ref
+        text_in[model] = table.text != "cross"
         frame_key = "lengths" if spec.lengths is not None else "frames"
         for j, frames in enumerate(spec.frames):
             try:
@@ -716,4 +722,21 @@ def preflight(spec: SweepSpec, *, check_device_here: bool = True) -> dict[str, s
                     raise SweepSpecError(
                         f"edits[{idx}]", f"{model!r}, {cell.frames} frames: {err}"
                     ) from None
+    if len(set(text_in.values())) > 1:
+        joint = [m for m, t in text_in.items() if t]
+        other = [m for m, t in text_in.items() if not t]
+        raise SweepSpecError(
+            "models",
+            f"{', '.join(joint)} attend to the text in their attention sequence (their runs "
+            f"also record the text mass), {', '.join(other)} do not: one store holds one "
+            "layout; sweep them into two stores",
+        )
     return refs
+
+
+def store_layout(spec: SweepSpec, refs: Mapping[str, str]) -> dict[str, Any]:
+    """The layout of ``spec``'s store given its models (``refs``: :func:`preflight`'s): with
+    the text mass when they attend to the text in their attention sequence."""
+    from attnlab.core.sites import sites
+
+    return spec.layout(text_mass=any(sites(ref).text != "cross" for ref in refs.values()))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnlab.core.store import RUNS_GROUP, StoreError
+from attnlab.core.store import StoreError
 from attnlab.lab.sweep.cells import _demote, _run_state, expected_steps
 from attnlab.lab.sweep.faults import _fault_kwargs, _faults_for
 from attnlab.lab.sweep.spec import Cell, record_kwargs
@@ -108,7 +108,6 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     failure, ``seconds``, ``pid``, ``host`` and ``loads`` (pipeline loads of this model in
     this process so far).
     """
-    import zarr
 
     from attnlab.edits import from_spec
     from attnlab.lab.experiments import GenerationSettings, generate_recorded
@@ -129,9 +128,8 @@ def run_cell(task: CellTask) -> dict[str, Any]:
                 return out
             if state == "corrupt":
                 raise StoreError(reason)
-            if state == "partial":  # left by an interrupted attempt: start over
-                root = zarr.open_group(str(store), mode="r+", zarr_format=3)
-                del root[f"{RUNS_GROUP}/{cell.run_id}"]
+            # a partial run (an interrupted attempt) is replaced by the recorder's claim_run,
+            # which refuses one whose writer is alive (a re-run of a task still running)
             g = cell.generation
             pipe = _pipeline(cell.model, task.model_ref, task.device, g.get("dtype"))
             edits = [from_spec(s) for s in cell.edits]
