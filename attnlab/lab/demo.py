@@ -4,13 +4,16 @@
 - :func:`run_demo`: run them with small settings (after the organisms' own figures, from
   :mod:`attnlab.lab.organisms`) and print where everything went
 - :func:`evaluator_readings`: the world evaluator's reading of each generated video
+- :func:`redraw_command`: the ``attnlab figures`` command that redraws the demo's figures
 - :func:`front_page`: ``report.html``, the interactive report of the demo's stores
   (:func:`attnlab.lab.report.report`) linking its figures
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,18 @@ def front_page(
         links=links,
     )
     return page.path or out / "report.html"
+
+
+def redraw_command(ctx: Context) -> str:
+    """The ``attnlab figures`` command that redraws the figures of ``ctx`` from its stores as
+    the demo drew them: its model, folders, frame counts and (when not the default ones) the
+    models of the cross-model experiment."""
+    args = ["attnlab", "figures", "--all", "--model", ctx.model, "--data", str(ctx.data)]
+    args += ["--out", str(ctx.figures), "--frames", *(str(n) for n in ctx.frames)]
+    default_models = next(f.default for f in dataclasses.fields(Context) if f.name == "models")
+    if tuple(ctx.models) != default_models:
+        args += ["--models", *ctx.models]
+    return shlex.join(args)
 
 
 def run_demo(
@@ -191,8 +206,6 @@ def run_demo(
         for run, text in readings.get(name, {}).items():
             print(f"  {'':<10}   {run}: {text}")
     page = front_page(ctx, story, results, out)
-    print(
-        f"done in {time.time() - t0:.0f} s. Redraw with: attnlab figures --all --model {ctx.model} --data {ctx.data} --out {ctx.figures}"
-    )
+    print(f"done in {time.time() - t0:.0f} s. Redraw with: {redraw_command(ctx)}")
     print(f"front page (open it in a browser): {page}")
     return results

@@ -780,6 +780,21 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="whose stores to draw")
     p.add_argument("--data", default="analyses/data", help="folder of the analysis stores")
     p.add_argument("--out", default="figures", help="folder for the figures")
+    p.add_argument(
+        "--frames",
+        type=_setting("frames", int),
+        nargs=2,
+        default=None,
+        metavar=("SHORT", "LONG"),
+        help="the frame counts the stores were run with (default: the analyses' 16 48; "
+        "`attnlab demo` prints its own)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="the models of the cross-model figure (default: the three organisms)",
+    )
 
 
 @command("figures", "redraw figures from the analysis stores (no model loaded)", _configure_figures)
@@ -792,6 +807,10 @@ def cmd_figures(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown experiments {unknown}; known: {', '.join(EXPERIMENTS)}")
     ctx = Context(model=args.model, data=Path(args.data), figures=Path(args.out))
+    if args.frames is not None:
+        ctx.frames = (args.frames[0], args.frames[1])
+    if args.models is not None:
+        ctx.models = tuple(args.models)
     for name, result in draw_all(ctx, names).items():
         print(f"{name}: {result if isinstance(result, str) else ', '.join(map(str, result))}")
     return 0

@@ -53,6 +53,7 @@ def test_demo_runs_its_story_offline(tmp_path, tiny_dirs, samples, capsys, cheap
     results = run_demo(out, model=ms, reference="carphone", frames=(4, 8), steps=2, story=story)
     text = capsys.readouterr().out
     assert "attnlab demo: what went where" in text
+    assert "Redraw with: attnlab figures --all" in text and "--frames 4 8" in text
     assert set(results) == set(story)
     figs = {p.name for p in (out / "figures").rglob("*.png")}
     assert figs == FIGURES - {
@@ -82,6 +83,33 @@ def test_demo_command_passes_its_options_to_run_demo(tmp_path, monkeypatch):
     code = main(["demo", "--quick", "--out", str(tmp_path / "d"), "--reference", "carphone"])
     assert code == 0
     assert seen == {"out": tmp_path / "d", "model": None, "quick": True, "reference": "carphone"}
+
+
+def test_the_printed_redraw_command_draws_with_the_demos_settings(tmp_path, monkeypatch):
+    import shlex
+
+    import attnlab.lab.experiments
+    from attnlab.lab.demo import redraw_command
+
+    seen = {}
+    monkeypatch.setattr(
+        attnlab.lab.experiments, "draw_all", lambda ctx, names: seen.update(ctx=ctx) or {}
+    )
+    for models in (Context.models, ("organism-none", "organism-rope")):
+        demo = Context(  # what run_demo(quick=True) uses; a folder with a space
+            model="organism-rope",
+            data=tmp_path / "my demo" / "data",
+            figures=tmp_path / "my demo" / "figures",
+            frames=(8, 16),
+            models=models,
+        )
+        argv = shlex.split(redraw_command(demo))
+        assert argv[:3] == ["attnlab", "figures", "--all"]
+        assert main(argv[1:]) == 0
+        ctx = seen["ctx"]
+        assert (ctx.model, ctx.data, ctx.figures) == (demo.model, demo.data, demo.figures)
+        assert ctx.frames == (8, 16) and ctx.models == demo.models  # not the defaults
+        assert ("--models" in argv) == (models != Context.models)
 
 
 def test_cross_model_experiment_extends_the_sinusoidal_table_past_16_frames(tmp_path, cheap):

@@ -20,7 +20,8 @@ from attnlab.lab import plots
 
 matplotlib.use("Agg")
 
-TAR = json.dumps([{"name": "tar", "sigma": {"64": 1}}])
+TAR = json.dumps([{"name": "tar", "sigma": {"64": 1}}])  # an old store's spec ("name")
+TAR_LABEL = "synthetic+TAR σ1@64"
 LEVELS = (0, 1)
 HW = ((4, 6), (2, 3))
 
@@ -205,9 +206,109 @@ def test_reduce_maps_cfg_none_and_errors(probs):
 
 def test_condition_and_labels(probs):
     labels = list(plots.condition_labels(probs))
-    assert labels[:4] == ["real", "synthetic", "synthetic", "synthetic+TAR"]
+    assert labels[:4] == ["real", "synthetic", "synthetic", TAR_LABEL]
     assert plots.sigma_label({64: 1, 32: 8}) == "σ64=1,σ32=8"
     assert plots.level_label(0, 40, 64) == "level 0 (40x64)"
+
+
+def edited_runs(specs: list[list[dict]], maps: list[np.ndarray], **coords) -> xr.DataArray:
+    """One synthetic run per entry of ``specs`` (its edits), each with its own N x N map."""
+    n, k = maps[0].shape[0], len(specs)
+    return xr.DataArray(
+        np.stack(maps)[:, None, None, None],
+        dims=(D.RUN, D.STEP, D.LAYER, D.CFG, D.QUERY, D.KEY),
+        coords={
+            D.RUN: [f"r{i}" for i in range(k)],
+            D.CFG: [D.COND],
+            D.SOURCE: (D.RUN, ["synthetic"] * k),
+            D.EDITS: (D.RUN, [json.dumps(s) for s in specs]),
+            D.FRAMES: (D.RUN, [n] * k),
+            **coords,
+        },
+        name=D.PROBS,
+    )
+
+
+def row_of(ax) -> str:
+    """The row header of a panel: its y-label less the axis name, long labels on lines."""
+    return "".join(ax.get_ylabel().split("\n")[:-1])
+
+
+def test_each_edit_setting_is_its_own_condition():
+    from attnlab.edits import TAR as Tar
+    from attnlab.edits import Replace, SlidingWindow
+
+    n = 8
+    eye, uni = np.eye(n), np.full((n, n), 1 / n)
+    specs = [
+        [],
+        [Tar("64D1").spec()],
+        [Tar("64D8").spec()],
+        [Replace("identity").spec()],
+        [Replace("ones").spec()],
+        [Replace("identity", levels=[0, 1]).spec()],
+        [Tar({0: 1.0, 1: 8.0}).spec(), SlidingWindow(4, 2).spec()],
+        [Tar("64D1", max_mode="global").spec()],
+    ]
+    maps = [uni, eye, uni, eye, uni, eye, uni, 0.5 * (eye + uni)]
+    da = edited_runs(specs, maps)
+    labels = list(plots.condition_labels(da))
+    assert labels == [
+        "synthetic",
+        "synthetic+TAR 64D1 (max_mode=row)",  # short labels that coincide: what differs added
+        "synthetic+TAR 64D8",
+        "synthetic+replace identity",
+        "synthetic+replace ones",
+        "synthetic+replace identity@0,1",
+        "synthetic+TAR σ1@0,σ8@1+sliding_window 4,2",
+        "synthetic+TAR 64D1 (max_mode=global)",
+    ]
+    # one row per setting, each panel its own run's map (TAR sigma 1 and 8 were averaged)
+    fig = plots.fig_attention_maps(da)
+    panels = image_axes(fig)
+    assert [row_of(ax) for ax in panels] == labels
+    for ax, m in zip(panels, maps):
+        np.testing.assert_allclose(ax.images[0].get_array(), m)
+    # Fig. 9 from one DataArray: no TAR, sigma 1, sigma 8 are three rows
+    fig9 = plots.fig_sigma_ablation(da.isel(run=[0, 1, 2]))
+    rows = [row_of(ax) for ax in image_axes(fig9)]
+    assert rows == ["synthetic", "synthetic+TAR 64D1", "synthetic+TAR 64D8"]
+
+
+def test_runs_of_different_edits_are_never_averaged_under_one_label():
+    from attnlab.edits import TAR as Tar
+    from attnlab.edits import Synopsis
+
+    n = 8
+    eye, uni = np.eye(n), np.full((n, n), 1 / n)
+    specs = [[Tar("64D1").spec()], [Tar("64D8").spec()]]
+    pooled = edited_runs(specs, [eye, uni], condition=(D.RUN, ["TAR", "TAR"]))
+    with pytest.raises(ValueError, match="different edits would be averaged into one panel"):
+        plots.fig_attention_maps(pooled)  # a given condition coordinate that pools them
+    with pytest.raises(ValueError, match=r"TAR 64D1.*TAR 64D8"):
+        plots.fig_attention_maps({"TAR": pooled.drop_vars("condition")})
+    with pytest.raises(ValueError, match="different edits"):
+        plots.fig_attention_maps(pooled.drop_vars("condition"), row=D.SOURCE)
+    # one edit setting over prompts is one condition: Synopsis' key states are the prompt's
+    syn = [[Synopsis(["a boy", "an old man"]).spec()], [Synopsis(["a cat", "a dog"]).spec()]]
+    same = edited_runs(syn, [eye, uni])
+    assert list(plots.condition_labels(same)) == ["synthetic+synopsis"] * 2
+    panel = image_axes(plots.fig_attention_maps(same))
+    assert len(panel) == 1
+    np.testing.assert_allclose(panel[0].images[0].get_array(), (eye + uni) / 2)
+
+
+def test_a_dict_is_titled_by_what_all_its_entries_share():
+    two = {
+        "ModelScope": make_run(8, model="damo/modelscope", steps=5),
+        "AnimateDiff": make_run(8, model="guoyww/animatediff", steps=2),
+    }
+    title = plots.fig_attention_maps(two)._suptitle.get_text()
+    assert title == "levels 0 (4x6), 1 (2x3) · cond"  # not one model's name or steps
+    assert "damo" not in title and "steps" not in title
+    same = {"a": make_run(8, steps=3), "b": make_run(8, steps=3, seed=1)}
+    title = plots.fig_attention_maps(same, levels=0)._suptitle.get_text()
+    assert title == "org/vc2 · level 0 (4x6) · steps 0–2 · cond"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +321,7 @@ def test_fig_attention_maps(probs, tmp_path):
     assert len(image_axes(fig)) == 6  # 3 conditions x 2 frame counts
     assert map_shapes(fig) == [(8, 8), (16, 16)] * 3  # padding dropped
     text = all_text(fig)
-    for label in ("real", "synthetic", "synthetic+TAR", "8 frames", "16 frames", "level 0 (4x6)"):
+    for label in ("real", "synthetic", TAR_LABEL, "8 frames", "16 frames", "level 0 (4x6)"):
         assert label in text
     for ax in image_axes(fig):
         m = ax.images[0].get_array()
@@ -237,7 +338,7 @@ def test_maps_are_absolute_on_one_shared_scale_with_uniform_marked(probs):
     raw = plots.reduce_maps(probs, levels=0)
     panels = image_axes(fig)
     # every panel: the averaged probabilities of its runs, unchanged
-    for ax, (cond, n) in zip(panels, [(c, n) for c in ("real", "synthetic", "synthetic+TAR") for n in (8, 16)]):  # fmt: skip
+    for ax, (cond, n) in zip(panels, [(c, n) for c in ("real", "synthetic", TAR_LABEL) for n in (8, 16)]):  # fmt: skip
         runs = [k for k in range(probs.sizes[D.RUN]) if plots.condition_labels(probs)[k] == cond and int(probs[D.FRAMES][k]) == n]  # fmt: skip
         expected = raw.isel(run=runs).mean(D.RUN).values[:n, :n]
         np.testing.assert_allclose(ax.images[0].get_array(), expected, rtol=1e-12)
@@ -300,7 +401,7 @@ def test_fig_attention_maps_without_frames_coord_or_run_dim(probs):
 
 def test_fig_attention_maps_dict_and_missing_cell(probs, tmp_path):
     real = probs.isel(run=[0])  # only 8 frames
-    synth = probs.where(probs[D.SOURCE] == "synthetic", drop=True)
+    synth = probs.where((probs[D.SOURCE] == "synthetic") & (probs[D.EDITS] == "[]"), drop=True)
     fig = plots.fig_attention_maps(
         {"real (DAVIS)": real, "synthetic": synth}, steps=[0], title="dict input"
     )
@@ -497,7 +598,7 @@ def test_fig_band_profile(probs, tmp_path):
     check_saved(fig, tmp_path, "band")
     assert len(fig.axes) == 2
     text = all_text(fig)
-    for label in ("level 0 (4x6)", "level 1 (2x3)", "real", "synthetic+TAR", "frame offset"):
+    for label in ("level 0 (4x6)", "level 1 (2x3)", "real", TAR_LABEL, "frame offset"):
         assert label in text
     for line in fig.axes[0].get_lines():
         assert not np.isnan(line.get_ydata()).any()
@@ -525,7 +626,10 @@ def test_fig_band_profile(probs, tmp_path):
         )
     prof = xr.concat(parts, dim=D.RUN, join="outer")
     assert prof.dims == (D.RUN, D.LAYER, D.OFFSET)
-    fig2 = plots.fig_band_profile(prof.isel(layer=0), hue=D.SOURCE, col=None)
+    with pytest.raises(ValueError, match="different edits would be averaged into one line"):
+        plots.fig_band_profile(prof.isel(layer=0), hue=D.SOURCE, col=None)  # TAR in "synthetic"
+    unedited = prof.isel(layer=0).where(prof[D.EDITS] == "[]", drop=True)
+    fig2 = plots.fig_band_profile(unedited, hue=D.SOURCE, col=None)
     assert len(fig2.axes) == 1 and "synthetic" in all_text(fig2)
     # a profile of NaN-padded maps loses the short runs: warn instead of dropping silently
     with pytest.warns(UserWarning, match="no finite profile"):
@@ -590,3 +694,42 @@ def test_long_format_input_dataframe():
     assert len(ax.collections) >= 2  # a violin per offset
     lo, hi = ax.get_ylim()
     assert lo <= 0.6 and hi >= 0.9
+
+
+def metric_results(thresholds: list[float]) -> xr.Dataset:
+    """Video metrics of runs of different sizes: VBench's threshold scales with min(h, w)."""
+    k = len(thresholds)
+    runs = [f"r{i}" for i in range(k)]
+    return xr.Dataset(
+        {
+            "flow_magnitude": ((D.RUN, D.FRAME_PAIR), np.arange(k * 3.0).reshape(k, 3)),
+            "flow_magnitude_mean": ((D.RUN,), np.arange(1.0, k + 1)),
+            "temporal_flickering": ((D.RUN,), np.full(k, 0.9)),
+            "dynamic_threshold": ((D.RUN,), thresholds),
+        },
+        coords={D.RUN: runs, D.FRAME_PAIR: np.arange(3)},
+    )
+
+
+def test_metric_bars_draw_each_runs_own_threshold_and_stay_off_pyplot():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    ev = metric_results([1.5, 3.0, 6.0])  # e.g. 32, 64 and 128 px videos
+    runs = {"small": "r0", "medium": "r1", "large": "r2"}
+    fig = plots.fig_metric_bars(ev, runs)
+    ax = fig.axes[0]
+    assert ax.get_lines() == []  # no single line claiming one threshold for all runs
+    (lines,) = ax.collections[-1:]
+    segs = lines.get_segments()
+    assert [float(s[0, 1]) for s in segs] == [1.5, 3.0, 6.0]  # each run's own threshold
+    assert [float(s[:, 0].mean()) for s in segs] == pytest.approx([0, 1, 2])  # over its bar
+    assert "VBench threshold (per run)" in all_text(fig)
+    # thresholds that agree: one line
+    one = plots.fig_metric_bars(metric_results([3.0, 3.0]), {"a": "r0", "b": "r1"})
+    assert [list(line.get_ydata()) for line in one.axes[0].get_lines()] == [[3.0, 3.0]]
+    assert "VBench threshold" in all_text(one)
+    curves = plots.fig_metric_curves(ev, runs)
+    assert {float(line.get_ydata()[0]) for line in curves.axes[0].get_lines()} >= {1.5, 3.0, 6.0}
+    assert plt.get_fignums() == before  # not registered with pyplot
+    assert isinstance(fig, matplotlib.figure.Figure) and fig.canvas.manager is None

@@ -106,6 +106,25 @@ def test_figures_all_without_data_names_the_path_and_creates_nothing(tmp_path, m
     assert list(tmp_path.iterdir()) == []  # no data folder, no figures folder
 
 
+def test_figures_draws_with_the_frame_counts_and_models_it_is_given(tmp_path, monkeypatch, capsys):
+    import attnlab.lab.experiments
+    from attnlab.lab.experiments import Context
+
+    seen = []
+    monkeypatch.setattr(
+        attnlab.lab.experiments, "draw_all", lambda ctx, names: seen.append(ctx) or {}
+    )
+    data = str(tmp_path / "data")
+    assert main(["figures", "prior", "--data", data, "--frames", "8", "16", "--models", "m1"]) == 0
+    assert main(["figures", "prior", "--data", data]) == 0
+    assert (seen[0].frames, seen[0].models) == ((8, 16), ("m1",))
+    assert (seen[1].frames, seen[1].models) == (Context.frames, Context.models)  # the defaults
+    with pytest.raises(SystemExit):
+        main(["figures", "--all", "--frames", "0", "16"])
+    assert "frames must be a whole number >= 1" in capsys.readouterr().err
+    assert seen[2:] == []
+
+
 def test_ctrl_c_is_one_line_exit_130_and_load_warns_once(tiny_dirs, tmp_path, monkeypatch, capsys):
     from attnlab.lab import experiments
 

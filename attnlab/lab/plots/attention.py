@@ -52,6 +52,7 @@ from attnlab.lab.plots.draw import (
 )
 from attnlab.lab.plots.labels import (
     CONDITION,
+    _check_one_setting,
     _fmt_facet,
     _run_labels,
     _selection_title,
@@ -90,9 +91,11 @@ def fig_attention_maps(
 
     ``probs`` is one DataArray whose runs are grouped by the run coordinates ``row`` and
     ``col`` ("condition" is derived from ``source`` and ``edits`` when no such coordinate
-    exists, giving "real", "synthetic", "synthetic+TAR"), or a dict ``label -> DataArray``
-    whose keys are the rows.  Runs sharing a cell are averaged; each panel is cropped to its
-    run's frame count. Colours show probabilities on one scale for every panel, with the
+    exists, giving "real", "synthetic", "synthetic+TAR 64D1": one row per edit setting), or a
+    dict ``label -> DataArray`` whose keys are the rows.  Runs sharing a cell are averaged
+    (never runs of different edits: that is an error); each panel is cropped to its run's
+    frame count. The default title names the model, levels, steps and cfg branch that all
+    rows share. Colours show probabilities on one scale for every panel, with the
     uniform level 1/N marked on the colour bar (``scale="minmax"``: per-panel min-max, said in
     the colour-bar label); each panel prints its band concentration (mass on ``|i - j| <= 1``)
     next to the uniform map's. Selection arguments go to :func:`reduce_maps`.
@@ -103,21 +106,19 @@ def fig_attention_maps(
         cells: dict[tuple[str, str], np.ndarray] = {}
         rows: list[str] = []
         cols: list[str] = []
-        first = None
         for label, da in probs.items():
             c, _, cs = _facet_cells(da, None, col, reduce_kw, row_label=str(label))
             cells.update(c)
             rows.append(str(label))
             cols.extend(x for x in cs if x not in cols)
-            first = da if first is None else first
         if col == FRAMES:
             cols.sort(key=lambda s: int(s.split()[0]))
-        ref = first
+        refs = list(probs.values())
     else:
         cells, rows, cols = _facet_cells(probs, row, col, reduce_kw)
-        ref = probs
-    if title is None and ref is not None:
-        title = _selection_title(_select(ref, **reduce_kw), cfg)
+        refs = [probs]
+    if title is None and refs:  # of a dict: what all its entries share
+        title = _selection_title([_select(r, **reduce_kw) for r in refs], cfg)
     with style():
         return _map_grid(
             cells,
@@ -126,6 +127,7 @@ def fig_attention_maps(
             suptitle=title or None,
             panel=panel,
             scale=scale,
+            wrap=24,
         )
 
 
@@ -283,6 +285,13 @@ def fig_band_profile(
     if FRAMES not in df.columns and RUN in df.columns:  # frame count from each run's extent
         df[FRAMES] = df.groupby(RUN)[OFFSET].transform("max") + 1
     by_frames = FRAMES in df.columns and df[FRAMES].nunique() > 1
+    if RUN in df.columns:  # a line averages its runs: never runs of different edit settings
+        keys = [c for c in (hue, col, FRAMES if by_frames else None) if c in df.columns]
+        groups = df.groupby(keys, dropna=False)[RUN] if keys else [(None, df[RUN])]
+        runs = list(da[RUN].values)
+        for _, ids in groups:
+            idx = sorted({runs.index(r) for r in ids.unique()})
+            _check_one_setting(da.isel({RUN: idx}), "one line")
     style_col: str | None = None
     if by_frames:
         style_col = "frames "

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from attnlab.core.dims import FRAMES, RUN
 from attnlab.data.video import to_unit_frames
-from attnlab.lab.plots.labels import _fmt_facet, _run_labels
+from attnlab.lab.plots.labels import _fmt_facet, _run_labels, _wrap
 from attnlab.lab.plots.maps import VideoLike, _cell_map, _minmax_np
 from attnlab.lab.plots.style import MAP_CMAP
 
@@ -121,8 +121,10 @@ def _map_grid(
     suptitle: str | None = None,
     panel: float = 1.7,
     given: tuple[float, float, str] | None = None,
+    wrap: int | None = None,
 ) -> Figure:
-    """Grid of N x N maps; column headers as top titles, row headers on the left y-labels.
+    """Grid of N x N maps; column headers as top titles, row headers on the left y-labels
+    (broken into lines of about ``wrap`` characters, if given).
 
     Attention maps: colours on ``scale`` (see :data:`SCALES`), each panel noting its band
     concentration against the uniform map's. Other matrices (similarities) pass ``given`` =
@@ -154,7 +156,8 @@ def _map_grid(
                 ax.set_title(c)
             first = next(cc for cc in cols if cells.get((r, cc)) is not None)
             if c == first:  # row header on the first drawn panel of the row
-                ax.set_ylabel(f"{r}\n{ylabel}" if r else ylabel)
+                head = _wrap(r, wrap) if wrap else r
+                ax.set_ylabel(f"{head}\n{ylabel}" if r else ylabel)
             if i == len(rows) - 1 or cells.get((rows[i + 1], c)) is None:
                 ax.set_xlabel(xlabel)
     if im is not None and given is not None:

@@ -33,7 +33,7 @@ from attnlab.lab.plots.draw import (
     _new_figure,
     _order,
 )
-from attnlab.lab.plots.labels import CONDITION, _num
+from attnlab.lab.plots.labels import CONDITION, _num, _wrap
 from attnlab.lab.plots.maps import (
     MapLike,
     VideoLike,
@@ -309,7 +309,7 @@ def fig_sigma_ablation(
                 if r in cells:
                     im = _draw_map(ax, cells[r], vmin=mlo, vmax=mhi)
                     _band_note(ax, raw[r])
-                    ax.set_ylabel(f"{r}\nquery frame")
+                    ax.set_ylabel(f"{_wrap(r)}\nquery frame")
                     ax.set_xlabel("key frame" if i == len(rows) - 1 else "")
                 else:
                     ax.set_axis_off()
@@ -321,7 +321,7 @@ def fig_sigma_ablation(
                 if r in videos:
                     _draw_strip(ax, videos[r], n, ncols, ticks=False)
                     if not has_map:
-                        ax.set_ylabel(r)
+                        ax.set_ylabel(_wrap(r))
                 else:
                     ax.set_axis_off()
                 if i == 0:

@@ -34,6 +34,7 @@ from attnlab.core.dims import (
     X,
     Y,
 )
+from attnlab.lab.plots.labels import _check_one_setting
 
 #: what the figures accept as a map and as a video (see :mod:`attnlab.lab.plots`)
 MapLike = xr.DataArray | np.ndarray
@@ -174,6 +175,7 @@ def _frames_of(da: xr.DataArray) -> int | None:
 def _cell_map(sub: xr.DataArray, reduce_kw: Mapping[str, Any], normalize: bool = False):
     """One display map from runs that share a panel: reduce, average runs, crop, normalise."""
     n = _frames_of(sub)
+    _check_one_setting(sub)
     r = reduce_maps(sub, normalize=False, **reduce_kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib as mpl
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from attnlab.core import dims as D
+from attnlab.lab.plots.draw import _new_figure
 from attnlab.lab.plots.style import style
 
 _LABELS = {
@@ -37,6 +40,27 @@ def _axis_of(da: xr.DataArray) -> str:
     raise ValueError(f"{da.name} has no frame axis: {da.dims}")
 
 
+def _threshold(ev: xr.Dataset, rid: str) -> float:
+    """A run's VBench dynamic-degree threshold (px; it scales with the run's min(h, w))."""
+    thr = ev["dynamic_threshold"]
+    return float(thr.sel({D.RUN: rid}) if D.RUN in thr.dims else thr)
+
+
+def _thresholds(ax, values: Sequence[float]) -> None:
+    """VBench thresholds on a bar panel: one line across all bars when the runs agree, else a
+    short line over each run's own bar."""
+    label = "VBench threshold"
+    if len(set(values)) == 1:
+        ax.axhline(values[0], color="C3", ls="--", lw=0.9, label=label)
+    else:
+        x = np.arange(len(values))
+        ax.hlines(
+            values, x - 0.45, x + 0.45, color="C3", ls="--", lw=0.9, label=f"{label} (per run)"
+        )
+    ax.set_ylim(top=1.25 * ax.get_ylim()[1])  # room for the legend above the lines
+    ax.legend(fontsize=6, frameon=False, loc="upper left")
+
+
 def fig_metric_curves(
     ev: xr.Dataset,
     runs: Mapping[str, str],
@@ -50,21 +74,15 @@ def fig_metric_curves(
 ) -> Figure:
     """One panel per variable, one line per ``label -> run id``; x is the frame (pair) index.
 
-    ``flow_magnitude`` panels draw the runs' VBench thresholds (grey, dotted); a
+    ``flow_magnitude`` panels draw each run's VBench threshold (dotted, in the run's colour:
+    it scales with the run's min(h, w)); a
     vertical line at ``mark_frame`` marks e.g. a model's training length.
     """
-    import matplotlib.pyplot as plt
-
     variables = [v for v in variables if v in ev]
     with style():
-        fig, axes = plt.subplots(
-            1,
-            len(variables),
-            figsize=(3.6 * len(variables) + 1.2, 2.8),
-            squeeze=False,
-            layout="constrained",
-        )
-        palette = plt.get_cmap("tab10")
+        fig = _new_figure(3.6 * len(variables) + 1.2, 2.8)
+        axes = fig.subplots(1, len(variables), squeeze=False)
+        palette = mpl.colormaps["tab10"]
         for ax, var in zip(axes[0], variables):
             x_dim = _axis_of(ev[var])
             lo = 0.0
@@ -76,8 +94,7 @@ def fig_metric_curves(
                 ls = (linestyles or {}).get(label, "-")
                 ax.plot(x[keep], y[keep], color=c, ls=ls, lw=1.3, label=label)
                 if var == "flow_magnitude" and "dynamic_threshold" in ev:
-                    thr = float(ev["dynamic_threshold"].sel({D.RUN: rid}))
-                    ax.axhline(thr, color="0.5", ls=":", lw=0.8)
+                    ax.axhline(_threshold(ev, rid), color=c, ls=":", lw=0.8, alpha=0.8)
                 if keep.any():
                     lo = min(lo, float(np.nanmin(y)))
             if mark_frame is not None:
@@ -87,6 +104,7 @@ def fig_metric_curves(
             ax.set_xlabel({D.FRAME_PAIR: "frame pair (i, i+1)", D.FRAME: "frame", D.OFFSET:
                            "frame interval"}[x_dim])  # fmt: skip
             ax.set_ylabel(_LABELS.get(var, var))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if var.startswith(("consistency", "similarity")):
                 ax.set_ylim(min(lo, 0.0) - 0.02, 1.02)
             else:
@@ -105,28 +123,23 @@ def fig_metric_bars(
     *,
     title: str | None = None,
 ) -> Figure:
-    """One panel per per-run scalar, one bar per ``label -> run id`` (in the given order)."""
-    import matplotlib.pyplot as plt
+    """One panel per per-run scalar, one bar per ``label -> run id`` (in the given order).
 
+    ``flow_magnitude_mean`` panels draw VBench's dynamic-degree threshold, which scales with
+    each run's min(h, w): one line when every run's threshold is the same, else a line over
+    each run's own bar."""
     variables = [v for v in variables if v in ev]
     labels = list(runs)
     if not labels or not variables:
         raise ValueError("fig_metric_bars needs at least one run and one variable present in ev")
     with style():
-        fig, axes = plt.subplots(
-            1,
-            len(variables),
-            figsize=(max(3.0, 0.45 * len(labels) + 1.2) * len(variables), 3.0),
-            squeeze=False,
-            layout="constrained",
-        )
+        fig = _new_figure(max(3.0, 0.45 * len(labels) + 1.2) * len(variables), 3.0)
+        axes = fig.subplots(1, len(variables), squeeze=False)
         for ax, var in zip(axes[0], variables):
             vals = [float(ev[var].sel({D.RUN: runs[k]})) for k in labels]
             ax.bar(range(len(labels)), vals, color="0.35")
             if var == "flow_magnitude_mean" and "dynamic_threshold" in ev:
-                thr = float(ev["dynamic_threshold"].sel({D.RUN: runs[labels[0]]}))
-                ax.axhline(thr, color="C3", ls="--", lw=0.9, label="VBench threshold")
-                ax.legend(fontsize=6, frameon=False)
+                _thresholds(ax, [_threshold(ev, runs[k]) for k in labels])
             ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=6)
             ax.set_ylabel(_LABELS.get(var, var))
             ax.set_ylim(bottom=0.0, top=1.0 if var == "temporal_flickering" else None)
