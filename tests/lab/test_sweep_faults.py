@@ -342,6 +342,9 @@ def test_ctrl_c_stops_the_sweep_and_its_workers(tiny_dirs, tmp_path, monkeypatch
     spec = spec_for([ms(tiny_dirs)])
     cells = cells_by_prompt(spec)
     monkeypatch.setenv(FAULT_ENV, "hang:charlie")  # inherited by the local cluster's workers
+    # Python leaves SIGINT ignored when it started so (a runner launched in the background by a
+    # shell without job control): the interrupt this test sends must raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     seen: list = []
@@ -366,6 +369,7 @@ def test_ctrl_c_stops_the_sweep_and_its_workers(tiny_dirs, tmp_path, monkeypatch
             run_sweep(spec, store, scheduler="local", workers=1, progress=False)
     finally:
         stop.set()
+        signal.signal(signal.SIGINT, previous)
     assert seen, "the sweep never reached the hanging cell"
     assert not (store / LOCK_NAME).exists()
     assert not still_running(seen)
