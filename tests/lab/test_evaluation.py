@@ -465,3 +465,86 @@ def test_a_world_clip_by_name_and_an_empty_metric_list(tmp_path):
     assert ds.sizes["run"] == 1 and np.isfinite(ds["temporal_flickering"].values).all()
     with pytest.raises(E.EvaluationError, match="metrics is empty"):
         E.evaluate("world:0", metrics=[], write=False, progress=False)
+
+
+# ---------------------------------------------------------------- stored results and reuse
+
+
+def _tex(shift: int) -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:64]
+    field = 127 + 100 * np.sin((x - shift) / 3.0) * np.cos(y / 5.0)
+    return np.repeat(field[..., None], 3, -1).astype(np.uint8)
+
+
+def test_a_changed_video_keeps_none_of_its_old_scores(tmp_path):
+    """Re-scored after its video changed (even to another frame count), a run's stored
+    results are the new video's alone: the merge kept the old digest (so the old scores came
+    back for the old video later) and the old video's other metrics, and crashed on a new length."""
+    from attnlab.core.store import prepare_store, save_video
+    from attnlab.lab.evaluation.results import _stored
+    from attnlab.lab.evaluation.scoring import _digest
+    from attnlab.lab.evaluation.vbench import dynamic_degree
+
+    store = tmp_path / "s.zarr"
+    prepare_store(store, {})
+    still = np.stack([_tex(0)] * 8)
+    moving = np.stack([_tex(4 * i) for i in range(8)])
+    save_video(store, "v", still)
+    attnlab.evaluate(store, metrics=["dynamic_degree", "temporal_flickering"], progress=False)
+    save_video(store, "v", moving)
+    attnlab.evaluate(store, metrics=["dynamic_degree"], progress=False)
+    kept = _stored(store, "v")
+    assert kept.attrs["frames_sha256"] == _digest(moving)
+    assert "temporal_flickering" not in kept  # the still video's, not this one's
+    save_video(store, "v", still)
+    again = attnlab.evaluate(store, metrics=["dynamic_degree"], progress=False)
+    want = float(dynamic_degree(still).flow_magnitude_mean)
+    assert float(again.flow_magnitude_mean.sel(run="v")) == pytest.approx(want)
+    save_video(store, "v", moving[:4])  # another length
+    short = attnlab.evaluate(store, metrics=["dynamic_degree"], progress=False)
+    assert short.sizes["frame_pair"] == 3
+
+
+def test_reuse_needs_the_same_prompt_and_backend_settings(tmp_path):
+    from attnlab.core.store import prepare_store, save_video
+    from attnlab.data.similarity import PixelBackend
+    from attnlab.lab.evaluation.vbench import consistency
+
+    store = tmp_path / "s.zarr"
+    prepare_store(store, {})
+    video = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    save_video(store, "v", video)
+
+    def scorer(frames, prompt):
+        return float(len(prompt))
+
+    for prompt in ("a cat", "a peony blooming"):
+        got = attnlab.evaluate(
+            store, prompt=prompt, metrics=["mtscore"], mtscore=scorer, progress=False
+        )
+        assert float(got.mtscore.sel(run="v")) == len(prompt)
+    for size in (4, 64):
+        backend = PixelBackend(size=size)
+        got = attnlab.evaluate(store, metrics=["consistency"], similarity=backend, progress=False)
+        want = float(consistency(video, PixelBackend(size=size)).consistency)
+        assert float(got.consistency.sel(run="v")) == pytest.approx(want)
+
+
+def test_the_real_reference_is_the_whole_stores_whichever_runs_are_scored(ms_pipe, tmp_path):
+    """With runs=[...] the default reference was built from the selected runs alone: scoring
+    the synthetic run only dropped its distance to the real one."""
+    from tests.helpers import generate
+
+    store = tmp_path / "att.zarr"
+    with attnlab.record(ms_pipe, store=store, name="synth"):
+        generate(ms_pipe)
+    n = attnlab.load(store).sizes["query_frame"]
+    attnlab.record_real(
+        ms_pipe, "world:0", frames=n, timesteps=[400], store=store, name="real", progress=False
+    )
+    every = attnlab.evaluate(store, metrics=["attention"], write=False, progress=False)
+    one = attnlab.evaluate(
+        store, metrics=["attention"], runs=["synth"], write=False, progress=False
+    )
+    want = float(every.attention_distance_to_real.sel(run="synth"))
+    assert float(one.attention_distance_to_real.sel(run="synth")) == pytest.approx(want)

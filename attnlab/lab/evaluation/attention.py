@@ -69,14 +69,15 @@ def attention_measures(
         refs[reference.sizes[D.QUERY]] = reference
     else:
         ref_store = Path(reference) if reference is not None else Path(store)
-        rds = ds if reference is None else load(ref_store)
+        # the real runs of the whole store, whichever runs are scored
+        rds = ds if reference is None and runs is None else load(ref_store)
         real = [str(r) for r, s in zip(rds[D.RUN].values, rds[D.SOURCE].values) if s == "real"]
         by_n: dict[int, list[xr.DataArray]] = {}
         for r in real:
             n = int(rds[D.FRAMES].sel({D.RUN: r}))
             m = (
                 maps[r]
-                if reference is None
+                if reference is None and r in maps
                 else _mean_maps(rds[D.PROBS].sel({D.RUN: r}), n, levels)
             )
             by_n.setdefault(n, []).append(m.drop_vars([D.QUERY, D.KEY], errors="ignore"))

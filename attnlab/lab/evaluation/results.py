@@ -92,12 +92,16 @@ def _same(stored: xr.Dataset, metric: str, settings: dict[str, Any]) -> bool:
 def _write(path: Path, rid: str, ds: xr.Dataset, new_settings: dict[str, Any]) -> None:
     """Merge ``ds`` into ``evaluation/<rid>`` (variables of re-run metrics are replaced)."""
     old = _stored(path, rid)
+    new_sha = ds.attrs.get("frames_sha256")
+    if old is not None and new_sha and old.attrs.get("frames_sha256") not in (None, "", new_sha):
+        old = None  # the video changed: none of its earlier scores hold for it
     settings = json.loads(old.attrs.get("metric_settings", "{}")) if old is not None else {}
     if old is not None:
         stale = [v for v in old.data_vars if v in ds.data_vars]
         keep = old.drop_vars(stale)
         keep = keep.drop_vars([c for c in keep.coords if c in ds.coords], errors="ignore")
-        ds = xr.merge([keep, ds], combine_attrs="override")
+        # the new scores' attributes (frames, their digest, prompt) over the old ones
+        ds = xr.merge([keep, ds], combine_attrs="drop").assign_attrs({**old.attrs, **ds.attrs})
     settings.update(json.loads(json.dumps(new_settings, default=str)))
     attrs = {
         "run_id": rid,

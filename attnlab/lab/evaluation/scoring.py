@@ -60,6 +60,8 @@ DEFAULT_METRICS = (
     "attention",
 )
 VIDEO_METRICS = tuple(m for m in METRICS if m != "attention")
+#: the metrics that score a video against its prompt (the prompt is one of their settings)
+TEXT_METRICS = ("clip_vl", "mtscore")
 
 
 def _settings(metric: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +76,13 @@ def _settings(metric: str, opts: dict[str, Any]) -> dict[str, Any]:
         return flow
     if metric == "consistency":
         b = opts["similarity"]
-        return {"backend": b if isinstance(b, str) else getattr(b, "name", repr(b))}
+        if isinstance(b, str):
+            return {"backend": b}
+        settings = getattr(b, "settings", None)  # an instance: its settings change the values
+        return {
+            "backend": getattr(b, "name", repr(b)),
+            **(settings() if callable(settings) else {}),
+        }
     if metric == "clip_vl":
         return opts["clip"].settings() if opts.get("clip") else {}
     if metric == "mtscore":
@@ -325,6 +333,7 @@ def evaluate(
     total = len(with_video) * len(video_metrics) + int("attention" in metrics and bool(run_ids))
     bar = tqdm(total=total, desc="evaluate", unit="metric", disable=not progress)
     per_run: dict[str, tuple[xr.Dataset, list[str]]] = {}
+    own_settings: dict[str, dict[str, Any]] = {}  # per run (the text metrics: with its prompt)
     try:
         for rid in ids:
             bar.set_postfix_str(rid[-30:])
@@ -337,8 +346,13 @@ def evaluate(
             ):
                 stored = None  # the stored video changed since it was scored: score it again
             todo, reused = [], []
+            # the text metrics score the video against its prompt: the prompt is a setting
+            own = own_settings[rid] = {
+                m: {**settings[m], "prompt": prompts.get(rid)} if m in TEXT_METRICS else settings[m]
+                for m in metrics
+            }
             for m in video_metrics if rid in videos else []:
-                if stored is not None and _same(stored, m, settings[m]):
+                if stored is not None and _same(stored, m, own[m]):
                     reused.append(m)
                     bar.update(1)
                 else:
@@ -371,10 +385,15 @@ def evaluate(
     for rid, (ds, todo) in per_run.items():
         ds.attrs["prompt"] = prompts.get(rid) or ""
         ds.attrs["metric_settings"] = json.dumps(
-            {m: settings[m] for m in metrics if m in todo or _has_metric(ds, m)}, default=str
+            {
+                m: own_settings.get(rid, settings)[m]
+                for m in metrics
+                if m in todo or _has_metric(ds, m)
+            },
+            default=str,
         )
         if store_path is not None and write and todo:
-            _write(store_path, rid, ds, {m: settings[m] for m in todo})
+            _write(store_path, rid, ds, {m: own_settings[rid][m] for m in todo})
     out = _concat({rid: ds for rid, (ds, _) in per_run.items()})
     out.attrs["metrics"] = list(metrics)
     return out
