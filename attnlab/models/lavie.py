@@ -597,9 +597,10 @@ def __getattr__(name: str) -> Any:
 
 @functools.cache
 def _lavie_pipeline() -> type:
-    from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, TextToVideoSDPipeline
-    from diffusers.video_processor import VideoProcessor
+    from diffusers import AutoencoderKL, SchedulerMixin, TextToVideoSDPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from attnlab.models.t2v import init_text_to_video
 
     class LaViePipeline(TextToVideoSDPipeline):
         """diffusers' ``TextToVideoSDPipeline`` around a :class:`LaVieUNet`, with LaVie's video
@@ -620,20 +621,10 @@ def _lavie_pipeline() -> type:
             unet: LaVieUNet,
             scheduler: SchedulerMixin,
         ):
-            # DiffusionPipeline's own __init__: skips the deprecation notice that
-            # TextToVideoSDPipeline's mixin prints for every construction
-            DiffusionPipeline.__init__(self)
-            self.register_modules(
-                vae=vae,
-                text_encoder=text_encoder,
-                tokenizer=tokenizer,
-                unet=unet,
+            init_text_to_video(
+                self, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                 scheduler=scheduler,
-            )
-            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-            self.video_processor = VideoProcessor(
-                do_resize=False, vae_scale_factor=self.vae_scale_factor
-            )
+            )  # fmt: skip
 
         def __call__(
             self,

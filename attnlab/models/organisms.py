@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
-    DiffusionPipeline,
     ModelMixin,
     TextToVideoSDPipeline,
     UNet3DConditionModel,
@@ -46,9 +45,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from diffusers.video_processor import VideoProcessor
 from transformers import BertModel, PreTrainedTokenizerBase
 
+from attnlab.models.t2v import init_text_to_video
 from attnlab.util.cache import cache_dir, saved_once
 
 FRAME_PES = ("none", "sinusoidal", "rope")
@@ -761,20 +760,10 @@ class OrganismPipeline(TextToVideoSDPipeline):
         unet: OrganismUNet | OrganismMotionUNet,
         scheduler: DDIMScheduler,
     ):
-        # DiffusionPipeline's own __init__: skips the deprecation notice that
-        # TextToVideoSDPipeline's mixin prints for every construction
-        DiffusionPipeline.__init__(self)
-        self.register_modules(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
+        init_text_to_video(
+            self, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
             scheduler=scheduler,
-        )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.video_processor = VideoProcessor(
-            do_resize=False, vae_scale_factor=self.vae_scale_factor
-        )
+        )  # fmt: skip
 
     def __call__(
         self,
