@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,17 @@ from attnlab.core.control import Controller
 from attnlab.core.sites import denoiser_of, family_of
 
 REAL_FAMILIES = ("unet3d", "organism", "motion", "videocrafter2", "lavie")
+
+
+def _whole(value: Any) -> bool:
+    """An integer timestep: an int (not a bool), or a float or tensor holding a whole number."""
+    if isinstance(value, bool):
+        return False
+    if torch.is_tensor(value):
+        value = value.item() if value.numel() == 1 else None
+    return isinstance(value, numbers.Integral) or (
+        isinstance(value, float) and math.isfinite(value) and value == int(value)
+    )
 
 
 def load_clip(
@@ -169,8 +181,8 @@ def record_real(
         NotImplementedError: a denoiser family outside ``REAL_FAMILIES`` (image-conditioned
             models).
         UnsupportedModelError: a denoiser attnlab cannot map.
-        ValueError: timesteps empty or outside ``[0, T - 1]``; no ``height``/``width`` for a
-            denoiser without a square ``sample_size``; with ``continue_denoising``, a timestep
+        ValueError: timesteps empty, not whole numbers or outside ``[0, T - 1]``; no
+            ``height``/``width`` for a denoiser without a square ``sample_size``; with ``continue_denoising``, a timestep
             below every sampler step.
         FileNotFoundError: ``video`` is no file, frame folder, sample clip, world clip or (with
             ``davis_root``) DAVIS sequence.
@@ -197,7 +209,10 @@ def record_real(
             f"{type(model).__name__} needs image conditioning that attnlab does not build"
         )
     horizon = int(pipe.scheduler.config.num_train_timesteps)
-    ts = sorted({int(t) for t in timesteps}, reverse=True)
+    given = list(timesteps)
+    if not all(_whole(t) for t in given):  # (200.9 was taken as 200, True as 1)
+        raise ValueError(f"timesteps must be whole numbers (discrete timesteps); got {given}")
+    ts = sorted({int(t) for t in given}, reverse=True)
     if not ts or ts[-1] < 0 or ts[0] >= horizon:
         raise ValueError(
             f"timesteps must be in [0, {horizon - 1}] (the scheduler's training horizon); got {list(timesteps)}"

@@ -108,6 +108,9 @@ def test_davis_layout_and_real_vs_synthetic_in_one_dataset(ms_pipe, samples, tmp
 def test_bad_real_inputs(ms_pipe, samples):
     with pytest.raises(ValueError, match=r"timesteps must be in \[0, 999\]"):
         record_real(ms_pipe, samples["carphone"], frames=8, timesteps=[1000], progress=False)
+    for bad in ([200.9], [True], ["200"]):  # (200.9 was recorded as 200, True as 1)
+        with pytest.raises(ValueError, match="timesteps must be whole numbers"):
+            record_real(ms_pipe, samples["carphone"], frames=8, timesteps=bad, progress=False)
     with pytest.raises(FileNotFoundError, match="not a file or frame folder"):
         record_real(ms_pipe, "no-such-clip", frames=8, progress=False)
     from attnlab.data.video import VideoError
