@@ -182,8 +182,8 @@ def record_real(
             models).
         UnsupportedModelError: a denoiser attnlab cannot map.
         ValueError: timesteps empty, not whole numbers or outside ``[0, T - 1]``; no
-            ``height``/``width`` for a denoiser without a square ``sample_size``; with ``continue_denoising``, a timestep
-            below every sampler step.
+            ``height``/``width`` for a denoiser without a square ``sample_size``; with
+            ``continue_denoising``, a timestep below every sampler step.
         FileNotFoundError: ``video`` is no file, frame folder, sample clip, world clip or (with
             ``davis_root``) DAVIS sequence.
         VideoError: a clip too short for ``frames`` at ``fps``.
