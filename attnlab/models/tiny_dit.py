@@ -244,6 +244,53 @@ def mochi_pipeline(seed: int = 0):
     return pipe
 
 
+def hunyuan_pipeline(seed: int = 0):
+    """A ``HunyuanVideoPipeline`` (tiny transformer, ``AutoencoderKLHunyuanVideo`` with 8x
+    spatial and 4x temporal compression, a tiny Llama and CLIP text encoder, flow-matching
+    Euler with shift 7)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    transformer = hunyuan_transformer(seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+    llama = LlamaModel(
+        LlamaConfig(
+            vocab_size=49408, hidden_size=transformer.config.text_embed_dim,
+            intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+            num_key_value_heads=2, max_position_embeddings=128,
+        )
+    ).eval()  # fmt: skip
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=transformer.config.pooled_projection_dim,
+            intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+    ).eval()  # fmt: skip
+    pipe = HunyuanVideoPipeline(
+        text_encoder=llama,
+        tokenizer=clip_tokenizer(),
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=clip,
+        tokenizer_2=clip_tokenizer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # ---- audio-video DiTs: the video stream is mapped (attnlab.models.families.av_dits) ---------
 #: latent frames and (H, W) of the audio-video calls below; audio latent frames
 AV_FRAMES = 3

@@ -286,51 +286,6 @@ def test_animatediff_folder_builds_its_models_on_the_meta_device(tmp_path, monke
     assert attnlab.sites(str(tmp_path)).family.name == "motion"
 
 
-def _hunyuan_pipeline():
-    """The tiny HunyuanVideo pipeline of tests/models/test_hunyuan_pipeline.py."""
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
-
-    from attnlab.models.tiny_dit import clip_tokenizer, hunyuan_transformer
-
-    transformer = hunyuan_transformer()
-    torch.manual_seed(0)
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-        spatial_compression_ratio=8, temporal_compression_ratio=4,
-    ).eval()  # fmt: skip
-    llama = LlamaModel(
-        LlamaConfig(
-            vocab_size=49408, hidden_size=transformer.config.text_embed_dim,
-            intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-            num_key_value_heads=2, max_position_embeddings=128,
-        )
-    ).eval()  # fmt: skip
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=transformer.config.pooled_projection_dim,
-            intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=77,
-        )
-    ).eval()  # fmt: skip
-    return HunyuanVideoPipeline(
-        text_encoder=llama,
-        tokenizer=clip_tokenizer(),
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=clip,
-        tokenizer_2=clip_tokenizer(),
-    )
-
-
 def _pipeline_scale(pipe) -> int:
     """The spatial VAE scale factor a pipeline states (diffusers names it four ways)."""
     for attr in (
@@ -351,7 +306,7 @@ def test_saved_dit_folder_uses_its_pipelines_vae_scale(name, tmp_path):
     not 2 ** (len(block_out_channels) - 1) (8)."""
     from attnlab.models import tiny_dit
 
-    pipe = _hunyuan_pipeline() if name == "hunyuan" else getattr(tiny_dit, f"{name}_pipeline")()
+    pipe = getattr(tiny_dit, f"{name}_pipeline")()
     pipe.save_pretrained(tmp_path)
     scale = _pipeline_scale(pipe)
     if name == "ltx":

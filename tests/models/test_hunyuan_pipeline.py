@@ -28,49 +28,9 @@ PROMPT, NEGATIVE = "a polar bear playing drums", "blurry"
 
 @pytest.fixture(scope="module")
 def pipe():
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+    from attnlab.models.tiny_dit import hunyuan_pipeline
 
-    from attnlab.models.tiny_dit import clip_tokenizer, hunyuan_transformer
-
-    transformer = hunyuan_transformer()
-    text_dim = transformer.config.text_embed_dim
-    torch.manual_seed(0)
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-        spatial_compression_ratio=8, temporal_compression_ratio=4,
-    ).eval()  # fmt: skip
-    llama = LlamaModel(
-        LlamaConfig(
-            vocab_size=49408, hidden_size=text_dim, intermediate_size=32, num_hidden_layers=3,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        )
-    ).eval()  # fmt: skip
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=transformer.config.pooled_projection_dim,
-            intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=77,
-        )
-    ).eval()  # fmt: skip
-    pipe = HunyuanVideoPipeline(
-        text_encoder=llama,
-        tokenizer=clip_tokenizer(),
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=clip,
-        tokenizer_2=clip_tokenizer(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return hunyuan_pipeline()
 
 
 def _gen(pipe, **kw):
