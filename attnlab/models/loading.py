@@ -142,6 +142,48 @@ def load_pipeline(
     return pipe
 
 
+def check_device(text: str, *, here: bool = True) -> None:
+    """Refuse (``ValueError`` naming it) a device torch cannot name, ``meta`` (it holds no
+    data), and with ``here`` one this machine does not have: CUDA without a CUDA device or
+    with too few, MPS or another accelerator torch does not report available."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{text!r} is not a torch device: give cpu, cuda, cuda:N or mps") from None
+    if device.type == "meta":
+        raise ValueError(f"{text!r}: 'meta' holds no data and cannot generate")
+    if not here or device.type == "cpu":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "" if torch.version.cuda else ", a torch built without CUDA"
+            raise ValueError(
+                f"{text!r}: CUDA is not available on this machine (no CUDA device; torch "
+                f"{torch.__version__}{built}); use cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"{text!r}: this machine has {count} CUDA device"
+                f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
+            )
+        return
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{text!r}: MPS is not available on this machine")
+        return
+    available = getattr(getattr(torch, device.type, None), "is_available", None)
+    if not callable(available):
+        raise ValueError(
+            f"{text!r}: attnlab runs on cpu, cuda, cuda:N, mps or another accelerator torch "
+            "reports available"
+        )
+    if not available():
+        raise ValueError(f"{text!r}: {device.type} is not available on this machine")
+
+
 def dtype_kwargs(dtype: torch.dtype | None, library: str = "diffusers") -> dict[str, Any]:
     """The keyword argument that sets the dtype of ``library``'s ``from_pretrained``
     (``"diffusers"`` or ``"transformers"``): ``dtype=`` where the installed version takes it

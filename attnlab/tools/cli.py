@@ -237,42 +237,12 @@ def _check_device(text: str | None, option: str = "--device") -> None:
     """Refuse a device torch cannot name or this machine does not have, before any work."""
     if text is None:
         return
-    import torch
+    from attnlab.models.loading import check_device
 
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(
-            f"{option} {text!r} is not a torch device: give cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cpu":
-        return
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "" if torch.version.cuda else ", a torch built without CUDA"
-            raise ValueError(
-                f"{option} {text!r}: CUDA is not available on this machine "
-                f"(torch {torch.__version__}{built}); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(
-                f"{option} {text!r}: this machine has {count} CUDA device"
-                f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})"
-            )
-        return
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"{option} {text!r}: MPS is not available on this machine")
-        return
-    available = getattr(getattr(torch, device.type, None), "is_available", None)
-    if not callable(available):
-        raise ValueError(
-            f"{option} {text!r}: attnlab runs on cpu, cuda, cuda:N, mps or another "
-            "accelerator torch reports available"
-        )
-    if not available():
-        raise ValueError(f"{option} {text!r}: {device.type} is not available on this machine")
+        check_device(text)
+    except ValueError as err:
+        raise ValueError(f"{option} {err}") from None
 
 
 def _check_model(model: str, option: str = "--model") -> None:

@@ -526,18 +526,13 @@ def _device(value: Any) -> str:
     be written on one machine for another; :func:`check_device` asks this machine."""
     if not isinstance(value, str) or not value:
         raise SweepSpecError("device", f"must be one of {_DEVICE_HINT}, got {value!r}")
-    if value == "auto":
-        return value
-    import torch
+    if value != "auto":
+        from attnlab.models.loading import check_device as check
 
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError, TypeError):
-        raise SweepSpecError(
-            "device", f"{value!r} is not a torch device; give one of {_DEVICE_HINT}"
-        ) from None
-    if dev.type == "meta":
-        raise SweepSpecError("device", "'meta' holds no data and cannot generate")
+        try:
+            check(value, here=False)
+        except ValueError as err:
+            raise SweepSpecError("device", str(err)) from None
     return value
 
 
@@ -545,31 +540,14 @@ def check_device(device: str) -> None:
     """Refuse a ``device`` (as :func:`parse_spec` accepts it) that this machine does not have:
     CUDA without a CUDA device or with too few of them, MPS or another backend that is not
     available. "auto" and "cpu" always pass."""
-    import torch
-
     if device == "auto":
         return
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SweepSpecError("device", f"{device!r}: this machine has no CUDA device")
-        if dev.index is not None and dev.index >= count:
-            raise SweepSpecError(
-                "device",
-                f"{device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}",
-            )
-        return
-    for module in (getattr(torch.backends, dev.type, None), getattr(torch, dev.type, None)):
-        available = getattr(module, "is_available", None)
-        if callable(available):  # torch.backends.mps, torch.xpu, ...
-            if not available():
-                raise SweepSpecError(
-                    "device", f"{device!r}: {dev.type} is not available on this machine"
-                )
-            return
+    from attnlab.models.loading import check_device as check
+
+    try:
+        check(device)
+    except ValueError as err:
+        raise SweepSpecError("device", str(err)) from None
 
 
 def _is_int(v: Any) -> bool:
