@@ -51,8 +51,17 @@ def _vae_compression(config: dict) -> int | None:
 
 
 def check_model_reference(ref: str) -> None:
-    """Refuse a reference that looks like a local path but does not exist (before any hub call)."""
-    if Path(ref).expanduser().exists():
+    """Refuse, before any hub call, a local file (``ValueError``: diffusers loads folders and hub
+    ids) and a reference that looks like a local path but does not exist
+    (``FileNotFoundError``)."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        raise ValueError(
+            f"{ref!r} is a file, not a pipeline folder: give an embedded name, a diffusers "
+            "pipeline folder (with model_index.json) or a hub id; original LaVie / "
+            "VideoCrafter2 checkpoints convert with `attnlab convert`"
+        )
+    if path.exists():
         return
     if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
         raise FileNotFoundError(

@@ -247,18 +247,15 @@ def _check_device(text: str | None, option: str = "--device") -> None:
 
 def _check_model(model: str, option: str = "--model") -> None:
     """A local file is not a pipeline (diffusers loads folders and hub ids): refuse it before
-    it is taken for a hub id."""
-    path = Path(str(model)).expanduser()
-    if not path.is_file():
-        return
+    it is taken for a hub id (an embedded name wins over a file of its name, as it loads)."""
+    from attnlab.core.model_refs import check_model_reference
     from attnlab.models.loading import builtin_models
 
-    if str(model) not in builtin_models():  # an embedded name wins over a file of its name
-        raise ValueError(
-            f"{option} {model!r} is a file, not a pipeline folder: give an embedded name, a "
-            "diffusers pipeline folder (with model_index.json) or a hub id; original LaVie / "
-            "VideoCrafter2 checkpoints convert with `attnlab convert`"
-        )
+    if Path(str(model)).expanduser().is_file() and str(model) not in builtin_models():
+        try:
+            check_model_reference(str(model))
+        except ValueError as err:
+            raise ValueError(f"{option} {err}") from None
 
 
 def _check_selection(args: argparse.Namespace) -> None:

@@ -323,3 +323,11 @@ def test_saved_unet_folder_uses_its_pipelines_vae_scale(kind, tiny_dirs, ms_pipe
     loaded = attnlab.sites(pipe, height=64, width=48)
     assert from_folder.latent == loaded.latent
     assert [s.as_dict() for s in from_folder] == [s.as_dict() for s in loaded]
+
+
+def test_a_local_file_is_refused_before_any_hub_call(tmp_path):
+    """A file is no pipeline folder: it was taken for a hub id (a minute's wait offline)."""
+    weights = tmp_path / "model.ckpt"
+    weights.write_bytes(b"not a pipeline")
+    with pytest.raises(ValueError, match="is a file, not a pipeline folder"):
+        attnlab.sites(str(weights))
