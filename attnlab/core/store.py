@@ -470,7 +470,7 @@ def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
             if not complete and not any(True for _ in group.array_keys()):
                 continue  # claimed by a writer that has not written a step yet
             if complete:
-                _check_chunks(path, child.name, group)
+                check_chunks(path, child.name, group)
         except Exception as err:  # one damaged run must not hide the others
             warnings.warn(f"skipping run {child.name!r} of {path}: {err}", stacklevel=3)
             continue
@@ -478,7 +478,7 @@ def _scan_runs(path: str | os.PathLike) -> list[tuple[str, bool]]:
     return out
 
 
-def _check_chunks(path: Path, run_id: str, group) -> None:
+def check_chunks(path: Path, run_id: str, group: Any) -> None:
     """A complete run must have every chunk (a missing one would read as the fill value, NaN
     or 0): of every array where every chunk was written, else of its maps and ``ran``."""
     every = bool(group.attrs.get(EVERY_CHUNK, False))

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnlab.core import dims as D
-from attnlab.core.store import EVERY_CHUNK, RUNS_GROUP
+from attnlab.core.store import RUNS_GROUP, StoreError, check_chunks
 from attnlab.lab.sweep.spec import Cell, record_kwargs
 
 FAILURES_GROUP = "failures"
@@ -72,18 +71,11 @@ def _run_state(
                     f"run {run_id} is marked complete but holds {group[var].shape[0]} of "
                     f"{steps} steps"
                 )
-        # every chunk of every array (ran and the coordinates too) where every chunk was
-        # written; in older stores (chunks of fill values left out) those of the maps and ran
-        every = bool(group.attrs.get(EVERY_CHUNK, False))
-        for name, arr in group.arrays():  # (every array's metadata must parse)
-            if not (every or name in (*variables, D.RAN)):
-                continue
-            if arr.nchunks_initialized < arr.nchunks:
-                missing = arr.nchunks - arr.nchunks_initialized
-                return (
-                    "corrupt",
-                    f"run {run_id}: {missing} of {arr.nchunks} chunks of {name!r} are missing",
-                )
+        list(group.arrays())  # every array's metadata must parse
+        try:  # every chunk present, as load requires
+            check_chunks(store, run_id, group)
+        except StoreError as err:
+            return "corrupt", str(err)
     except Exception as err:
         return "corrupt", f"run {run_id} has unreadable arrays: {type(err).__name__}: {err}"
     return "complete", ""
