@@ -449,8 +449,12 @@ def _generation(data: Mapping[str, Any]) -> dict[str, Any]:
     for k in ("height", "width"):
         if g[k] is not None:
             g[k] = _number(g[k], f"generation.{k}", integer=True, minimum=8)
-            if g[k] % 8:
-                raise SweepSpecError(f"generation.{k}", f"must be a multiple of 8, got {g[k]}")
+            from attnlab.models.loading import check_setting
+
+            try:  # the rule of generation settings everywhere (multiples of 8)
+                check_setting(k, g[k])
+            except ValueError as err:
+                raise SweepSpecError(f"generation.{k}", str(err)) from None
     if g["negative_prompt"] is not None and not isinstance(g["negative_prompt"], str):
         raise SweepSpecError("generation.negative_prompt", "must be a string")
     if g["dtype"] is not None and g["dtype"] not in DTYPES:
