@@ -137,6 +137,16 @@ def layout_of(path: str | os.PathLike) -> dict[str, Any] | None:
     return dict(layout)
 
 
+def check_schema(path: str | os.PathLike, existing: dict[str, Any]) -> None:
+    """Refuse a store (``existing``: its :func:`layout_of`) of another schema than this
+    attnlab writes."""
+    if existing.get("schema") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has attnlab store schema {existing.get('schema')}, this attnlab writes schema "
+            f"{SCHEMA_VERSION}; write to a new store"
+        )
+
+
 def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
     """Create a store with ``layout`` or check that an existing one has the same layout."""
     path = Path(path)
@@ -146,11 +156,7 @@ def prepare_store(path: str | os.PathLike, layout: dict[str, Any]) -> Path:
         root.attrs["attnlab"] = {"schema": SCHEMA_VERSION, **layout}
         root.create_group(RUNS_GROUP)
         return path
-    if existing.get("schema") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has attnlab store schema {existing.get('schema')}, this attnlab writes schema "
-            f"{SCHEMA_VERSION}; write to a new store"
-        )
+    check_schema(path, existing)
     theirs = {k: existing.get(k) for k in layout}
     if theirs != layout:
         raise StoreError(

@@ -283,40 +283,38 @@ def _check_selection(args: argparse.Namespace) -> None:
 
 
 def _check_store_layout(path: str | os.PathLike | None, option: str, args) -> None:
-    """An existing store must take this recording's layout (``--reduce``, ``--logits``): the
-    recorder would refuse it only after the model has loaded."""
+    """An existing store must take this recording's layout (``--reduce``, its grid,
+    ``--logits``; the text mass is the model's to add): the recorder would refuse it only
+    after the model has loaded."""
     if path is None:
         return
     from attnlab.core import dims as D
-    from attnlab.core.store import SCHEMA_VERSION, StoreError, layout_of
+    from attnlab.core.recording import Recorder
+    from attnlab.core.selection import Layers, Steps
+    from attnlab.core.store import StoreError, check_schema, layout_of
 
     if Path(path).expanduser().is_file():
         raise StoreError(f"{option} {str(path)!r} is a file, not a zarr store (a folder)")
     have = layout_of(Path(path).expanduser())  # StoreError: not an attnlab store
     if have is None:
         return
-    if have.get("schema") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{option} {path}: it has attnlab store schema {have.get('schema')}, this attnlab "
-            f"writes schema {SCHEMA_VERSION}; write to a new store"
-        )
-    want_grid = [4, 4] if args.reduce == "spatial" else None  # the recorder's default grid
-    logits = D.LOGITS in (have.get("variables") or ())
-    if (
-        have.get("reduction") != args.reduce
-        or have.get("grid") != want_grid
-        or (logits != bool(args.logits))
-    ):
+    try:
+        check_schema(path, have)
+    except StoreError as err:
+        raise StoreError(f"{option} {err}") from None
+    want = Recorder(
+        layers=Layers.make(None), steps=Steps.make(None), reduce=args.reduce, logits=args.logits
+    ).layout
 
-        def said(reduce: str, grid: object, with_logits: bool) -> str:
-            grid_text = f" (grid {grid})" if grid else ""
-            return f"--reduce {reduce}{grid_text}{' --logits' if with_logits else ''}"
+    def said(layout: dict) -> str:
+        grid = f" (grid {layout.get('grid')})" if layout.get("grid") else ""
+        logits = " --logits" if D.LOGITS in (layout.get("variables") or ()) else ""
+        return f"--reduce {layout.get('reduction')}{grid}{logits}"
 
+    if said(have) != said(want):
         raise StoreError(
-            f"{option} {path} holds runs recorded with "
-            f"{said(str(have.get('reduction')), have.get('grid'), logits)}; this recording is "
-            f"{said(args.reduce, want_grid, bool(args.logits))}: record with the store's "
-            "settings or write to a new store"
+            f"{option} {path} holds runs recorded with {said(have)}; this recording is "
+            f"{said(want)}: record with the store's settings or write to a new store"
         )
 
 
