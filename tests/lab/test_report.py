@@ -365,6 +365,32 @@ def test_a_size_limit_leaves_out_detail_and_says_so(stores):
     )
 
 
+def test_the_page_never_exceeds_the_size_limit(stores, monkeypatch):
+    # five runs with videos: near the fixed part the least detail with their videos is more
+    # than the limit allows, so they go too (the page says so); the page stays within limit
+    from attnlab.lab import report as report_mod
+    from attnlab.lab.report import minimum_mb
+
+    three = [stores["runs"], stores["real"], stores["probe"]]
+    full = report(three)
+    for limit in (minimum_mb(), (minimum_mb() * 1e6 + full.size) / 2e6):
+        page = report(three, max_mb=limit)
+        assert page.size <= limit * 1e6 < full.size, limit
+    assert "the videos (they do not fit in the size limit): 5 runs have one" in page.left_out
+    assert "the videos" in page.html and not any(r["video"] for r in page_data(page.html)["runs"])
+    # with more room the videos stay
+    roomy = report(three, max_mb=full.size * 1.2 / 1e6)
+    assert roomy.size == full.size and not roomy.left_out
+    assert all(r["video"] for r in page_data(roomy.html)["runs"])
+    # runs that do not fit even at their least detail: one clear error, no page written
+    fixed = report_mod._fixed_bytes()
+    monkeypatch.setattr(report_mod, "_fixed_bytes", lambda: fixed - 200_000)
+    out = stores["root"] / "too-small.html"
+    with pytest.raises(ReportError, match=r"the 5 runs do not fit in max_mb .*the page takes"):
+        report(three, out, max_mb=minimum_mb())
+    assert not out.exists()
+
+
 def test_the_largest_runs_give_up_detail_first_and_runs_alike_alike():
     from attnlab.lab.report.content import RunShape, detail_ladder, fit, run_bytes
 

@@ -138,7 +138,8 @@ def report(
         max_mb (``float``, default :data:`DEFAULT_MAX_MB`): size limit in MB, finite and at
             least :func:`minimum_mb` (the page's fixed part, about 1.4 MB); with more data
             the largest runs hold less detail (``cond`` only, fewer steps, head means, level
-            means; :func:`~attnlab.lab.report.content.fit`) and the page says what it left out.
+            means; :func:`~attnlab.lab.report.content.fit`; then no videos) and the page says
+            what it left out; the page never exceeds it.
         title (``str | None``): the page's title (default names the stores).
         links (``Sequence[(label, relative path)] | None``): files beside the page to link
             (the demo links its figures).
@@ -151,7 +152,8 @@ def report(
         StoreError: a store that does not exist, is not an attnlab store or holds no
             complete run; run ids it does not hold.
         ReportError: no store given, a bad ``compare`` pair, a ``max_mb`` that is not a finite
-            number or is below :func:`minimum_mb`, a Dataset that is not
+            number or is below :func:`minimum_mb` or too small for the runs even at their
+            least detail, a Dataset that is not
             :func:`attnlab.load`'s, an output path that is a folder.
     """
     import xarray as xr
@@ -190,16 +192,35 @@ def report(
     from attnlab.lab.report.page import render
 
     names = [s.label for s in sources]
-    budget = int(max_mb * 1e6) - fixed
-    content = collect(sources, budget)
-    page = render(
-        content,
-        title=title or f"attnlab report: {', '.join(names)}",
-        compare=pair,
-        links=list(links or []),
-        stores=[str(s.path) if s.path is not None else s.label for s in sources],
-    )
-    size = len(page.encode("utf-8"))
+    limit = int(max_mb * 1e6)
+    budget = limit - fixed
+    videos, smallest = True, None
+    while True:
+        # the budget is an estimate of the page's bytes: render, and while the page is over
+        # the limit take the overshoot off the budget; when that no longer shrinks it, leave
+        # out the videos; if it still does not fit, say what these runs need
+        content = collect(sources, budget, videos=videos)
+        page = render(
+            content,
+            title=title or f"attnlab report: {', '.join(names)}",
+            compare=pair,
+            links=list(links or []),
+            stores=[str(s.path) if s.path is not None else s.label for s in sources],
+        )
+        size = len(page.encode("utf-8"))
+        if size <= limit:
+            break
+        if smallest is None or size < smallest:
+            smallest = size
+            budget -= size - limit
+        elif videos:
+            videos, smallest, budget = False, None, limit - fixed
+        else:
+            raise ReportError(
+                f"the {len(content.runs)} runs do not fit in max_mb {max_mb:g}: with the least "
+                f"detail (each level's mean over steps, no videos) the page takes "
+                f"{math.ceil(size / 1e4) / 100:.2f} MB; give a larger max_mb or fewer runs"
+            )
     page = page.replace("__PAGE_SIZE__", f"{size / 1e6:.1f} MB", 1)
     out = Report(page, None, content)
     if path is not None:

@@ -555,7 +555,7 @@ class Content:
 
 def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> Content:
     """Every run of ``sources`` with as much detail as fits in ``budget`` bytes with the
-    videos (:func:`fit`)."""
+    videos (:func:`fit`); ``videos=False``: without them (the page says so)."""
     shapes: list[tuple[str, Source, str, RunShape, int]] = []
     for key, (i, rid) in run_keys(sources).items():
         src = sources[i]
@@ -568,22 +568,21 @@ def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> C
         shapes.append((key, src, rid, shape, levels))
     found: dict[str, tuple[np.ndarray, str] | None] = {}
     strips: dict[str, dict[str, Any]] = {}
-    if videos:
-        for key, src, rid, _, _ in shapes:
-            attrs = _provenance(src.ds.sel({D.RUN: rid}))
-            found[key] = find_video(src, rid, attrs)
-            if found[key] is not None:
-                frames, origin = found[key]  # type: ignore[misc]
-                data, mime, fw, fh = video_strip(frames)
-                strips[key] = {
-                    "data": data,
-                    "mime": mime,
-                    "width": fw,
-                    "height": fh,
-                    "frames": int(frames.shape[0]),
-                    "origin": origin,
-                    "fps": _num(attrs.get("fps")) or 8.0,
-                }
+    for key, src, rid, _, _ in shapes:
+        attrs = _provenance(src.ds.sel({D.RUN: rid}))
+        found[key] = find_video(src, rid, attrs)
+        if found[key] is not None and videos:
+            frames, origin = found[key]  # type: ignore[misc]
+            data, mime, fw, fh = video_strip(frames)
+            strips[key] = {
+                "data": data,
+                "mime": mime,
+                "width": fw,
+                "height": fh,
+                "frames": int(frames.shape[0]),
+                "origin": origin,
+                "fps": _num(attrs.get("fps")) or 8.0,
+            }
     video_bytes = sum(math.ceil(len(v["data"]) * 4 / 3) for v in strips.values())
     video_bytes += sum(_meta_bytes(src, rid, shape) for _, src, rid, shape, _ in shapes)
     left = budget - video_bytes
@@ -612,11 +611,17 @@ def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> C
         for phrase in ladder[rung].describe(shape):
             lost[phrase] = lost.get(phrase, 0) + 1
     left_out = [f"{phrase}: in {n} of {len(shapes)} runs" for phrase, n in lost.items()]
+    with_video = sum(v is not None for v in found.values())
+    if with_video and not videos:
+        left_out.append(
+            f"the videos (they do not fit in the size limit): {with_video} runs have one"
+        )
     for src in sources:  # variables the page does not show
         other = [v for v in (D.LOGITS, D.TEXT_MASS) if v in src.ds.data_vars]
         if other:
             left_out.append(f"{' and '.join(other)} of {src.label} (the page shows probs)")
-    return Content(list(sources), runs, left_out, incomplete, limited=bool(lost))
+    limited = bool(lost) or (with_video > 0 and not videos)
+    return Content(list(sources), runs, left_out, incomplete, limited=limited)
 
 
 def fit(ladder: list[Detail], shapes: list[tuple[RunShape, int]], budget: int) -> list[int]:
