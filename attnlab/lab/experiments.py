@@ -761,6 +761,30 @@ def run_experiment(name: str, ctx: Context, draw: bool = True) -> list[Path]:
     return drawer(ctx) if draw else []
 
 
+def stored_frames(ctx: Context) -> tuple[int, int] | None:
+    """The (short, long) frame counts the stores of ``ctx`` were run with: from the maps
+    store's runs (``synthetic-f<N>``, one per length), else the probes' (short) and the sigma
+    ablation's (long) runs; None when no store tells."""
+    folder = Path(ctx.data) / ctx.slug()
+
+    def stored(name: str) -> list[int]:
+        path = folder / f"{name}.zarr"
+        if not path.exists():
+            return []
+        if name == "maps":
+            found = (re.fullmatch(r"synthetic-f(\d+)", r) for r in list_runs(path))
+            return sorted({int(m.group(1)) for m in found if m})
+        return sorted({int(n) for n in load(path)[D.FRAMES].values})
+
+    maps = stored("maps")
+    if maps:
+        return maps[0], maps[-1]
+    short, long = stored("probes"), stored("sigma")
+    if not short and not long:
+        return None
+    return min(short or long), max(long or short)
+
+
 def draw_all(ctx: Context, names: list[str] | None = None) -> dict[str, list[Path] | str]:
     """Redraw figures of every experiment whose store exists (no model is loaded).
 

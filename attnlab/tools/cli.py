@@ -751,8 +751,8 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
         nargs=2,
         default=None,
         metavar=("SHORT", "LONG"),
-        help="the frame counts the stores were run with (default: the analyses' 16 48; "
-        "`attnlab demo` prints its own)",
+        help="the frame counts the stores were run with (default: read from the stores, "
+        "else the analyses' 16 48)",
     )
     p.add_argument(
         "--models",
@@ -765,7 +765,7 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
 @command("figures", "redraw figures from the analysis stores (no model loaded)", _configure_figures)
 def cmd_figures(args: argparse.Namespace) -> int:
     """Redraw figures from existing analysis stores (no model is loaded)."""
-    from attnlab.lab.experiments import EXPERIMENTS, Context, draw_all
+    from attnlab.lab.experiments import EXPERIMENTS, Context, draw_all, stored_frames
 
     names = list(EXPERIMENTS) if args.all or not args.names else args.names
     unknown = sorted(set(names) - set(EXPERIMENTS))
@@ -774,6 +774,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     ctx = Context(model=args.model, data=Path(args.data), figures=Path(args.out))
     if args.frames is not None:
         ctx.frames = (args.frames[0], args.frames[1])
+    else:  # the lengths the stores were run with (the analyses' 16 48 when none tells)
+        ctx.frames = stored_frames(ctx) or ctx.frames
     if args.models is not None:
         ctx.models = tuple(args.models)
     for name, result in draw_all(ctx, names).items():

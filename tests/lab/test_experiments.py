@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from attnlab.core import dims as D
-from attnlab.lab.experiments import Context, draw_all, frame_change, run_experiment
+from attnlab.lab.experiments import (
+    Context,
+    draw_all,
+    frame_change,
+    run_experiment,
+    stored_frames,
+)
 from attnlab.tools.cli import main
 
 
@@ -27,7 +33,10 @@ def _ctx(tmp_path, tiny_dirs, **kw):
 
 def test_maps_experiment_runs_once_then_skips_everything(tmp_path, tiny_dirs, samples):
     ctx = _ctx(tmp_path, tiny_dirs)
+    assert stored_frames(ctx) is None  # no store yet
     paths = run_experiment("maps", ctx)
+    # `attnlab figures` without --frames draws with the lengths the stores were run with
+    assert stored_frames(Context(model=ctx.model, data=ctx.data)) == (6, 8)
     assert {p.name for p in paths} >= {
         "fig3_attention_maps.png",
         "fig3_attention_maps.pdf",
@@ -64,6 +73,7 @@ def test_maps_experiment_runs_once_then_skips_everything(tmp_path, tiny_dirs, sa
 def test_figures_redraw_from_stores_without_a_model(tmp_path, tiny_dirs, samples, monkeypatch):
     ctx = _ctx(tmp_path, tiny_dirs)
     run_experiment("probes", ctx, draw=False)
+    assert stored_frames(ctx) == (6, 6)  # only the short length was run (no maps store)
     import attnlab.models
 
     def no_model(*a, **k):

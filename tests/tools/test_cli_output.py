@@ -119,6 +119,12 @@ def test_figures_draws_with_the_frame_counts_and_models_it_is_given(tmp_path, mo
     assert main(["figures", "prior", "--data", data]) == 0
     assert (seen[0].frames, seen[0].models) == ((8, 16), ("m1",))
     assert (seen[1].frames, seen[1].models) == (Context.frames, Context.models)  # the defaults
+    # without --frames: the lengths the stores say they were run with (stored_frames)
+    monkeypatch.setattr(attnlab.lab.experiments, "stored_frames", lambda ctx: (5, 7))
+    assert main(["figures", "prior", "--data", data]) == 0
+    assert main(["figures", "prior", "--data", data, "--frames", "8", "16"]) == 0
+    assert [c.frames for c in seen[2:]] == [(5, 7), (8, 16)]
+    del seen[2:]
     with pytest.raises(SystemExit):
         main(["figures", "--all", "--frames", "0", "16"])
     assert "frames must be a whole number >= 1" in capsys.readouterr().err
