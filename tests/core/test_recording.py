@@ -423,3 +423,21 @@ def test_video_to_video_with_strength_records_the_steps_that_run(ms_pipe):
     assert ds[D.TIMESTEP].values.tolist() == calls
     one = last.to_xarray().isel(run=0)
     assert one[D.STEP].values.tolist() == [1] and one[D.TIMESTEP].values.tolist() == calls[1:]
+
+
+def test_a_second_order_sampler_records_each_denoiser_call_as_a_step(ms_pipe, gen, tmp_path):
+    # Heun calls the denoiser twice per sampler step and lists the timestep of each call in
+    # scheduler.timesteps (2N - 1 entries): the store's steps are those calls, in that order
+    from diffusers import HeunDiscreteScheduler
+
+    plain = ms_pipe.scheduler
+    ms_pipe.scheduler = HeunDiscreteScheduler.from_config(plain.config)
+    try:
+        with attnlab.record(ms_pipe, levels=[0], store=tmp_path / "h.zarr"):
+            gen(ms_pipe, num_inference_steps=3)
+        listed = [float(t) for t in ms_pipe.scheduler.timesteps]
+    finally:
+        ms_pipe.scheduler = plain
+    ds = attnlab.load(tmp_path / "h.zarr")
+    assert len(listed) == 5 and ds.sizes[D.STEP] == 5
+    np.testing.assert_array_equal(ds[D.TIMESTEP].values[0], listed)
