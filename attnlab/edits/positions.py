@@ -441,12 +441,15 @@ class FramePositions(PositionEdit):
 
     * ``"extend"``: the stored rows kept, new positions appended from the same formula (naive
       extrapolation; :func:`attnlab.models.organisms.extend_frame_positions`);
-    * ``"interpolate"``: the stored table stretched over ``frames`` positions (position
+    * ``"interpolate"``: the trained rows stretched over ``frames`` positions (position
       interpolation; :func:`~attnlab.models.organisms.interpolate_frame_positions`);
-    * ``"repeat"``: the stored table tiled, row ``i`` = stored row ``i mod L``.
+    * ``"repeat"``: the trained rows tiled, row ``i`` = stored row ``i mod L``.
 
-    ``frames`` within the stored table length changes nothing (the untouched model). The table
-    is restored exactly (the stored tensors and the config) when the block exits.
+    The trained rows are the first ``L`` = training length (16) of the table: AnimateDiff's
+    adapters store ``motion_max_seq_length`` = 32 rows but were trained on 16 frames. ``frames``
+    within them (within the stored table for ``"extend"``) changes nothing (the untouched
+    model). The table is restored exactly (the stored tensors and the config) when the block
+    exits.
 
     Example::
 

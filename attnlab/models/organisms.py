@@ -499,19 +499,25 @@ def extend_frame_positions(unet: OrganismUNet | OrganismMotionUNet, frames: int)
         unet.register_to_config(**{key: frames})
 
 
-def interpolate_frame_positions(unet: OrganismUNet | OrganismMotionUNet, frames: int) -> None:
-    """Stretch a sinusoidal table of ``L`` positions over ``frames`` (position interpolation,
-    Chen et al. 2023): row ``i`` becomes the stored table linearly interpolated at position
-    ``i (L - 1) / (frames - 1)``, so a longer video sees only the trained range of positions
-    (at finer steps) instead of new ones. The first and last rows stay the stored ones; every
-    other position changes, so unlike :func:`extend_frame_positions` this alters videos of the
-    training length too (and is undone only by reloading the weights)."""
+def interpolate_frame_positions(
+    unet: OrganismUNet | OrganismMotionUNet, frames: int, positions: int | None = None
+) -> None:
+    """Stretch the first ``L`` = ``positions`` rows of a sinusoidal table (the trained ones;
+    default the whole table) over ``frames`` (position interpolation, Chen et al. 2023): row
+    ``i`` becomes the stored table linearly interpolated at position ``i (L - 1) / (frames -
+    1)``, so a longer video sees only the trained range of positions (at finer steps) instead
+    of new ones. The first and last rows stay the stored ones; every other position changes, so
+    unlike :func:`extend_frame_positions` this alters videos of the training length too (and is
+    undone only by reloading the weights)."""
     key = _table_key(unet, frames, 2)
     for block in _temporal_blocks(unet):
         old = block.pos_embed.pe  # [1, L, d]
-        pos = torch.linspace(0, old.shape[1] - 1, frames, dtype=torch.float64)
-        lo = pos.floor().long().clamp(max=old.shape[1] - 1)
-        hi = (lo + 1).clamp(max=old.shape[1] - 1)
+        n = old.shape[1] if positions is None else min(int(positions), old.shape[1])
+        if n < 2:
+            raise ValueError(f"positions must be at least 2, got {positions}")
+        pos = torch.linspace(0, n - 1, frames, dtype=torch.float64)
+        lo = pos.floor().long().clamp(max=n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
         frac = (pos - lo).to(old.dtype)[None, :, None]
         block.pos_embed.pe = old[:, lo] * (1 - frac) + old[:, hi] * frac
     unet.register_to_config(**{key: frames})

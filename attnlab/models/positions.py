@@ -110,7 +110,11 @@ def _table_base(w: np.ndarray, dim: int) -> float | None:
 
 def _install_table(model: torch.nn.Module, mode: str, frames: int) -> Callable[[], None]:
     """Rebuild every sinusoidal table for ``frames`` positions (organisms' extend / interpolate,
-    or the table tiled); the undo puts back the stored tensors and the config."""
+    or the table tiled); the undo puts back the stored tensors and the config.
+
+    "interpolate" and "repeat" use the trained rows only: the first ``TRAIN_FRAMES`` of the
+    table (AnimateDiff stores ``motion_max_seq_length`` = 32 rows but trains on 16 frames), and
+    act from one frame past them; "extend" keeps every stored row and acts past the table."""
     from diffusers import UNetMotionModel
 
     from attnlab.models import organisms
@@ -119,8 +123,10 @@ def _install_table(model: torch.nn.Module, mode: str, frames: int) -> Callable[[
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no sinusoidal frame table")
     length = min(int(b.pos_embed.pe.shape[1]) for b in blocks)
-    if frames <= length:
-        return lambda: None  # within the stored table: nothing to change
+    family = "motion" if isinstance(model, UNetMotionModel) else "organism"
+    trained = min(length, TRAIN_FRAMES[family])
+    if frames <= (length if mode == "extend" else trained):
+        return lambda: None  # within the stored (trained) rows: nothing to change
     key = "motion_max_seq_length" if isinstance(model, UNetMotionModel) else "frame_pe_max_len"
     if key not in model.config:
         raise ValueError(
@@ -139,10 +145,10 @@ def _install_table(model: torch.nn.Module, mode: str, frames: int) -> Callable[[
         if mode == "extend":
             organisms.extend_frame_positions(model, frames)  # type: ignore[arg-type]
         elif mode == "interpolate":
-            organisms.interpolate_frame_positions(model, frames)  # type: ignore[arg-type]
+            organisms.interpolate_frame_positions(model, frames, positions=trained)  # type: ignore[arg-type]
         elif mode == "repeat":
             for module, pe in saved:
-                module.pe = pe[:, torch.arange(frames, device=pe.device) % pe.shape[1]]
+                module.pe = pe[:, torch.arange(frames, device=pe.device) % trained]
             model.register_to_config(**{key: frames})
         else:
             raise ValueError(f"mode must be extend, interpolate or repeat; got {mode!r}")

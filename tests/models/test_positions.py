@@ -407,6 +407,39 @@ def test_frame_positions_extend_interpolate_repeat_scoped(shape):
     assert torch.equal(_run(unet, inputs), plain)
 
 
+def test_frame_positions_use_the_trained_rows_of_a_longer_table():
+    # AnimateDiff stores motion_max_seq_length = 32 rows but trains on 16 frames: interpolate
+    # and repeat work from the first 16 rows (position interpolation maps onto the trained
+    # range), and act from 17 frames, inside the stored table too
+    from attnlab.models.organisms import extend_frame_positions
+
+    unet = _organism("sinusoidal", "animatediff")
+    extend_frame_positions(unet, 32)  # AnimateDiff's table: the formula's 32 rows
+    blocks = [m for m in unet.modules() if getattr(m, "pos_embed", None) is not None]
+    stored = blocks[0].pos_embed.pe
+    inputs = _unet_inputs(24)
+    plain = _run(unet, inputs)  # rows 0..23, as the model itself runs 24 frames
+    with attnlab.edit(unet, FramePositions("interpolate", 24)):
+        pe = blocks[0].pos_embed.pe
+        pos = torch.arange(24, dtype=torch.float64) * 15 / 23  # onto the trained 0..15
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=15)
+        frac = (pos - lo).to(pe.dtype)[None, :, None]
+        want = stored[:, lo] * (1 - frac) + stored[:, hi] * frac
+        torch.testing.assert_close(pe, want)
+        assert pe.shape[1] == 24 and float(pos.max()) == 15.0
+        assert not torch.allclose(_run(unet, inputs), plain)
+    with attnlab.edit(unet, FramePositions("repeat", 24)):
+        assert torch.equal(blocks[0].pos_embed.pe[:, 16:], stored[:, :8])
+    for mode in ("interpolate", "repeat"):
+        with attnlab.edit(unet, FramePositions(mode, 16)):  # the trained rows: neutral
+            assert blocks[0].pos_embed.pe is stored
+    with attnlab.edit(unet, FramePositions("extend", 24)):  # within the stored table
+        assert blocks[0].pos_embed.pe is stored
+    assert blocks[0].pos_embed.pe is stored and unet.config.motion_max_seq_length == 32
+    assert torch.equal(_run(unet, inputs), plain)
+
+
 # ---- bad input and serialisation ----------------------------------------------------------
 def test_bad_input_names_what_is_allowed():
     with pytest.raises(EditError, match="pi, ntk, yarn"):
