@@ -178,6 +178,38 @@ def riflex_frequencies(
     return out if changed else None
 
 
+def yarn_keep(
+    row: np.ndarray, train: float, alpha: float = YARN_ALPHA, beta: float = YARN_BETA
+) -> np.ndarray:
+    """YaRN's share kept per frequency of one row (1: kept, 0: interpolated), as its reference
+    code computes it (jquesnelle/yarn ``find_correction_range`` and ``linear_ramp_mask``; HF
+    transformers' ``_compute_yarn_parameters`` the same): for a geometric row (a RoPE, ``w_i =
+    w_0 rho^i``) linear in the band index ``i``, from 1 at ``floor(i)`` where a band has
+    ``beta`` periods in ``train`` to 0 at ``ceil(i)`` where it has ``alpha``. Frequencies that
+    are not a geometric series (learned) ramp linearly in their number of periods ``q = train /
+    period`` from ``alpha`` to ``beta`` (the paper's Eq. 18)."""
+    a = np.abs(np.asarray(row, dtype=np.float64))
+    order = np.argsort(-a, kind="stable")  # fastest first: the band index of the code
+    s = a[order]
+    ratios = s[1:] / s[:-1] if len(s) >= 2 and s[-1] > 0 else np.array([])
+    if len(ratios) and ratios[0] < 1 and np.allclose(ratios, ratios[0], rtol=1e-4, atol=0):
+        step = -math.log(ratios[0])  # 2 ln(base) / dim
+
+        def band(rotations: float) -> float:  # the index with `rotations` periods in train
+            return math.log(train * s[0] / (2 * math.pi * rotations)) / step
+
+        low = max(math.floor(band(beta)), 0)
+        high = min(math.ceil(band(alpha)), 2 * len(s) - 1)
+        if low == high:
+            high += 0.001  # as the code does: a step, not a division by zero
+        keep = 1.0 - np.clip((np.arange(len(s)) - low) / (high - low), 0.0, 1.0)
+        out = np.empty_like(keep)
+        out[order] = keep
+        return out
+    q = train * a / (2 * math.pi)
+    return np.clip((q - alpha) / (beta - alpha), 0.0, 1.0)
+
+
 def scaled_frequencies(
     freqs: np.ndarray,
     method: str,
@@ -193,9 +225,10 @@ def scaled_frequencies(
       ``w * factor^-r`` with ``r = log(w_max / w) / log(w_max / w_min)`` within its row (the
       fastest kept, the slowest divided by ``factor``; exactly the base change for a geometric
       RoPE, and defined the same way for learned frequencies; a row of one frequency is kept);
-    * "yarn": NTK-by-parts: with ``q = train / period``, ``gamma`` ramps from 0 at ``q <= alpha``
-      to 1 at ``q >= beta``; ``w' = w ((1 - gamma) / factor + gamma)`` (``train`` in token
-      frames, required).
+    * "yarn": NTK-by-parts: ``w' = w ((1 - gamma) / factor + gamma)``, ``gamma`` 1 (kept) for
+      bands with at least ``beta`` periods in the training length ``train`` (token frames,
+      required), 0 (interpolated) for those with at most ``alpha``, a ramp between:
+      :func:`yarn_keep`.
     """
     if factor == 1:
         return None
@@ -216,8 +249,7 @@ def scaled_frequencies(
     if method == "yarn":
         if train is None:
             raise EditError("RopeScale('yarn') needs the training length: pass train_frames")
-        q = float(train) / periods(w)
-        gamma = np.clip((q - alpha) / (beta - alpha), 0.0, 1.0)
+        gamma = np.stack([yarn_keep(row, float(train), alpha, beta) for row in a])
         return w * ((1.0 - gamma) / factor + gamma)
     raise EditError(f"RopeScale method must be one of {', '.join(SCALE_METHODS)}; got {method!r}")
 

@@ -376,6 +376,60 @@ class LaVieRopeReference:
         return out
 
 
+def _yarn_reference(dim, base, train, scale, beta_fast=32, beta_slow=1):
+    """Frequencies as YaRN's reference code scales them (jquesnelle/yarn,
+    scaled_rope/LlamaYaRNScaledRotaryEmbedding.py: find_correction_dim, find_correction_range,
+    linear_ramp_mask and the inv_freq blend), for a RoPE of ``dim`` channels and ``base``."""
+
+    def correction_dim(rotations):
+        return (dim * math.log(train / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
+    extrapolate = 1 - ramp
+    pos_freqs = base ** (np.arange(0, dim, 2) / dim)
+    return (1 / (scale * pos_freqs)) * (1 - extrapolate) + (1 / pos_freqs) * extrapolate
+
+
+@pytest.mark.parametrize(
+    "dim, base, train, scale",
+    [(16, 1e4, 16, 4.0), (16, 1e4, 13, 2.0), (44, 1e4, 21, 4.0), (16, 256.0, 33, 3.0),
+     (128, 1e4, 4096, 8.0)],  # organism-rope, CogVideoX, Wan, HunyuanVideo, LLaMA-like
+)  # fmt: skip
+def test_rope_scale_frequencies_follow_the_reference_formulas(dim, base, train, scale):
+    from attnlab.edits.positions import scaled_frequencies
+
+    w = base ** (-np.arange(0, dim, 2) / dim)
+    shuffled = np.random.default_rng(0).permutation(len(w))  # the row's order does not matter
+    rows = np.stack([w, -w[shuffled]])  # a second head: another order, negative signs
+    yarn = scaled_frequencies(rows, "yarn", scale, train)
+    want = _yarn_reference(dim, base, train, scale)
+    np.testing.assert_allclose(yarn[0], want, rtol=1e-12)
+    np.testing.assert_allclose(yarn[1], -want[shuffled], rtol=1e-12)
+    np.testing.assert_allclose(scaled_frequencies(rows, "pi", scale)[0], w / scale, rtol=1e-12)
+    # NTK-aware: the base raised to base * scale^(dim / (dim - 2))
+    ntk_base = base * scale ** (dim / (dim - 2))
+    np.testing.assert_allclose(
+        scaled_frequencies(rows, "ntk", scale)[0],
+        ntk_base ** (-np.arange(0, dim, 2) / dim),
+        rtol=1e-9,
+    )
+
+
+def test_yarn_on_frequencies_that_are_not_a_series_ramps_in_periods():
+    from attnlab.edits.positions import scaled_frequencies
+
+    w = np.array([[3.0, 1.3, 0.9, 0.05, 0.3]])  # learned: no common ratio
+    q = 16 * w / (2 * math.pi)  # periods in 16 frames
+    gamma = np.clip((q - 1) / 31, 0, 1)  # the paper's ramp from alpha 1 to beta 32
+    np.testing.assert_allclose(
+        scaled_frequencies(w, "yarn", 2.0, 16), w * ((1 - gamma) / 2 + gamma), rtol=1e-12
+    )
+
+
 # ---- sinusoidal tables --------------------------------------------------------------------
 @pytest.mark.parametrize("shape", ["modelscope", "animatediff"])
 def test_frame_positions_extend_interpolate_repeat_scoped(shape):
