@@ -199,7 +199,7 @@ def yarn_keep(
             return math.log(train * s[0] / (2 * math.pi * rotations)) / step
 
         low = max(math.floor(band(beta)), 0)
-        high = min(math.ceil(band(alpha)), 2 * len(s) - 1)
+        high: float = min(math.ceil(band(alpha)), 2 * len(s) - 1)
         if low == high:
             high += 0.001  # as the code does: a step, not a division by zero
         keep = 1.0 - np.clip((np.arange(len(s)) - low) / (high - low), 0.0, 1.0)
