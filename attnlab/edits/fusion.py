@@ -163,7 +163,8 @@ def local_windows(frames: int, window: int) -> np.ndarray:
 def lowpass_response(frames: int, cutoff: float, filter: str = "gaussian") -> np.ndarray:
     """The filter's gain at each FFT bin over ``frames`` frames (``np.fft`` order): at the
     normalised frequency ``f = 2 k / frames`` (``k`` the signed bin, ``|f| <= 1``; FreeLong's
-    ``t`` coordinate after ``fftshift``), ``exp(-f^2 / (2 cutoff^2))`` (``"gaussian"``,
+    ``t`` coordinate after ``fftshift`` for even ``frames``: for odd ones FreeLong's is off
+    centre by ``1 / frames``), ``exp(-f^2 / (2 cutoff^2))`` (``"gaussian"``,
     FreeLong's temporal factor with ``d_t = cutoff``) or ``|f| <= cutoff`` (``"box"``). The
     gain at ``f = 0`` is 1: the mean over frames passes whole."""
     f = 2.0 * np.fft.fftfreq(frames)

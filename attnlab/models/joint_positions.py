@@ -52,9 +52,20 @@ from attnlab.models.rope_tables import (
 
 #: training lengths in video frames, as the families' papers and configs state them
 JOINT_TRAIN_FRAMES = {
-    "wan": 81,  # Wan 2.1: 81 frames (21 latent)
+    "wan": 81,  # Wan 2.1 and Wan 2.2 A14B: 81 frames (21 latent)
     "hunyuanvideo": 129,  # 129 frames (33 latent)
 }
+
+#: Wan 2.2 TI2V-5B (its 48-channel VAE): 121 frames at 24 fps (31 latent; Wan 2.2's
+#: ``ti2v_5B`` config, ``frame_num = 121``)
+WAN22_TI2V_FRAMES = 121
+
+
+def _wan_train(config: Any) -> int:
+    """Wan's training length: the TI2V-5B (48 latent channels) 121 frames, the others 81."""
+    return (
+        WAN22_TI2V_FRAMES if int(config.get("in_channels", 16)) == 48 else JOINT_TRAIN_FRAMES["wan"]
+    )
 
 
 def _geometric(dim: int, theta: float) -> np.ndarray:
@@ -783,7 +794,7 @@ def _handler(
 
 JOINT_HANDLERS: dict[str, PositionHandler] = {
     "cogvideox": _handler(_cog_pes, _cog_train, _install_cog),
-    "wan": _handler(_wan_pes, "wan", _install_wan),
+    "wan": _handler(_wan_pes, _wan_train, _install_wan),
     "hunyuanvideo": _handler(_hunyuan_pes, "hunyuanvideo", _install_hunyuan),
     "ltx-video": _handler(_ltx_pes, "ltx-video", _install_ltx),
     "mochi": _handler(_mochi_pes, "mochi", _install_mochi),

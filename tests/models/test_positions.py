@@ -30,14 +30,15 @@ def hunyuan_real_rope():
     ).eval()  # fmt: skip
 
 
-def wan_real_rope():
-    """Wan 2.1's rope: head dim 128 (t 44 / h 42 / w 42), table of 1024 positions."""
+def wan_real_rope(channels: int = 4):
+    """Wan 2.1's rope: head dim 128 (t 44 / h 42 / w 42), table of 1024 positions
+    (``channels`` 48: Wan 2.2 TI2V-5B's latent channels)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=4,
-        out_channels=4, text_dim=16, freq_dim=32, ffn_dim=16, num_layers=1, cross_attn_norm=True,
+        patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=channels,
+        out_channels=channels, text_dim=16, freq_dim=32, ffn_dim=16, num_layers=1, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
     ).eval()  # fmt: skip
 
@@ -91,6 +92,15 @@ def test_hunyuan_predicts_the_loop_users_report_at_201_frames():
     assert wan[(wan.axis == "t") & (wan.k == 6)].period_frames.item() == pytest.approx(
         203.9, abs=0.1
     )
+
+
+def test_wan22_ti2v_5b_trains_on_121_frames():
+    # Wan 2.2's TI2V-5B (48-channel VAE latents): 121 frames (31 latent), its config's
+    # frame_num; RIFLEx's intrinsic frequency moves from k 4 (period 22.1) to k 5 (33.5)
+    df = attnlab.pe_report(wan_real_rope(channels=48))
+    (row,) = df[df.intrinsic].itertuples()
+    assert (row.k, row.train_frames, row.train_latent) == (5, 121, 31)
+    assert row.period_latent == pytest.approx(33.5, abs=0.05)
 
 
 def test_report_train_frames_argument_and_other_kinds():
