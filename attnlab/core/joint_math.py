@@ -31,6 +31,7 @@ from attnlab.core.joint_mix import (
     mix,
     select,
     store_masses,
+    unmasked,
     with_masses,
 )
 from attnlab.core.joint_sites import TokenLayout
@@ -422,7 +423,7 @@ def _visible(mask: torch.Tensor | None, cols: list[tuple[int, int]]) -> torch.Te
     broadcastable; None without a mask)."""
     if mask is None:
         return None
-    return torch.stack([(mask[..., a:b] > float("-inf")).any(-1) for a, b in cols], -1)
+    return torch.stack([unmasked(mask[..., a:b]).any(-1) for a, b in cols], -1)
 
 
 def _replace_target(

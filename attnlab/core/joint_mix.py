@@ -12,6 +12,16 @@ import torch
 
 from attnlab.core.joint_sites import TokenLayout
 
+#: an additive mask value at or below this masks its key: ``-inf``, ``finfo.min`` and diffusers'
+#: finite convention ``(1 - m) * -10000.0`` (LTX-2's ``video_self_attention_mask``, Allegro;
+#: -9984 once rounded to bfloat16); a key that far below the others gets no weight anyway
+MASKED = -1000.0
+
+
+def unmasked(mask: torch.Tensor) -> torch.Tensor:
+    """Which entries of an additive attention mask leave their key visible (:data:`MASKED`)."""
+    return mask > MASKED
+
 
 @dataclass
 class MixOp:
@@ -90,7 +100,7 @@ def block_masses(
         w = torch.cat([frames, text_mass[..., None]], -1)
     if mask is None:
         return w, None
-    seen = mask > float("-inf")
+    seen = unmasked(mask)
     vis = seen[..., v0 : v0 + Nv].unflatten(-1, (layout.frames, layout.per_frame)).any(-1)
     if text:
         tvis = seen[..., :v0].any(-1) | seen[..., v0 + Nv :].any(-1)
@@ -111,7 +121,7 @@ def with_masses(
     0 gets the uniform distribution over its keys the mask leaves visible)."""
     Nv, Fr, T = layout.video, layout.frames, layout.per_frame
     S = Pv.shape[-1]
-    seen = None if mask is None else (mask > float("-inf")).to(Pv.dtype)
+    seen = None if mask is None else unmasked(mask).to(Pv.dtype)
     ratio = torch.where(old > 0, new / old.clamp_min(1e-38), torch.zeros((), dtype=Pv.dtype))
     out = Pv.clone()
     vid = Pv[..., v0 : v0 + Nv].unflatten(-1, (Fr, T)) * ratio[..., :Fr, None]

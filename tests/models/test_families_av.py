@@ -146,6 +146,27 @@ def test_recorded_maps_equal_the_brute_force_frame_marginal(case, models):
         assert p[..., 0, -1].max() < 1e-6 and p[..., 1:, -1].min() > 1e-3
 
 
+@pytest.mark.parametrize("path", ["split", "blocked"])
+def test_a_finite_mask_hides_its_frame_from_a_replacement(path, models):
+    # LTX-2 turns video_self_attention_mask into the additive (1 - m) * -10000, a finite bias:
+    # the frame it hides from frame 0's queries gets no mass from Replace("ones"), which
+    # spreads frame 0's mass over the two frames it sees (docs/attention-3d.md)
+    key, make, frames, latent, _ = CASES["ltx2-self-mask"]
+    model, kw = models[key], make()
+    assert float(kw["video_self_attention_mask"].min()) == 0.0  # a 0/1 mask, made -10000
+    with (
+        attnlab.joint_paths(edit=path),
+        attnlab.record(model, reduce="head") as rec,
+        attnlab.edit(model, attnlab.Replace("ones")),
+    ):
+        _call(model, kw)
+    p = rec.to_xarray()[D.PROBS].isel(run=0, step=0, cfg=0).transpose(..., D.QUERY, D.KEY).values
+    np.testing.assert_allclose(
+        p[..., 0, :], np.broadcast_to([0.5, 0.5, 0.0], p[..., 0, :].shape), atol=1e-6
+    )
+    np.testing.assert_allclose(p[..., 1:, :], 1 / 3, atol=1e-6)  # the other rows see all three
+
+
 @pytest.mark.parametrize("key", ["ltx2", "kandinsky6"])
 def test_token_layout_is_frame_major(key, models):
     """Perturbing latent frame j of the input changes exactly the query rows of frame j's
