@@ -216,10 +216,30 @@ class _Intercept(TorchFunctionMode):
             else:
                 dev = query.device
                 bias = [self.proc.bias_op(c, self.ctx, offset, B, dev) for c in plan.bias]
+                self._one_max_per_call(plan.bias, bias, B)
                 repl = [self.proc.replace_op(c, self.ctx, offset, B, dev) for c in plan.replace]
                 out, mass, text = _edited(call, bias, repl, observe)
         assert out is not None
         return self._conclude(call, out, mass, text, bias, repl)
+
+    def _one_max_per_call(self, clients: list, ops: list[BiasOp], batch: int) -> None:
+        """Refuse a ``"global"`` maximum the call cannot see: one maximum over the layer call's
+        selected samples, where the layer computes attention one sample per call (Mochi's
+        processor) and more than one sample is selected."""
+        ctx = self.ctx
+        if batch == ctx.batch:
+            return
+        for client, op in zip(clients, ops):
+            if op.max_mode != "global":
+                continue
+            chosen = self.proc._samples(client, ctx, 0, ctx.batch)
+            if (ctx.batch if chosen is None else int(chosen.sum())) > 1:
+                raise JointAttentionError(
+                    f"{self.proc.site.name}: max_mode 'global' takes one maximum over the layer "
+                    f"call's selected samples, and this layer computes attention one sample "
+                    f"per call ({batch} of the call's {ctx.batch} samples here); use max_mode "
+                    "'row' or 'head', or edit one guidance half of one video"
+                )
 
     def _conclude(
         self,

@@ -193,6 +193,28 @@ def test_mochi_table_and_its_learned_frame_frequencies(mochi):
     assert attnlab.sites(meta).pe.frame_freqs is None
 
 
+def test_mochi_refuses_one_global_maximum_over_its_per_sample_calls(mochi):
+    # Mochi's processor calls attention once per sample: the one maximum over the layer call's
+    # selected samples that max_mode "global" takes is not there, so two samples are refused
+    from attnlab.core.joint_sites import JointAttentionError
+
+    g = torch.Generator().manual_seed(0)
+    x, enc = torch.randn(2, 4, FRAMES, 8, 8, generator=g), torch.randn(2, 6, 16, generator=g)
+    mask, t = torch.ones(2, 6, dtype=torch.long), torch.full((2,), 500)
+    tar = attnlab.TAR(1.0, t_min=None, max_mode="global")
+    with torch.no_grad():
+        plain = mochi(x, enc, t, mask, return_dict=False)[0]
+        with (
+            pytest.raises(JointAttentionError, match="one sample per call"),
+            attnlab.edit(mochi, tar),
+        ):
+            mochi(x, enc, t, mask, return_dict=False)
+        with attnlab.edit(mochi, tar):  # one video: its maximum is the call's
+            one = mochi(x[:1], enc[:1], t[:1], mask[:1], return_dict=False)[0]
+        assert not torch.allclose(one, plain[:1])
+        assert torch.equal(mochi(x, enc, t, mask, return_dict=False)[0], plain)  # restored
+
+
 # ---- maps against brute force --------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["ltx", "mochi"])
 def test_recorded_maps_equal_brute_force(kind, ltx, mochi):
