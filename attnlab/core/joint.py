@@ -462,6 +462,20 @@ class JointAttnProcessor:
             # answers with the values and computes no attention; the call did not run (``ran``
             # False, nothing recorded, edits do not apply)
             return self.original(attn, hidden_states, *args, **kwargs)
+        perturbed = kwargs.get("perturbation_mask")
+        if torch.is_tensor(perturbed) and bool((perturbed == 0).all()):
+            return self.original(attn, hidden_states, *args, **kwargs)  # all, as above
+        if torch.is_tensor(perturbed) and bool((perturbed == 0).any()):
+            # every sample perturbed is all_perturbed (above); some of them: the processor
+            # computes attention for every sample, then answers the perturbed ones with the
+            # values (torch.lerp), so their maps would be recorded and edited for nothing
+            raise JointAttentionError(
+                f"{self.site.name}: spatio-temporal guidance perturbs "
+                f"{int((perturbed == 0).sum())} of the call's samples (perturbation_mask): the "
+                "model discards their attention, and attnlab records or edits a layer call whose "
+                "attention reached every sample's output, or marks it as not run, never a part "
+                "of it; perturb every sample or none (the LTX-2 pipelines perturb all)"
+            )
         with _Intercept(self, plan if plan is not None else Plan(), ctx, hook) as icpt:
             out = self.original(attn, hidden_states, *args, **kwargs)
         icpt.finish()

@@ -408,3 +408,22 @@ def test_ltx2_stg_blocks_with_every_sample_perturbed_are_recorded_as_not_run():
     probs = ds[D.PROBS].sel({D.LAYER: "transformer_blocks.0.attn1"}).values
     assert np.isnan(probs).all()
     assert np.isfinite(ds[D.PROBS].sel({D.LAYER: "transformer_blocks.1.attn1"}).values).all()
+
+
+def test_ltx2_stg_with_some_samples_perturbed_is_refused():
+    """A ``perturbation_mask`` that perturbs some samples: the processor computes attention for
+    all and answers the perturbed ones with their values, so a map of those would be recorded
+    (and edited) for nothing; one clear error, and the model is left as it was."""
+    from attnlab.core.joint_sites import JointAttentionError
+
+    model = ltx2_transformer(perturbed_attn=True)
+    kw = {**ltx2_inputs(), "spatio_temporal_guidance_blocks": [0]}
+    some = {**kw, "perturbation_mask": torch.tensor([1.0, 0.0])}
+    ref = _call(model, some)
+    for scope in (attnlab.record(model), attnlab.edit(model, attnlab.Replace("identity"))):
+        with pytest.raises(JointAttentionError, match="perturbs 1 of the call's samples"), scope:
+            _call(model, some)
+    with attnlab.record(model) as rec:  # none perturbed: recorded as usual
+        _call(model, {**kw, "perturbation_mask": torch.tensor([1.0, 1.0])})
+    assert bool(rec.to_xarray()[D.RAN].all())
+    assert torch.equal(_call(model, some), ref)
