@@ -50,6 +50,8 @@ REL_BUCKETS = 32  # RelativePositionBias(num_buckets=32, ...)
 REL_MAX_DISTANCE = 32  # ... max_distance=32)
 #: LaVie's video size (``base/configs/sample.yaml``: ``image_size: [320, 512]``)
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 320, 512
+#: LaVie's classifier-free guidance scale (``base/configs/sample.yaml``: ``guidance_scale: 7.5``)
+DEFAULT_GUIDANCE = 7.5
 
 
 # --- the temporal attention's two position terms --------------------------------------------
@@ -604,7 +606,8 @@ def _lavie_pipeline() -> type:
 
     class LaViePipeline(TextToVideoSDPipeline):
         """diffusers' ``TextToVideoSDPipeline`` around a :class:`LaVieUNet`, with LaVie's video
-        size (320 x 512, ``base/configs/sample.yaml``) as its default: the SD-1.4 UNet config's
+        size (320 x 512, ``base/configs/sample.yaml``) and guidance (7.5, 50 steps; diffusers'
+        pipeline would take 9.0) as its defaults: the SD-1.4 UNet config's
         ``sample_size`` (64 latents) would make it 512 x 512. ``height`` / ``width`` None mean
         320 / 512. The sampling loop is diffusers' own, unchanged.
 
@@ -631,12 +634,16 @@ def _lavie_pipeline() -> type:
             prompt: str | list[str] | None = None,
             height: int | None = DEFAULT_HEIGHT,
             width: int | None = DEFAULT_WIDTH,
+            num_inference_steps: int = 50,
+            guidance_scale: float = DEFAULT_GUIDANCE,
             **kwargs: Any,
         ):
             return super().__call__(
                 prompt=prompt,
                 height=DEFAULT_HEIGHT if height is None else height,
                 width=DEFAULT_WIDTH if width is None else width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
                 **kwargs,
             )
 

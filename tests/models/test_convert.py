@@ -243,10 +243,21 @@ def _sd14_ddpm(tmp_path) -> dict:
     sd14 = tmp_path / "sd14"
     (sd14 / "scheduler").mkdir(parents=True)
     (sd14 / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD14_SCHEDULER_CONFIG))
-    overrides = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    # steps_offset 0: LaVie's diffusers 0.16 DDPMScheduler has none (SD 1.4's 1 is ignored)
+    overrides = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", steps_offset=0)
     want = _public(DDPMScheduler.from_pretrained(sd14, subfolder="scheduler", **overrides).config)
     assert _public(convert.lavie_scheduler(sd14).config) == want
     return want
+
+
+def test_lavie_scheduler_samples_at_lavies_timesteps(tmp_path):
+    # diffusers 0.16 (LaVie's pin): timesteps = arange(0, N) * (1000 // N), reversed
+    _sd14_ddpm(tmp_path)
+    for scheduler in (convert.lavie_scheduler(tmp_path / "sd14"), convert.lavie_scheduler(None)):
+        for n in (50, 25, 30):
+            scheduler.set_timesteps(n)
+            want = (np.arange(0, n) * (1000 // n))[::-1]
+            assert scheduler.timesteps.tolist() == want.tolist(), n
 
 
 def test_lavie_scheduler_without_a_scheduler_folder(tmp_path):
@@ -509,9 +520,10 @@ def test_lavie_pipeline_tar(lavie):
     assert torch.equal(run(), base)
 
 
-def test_lavie_folder_loads_as_lavie_pipeline_at_lavies_size(lavie):
+def test_lavie_folder_loads_as_lavie_pipeline_at_lavies_size(lavie, monkeypatch):
     """LaVie samples 320 x 512 (base/configs/sample.yaml), not the 512 x 512 that SD 1.4's
-    UNet sample_size (64) gives TextToVideoSDPipeline; None means the default too."""
+    UNet sample_size (64) gives TextToVideoSDPipeline; None means the default too. Its
+    guidance is LaVie's 7.5 over 50 steps (TextToVideoSDPipeline's own default is 9.0)."""
     from attnlab.models import generate
 
     _, pipe = lavie
@@ -521,6 +533,10 @@ def test_lavie_folder_loads_as_lavie_pipeline_at_lavies_size(lavie):
     assert tuple(generate(pipe, "a bear", frames=1, steps=1).shape) == (1, 320, 512, 3)
     out = pipe("a bear", height=None, width=None, num_frames=1, num_inference_steps=1)
     assert out.frames.shape[-3:-1] == (320, 512)
+    seen: dict = {}
+    monkeypatch.setattr(type(pipe).__mro__[1], "__call__", lambda self, **kw: seen.update(kw))
+    pipe("a bear")
+    assert (seen["guidance_scale"], seen["num_inference_steps"]) == (7.5, 50)
 
 
 def _known_notices(text: str) -> list[str]:
@@ -725,6 +741,10 @@ def test_vc2_generates_at_its_size_without_height_and_width(vc2, tmp_path):
     assert tuple(generate(pipe, "a bear", frames=1, steps=1).shape) == (1, 320, 512, 3)
     out = pipe("a bear", height=None, width=None, num_frames=1, num_inference_steps=1)
     assert out.frames.shape[-3:-1] == (320, 512)
+    seen: dict = {}
+    monkeypatch.setattr(type(pipe).__mro__[1], "__call__", lambda self, **kw: seen.update(kw))
+    pipe("a bear")
+    assert (seen["guidance_scale"], seen["num_inference_steps"]) == (7.5, 50)
     folder = tmp_path / "vc2"
     pipe.save_pretrained(folder)
     args = ["generate", "--model", str(folder), "--edit", "tar:64D1", "--guidance", "12"]

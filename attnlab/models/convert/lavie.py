@@ -150,15 +150,18 @@ def lavie_scheduler(sd_folder: str | Path | None = None):
 
     Without ``scheduler/scheduler_config.json`` in ``sd_folder``, SD 1.4's settings
     (:data:`SD14_DDPM_SETTINGS`) stand in for it: the same scheduler as from SD 1.4's folder.
+    ``steps_offset`` is 0: LaVie pins diffusers 0.16, whose ``DDPMScheduler`` has none (it
+    samples at ``arange(N) * (1000 // N)``, 980 .. 0 at 50 steps), while today's reads SD 1.4's
+    ``steps_offset=1`` and would sample one training step later at every step (981 .. 1).
     """
     from diffusers import DDPMScheduler
 
-    overrides = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    overrides = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", steps_offset=0)
     path = Path(sd_folder).expanduser() / "scheduler" if sd_folder is not None else None
     if path is not None and (path / "scheduler_config.json").is_file():
         config = json.loads((path / "scheduler_config.json").read_text())
         return DDPMScheduler.from_config(config, **overrides)
-    return DDPMScheduler(**SD14_DDPM_SETTINGS, **overrides)
+    return DDPMScheduler(**{**SD14_DDPM_SETTINGS, **overrides})
 
 
 def convert_lavie(
