@@ -371,12 +371,51 @@ class VideoCrafter2Scheduler(DDIMScheduler):
         return super().add_noise(original_samples * s, noise, timesteps)
 
 
+def openclip_text(text: str | list[str] | None) -> str | list[str] | None:
+    """A prompt as ``open_clip.tokenize`` cleans it before its BPE (``basic_clean`` then
+    ``whitespace_clean``: ftfy's ``fix_text``, HTML entities unescaped twice, runs of
+    whitespace as one space); lvdm's text encoder tokenizes that way, a ``CLIPTokenizer`` does
+    not (typographic quotes and ``&amp;`` give other tokens)."""
+    from open_clip.tokenizer import basic_clean, whitespace_clean
+
+    if text is None:
+        return None
+    if isinstance(text, str):
+        return whitespace_clean(basic_clean(text))
+    return [whitespace_clean(basic_clean(t)) for t in text]
+
+
 class VideoCrafter2Pipeline(TextToVideoSDPipeline):
     """``TextToVideoSDPipeline`` with VideoCrafter2's fps input and the sampling defaults of the
     authors' and VSTAR's code: 25 DDIM steps, eta 1.0, guidance 12, 320 x 512, 16 frames, fps 28.
     ``height`` / ``width`` None mean 320 / 512 (the converted UNet's config has no
-    ``sample_size`` to derive a size from).
+    ``sample_size`` to derive a size from). Prompts are cleaned as open_clip's tokenizer cleans
+    them (:func:`openclip_text`) before the folder's ``CLIPTokenizer`` sees them.
     """
+
+    def encode_prompt(  # type: ignore[override]
+        self,
+        prompt: Any,
+        device: Any,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: Any = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> Any:
+        return super().encode_prompt(
+            openclip_text(prompt),
+            device,
+            num_images_per_prompt,
+            do_classifier_free_guidance,
+            negative_prompt=openclip_text(negative_prompt),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
 
     @torch.no_grad()
     def __call__(  # type: ignore[override]

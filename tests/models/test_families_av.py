@@ -151,7 +151,7 @@ def test_a_finite_mask_hides_its_frame_from_a_replacement(path, models):
     # LTX-2 turns video_self_attention_mask into the additive (1 - m) * -10000, a finite bias:
     # the frame it hides from frame 0's queries gets no mass from Replace("ones"), which
     # spreads frame 0's mass over the two frames it sees (docs/attention-3d.md)
-    key, make, frames, latent, _ = CASES["ltx2-self-mask"]
+    key, make, _, _, _ = CASES["ltx2-self-mask"]
     model, kw = models[key], make()
     assert float(kw["video_self_attention_mask"].min()) == 0.0  # a 0/1 mask, made -10000
     with (
