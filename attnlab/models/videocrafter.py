@@ -239,8 +239,10 @@ class VideoCrafter2Scheduler(DDIMScheduler):
     The model was trained on latents scaled by ``s(t)`` (:func:`latent_scale`): forward process
     ``x_t = sqrt(a_t) s(t) x_0 + sqrt(1 - a_t) eps``; a DDIM step divides the predicted ``x_0``
     by ``s(t)`` and re-noises it with ``s(t_prev)`` (``lvdm/models/samplers/ddim.py``,
-    ``p_sample_ddim``). Timesteps as lvdm's uniform DDIM discretisation (``leading`` spacing
-    with offset 1: 961, 921, ..., 1 for 25 steps), ``alphas_cumprod[0]`` after the last step;
+    ``p_sample_ddim``). Timesteps as lvdm's uniform DDIM discretisation, ``range(0, 1000, 1000
+    // N) + 1`` reversed (961, 921, ..., 1 for 25 steps; for a count that does not divide 1000
+    one step more, as lvdm runs it: 31 from 991 for 30), ``alphas_cumprod[0]`` after the last
+    step;
     betas and ``alphas_cumprod`` computed in float64 and stored as float32, as lvdm registers
     them. With ``use_scale=False`` the step is diffusers' DDIM.
     """
@@ -298,6 +300,29 @@ class VideoCrafter2Scheduler(DDIMScheduler):
             self.final_alpha_cumprod = (
                 torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
             )
+
+    def set_timesteps(  # type: ignore[override]
+        self, num_inference_steps: int, device: str | torch.device | None = None
+    ) -> None:
+        """lvdm's ``make_ddim_timesteps("uniform", N, T)``: ``range(0, T, T // N)`` plus the
+        offset, reversed (its length check is commented out there: ``T // N`` does not divide
+        ``T`` gives more than ``N`` steps). Other spacings: diffusers' own."""
+        if self.config.timestep_spacing != "leading":
+            return super().set_timesteps(num_inference_steps, device)
+        T = self.config.num_train_timesteps
+        if not 1 <= int(num_inference_steps) <= T:
+            raise ValueError(f"num_inference_steps must be in 1..{T}, got {num_inference_steps}")
+        ts = np.arange(0, T, T // int(num_inference_steps))[::-1] + self.config.steps_offset
+        if ts[0] >= T:  # lvdm indexes its schedule there and fails too
+            raise ValueError(
+                f"num_inference_steps {num_inference_steps}: lvdm's uniform DDIM timesteps "
+                f"range(0, {T}, {T // int(num_inference_steps)}) + {self.config.steps_offset} "
+                f"reach t = {ts[0]}, past the {T}-step schedule; take another count (25 and 50 "
+                "are VideoCrafter2's)"
+            )
+        self.num_inference_steps = int(num_inference_steps)  # the step's stride is T // N
+        self.timesteps = torch.from_numpy(ts.astype(np.int64)).to(device)
+        return None
 
     def latent_scale_at(self, t: int) -> float:
         """``s(t)`` (1.0 with ``use_scale=False``)."""

@@ -1094,6 +1094,33 @@ def _lvdm_ddim(eps_fn, x, cfg: VC2Config, steps: int, eta: float, noises):
     return x
 
 
+def test_vc2_scheduler_steps_at_lvdms_timesteps_for_any_count(vc2):
+    # lvdm's make_ddim_timesteps("uniform"): range(0, 1000, 1000 // N) + 1, reversed; a count
+    # that does not divide 1000 gets more steps there (its length assert is commented out)
+    from attnlab.models.videocrafter import VideoCrafter2Scheduler
+
+    scheduler = VideoCrafter2Scheduler()
+    for n in (25, 50, 30, 60, 75, 1):
+        scheduler.set_timesteps(n)
+        want = (np.asarray(list(range(0, 1000, 1000 // n))) + 1)[::-1]
+        assert scheduler.timesteps.tolist() == want.tolist(), n
+    assert len(scheduler.timesteps) == 1 and int(scheduler.timesteps[0]) == 1
+    with pytest.raises(ValueError, match="num_inference_steps must be in 1..1000"):
+        scheduler.set_timesteps(0)
+    # 3: range(0, 1000, 333) + 1 reaches t = 1000, past the schedule (lvdm fails there too)
+    with pytest.raises(ValueError, match="reach t = 1000, past the 1000-step schedule"):
+        scheduler.set_timesteps(3)
+    # the pipeline runs them all: 7 steps -> stride 142: 8 calls from t = 995
+    _, _, pipe = vc2
+    seen: list = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(int(a[1])))
+    try:
+        pipe("a bear", num_frames=2, num_inference_steps=7, output_type="latent")
+    finally:
+        hook.remove()
+    assert seen == (np.arange(0, 1000, 142) + 1)[::-1].tolist()
+
+
 def test_vc2_scheduler_is_lvdm_ddim_with_scale():
     from attnlab.models.videocrafter import VideoCrafter2Scheduler
 
