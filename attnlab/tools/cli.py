@@ -1267,6 +1267,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(report.summary())
+    for note in report.notes:  # the choices made for the user (scheduler, latent scale)
+        print(f"note: {note}")
+    if report.dropped:
+        more = f" (+{len(report.dropped) - 8})" if len(report.dropped) > 8 else ""
+        print(f"dropped by name: {', '.join(report.dropped[:8])}{more}")
     print(f"diffusers folder written to {args.out}; load it with attnlab.models.load_pipeline")
     return 0
 

@@ -1168,3 +1168,41 @@ def test_vc2_tar_presets_and_synopsis_run(vc2):
         syn = run()
     assert (syn - base).abs().max() > 1e-5
     assert torch.equal(run(), base)
+
+
+def test_half_precision_checkpoints_convert_and_the_other_family_is_named(
+    lavie, vc2, sd14_small, tmp_path, capsys
+):
+    """Checkpoints saved in float16 / bfloat16 hold the schedule and rotary tensors within
+    that dtype's rounding: they convert (as the authors' loaders read them). A checkpoint of
+    the other authors' layout is refused with the command that takes it; the CLI prints the
+    report's notes."""
+    from attnlab.tools.cli import main
+
+    def cast(state, dtype):
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+    lavie_state, _ = lavie
+    vc2_state = vc2[0]
+    for dtype in (torch.float16, torch.bfloat16):
+        torch.save({"ema": cast(lavie_state, dtype)}, tmp_path / "lavie_base.pt")
+        convert.convert_lavie(tmp_path / "lavie_base.pt", sd14_small, tmp_path / f"l{dtype}")
+        torch.save({"state_dict": cast(vc2_state, dtype)}, tmp_path / "model.ckpt")
+        convert.convert_videocrafter2(tmp_path / "model.ckpt", tmp_path / f"v{dtype}", config=VC2_SMALL)  # fmt: skip
+    wrong = {k: v * 1.01 if k == "betas" else v for k, v in vc2_state.items()}
+    torch.save({"state_dict": cast(wrong, torch.float16)}, tmp_path / "wrong.ckpt")
+    with pytest.raises(convert.CheckpointLayoutError, match="betas differ"):
+        convert.convert_videocrafter2(tmp_path / "wrong.ckpt", tmp_path / "w", config=VC2_SMALL)
+    with pytest.raises(
+        convert.CheckpointLayoutError,
+        match=r"this is a lavie checkpoint .*convert it with `attnlab convert lavie`",
+    ):
+        convert.convert_videocrafter2(tmp_path / "lavie_base.pt", tmp_path / "x", config=VC2_SMALL)
+    with pytest.raises(convert.CheckpointLayoutError, match=r"this is a videocrafter2 checkpoint"):
+        convert.convert_lavie(tmp_path / "model.ckpt", sd14_small, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    capsys.readouterr()
+    cmd = ["convert", "lavie", str(tmp_path / "lavie_base.pt"), str(tmp_path / "cli")]
+    assert main([*cmd, "--sd14", str(sd14_small)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: VAE, text encoder and tokenizer from {sd14_small}" in out

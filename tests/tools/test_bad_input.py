@@ -148,6 +148,28 @@ def test_convert_tells_junk_from_pickles_and_reads_older_tensor_files(tmp_path):
     with pytest.raises(ValueError, match=r"pickled objects beyond tensors \(.*_NotATensor\)"):
         load_checkpoint(objects)
     assert set(load_checkpoint(objects, trust_pickle=True)) == {"w"}
+    # a download cut short: torch.save's zip without its end record
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.ones(1000)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 9 // 10])
+    with pytest.raises(ValueError, match="truncated or damaged PyTorch checkpoint"):
+        load_checkpoint(cut)
+    # trusted objects of a package that is not installed: the module named, not a traceback
+    import importlib
+    import sys
+
+    (tmp_path / "attnlab_gone_mod.py").write_text("class Config:\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        gone = importlib.import_module("attnlab_gone_mod")
+        torch.save({"w": torch.ones(2), "cfg": gone.Config()}, tmp_path / "gone.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("attnlab_gone_mod", None)
+        (tmp_path / "attnlab_gone_mod.py").unlink()
+    with pytest.raises(ValueError, match="module 'attnlab_gone_mod', which is not installed"):
+        load_checkpoint(tmp_path / "gone.pt", trust_pickle=True)
 
 
 def test_a_failure_before_the_first_step_leaves_no_store_skeleton(ms_pipe, tmp_path):

@@ -23,8 +23,10 @@ from attnlab.models.convert.layout import (
     _conv,
     _lin,
     _norm,
+    check_family,
     check_layout,
     load_checkpoint,
+    same_values,
 )
 
 #: SD 1.4's UNet config as LaVie reads it (``from_pretrained_2d``)
@@ -192,10 +194,11 @@ def convert_lavie(
     # RotaryEmbedding(32) handed to every temporal layer): load_checkpoint copies them apart
     state = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     config = lavie_unet_config(sd)
+    check_family(state, "lavie", f"LaVie UNet ({checkpoint})")
     check_layout(state, lavie_layout(config), f"LaVie UNet ({checkpoint})")
     reference = LaVieRoPE().freqs
     for key, value in state.items():
-        if key.endswith("rotary_emb.freqs") and not torch.allclose(value.float(), reference):
+        if key.endswith("rotary_emb.freqs") and not same_values(value, reference, rtol=1e-5):
             raise CheckpointLayoutError(
                 f"{key}: rotary frequencies differ from RotaryEmbedding(32)'s 10000^(-2i/32)"
             )

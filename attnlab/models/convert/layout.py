@@ -100,6 +100,11 @@ def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str
     zipped = zipfile.is_zipfile(path)
     # torch.save writes a zip archive, or (before PyTorch 1.6, or with
     # _use_new_zipfile_serialization=False) a pickle whose first byte is the PROTO opcode
+    if not zipped and head == b"PK\x03\x04":  # a zip's first entry, but no end record
+        raise ValueError(
+            f"{path} is a truncated or damaged PyTorch checkpoint (torch.save's zip format "
+            "without its end record): download or copy it again"
+        )
     if not zipped and head[:1] != b"\x80":
         what = "an empty file" if not head else "neither torch.save's zip format nor its older one"
         raise ValueError(f"{path} is not a PyTorch checkpoint ({what})")
@@ -109,6 +114,11 @@ def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str
             # junk that starts like a pickle names an odd protocol; the error below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=zipped)
+    except ModuleNotFoundError as err:  # trust_pickle: an object of a package not installed
+        raise ValueError(
+            f"{path} holds pickled objects of the module {err.name!r}, which is not installed "
+            f"here: install it (e.g. pip install {str(err.name).split('.')[0]}) to unpickle them"
+        ) from err
     except pickle.UnpicklingError as err:
         if trust_pickle:
             raise
@@ -143,6 +153,35 @@ def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict[str
             )
         state[key] = value
     return _unshare(state)
+
+
+def family_of_state(state: dict[str, torch.Tensor]) -> str | None:
+    """Which authors' layout a state dict looks like, by its keys: ``"videocrafter2"`` (lvdm:
+    ``model.diffusion_model.*``), ``"lavie"`` (diffusers-style UNet keys with temporal
+    ``attn_temp`` layers), or None."""
+    if any(k.startswith("model.diffusion_model.") for k in state):
+        return "videocrafter2"
+    if "conv_in.weight" in state and any(".attn_temp." in k for k in state):
+        return "lavie"
+    return None
+
+
+def check_family(state: dict[str, torch.Tensor], family: str, what: str) -> None:
+    """Refuse a checkpoint of the other authors' layout with the command that takes it."""
+    found = family_of_state(state)
+    if found is not None and found != family:
+        file = "model.ckpt" if found == "videocrafter2" else "lavie_base.pt"
+        raise CheckpointLayoutError(
+            f"{what}: this is a {found} checkpoint (its keys are {file}'s layout), not a "
+            f"{family} one: convert it with `attnlab convert {found}`"
+        )
+
+
+def same_values(stored: torch.Tensor, want: torch.Tensor, rtol: float, atol: float = 0.0) -> bool:
+    """Whether a checkpoint tensor holds ``want`` within ``rtol`` / ``atol``, or within the
+    rounding of the dtype it is stored in (a float16 or bfloat16 checkpoint of float32 values)."""
+    eps = torch.finfo(stored.dtype).eps if stored.dtype.is_floating_point else 0.0
+    return torch.allclose(stored.double(), want.double(), rtol=max(rtol, eps), atol=atol)
 
 
 def _storage(t: torch.Tensor) -> tuple[Any, int] | None:

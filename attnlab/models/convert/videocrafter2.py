@@ -30,8 +30,10 @@ from attnlab.models.convert.layout import (
     _conv,
     _lin,
     _norm,
+    check_family,
     check_layout,
     load_checkpoint,
+    same_values,
 )
 
 
@@ -468,6 +470,7 @@ def convert_videocrafter2(
     from attnlab.util.quiet import quiet_library_logs
 
     state = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    check_family(state, "videocrafter2", f"VideoCrafter2 ({checkpoint})")
     check_layout(state, vc2_layout(config), f"VideoCrafter2 ({checkpoint})", VC2_OPTIONAL)
     report = ConversionReport(str(checkpoint))
 
@@ -478,13 +481,12 @@ def convert_videocrafter2(
         beta_end=config.linear_end,
         scale_b=config.scale_b,
     )
-    betas = state["betas"].double()
-    if not torch.allclose(betas, scheduler.betas.double(), rtol=1e-4, atol=1e-7):
+    if not same_values(state["betas"], scheduler.betas, rtol=1e-4, atol=1e-7):
         raise CheckpointLayoutError("betas differ from the scaled-linear 0.00085..0.012 schedule")
     scale = torch.as_tensor(
         latent_scale(torch.arange(config.timesteps).numpy(), 1.0, config.scale_b, 400)
     )
-    if not torch.allclose(state["scale_arr"][: config.timesteps].float(), scale, atol=1e-5):
+    if not same_values(state["scale_arr"][: config.timesteps], scale, rtol=1e-5, atol=1e-5):
         raise CheckpointLayoutError(
             f"scale_arr differs from lvdm's use_scale (1 -> {config.scale_b})"
         )
