@@ -200,9 +200,11 @@ def test_probe_refuses_an_out_holding_a_probe_unless_force_replaces_it(tiny_dirs
 # ---- 2: convert's OUT ------------------------------------------------------------------------
 
 
-class _Report:
-    def summary(self) -> str:
-        return "converted"
+def _Report():
+    """What a converter returns (nothing converted here)."""
+    from attnlab.models.convert import ConversionReport
+
+    return ConversionReport("m.ckpt")
 
 
 def test_convert_checks_out_before_reading_the_checkpoint(tmp_path, monkeypatch, capsys):
