@@ -155,6 +155,7 @@ class Recorder(Observer):
         # the first recorded call of the step being buffered, and per window which of its
         # (layer, cfg) cells ran
         self._buffer_ctx: CallContext | None = None
+        self._last_ctx: CallContext | None = None  # the run's latest denoiser call
         self._ran: dict[int | None, np.ndarray] | None = None
         self._window_frames: int | None = None
 
@@ -250,6 +251,7 @@ class Recorder(Observer):
         if self._buffer_ctx is None or self._buffer_ctx.step != ctx.step:
             self._flush()  # (the CFG halves of one step may come as separate calls)
         run = self._run
+        self._last_ctx = ctx
         if run is not None and run.writer is None and "latent_height" not in run.attrs:
             # the size actually generated (a pipeline call without height/width uses the
             # model's default): latent size times the VAE's scale factor
@@ -324,21 +326,45 @@ class Recorder(Observer):
         current = self._run
         if current is None or current.info is not run:
             return
+        extra: dict[str, Any] = {"frames": current.attrs.get("frames")}
         try:
             if ok:
                 self._flush()
+                extra.update(self._steps_never_run(current))
             else:
                 self._buffer, self._buffer_ctx, self._ran = None, None, None
         except BaseException:
             ok = False  # the last step did not reach the store: the run is not complete
             raise
         finally:
-            self._run = None
+            self._run, self._last_ctx = None, None
             current.complete = ok
             if current.writer is not None:
-                current.writer.finish(ok, {"frames": current.attrs.get("frames")})
+                current.writer.finish(ok, extra)
             elif current.mark is not None and self.store is not None:
                 abandon_claim(self.store, current.id, current.mark)
+
+    def _steps_never_run(self, run: _Run) -> dict[str, Any]:
+        """A pipeline that ended its loop early without an error (a callback setting
+        ``pipe._interrupt``): the selected steps after its last denoiser call are written as
+        marked gaps (``ran`` False, NaN; their scheduled timestep, the last call's denoiser),
+        and the run says how many steps ran (``steps_run``)."""
+        last, timesteps = self._last_ctx, run.info.timesteps
+        if last is None or timesteps is None or last.step + 1 >= len(timesteps):
+            return {}
+        selected = run.steps if run.steps is not None else range(len(timesteps))
+        for step in [s for s in selected if last.step < s < len(timesteps)]:
+            ctx = CallContext(
+                run=last.run, step=step, timestep=float(timesteps[step]),
+                num_train_timesteps=last.num_train_timesteps, batch=last.batch,
+                frames=last.frames, latent=last.latent, continuous=last.continuous,
+                half=last.half,
+            )  # fmt: skip
+            ctx.expert = last.expert
+            self._buffer, self._buffer_ctx, self._ran = {}, ctx, {}
+            self._flush()
+        run.attrs["steps_run"] = last.step + 1
+        return {"steps_run": last.step + 1}
 
     # ---- reduction -----------------------------------------------------------------------
     def _start_buffer(self, ctx: CallContext) -> None:

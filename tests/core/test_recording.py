@@ -441,3 +441,37 @@ def test_a_second_order_sampler_records_each_denoiser_call_as_a_step(ms_pipe, ge
     ds = attnlab.load(tmp_path / "h.zarr")
     assert len(listed) == 5 and ds.sizes[D.STEP] == 5
     np.testing.assert_array_equal(ds[D.TIMESTEP].values[0], listed)
+
+
+def test_a_loop_ended_early_writes_its_unrun_steps_as_gaps(ad_pipe, gen, tmp_path):
+    # diffusers' documented early stop: a callback sets pipe._interrupt and the loop skips the
+    # denoiser from then on, without an error; the selected steps it never ran are written as
+    # marked gaps at their scheduled timesteps, and the run says how many steps ran
+    def stop(pipe, i, t, kw):
+        if i == 1:
+            pipe._interrupt = True
+        return kw
+
+    path = tmp_path / "stopped.zarr"
+    with (
+        attnlab.record(ad_pipe, levels=[0], store=path) as stored,
+        attnlab.record(ad_pipe, levels=[0], steps=[3]) as last_only,
+    ):
+        gen(ad_pipe, num_inference_steps=4, callback_on_step_end=stop)
+        timesteps = [float(t) for t in ad_pipe.scheduler.timesteps]
+    ds = attnlab.load(path)
+    assert ds[D.STEP].values.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(ds[D.TIMESTEP].values[0], timesteps)
+    ran = ds[D.RAN].isel(run=0).any([D.LAYER, D.CFG]).values.tolist()
+    assert ran == [True, True, False, False]
+    probs = ds[D.PROBS].isel(run=0)
+    assert np.isfinite(probs.isel(step=[0, 1]).values).all()
+    assert np.isnan(probs.isel(step=[2, 3]).values).all()
+    assert stored.runs[0].attrs["steps_run"] == 2
+    assert attnlab.load(path, include_incomplete=True).sizes[D.RUN] == 1  # complete
+    gap = last_only.to_xarray()
+    assert gap[D.STEP].values.tolist() == [3] and not bool(gap[D.RAN].any())
+    # a loop that ran to its end says nothing of it
+    with attnlab.record(ad_pipe, levels=[0]) as full:
+        gen(ad_pipe, num_inference_steps=4)
+    assert "steps_run" not in full.runs[0].attrs and bool(full.to_xarray()[D.RAN].all())
