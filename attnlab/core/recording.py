@@ -327,6 +327,8 @@ class Recorder(Observer):
         if current is None or current.info is not run:
             return
         extra: dict[str, Any] = {"frames": current.attrs.get("frames")}
+        if "num_steps" in current.attrs:  # (FreeInit's passes add steps after the first write)
+            extra["num_steps"] = current.attrs["num_steps"]
         try:
             if ok:
                 self._flush()

@@ -21,6 +21,7 @@ installed, it
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import math
@@ -321,8 +322,17 @@ class RunTracker:
             @functools.wraps(set_timesteps)
             def wrapped_set_timesteps(*args, **kwargs):
                 out = set_timesteps(*args, **kwargs)
-                if tracker.run_info is not None:
-                    tracker.steps_known([float(t) for t in scheduler.timesteps])
+                run = tracker.run_info
+                if run is not None:
+                    steps = [float(t) for t in scheduler.timesteps]
+                    passes = _free_init_steps(tracker._current_pipe, scheduler, run.meta)
+                    if passes is not None:  # AnimateDiff's FreeInit: every pass, known now
+                        steps = passes
+                    elif run.calls and run.timesteps is not None:
+                        # the loop again within one call: one run, steps counted across
+                        steps = [*run.timesteps, *steps]
+                    if steps != run.timesteps:
+                        tracker.steps_known(steps)
                 return out
 
             self.patches.apply(
@@ -580,6 +590,27 @@ class RunTracker:
         """Tell the clients about a new denoiser call (``self.ctx`` is already ``ctx``)."""
         for client in list(self.clients):
             client.on_call(ctx)
+
+
+def _free_init_steps(pipe: Any, scheduler: Any, meta: dict[str, Any]) -> list[float] | None:
+    """The timesteps of every denoiser call of a FreeInit pipeline call (``enable_free_init``:
+    the sampling loop runs once per iteration, with ``use_fast_sampling`` over more steps each
+    time, as ``FreeInitMixin._apply_free_init`` sets them): one run whose steps are counted
+    across the passes. None without FreeInit."""
+    if pipe is None or not getattr(pipe, "free_init_enabled", False):
+        return None
+    n = meta.get("num_inference_steps")
+    if n is None:
+        n = inspect.signature(type(pipe).__call__).parameters["num_inference_steps"].default
+    iters = int(pipe._free_init_num_iters)
+    fast = bool(pipe._free_init_use_fast_sampling)
+    probe = copy.deepcopy(scheduler)
+    steps: list[float] = []
+    for i in range(iters):
+        count = max(1, int(n / iters * (i + 1))) if fast else int(n)
+        type(scheduler).set_timesteps(probe, count)
+        steps += [float(t) for t in probe.timesteps]
+    return steps
 
 
 def _same(a: torch.Tensor, b: Any) -> bool:

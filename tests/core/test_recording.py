@@ -475,3 +475,28 @@ def test_a_loop_ended_early_writes_its_unrun_steps_as_gaps(ad_pipe, gen, tmp_pat
     with attnlab.record(ad_pipe, levels=[0]) as full:
         gen(ad_pipe, num_inference_steps=4)
     assert "steps_run" not in full.runs[0].attrs and bool(full.to_xarray()[D.RAN].all())
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_free_init_passes_are_one_run_with_steps_counted_across_them(ad_pipe, gen, fast):
+    # enable_free_init reruns the sampling loop once per iteration in one call (fast sampling:
+    # over more steps each time); the run's steps are every denoiser call, in order, and a
+    # selection resolves against them all (-1: the last call, of the last pass)
+    seen: list[float] = []
+    hook = ad_pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(float(a[1])))
+    ad_pipe.enable_free_init(num_iters=2, use_fast_sampling=fast)
+    try:
+        with (
+            attnlab.record(ad_pipe, levels=[0]) as every,
+            attnlab.record(ad_pipe, levels=[0], steps=[-1]) as last,
+        ):
+            gen(ad_pipe, num_inference_steps=4)
+    finally:
+        ad_pipe.disable_free_init()
+        hook.remove()
+    assert len(seen) == (2 + 4 if fast else 8)
+    ds = every.to_xarray()
+    assert ds[D.STEP].values.tolist() == list(range(len(seen)))
+    np.testing.assert_array_equal(ds[D.TIMESTEP].values[0], seen)
+    assert every.runs[0].attrs["num_steps"] == len(seen) and bool(ds[D.RAN].all())
+    assert last.to_xarray()[D.STEP].values.tolist() == [len(seen) - 1]
