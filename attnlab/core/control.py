@@ -126,6 +126,8 @@ class Controller(RunTracker):
     def __init__(self, model: torch.nn.Module):
         super().__init__(model, sites(model))
         self._plans: dict[str, Plan | None] = {}
+        # (attention module, attnlab's processor on it, site name) for every site installed
+        self._processors: list[tuple[Any, Any, str]] = []
         # sites that AnimateDiff's FreeNoise runs on windows of frames (while installed)
         self._windows: dict[str, _WindowWatch] = {}
 
@@ -265,6 +267,7 @@ class Controller(RunTracker):
                 terms = family.position_terms(attn) if family.position_terms else None
                 proc = TemporalAttnProcessor(self, site, attn.processor, terms)
             patches.apply(ProcessorPatch(attn, proc, f"{of}{site.name}.processor"))
+            self._processors.append((attn, proc, site.name))
             block = windowed.get(site.name)
             if block is not None:
                 self._watch_windows(site.name, block, of)
@@ -309,6 +312,7 @@ class Controller(RunTracker):
     def _uninstall(self) -> None:
         errors = self.patches.restore_all()
         self._windows.clear()
+        self._processors.clear()
         self._untrack_runs()
         # nothing of attnlab stays on the model: let model and pipelines be garbage-collected
         _controllers.pop(self.model, None)
@@ -321,7 +325,27 @@ class Controller(RunTracker):
     # ---- calls ---------------------------------------------------------------------------
     def _new_call(self, ctx: CallContext) -> None:
         self._plans.clear()
+        self._check_processors()
         super()._new_call(ctx)
+
+    def _check_processors(self) -> None:
+        """Refuse a call in which another processor stands where attnlab's was set (diffusers'
+        perturbed-attention guidance swaps its own in for the call on ``pag_applied_layers``):
+        that layer would be recorded as not run and edited for nothing."""
+        for attn, proc, name in self._processors:
+            now = getattr(attn, "processor", proc)
+            if now is not proc:
+                hint = (
+                    " (perturbed-attention guidance on a temporal layer: pass pag_scale=0, or "
+                    "pag_applied_layers that name no temporal attention)"
+                    if "PAG" in type(now).__name__
+                    else ""
+                )
+                raise UnsupportedConfigurationError(
+                    f"{name}: its attention processor was replaced by {type(now).__name__} "
+                    f"while attnlab was attached{hint}; attnlab records and edits through its own "
+                    "processor only"
+                )
 
     def _narrow_call(self, ctx: CallContext, half: str, batch: int) -> None:
         super()._narrow_call(ctx, half, batch)

@@ -326,9 +326,7 @@ class Recorder(Observer):
         current = self._run
         if current is None or current.info is not run:
             return
-        extra: dict[str, Any] = {"frames": current.attrs.get("frames")}
-        if "num_steps" in current.attrs:  # (FreeInit's passes add steps after the first write)
-            extra["num_steps"] = current.attrs["num_steps"]
+        extra: dict[str, Any] = {}
         try:
             if ok:
                 self._flush()
@@ -341,6 +339,9 @@ class Recorder(Observer):
         finally:
             self._run, self._last_ctx = None, None
             current.complete = ok
+            extra["frames"] = current.attrs.get("frames")  # (known once a step was written)
+            if "num_steps" in current.attrs:  # (FreeInit's passes add steps after the first write)
+                extra["num_steps"] = current.attrs["num_steps"]
             if current.writer is not None:
                 current.writer.finish(ok, extra)
             elif current.mark is not None and self.store is not None:

@@ -500,3 +500,32 @@ def test_free_init_passes_are_one_run_with_steps_counted_across_them(ad_pipe, ge
     np.testing.assert_array_equal(ds[D.TIMESTEP].values[0], seen)
     assert every.runs[0].attrs["num_steps"] == len(seen) and bool(ds[D.RAN].all())
     assert last.to_xarray()[D.STEP].values.tolist() == [len(seen) - 1]
+
+
+def test_a_processor_swapped_in_during_the_call_is_refused(ad_pipe, gen):
+    # AnimateDiffPAGPipeline's default pag_applied_layers ("mid_block.*attn1") take the
+    # temporal mid attn1 too: PAG sets its own processor there for the call, so attnlab would
+    # record that layer as not run (and the perturbed pass as a second video); refused
+    from diffusers import AnimateDiffPAGPipeline
+
+    from attnlab.core.refusals import UnsupportedConfigurationError
+
+    c = ad_pipe.components
+    pag = AnimateDiffPAGPipeline(
+        vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet"],
+        motion_adapter=c.get("motion_adapter"), scheduler=c["scheduler"],
+    )  # fmt: skip
+    pag.set_progress_bar_config(disable=True)
+    mid = "mid_block.motion_modules.0.transformer_blocks.0.attn1"
+    original = pag.unet.attn_processors
+    try:
+        with (
+            pytest.raises(UnsupportedConfigurationError, match=rf"{mid}: .*PAG.*pag_scale=0"),
+            attnlab.record(pag, levels=[0]),
+        ):
+            gen(pag, pag_scale=3.0, guidance_scale=1.0)
+    finally:  # PAG puts the processors back only when its call succeeds
+        pag.unet.set_attn_processor(original)
+    with attnlab.record(pag, levels=[0]) as rec:  # without PAG: recorded as usual
+        gen(pag, pag_scale=0.0, guidance_scale=1.0)
+    assert bool(rec.to_xarray()[D.RAN].all())
