@@ -261,7 +261,11 @@ class RunTracker:
                 return call(self_, *args, **kwargs)
             bound = signature.bind(self_, *args, **kwargs)
             bound.apply_defaults()
-            meta = tracker._call_meta(self_, bound.arguments)
+            arguments = dict(bound.arguments)
+            for name, param in signature.parameters.items():
+                if param.kind is inspect.Parameter.VAR_KEYWORD:  # a subclass's **kwargs
+                    arguments.update(arguments.pop(name, None) or {})
+            meta = tracker._call_meta(self_, arguments)
             tracker._in_pipe_call = True
             tracker._current_pipe = self_
             try:

@@ -529,3 +529,20 @@ def test_a_processor_swapped_in_during_the_call_is_refused(ad_pipe, gen):
     with attnlab.record(pag, levels=[0]) as rec:  # without PAG: recorded as usual
         gen(pag, pag_scale=0.0, guidance_scale=1.0)
     assert bool(rec.to_xarray()[D.RAN].all())
+
+
+def test_call_settings_passed_through_a_pipelines_kwargs_are_recorded():
+    # the organisms' pipeline (like LaViePipeline) takes the rest of diffusers' arguments as
+    # **kwargs: the seed and negative prompt given there are the run's, as for any pipeline
+    from attnlab.models import load_pipeline
+
+    pipe = load_pipeline("organism-rope", progress=False)
+    with attnlab.record(pipe, levels=[0]) as rec:
+        pipe(
+            "a red circle moving to the right on a black background", num_frames=4,
+            num_inference_steps=2, generator=torch.Generator().manual_seed(7),
+            negative_prompt="blurry", output_type="np",
+        )  # fmt: skip
+    attrs = rec.runs[0].attrs
+    assert (attrs["seed"], attrs["negative_prompt"]) == (7, "blurry")
+    assert attrs["num_inference_steps"] == 2 and attrs["num_frames"] == 4
