@@ -307,6 +307,22 @@ def test_a_run_named_twice_is_one_run_of_the_page(stores, tmp_path, capsys):
     assert page.runs == [ids[0]]
 
 
+def test_stores_of_the_same_name_keep_all_their_runs(stores, tmp_path):
+    # two experiments' out/runs.zarr holding runs of the same ids: every run stays on the page,
+    # each under its store's label (as many parent folders as tell them apart); a store named
+    # twice counts once; Datasets of such stores are numbered
+    import shutil
+
+    a, b = tmp_path / "exp1" / "out" / "runs.zarr", tmp_path / "exp2" / "out" / "runs.zarr"
+    shutil.copytree(stores["runs"], a)
+    shutil.copytree(stores["runs"], b)
+    ids = [str(r) for r in attnlab.load(a)[D.RUN].values]
+    page = report([a, b, a])
+    assert sorted(page.runs) == sorted(f"exp{k}/out/runs/{r}" for k in (1, 2) for r in ids)
+    loaded = report([attnlab.load(a), attnlab.load(b)])
+    assert len(loaded.runs) == 2 * len(ids) and len(set(loaded.runs)) == 2 * len(ids)
+
+
 def test_a_size_limit_must_be_finite_and_hold_the_page_itself(stores, tmp_path, capsys):
     from attnlab.lab.report import minimum_mb
 

@@ -56,8 +56,6 @@ def open_sources(
 
     if not stores:
         raise ReportError("no store to report: give at least one attnlab store")
-    paths = [Path(s) for s in stores if not isinstance(s, xr.Dataset)]
-    labels = _labels([p for p in paths])
     sources = []
     for s in stores:
         if isinstance(s, xr.Dataset):
@@ -73,22 +71,39 @@ def open_sources(
         path = Path(s)
         if not path.exists():
             raise StoreError(f"no store at {path}: give the path of an attnlab zarr store")
+        if any(o.path is not None and o.path.resolve() == path.resolve() for o in sources):
+            continue  # the same store named twice: its runs once
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # incomplete runs: the page says which were skipped
             ds = attnlab.load(path)
-        sources.append(Source(labels[paths.index(path)], ds, path))
+        sources.append(Source(path.name.removesuffix(".zarr") or path.name, ds, path))
+    for source, label in zip(sources, _labels(sources)):
+        source.label = label
     if runs is not None:
         sources = _select(sources, list(runs))
     return sources
 
 
-def _labels(paths: list[Path]) -> list[str]:
-    """Store labels: the folder name without ``.zarr``; its parent too where two are alike."""
-    stems = [p.name.removesuffix(".zarr") or p.name for p in paths]
-    return [
-        f"{p.parent.name}/{s}" if stems.count(s) > 1 and p.parent.name else s
-        for p, s in zip(paths, stems)
-    ]
+def _labels(sources: list[Source]) -> list[str]:
+    """One label per source, all different: the store's folder name without ``.zarr``; where
+    two are alike, as many parent folders as tell them apart; then (Datasets, one store given
+    twice) numbered ``#1``, ``#2``. Runs are told apart by ``label/run id``, so two sources must
+    never share a label."""
+    out = [s.label for s in sources]
+    parts = [s.path.resolve().parts if s.path is not None else () for s in sources]
+    for depth in range(2, max(map(len, parts), default=0) + 1):
+        alike = {label for label in out if out.count(label) > 1}
+        if not alike:
+            return out
+        for i, label in enumerate(out):
+            if label in alike and len(parts[i]) >= depth:
+                out[i] = "/".join([*parts[i][-depth:-1], sources[i].label])
+    counts: dict[str, int] = {}
+    for i, label in enumerate(list(out)):
+        if out.count(label) > 1:
+            counts[label] = counts.get(label, 0) + 1
+            out[i] = f"{label}#{counts[label]}"
+    return out
 
 
 def run_keys(sources: Sequence[Source]) -> dict[str, tuple[int, str]]:
