@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,7 @@ class TAR(LogitBias):
                 )
             target["levels"] = sorted(self.sigma)
         super().__init__(t_min=t_min, max_mode=max_mode, scale=scale, **target)
+        self._widths_checked: set[tuple[int, int]] = set()
 
     def params(self) -> dict[str, Any]:
         sigma: Any = self.preset or {str(k): v for k, v in self.sigma.items()}
@@ -344,6 +346,26 @@ class TAR(LogitBias):
         if self.compat == "vstar" and ctx.step > (self.until_step or 0):
             return False
         return super().active(ctx)
+
+    def on_call(self, ctx: CallContext) -> None:
+        super().on_call(ctx)
+        if self.compat != "vstar" or ctx.latent in self._widths_checked:
+            return
+        # VSTAR's widths are the layers' sizes as if the latent were 40 x 64: at another size
+        # (the organisms' 8 x 8 latent: 10, 5, 2, 1) sigma's widths may name no layer at all
+        widths = sorted(
+            {self.width(s, ctx) for s in self.controller.table if s.name in self._sites}
+        )
+        if not any(w in self.sigma for w in widths):
+            # VSTAR's own code does nothing there too (the mode reproduces it): say so once
+            warnings.warn(
+                f"TAR(compat='vstar') regularises VSTAR widths {sorted(self.sigma)}, and at this "
+                f"call's latent {ctx.latent[0]} x {ctx.latent[1]} the selected layers have "
+                f"widths {widths}: no layer is regularised, as in VSTAR's code at this size. "
+                "Name levels instead (TAR without compat), or generate at VSTAR's 320 x 512",
+                stacklevel=2,
+            )
+        self._widths_checked.add(ctx.latent)
 
     def wants(self, site: Site, ctx: CallContext) -> bool:
         if not super().wants(site, ctx):

@@ -154,8 +154,12 @@ def test_vstar_mode_regularises_the_layers_vstar_does(ms_pipe, latent, preset, d
     """Every temporal layer's probabilities under ``TAR(preset, compat="vstar")`` equal VSTAR's
     rule applied by hand to the layer's own raw logits (row count -> width -> sigma); the
     default (level) mode differs from it at a 16 x 40 latent and agrees at 40 x 64."""
+    import contextlib
+
     unet = ms_pipe.unet
-    table, calls = _calls(unet, TAR(preset, compat="vstar"), latent)
+    nothing = (latent, preset) == ((16, 40), "64D1")  # no layer is 64 wide there: said
+    with pytest.warns(UserWarning, match="no layer") if nothing else contextlib.nullcontext():
+        table, calls = _calls(unet, TAR(preset, compat="vstar"), latent)
     vstar = {}
     for site in table:
         logits, probs = calls[0][site.name]["l"], calls[0][site.name]["p"]
@@ -258,3 +262,25 @@ def test_default_mode_spec_is_unchanged():
 def test_vstar_mode_bad_parameters(make, match):
     with pytest.raises(EditError, match=match):
         make()
+
+
+def test_vstar_widths_that_name_no_layer_are_said(recwarn):
+    # the organisms' 8 x 8 latent gives VSTAR widths 10, 5, 2, 1: "64D1" regularises nothing
+    # there, as VSTAR's code would not; the run is the plain one, and a warning says why
+    import torch
+
+    import attnlab
+    from attnlab.models import load_pipeline
+
+    pipe = load_pipeline("organism-rope", progress=False)
+    call = dict(prompt="a red circle moving to the right on a black background", num_frames=4,
+                num_inference_steps=2, output_type="np")  # fmt: skip
+    plain = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+    with (
+        pytest.warns(UserWarning, match=r"widths \[64\].*widths \[1, 2, 5, 10\]: no layer"),
+        attnlab.edit(pipe, attnlab.TAR("64D1", compat="vstar")),
+    ):
+        same = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+    assert (same == plain).all()
+    with attnlab.edit(pipe, attnlab.TAR("64D1")):  # levels: regularised
+        assert not (pipe(**call, generator=torch.Generator().manual_seed(0)).frames == plain).all()
