@@ -321,6 +321,9 @@ def test_stores_of_the_same_name_keep_all_their_runs(stores, tmp_path):
     assert sorted(page.runs) == sorted(f"exp{k}/out/runs/{r}" for k in (1, 2) for r in ids)
     loaded = report([attnlab.load(a), attnlab.load(b)])
     assert len(loaded.runs) == 2 * len(ids) and len(set(loaded.runs)) == 2 * len(ids)
+    # printed, a page is one short line, not its megabytes
+    n = 2 * len(ids)
+    assert repr(loaded) == f"Report(not saved, {loaded.size / 1e6:.1f} MB, {n} runs, 0 left out)"
 
 
 def test_a_size_limit_must_be_finite_and_hold_the_page_itself(stores, tmp_path, capsys):

@@ -85,6 +85,13 @@ class Report:
         self.path = write_atomically(Path(path), self.html)
         return self.path
 
+    def __repr__(self) -> str:  # not the page's megabytes (a REPL, print, logging)
+        where = f"{str(self.path)!r}" if self.path is not None else "not saved"
+        return (
+            f"Report({where}, {self.size / 1e6:.1f} MB, {len(self.runs)} runs, "
+            f"{len(self.left_out)} left out)"
+        )
+
     def _repr_html_(self) -> str:
         return (
             '<iframe style="width:100%;height:1200px;border:0" title="attnlab report" '
