@@ -111,7 +111,9 @@ class Steps:
     """Which sampler steps, by index (0 = the first, noisiest, denoiser call of a run).
 
     Build with :meth:`make` from ``None`` (all), an int, an iterable of ints, a ``range`` or a
-    ``slice``; negative indices count from the end of the run.
+    ``slice``; negative indices count from the end of the run. A ``range`` is a slice (``range(0,
+    14)`` = ``slice(0, 14)``: the first 14 steps, all of a shorter run, as ``--record-steps
+    0:14`` reads); an index past the run's end is refused.
     """
 
     indices: tuple[int, ...] | None = None
@@ -123,6 +125,8 @@ class Steps:
             return cls()
         if isinstance(steps, Steps):
             return steps
+        if isinstance(steps, range):  # "the first 14 steps": clipped to the run, as a slice
+            steps = slice(steps.start, steps.stop, None if steps.step == 1 else steps.step)
         if isinstance(steps, slice):
             return cls(slice_=_check_slice(steps))
         if _is_index(steps):

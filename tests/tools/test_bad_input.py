@@ -89,8 +89,13 @@ def test_step_selections_are_checked_as_ranges_and_slices_alike():
         Steps.make(slice(0.5, 4))
     with pytest.raises(SelectionError, match=r"10:20 select none of this run's 2 steps \(0..1\)"):
         Steps.make(slice(10, 20)).resolve(2)
-    with pytest.raises(SelectionError, match="step 10 out of range"):
+    with pytest.raises(SelectionError, match=r"10:20 select none of this run's 2 steps"):
         Steps.make(range(10, 20)).resolve(2)
+    # a range is a slice: "the first 14 steps" is all of a 3-step run, as --record-steps 0:14
+    assert Steps.make(range(0, 14)).resolve(3) == Steps.parse("0:14").resolve(3) == {0, 1, 2}
+    assert Steps.make(range(0, 14)).resolve(25) == set(range(14))
+    with pytest.raises(SelectionError, match="step 14 out of range"):
+        Steps.make([0, 14]).resolve(3)  # an index past the end is refused
     # what a selection chooses is what Python's slicing of range(n) chooses
     for text, sl in [
         ("0:14", slice(0, 14)),
