@@ -62,7 +62,7 @@ class GenerationSettings:
     seed: int = 0
     height: int | None = None
     width: int | None = None
-    guidance: float = 7.5
+    guidance: float | None = 7.5  # None: the pipeline's own default
     negative_prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -308,7 +308,8 @@ def check_generation(
     for name, value in dict(
         frames=frames, steps=steps, guidance=guidance, height=height, width=width
     ).items():
-        check_setting(name, value)
+        if not (name == "guidance" and value is None):  # None: the pipeline's own
+            check_setting(name, value)
     if record_steps is not None:
         from attnlab.core.selection import Steps
 
@@ -330,13 +331,14 @@ def generate(
     seed: int = 0,
     height: int | None = None,
     width: int | None = None,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     negative_prompt: str | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
     """Run a text-to-video pipeline with a seeded generator; frames ``[F, H, W, 3]`` in [0, 1].
 
     Only this helper's arguments differ between pipelines; extra ``kwargs`` go to the pipeline.
+    ``guidance`` None (and ``height`` / ``width`` None) leave the pipeline's own default.
     """
     import torch
 
@@ -352,15 +354,16 @@ def generate(
     # a size only when given: None would override the pipeline's own default (VideoCrafter2's
     # 320 x 512; others derive theirs from the denoiser's config)
     size = {k: v for k, v in dict(height=height, width=width).items() if v is not None}
+    scale = {} if guidance is None else {"guidance_scale": guidance}
     out = pipe(
         prompt=prompt,
         negative_prompt=negative_prompt,
         num_frames=frames,
         num_inference_steps=steps,
-        guidance_scale=guidance,
         generator=generator,
         output_type="pt",
         **size,
+        **scale,
         **kwargs,
     )
     video = out.frames

@@ -133,8 +133,9 @@ def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps:
     p.add_argument(
         "--guidance",
         type=_setting("guidance", float),
-        default=7.5,
-        help="classifier-free guidance scale",
+        default=None,
+        help="classifier-free guidance scale (default: the model's own, its pipeline's "
+        "default: 3.0 for the organisms, 12 for VideoCrafter2, 7.5 for LaVie and AnimateDiff)",
     )
     p.add_argument(
         "--height",

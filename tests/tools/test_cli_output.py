@@ -63,7 +63,7 @@ def test_help_texts_show_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "sampler steps (default: 25)" in text
     assert f"(default: {DEFAULT_MODEL})" in text
-    assert "classifier-free guidance scale (default: 7.5)" in text
+    assert "classifier-free guidance scale (default: the model's own" in text
     with pytest.raises(SystemExit):
         main(["record-real", "--help"])
     assert "(default: 200 400 600)" in " ".join(capsys.readouterr().out.split())
@@ -300,3 +300,17 @@ def test_cli_default_model_is_the_libraries():
 
     assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
     assert re.fullmatch(r"organism-\w+", cli.DEFAULT_MODEL)
+
+
+def test_generation_without_guidance_takes_the_models_own(tmp_path):
+    # the organisms' pipeline defaults to guidance 3.0 (at 7.5 gray backgrounds get noisier):
+    # the command line leaves it to the pipeline unless told
+    store = tmp_path / "g.zarr"
+    base = ["record", "--model", "organism-rope", "--frames", "4", "--steps", "2",
+            "--record-levels", "0", "--out", str(store)]  # fmt: skip
+    assert main([*base, "--prompt", "a red circle moving up on a black background"]) == 0
+    assert main([*base, "--prompt", "a red circle moving up on a gray background",
+                 "--guidance", "5"]) == 0  # fmt: skip
+    ds = attnlab.load(store)
+    scales = [json.loads(p)["guidance_scale"] for p in ds[D.PROVENANCE].values]
+    assert scales == [3.0, 5.0]
