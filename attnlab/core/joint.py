@@ -456,25 +456,23 @@ class JointAttnProcessor:
         ctx = self.host.ctx
         if (plan is None and hook is None) or ctx is None:
             return self.original(attn, hidden_states, *args, **kwargs)
-        all_perturbed = kwargs.get("all_perturbed")
-        if all_perturbed is not None and bool(all_perturbed):
-            # LTX-2's spatio-temporal guidance block with every sample perturbed: its processor
-            # answers with the values and computes no attention; the call did not run (``ran``
-            # False, nothing recorded, edits do not apply)
+        # LTX-2's spatio-temporal guidance: its processor answers a perturbed sample with its
+        # values (``torch.lerp`` by ``perturbation_mask``, 0 = perturbed), and with every sample
+        # perturbed (``all_perturbed``) computes no attention at all
+        mask = kwargs.get("perturbation_mask")
+        zeros = mask == 0 if torch.is_tensor(mask) else None
+        if bool(kwargs.get("all_perturbed")) or (zeros is not None and bool(zeros.all())):
+            # the call did not run (``ran`` False, nothing recorded, edits do not apply)
             return self.original(attn, hidden_states, *args, **kwargs)
-        perturbed = kwargs.get("perturbation_mask")
-        if torch.is_tensor(perturbed) and bool((perturbed == 0).all()):
-            return self.original(attn, hidden_states, *args, **kwargs)  # all, as above
-        if torch.is_tensor(perturbed) and bool((perturbed == 0).any()):
-            # every sample perturbed is all_perturbed (above); some of them: the processor
-            # computes attention for every sample, then answers the perturbed ones with the
-            # values (torch.lerp), so their maps would be recorded and edited for nothing
+        if zeros is not None and bool(zeros.any()):
+            # some of them: attention is computed for every sample, the perturbed ones' maps
+            # would be recorded and edited for nothing
             raise JointAttentionError(
-                f"{self.site.name}: spatio-temporal guidance perturbs "
-                f"{int((perturbed == 0).sum())} of the call's samples (perturbation_mask): the "
-                "model discards their attention, and attnlab records or edits a layer call whose "
-                "attention reached every sample's output, or marks it as not run, never a part "
-                "of it; perturb every sample or none (the LTX-2 pipelines perturb all)"
+                f"{self.site.name}: spatio-temporal guidance perturbs {int(zeros.sum())} of the "
+                "call's samples (perturbation_mask): the model discards their attention, and "
+                "attnlab records or edits a layer call whose attention reached every sample's "
+                "output, or marks it as not run, never a part of it; perturb every sample or "
+                "none (the LTX-2 pipelines perturb all)"
             )
         with _Intercept(self, plan if plan is not None else Plan(), ctx, hook) as icpt:
             out = self.original(attn, hidden_states, *args, **kwargs)

@@ -21,6 +21,7 @@ along a ``window`` dimension after ``layer`` (the window's first frame).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -357,13 +358,8 @@ class Recorder(Observer):
             return {}
         selected = run.steps if run.steps is not None else range(len(timesteps))
         for step in [s for s in selected if last.step < s < len(timesteps)]:
-            ctx = CallContext(
-                run=last.run, step=step, timestep=float(timesteps[step]),
-                num_train_timesteps=last.num_train_timesteps, batch=last.batch,
-                frames=last.frames, latent=last.latent, continuous=last.continuous,
-                half=last.half,
-            )  # fmt: skip
-            ctx.expert = last.expert
+            ctx = dataclasses.replace(last, step=step, timestep=float(timesteps[step]))
+            ctx.expert = last.expert  # (not an init field: replace() leaves it at its default)
             self._buffer, self._buffer_ctx, self._ran = {}, ctx, {}
             self._flush()
         run.attrs["steps_run"] = last.step + 1

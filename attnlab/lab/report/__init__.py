@@ -202,11 +202,12 @@ def report(
     limit = int(max_mb * 1e6)
     budget = limit - fixed
     videos, smallest = True, None
+    strips: dict[str, Any] = {}  # each video decoded once, whatever the budgets tried
     while True:
         # the budget is an estimate of the page's bytes: render, and while the page is over
         # the limit take the overshoot off the budget; when that no longer shrinks it, leave
         # out the videos; if it still does not fit, say what these runs need
-        content = collect(sources, budget, videos=videos)
+        content = collect(sources, budget, videos=videos, strips=strips)
         page = render(
             content,
             title=title or f"attnlab report: {', '.join(names)}",

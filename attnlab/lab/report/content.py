@@ -568,9 +568,36 @@ class Content:
     limited: bool = False
 
 
-def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> Content:
+def _run_strip(src: Source, rid: str) -> dict[str, Any] | None:
+    """The page's strip of a run's video (:func:`find_video`); None when it has none."""
+    attrs = _provenance(src.ds.sel({D.RUN: rid}))
+    found = find_video(src, rid, attrs)
+    if found is None:
+        return None
+    frames, origin = found
+    data, mime, fw, fh = video_strip(frames)
+    return {
+        "data": data,
+        "mime": mime,
+        "width": fw,
+        "height": fh,
+        "frames": int(frames.shape[0]),
+        "origin": origin,
+        "fps": _num(attrs.get("fps")) or 8.0,
+    }
+
+
+def collect(
+    sources: Sequence[Source],
+    budget: int,
+    *,
+    videos: bool = True,
+    strips: dict[str, dict[str, Any] | None] | None = None,
+) -> Content:
     """Every run of ``sources`` with as much detail as fits in ``budget`` bytes with the
-    videos (:func:`fit`); ``videos=False``: without them (the page says so)."""
+    videos (:func:`fit`); ``videos=False``: without them (the page says so). ``strips``: the
+    runs' video strips by page key, filled here where missing (a caller fitting several budgets
+    decodes each video once)."""
     shapes: list[tuple[str, Source, str, RunShape, int]] = []
     for key, (i, rid) in run_keys(sources).items():
         src = sources[i]
@@ -581,24 +608,13 @@ def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> C
             else 1
         )
         shapes.append((key, src, rid, shape, levels))
-    found: dict[str, tuple[np.ndarray, str] | None] = {}
-    strips: dict[str, dict[str, Any]] = {}
+    every = {} if strips is None else strips
     for key, src, rid, _, _ in shapes:
-        attrs = _provenance(src.ds.sel({D.RUN: rid}))
-        found[key] = find_video(src, rid, attrs)
-        if found[key] is not None and videos:
-            frames, origin = found[key]  # type: ignore[misc]
-            data, mime, fw, fh = video_strip(frames)
-            strips[key] = {
-                "data": data,
-                "mime": mime,
-                "width": fw,
-                "height": fh,
-                "frames": int(frames.shape[0]),
-                "origin": origin,
-                "fps": _num(attrs.get("fps")) or 8.0,
-            }
-    video_bytes = sum(math.ceil(len(v["data"]) * 4 / 3) for v in strips.values())
+        if key not in every:
+            every[key] = _run_strip(src, rid)
+    with_video = sum(every[key] is not None for key, *_ in shapes)
+    shown = {key: every[key] for key, *_ in shapes if videos and every[key] is not None}
+    video_bytes = sum(math.ceil(len(v["data"]) * 4 / 3) for v in shown.values())
     video_bytes += sum(_meta_bytes(src, rid, shape) for _, src, rid, shape, _ in shapes)
     left = budget - video_bytes
     most = max((len(s.steps) for _, _, _, s, _ in shapes), default=1)
@@ -610,7 +626,7 @@ def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> C
         content = build_run(key, src, rid, shape, ladder[rung])
         content.notes = ladder[rung].describe(shape) + content.notes
         content.evaluation = evals[src.label].get(rid, {})
-        content.video = strips.get(key)
+        content.video = shown.get(key)
         runs.append(content)
     incomplete = {}
     for src in sources:
@@ -626,7 +642,6 @@ def collect(sources: Sequence[Source], budget: int, *, videos: bool = True) -> C
         for phrase in ladder[rung].describe(shape):
             lost[phrase] = lost.get(phrase, 0) + 1
     left_out = [f"{phrase}: in {n} of {len(shapes)} runs" for phrase, n in lost.items()]
-    with_video = sum(v is not None for v in found.values())
     if with_video and not videos:
         left_out.append(
             f"the videos (they do not fit in the size limit): {with_video} runs have one"
