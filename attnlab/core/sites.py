@@ -669,6 +669,25 @@ def sites(
     return table
 
 
+def default_latent(model_or_pipe: Any) -> tuple[int, int] | None:
+    """The latent size ``(H, W)`` a model generates at by default, as its denoiser's config
+    states it (``sample_size`` of a UNet; ``sample_height``/``sample_width`` of CogVideoX), or
+    None where the config does not say (most full-3D transformers take the size per call).
+    Accepts what :func:`sites` accepts; a path or hub id is read from its config only."""
+    if isinstance(model_or_pipe, (str, os.PathLike)):
+        from attnlab.core.model_refs import meta_model
+
+        model_or_pipe = meta_model(str(model_or_pipe))
+    config = getattr(denoiser_of(model_or_pipe), "config", None)
+    size = getattr(config, "sample_size", None)
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return (int(size[0]), int(size[1]))
+    h, w = getattr(config, "sample_height", None), getattr(config, "sample_width", None)
+    return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+
 def _temporal_compression(pipe: Any) -> int | None:
     """The VAE's temporal compression as a pipeline states it (None: not a pipeline)."""
     for attr in (

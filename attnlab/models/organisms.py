@@ -888,11 +888,13 @@ def organism_path(name: str, root: str | os.PathLike | None = None) -> Path:
     )
 
     def write(tmp: Path) -> None:
-        unet = load_organism_unet(WEIGHTS / name / "unet")
-        codec = PatchCodec.from_pretrained(WEIGHTS / "codec")
-        build_pipeline(unet, codec, scheduler=trained_scheduler(WEIGHTS / name)).save_pretrained(
-            tmp
-        )
+        from attnlab.util.quiet import no_loading_bars
+
+        with no_loading_bars():  # first use only: no bars for building the text encoder
+            unet = load_organism_unet(WEIGHTS / name / "unet")
+            codec = PatchCodec.from_pretrained(WEIGHTS / "codec")
+            pipe = build_pipeline(unet, codec, scheduler=trained_scheduler(WEIGHTS / name))
+            pipe.save_pretrained(tmp)
 
     return saved_once(path, write)
 

@@ -137,8 +137,8 @@ def tiny_path(kind: str, root: str | os.PathLike | None = None) -> Path:
     """Directory of the saved tiny pipeline ``kind``, building and saving it on first use."""
     if kind not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {kind!r}; available: {', '.join(TINY_MODELS)}")
-    from attnlab.util.quiet import quiet_library_logs
+    from attnlab.util.quiet import no_loading_bars, quiet_library_logs
 
     path = Path(root) if root is not None else cache_dir("models") / kind
-    with quiet_library_logs():
+    with quiet_library_logs(), no_loading_bars():
         return saved_once(path, lambda tmp: build_tiny(kind).save_pretrained(tmp))

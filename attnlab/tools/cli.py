@@ -461,7 +461,7 @@ def _configure_sites(p: argparse.ArgumentParser) -> None:
 @command("sites", "list the temporal self-attention layers of a model", _configure_sites)
 def cmd_sites(args: argparse.Namespace) -> int:
     """Print the temporal self-attention sites of a model."""
-    from attnlab.core.sites import sites
+    from attnlab.core.sites import default_latent, sites
     from attnlab.models.loading import resolve_model
 
     if (args.height is None) != (args.width is None):
@@ -471,11 +471,19 @@ def cmd_sites(args: argparse.Namespace) -> int:
         raise ValueError("give --latent H W or --height H --width W, not both")
     _check_model(args.model, "the model")
     latent = tuple(args.latent) if args.latent else None
-    table = sites(resolve_model(args.model), latent=latent, height=args.height, width=args.width)
+    ref = resolve_model(args.model)
+    table = sites(ref, latent=latent, height=args.height, width=args.width)
+    note = None
+    if table.latent is None and (default := default_latent(ref)) is not None:
+        table = table.at_latent(default)  # the model's own size, as its pipeline generates
+        note = (
+            f"(feature sizes at the model's default latent {default[0]}x{default[1]}; "
+            "--latent H W or --height/--width for another size)"
+        )
     if args.json:
         print(table.to_dataframe().to_json(orient="records", indent=1))
     else:
-        print(table)
+        print(table if note is None else f"{table}\n{note}")
     return 0
 
 

@@ -23,6 +23,22 @@ def test_sites_prints_the_table(tiny_dirs, capsys):
     assert "sinusoidal(max 32)" in out
 
 
+def test_sites_without_a_size_uses_the_size_the_pipeline_generates_at(tiny_dirs, capsys):
+    from diffusers import DiffusionPipeline
+
+    folder = str(tiny_dirs["tiny-modelscope"])
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the pipeline's default height
+    assert main(["sites", folder]) == 0
+    out = capsys.readouterr().out
+    assert "feature sizes at the model's default latent" in out
+    assert main(["sites", folder, "--json"]) == 0
+    default = capsys.readouterr().out
+    assert main(["sites", folder, "--json", "--height", str(side), "--width", str(side)]) == 0
+    assert default == capsys.readouterr().out
+    assert '"h":null' not in default
+
+
 def test_record_writes_a_store_with_provenance(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run.zarr"
     args = ["record", "--model", str(tiny_dirs["tiny-modelscope"]), "--prompt", "a cat", "--frames", "6", "--steps", "2",
