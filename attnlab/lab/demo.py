@@ -127,7 +127,10 @@ def run_demo(
     ``frames`` (short, long), ``steps``, ``size`` (height = width) and ``models`` (those of the
     cross-model experiment; default the three organisms) override the demo's settings (default:
     (16, 32) frames and 6 steps, (8, 16) and 3 with ``quick``; 32 px for organisms, else 64);
-    ``story`` picks experiments of :data:`STORY`."""
+    ``story`` picks experiments of :data:`STORY`. With an organism, the figures of what the
+    organisms generate and of the probes at every level come first, always at the organisms'
+    own settings (16 frames, 25 steps, where their behaviour is measured; ``quick`` shortens
+    the experiments only)."""
     unknown = [name for name in story if name not in STORY]
     if unknown:
         raise ValueError(f"unknown demo experiments {unknown}; available: {', '.join(STORY)}")

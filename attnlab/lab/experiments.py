@@ -541,7 +541,7 @@ def run_sigma(ctx: Context) -> None:
 
 
 def draw_sigma(ctx: Context) -> list[Path]:
-    from attnlab.lab.plots import fig_sigma_ablation, reduce_maps, save_figure, sigma_label
+    from attnlab.lab.plots import fig_sigma_ablation, save_figure, sigma_label
 
     store = ctx.store("sigma")
     ds = load(store)
@@ -549,11 +549,10 @@ def draw_sigma(ctx: Context) -> list[Path]:
         p: sigma_label({64 // 2**lv: s for lv, s in preset_sigma(p).items()}) for p in PRESETS
     }
     runs = [r for r in labels if r in set(ds[D.RUN].values.tolist())]
-    maps = {labels[r]: reduce_maps(ds[D.PROBS].sel(run=r), levels=[0]) for r in runs}
+    maps = {labels[r]: ds[D.PROBS].sel(run=r) for r in runs}
     videos = {labels[r]: load_video(store, r) for r in runs}
-    paths = save_figure(
-        fig_sigma_ablation(maps, videos, order=[labels[r] for r in runs]), ctx.figure("fig9_sigma")
-    )
+    fig = fig_sigma_ablation(maps, videos, order=[labels[r] for r in runs], levels=[0])
+    paths = save_figure(fig, ctx.figure("fig9_sigma"))
     # dynamics vs sigma: flow per frame pair and similarity to frame 0 (attnlab.lab.evaluation)
     from attnlab.lab.plots import fig_metric_curves
 

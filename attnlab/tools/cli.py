@@ -122,7 +122,10 @@ def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps:
         "--model", default=DEFAULT_MODEL, help="embedded name, local pipeline folder or hub id"
     )
     p.add_argument(
-        "--prompt", default="a polar bear playing drums in Times Square", help="text prompt"
+        "--prompt",
+        default=None,
+        help="text prompt (default: a caption of their world for the organisms, else the "
+        "paper's 'a polar bear playing drums in Times Square')",
     )
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
     p.add_argument(
@@ -423,7 +426,7 @@ def _settings(args: argparse.Namespace):
     from attnlab.lab.experiments import GenerationSettings
 
     return GenerationSettings(
-        prompt=args.prompt,
+        prompt=_prompt(args),
         frames=args.frames,
         steps=args.steps,
         seed=args.seed,
@@ -432,6 +435,13 @@ def _settings(args: argparse.Namespace):
         guidance=args.guidance,
         negative_prompt=args.negative_prompt,
     )
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    """The prompt given, else one the model knows (:func:`~attnlab.lab.experiments.default_prompt`)."""
+    from attnlab.lab.experiments import default_prompt
+
+    return args.prompt if args.prompt is not None else default_prompt(args.model)
 
 
 # ---- the commands -----------------------------------------------------------------------------
@@ -691,6 +701,9 @@ def _configure_record_real(p: argparse.ArgumentParser) -> None:
     _add_generation_args(p)
     _add_record_args(p)
     p.set_defaults(prompt="", guidance=1.0)
+    for action in p._actions:
+        if action.dest == "prompt":
+            action.help = "text prompt the clip is noised under (default: empty)"
     p.add_argument(
         "--video",
         required=True,
@@ -1030,7 +1043,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="attnlab-demo", help="output folder")
     p.add_argument("--model", default=None, help="model to use (default: the embedded default)")
-    p.add_argument("--quick", action="store_true", help="fewer frames and steps")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer frames and steps for the experiments (the organisms' own figures keep their "
+        "16 frames and 25 steps)",
+    )
     p.add_argument(
         "--reference",
         default=None,

@@ -432,6 +432,11 @@ def test_fig_cross_model(tmp_path):
     fig2 = plots.fig_cross_model(one, levels=[0, 1])
     assert len(image_axes(fig2)) == 2
     assert "ad\nPE: rope" in all_text(fig2)
+    # the title names what each map averages: levels and steps
+    assert "mean over all levels" in all_text(fig) and "steps 0–1" in all_text(fig)
+    assert "levels 0, 1" in all_text(fig2)
+    late = plots.fig_cross_model(models, steps=[1])
+    assert "step 1" in all_text(late) and "steps 0–1" not in all_text(late)
 
 
 def test_fig_cross_model_puts_dits_beside_unets_with_the_pe_kind_as_facet(tmp_path):
@@ -515,6 +520,10 @@ def test_fig_sigma_ablation(probs, tmp_path):
     text = all_text(fig)
     for lab in labels:
         assert lab in text
+    # the title names the level and steps the maps show (every level and step unless told)
+    assert "levels 0 (4x6), 1 (2x3)" in text and "steps 0–1" in text
+    level0 = all_text(plots.fig_sigma_ablation(maps, videos, levels=[0], steps=[1]))
+    assert "level 0 (4x6)" in level0 and "step 1" in level0 and "levels" not in level0
     # strips only; and maps grouped from one DataArray by condition
     assert len(image_axes(plots.fig_sigma_ablation(videos=videos))) == 5
     fig3 = plots.fig_sigma_ablation(probs.where(probs[D.FRAMES] == 8, drop=True))
@@ -577,8 +586,18 @@ def test_fig_similarity_by_interval(kind, tmp_path):
     if kind == "kde":
         assert "d = 12" in text and len(fig.axes) == 4
     df = plots.interval_table(sims)
-    fig2 = plots.fig_similarity_by_interval(df, max_offsets=3)
-    assert len(fig2.axes[0].get_xticklabels()) == 3
+    fig2 = plots.fig_similarity_by_interval(df, max_offsets=3, kind=kind)
+    if kind == "violin":
+        assert len(fig2.axes[0].get_xticklabels()) == 3
+    else:
+        assert len(fig2.axes) == 3
+    # a figure that leaves intervals out says so; one that draws them all, or the user's, does not
+    assert "3 of 15 intervals" in all_text(fig2)
+    assert "intervals" not in all_text(fig)
+    every = plots.fig_similarity_by_interval(
+        plots.interval_table({"real": sims["real"][0][:8, :8]})
+    )
+    assert "intervals" not in all_text(every)  # 7 intervals at 8 frames: all drawn
 
 
 def test_fig_prior(tmp_path):

@@ -39,6 +39,19 @@ def test_sites_without_a_size_uses_the_size_the_pipeline_generates_at(tiny_dirs,
     assert '"h":null' not in default
 
 
+@pytest.mark.parametrize("command", ["record", "generate", "probe"])
+def test_the_default_prompt_is_one_the_model_knows(command):
+    from attnlab.lab.experiments import ORGANISM_PROMPT
+    from attnlab.tools.cli import _prompt, build_parser
+
+    parser = build_parser()
+    parse = lambda *a: parser.parse_args([command, *a, "--out", "x"])  # noqa: E731
+    assert _prompt(parse()) == ORGANISM_PROMPT  # the default model: an organism
+    assert _prompt(parse("--model", "organism-none")) == ORGANISM_PROMPT
+    assert "polar bear" in _prompt(parse("--model", "tiny-modelscope"))
+    assert _prompt(parse("--model", "organism-none", "--prompt", "a cat")) == "a cat"
+
+
 def test_record_writes_a_store_with_provenance(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run.zarr"
     args = ["record", "--model", str(tiny_dirs["tiny-modelscope"]), "--prompt", "a cat", "--frames", "6", "--steps", "2",

@@ -56,6 +56,7 @@ from attnlab.lab.plots.labels import (
     _fmt_facet,
     _run_labels,
     _selection_title,
+    _steps_text,
     condition_labels,
     level_label,
 )
@@ -208,6 +209,14 @@ def fig_cross_model(
         parts = ["temporal attention across models"]
         if levels is not None:
             parts.append(("level " if np.isscalar(levels) else "levels ") + _join(levels))
+        else:
+            parts.append("mean over all levels")
+        selected = [_select(da, **reduce_kw) for da in probs.values()]
+        steps_text = {_steps_text(da) for da in selected}
+        if len(steps_text) == 1 and None not in steps_text:
+            parts.append(steps_text.pop() or "")
+        elif steps is None:
+            parts.append("mean over all steps")
         parts.append(cfg if cfg is not None else "cfg mean")
         title = " · ".join(parts)
     with style():

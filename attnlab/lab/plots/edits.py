@@ -33,7 +33,7 @@ from attnlab.lab.plots.draw import (
     _new_figure,
     _order,
 )
-from attnlab.lab.plots.labels import CONDITION, _num, _wrap
+from attnlab.lab.plots.labels import CONDITION, _num, _selection_title, _wrap
 from attnlab.lab.plots.maps import (
     MapLike,
     VideoLike,
@@ -42,6 +42,7 @@ from attnlab.lab.plots.maps import (
     _joint_range,
     _minmax_np,
     _probs,
+    _select,
 )
 from attnlab.lab.plots.style import MAP_CMAP, SIM_CMAP, style
 
@@ -278,11 +279,17 @@ def fig_sigma_ablation(
     reduce_kw = {"steps": steps, "levels": levels, "cfg": cfg}
     cells: dict[str, np.ndarray] = {}
     maps = _probs(maps)
+    stored: list[xr.DataArray] = []  # maps with their coordinates: the title names the selection
     if isinstance(maps, xr.DataArray):
         found, rows, _ = _facet_cells(maps, by, None, reduce_kw)
         cells = {r: m for (r, _), m in found.items()}
+        stored = [maps]
     elif maps is not None:
         cells = {str(k): _as_map(v, reduce_kw) for k, v in maps.items()}
+        stored = [v for v in maps.values() if isinstance(v, xr.DataArray) and v.ndim > 2]
+    if title and stored:
+        selection = _selection_title([_select(v, **reduce_kw) for v in stored], cfg)
+        title = f"{title}\n{selection}" if selection else title
     videos = {str(k): v for k, v in (videos or {}).items()}
     if not cells and not videos:
         raise ValueError("give maps and/or videos")

@@ -141,7 +141,7 @@ def fig_similarity_by_interval(
     *,
     kind: str = "violin",
     offsets: Sequence[int] | None = None,
-    max_offsets: int = 6,
+    max_offsets: int = 8,
     hue: str = SOURCE,
     hue_order: Sequence[str] | None = None,
     title: str | None = "similarity vs. frame interval",
@@ -150,7 +150,8 @@ def fig_similarity_by_interval(
 
     ``data``: long DataFrame with columns ``offset, similarity`` and ``hue`` (``source``), or
     what :func:`interval_table` takes.  ``offsets`` selects intervals (default: all
-    if at most ``max_offsets``, else that many evenly spaced).  ``kind``: "violin" (one axes,
+    if at most ``max_offsets``, else that many evenly spaced, and the figure says how many of
+    how many it shows).  ``kind``: "violin" (one axes,
     x = interval) or "kde" (one axes per interval, x = similarity).
     """
     df = data if isinstance(data, pd.DataFrame) else interval_table(data)
@@ -158,10 +159,12 @@ def fig_similarity_by_interval(
     if missing:
         raise KeyError(f"data lacks columns {sorted(missing)}")
     avail = np.sort(df[OFFSET].unique())
+    shown = ""  # said on the axis when not every interval is drawn
     if offsets is None:
         if len(avail) > max_offsets:
             pick = np.linspace(0, len(avail) - 1, max_offsets).round().astype(int)
             offsets = [int(avail[k]) for k in np.unique(pick)]
+            shown = f" ({len(offsets)} of {len(avail)} intervals)"
         else:
             offsets = [int(o) for o in avail]
     df = df[df[OFFSET].isin(offsets)].copy()
@@ -186,7 +189,7 @@ def fig_similarity_by_interval(
                 density_norm="width",
                 ax=ax,
             )
-            ax.set_xlabel("frame interval d = j − i")
+            ax.set_xlabel(f"frame interval d = j − i{shown}")
             ax.set_ylabel("similarity")
             ax.legend(title=hue, frameon=False, loc="best")
             sns.despine(fig=fig)
@@ -209,6 +212,8 @@ def fig_similarity_by_interval(
                     ax=ax,
                 )
                 ax.set_title(f"d = {off}")
+            if shown:
+                fig.supxlabel(f"similarity at {len(offsets)} of {len(avail)} intervals", fontsize=8)
                 ax.set_ylabel("density" if ax is axes[0] else "")
             sns.despine(fig=fig)
         else:
