@@ -1222,7 +1222,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         title=args.title,
     )
     for item in page.left_out:
-        print(f"left out (size limit {args.max_mb:g} MB): {item}")
+        print(f"left out: {item}")
+    if page.content.limited:
+        print(f"(the page fits the size limit, {args.max_mb:g} MB: a larger --max-mb keeps more)")
+    for item in page.content.reduced:
+        print(f"shown as a mean: {item}")
     print(f"report of {len(page.runs)} runs ({page.size / 1e6:.1f} MB) written to {page.path}")
     return 0
 

@@ -10,6 +10,7 @@ compared with ``attnlab.load`` of the store and :mod:`attnlab.data.metrics`.
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import io
 import json
@@ -48,6 +49,12 @@ def page_data(text: str) -> dict:
     m = re.search(r'<script type="application/json" id="attnlab-data">(.*?)</script>', text, re.S)
     assert m, "the page holds its data"
     return json.loads(m.group(1))
+
+
+def notice(text: str) -> str:
+    """The page's top notice (what is not in the page), as HTML."""
+    m = re.search(r'<div class="notice" id="left-out">(.*?)</div>', text, re.S)
+    return m.group(1) if m else ""
 
 
 def floats(b64: str, shape) -> np.ndarray:
@@ -204,12 +211,16 @@ def test_probe_runs_have_their_videos_and_edits(stores):
             )
 
 
-def test_head_reduction_has_a_head_control_with_each_head(ms_pipe, gen, tmp_path):
+def test_head_reduction_has_a_head_control_with_each_head(ms_pipe, gen, tmp_path, capsys):
     store = tmp_path / "heads.zarr"
     with attnlab.record(ms_pipe, levels=[0], reduce="head", logits=True, store=store):
         gen(ms_pipe, num_frames=6)
     page = report(store)
     assert page.left_out == ["logits of heads (the page shows probs)"]  # said, not hidden
+    assert not page.content.limited  # and not blamed on the size limit, here or by the CLI
+    assert main(["report", str(store), "-o", str(tmp_path / "heads.html")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out: logits of heads" in printed and "size limit" not in printed
     run = page_data(page.html)["runs"][0]
     ds = attnlab.load(store)
     heads = int(np.nanmax(ds[D.HEADS].values))
@@ -244,8 +255,23 @@ def test_a_free_noise_run_shows_the_mean_of_its_windows_and_says_so(tmp_path):
             output_type="latent", generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
     page = report(store)
-    run = page_data(page.html)["runs"][0]
+    data = page_data(page.html)
+    run = data["runs"][0]
     assert any("starting at frames 0, 4, 8" in note for note in run["notes"])
+    # the top notice says so too
+    (line,) = data["reduced"]
+    assert line.startswith("the maps of each window of frames of FreeNoise runs")
+    assert line.endswith(": in 1 of 1 runs") and line in html.unescape(notice(page.html))
+    # a video frame is a row of each window holding it (windows of 16 frames from 0, 4, 8)
+    windows = run["windows"]
+    assert (windows["starts"], windows["frames"], windows["video_frames"]) == ([0, 4, 8], 16, 24)
+    assert windows["rows"][2] == [[0, 2]]
+    assert windows["rows"][18] == [[4, 14], [8, 10]]
+    assert windows["rows"][23] == [[8, 15]]
+    assert len(windows["rows"]) == 24 and all(
+        [r for s, r in rows] == [f - s for s in (0, 4, 8) if s <= f < s + 16]
+        for f, rows in enumerate(windows["rows"])
+    )
     maps, _, _ = run_arrays(run)
     probs = attnlab.load(store)[D.PROBS].isel(run=0, sample=0).sel(cfg="cond")
     assert probs.sizes[D.WINDOW] == 3 and maps.shape[-1] == 16
@@ -261,6 +287,50 @@ def test_a_dataset_reports_like_its_store(stores):
     from_ds = page_data(report(attnlab.load(stores["runs"])).html)["runs"]
     assert [r["maps"] for r in from_path] == [r["maps"] for r in from_ds]
     assert from_ds[0]["video"] is None  # a Dataset has no store to read videos from
+    assert "a Dataset has no store to read videos from" in from_ds[0]["video_note"]
+    assert from_path[0]["video_note"] is None
+
+
+def test_steps_are_labelled_by_recorded_step_denoising_step_and_timestep(ms_pipe, gen, stores):
+    # step 1 of a 3-step run recorded alone: recorded step 1 of 1, denoising step 2 of 3
+    store = stores["root"] / "one-step.zarr"
+    with attnlab.record(ms_pipe, levels=[0], steps=[1], store=store):
+        gen(ms_pipe, num_frames=6, num_inference_steps=3)
+    run = page_data(report(store).html)["runs"][0]
+    t = float(attnlab.load(store)[D.TIMESTEP].isel(run=0, step=0))
+    assert run["recorded"] == [{"index": 1, "timestep": t}]
+    (step,) = run["steps"]
+    assert step["label"] == f"recorded step 1 of 1 · denoising step 2 of 3 · t = {t:g}"
+    # a real clip's steps are the timesteps it was recorded at
+    real = page_data(report(stores["real"]).html)["runs"][0]
+    assert [s["label"] for s in real["steps"]] == [
+        "recorded step 1 of 2 · t = 600",
+        "recorded step 2 of 2 · t = 200",
+    ]
+
+
+def test_a_spatial_grid_is_named_in_the_top_notice(ms_pipe, gen, tmp_path):
+    store = tmp_path / "grid.zarr"
+    with attnlab.record(ms_pipe, levels=[0], reduce="spatial", grid=(2, 2), store=store):
+        gen(ms_pipe, num_frames=6)
+    page = report(store)
+    data = page_data(page.html)
+    (line,) = data["reduced"]
+    assert line.startswith("the maps of each position of the spatial grid")
+    assert line in html.unescape(notice(page.html))
+    run = data["runs"][0]
+    assert run["notes"] == [
+        "the maps of each position of the 2 x 2 spatial grid (the maps are their mean)"
+    ]
+    assert run["video_note"].startswith("No video of this run is stored")
+    maps, _, _ = run_arrays(run)
+    probs = attnlab.load(store)[D.PROBS].isel(run=0, sample=0).sel(cfg="cond")
+    li = next(i for i, e in enumerate(run["layers"]) if e["kind"] == "layer")
+    np.testing.assert_allclose(
+        maps[1, li, run["halves"].index("cond"), 0, 0],
+        probs.isel(step=0, layer=0).mean([D.Y, D.X]).values,
+        rtol=1e-5,
+    )
 
 
 # ---- choosing what goes in --------------------------------------------------------------------
@@ -397,10 +467,16 @@ def test_the_page_never_exceeds_the_size_limit(stores, monkeypatch):
         assert page.size <= limit * 1e6 < full.size, limit
     assert "the videos (they do not fit in the size limit): 5 runs have one" in page.left_out
     assert "the videos" in page.html and not any(r["video"] for r in page_data(page.html)["runs"])
+    # each run whose video was left out says so, and how to include it (not "no video")
+    for run in page_data(page.html)["runs"]:
+        assert run["video_note"].startswith(
+            f"The video of this run was left out to keep the page under max_mb {limit:g}"
+        )
+        assert "a larger max_mb (attnlab report STORE --max-mb MB" in run["video_note"]
     # with more room the videos stay
     roomy = report(three, max_mb=full.size * 1.2 / 1e6)
     assert roomy.size == full.size and not roomy.left_out
-    assert all(r["video"] for r in page_data(roomy.html)["runs"])
+    assert all(r["video"] and r["video_note"] is None for r in page_data(roomy.html)["runs"])
     # runs that do not fit even at their least detail: one clear error, no page written
     fixed = report_mod._fixed_bytes()
     monkeypatch.setattr(report_mod, "_fixed_bytes", lambda: fixed - 200_000)

@@ -114,3 +114,117 @@ def test_the_report_in_a_browser_shows_the_stored_maps(store, browser, tmp_path)
     assert not errors, errors
     assert not outside, outside
     page.close()
+
+
+# ---- the comparison and a windowed run: runs made from the store's maps ----------------------
+
+
+def _derived(ds):
+    """Runs the store does not hold, made from its maps: every run with a second sample (the
+    other run's maps); ``tar-later``, TAR's steps 1 and 2 as its steps 0 and 1 (the same
+    timesteps) without the last two layers; ``windowed``, the plain run's first 6 frames as two
+    FreeNoise windows starting at frames 0 and 2 (a FreeNoise run's layout)."""
+    import xarray as xr
+
+    ds = ds.load()
+    two = ds.isel(sample=[0, 0]).assign_coords(sample=[0, 1])
+    vals = two[D.PROBS].values.copy()
+    axis = two[D.PROBS].dims.index(D.SAMPLE)
+    first = np.take(vals, 0, axis=axis)
+    index = [slice(None)] * vals.ndim
+    index[axis] = 1
+    vals[tuple(index)] = first[::-1]  # run is the first dimension: the runs swapped
+    two[D.PROBS].values = vals
+    later = two.sel(run=["tar-f8"]).isel(step=[1, 2], layer=slice(0, -2))
+    later = later.assign_coords(run=["tar-later"], step=[0, 1])
+    one = ds.sel(run=["synthetic-f8"]).isel(query_frame=slice(0, 6), key_frame=slice(0, 6))
+    probs = one[D.PROBS]
+    windows = xr.concat([probs, probs], dim=xr.DataArray([0, 2], dims=D.WINDOW, name=D.WINDOW))
+    order = list(probs.dims)
+    order.insert(order.index(D.LAYER) + 1, D.WINDOW)
+    windowed = one.drop_vars(D.PROBS).assign({D.PROBS: windows.transpose(*order)})
+    return two, later, windowed.assign_coords(run=["windowed"])
+
+
+@pytest.fixture(scope="module")
+def derived_page(store, tmp_path_factory):
+    two, later, windowed = _derived(attnlab.load(store))
+    path = tmp_path_factory.mktemp("derived") / "derived.html"
+    attnlab.report([two, later, windowed], path, compare=("synthetic-f8", "tar-later"))
+    return path, two
+
+
+def _open(browser, path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(path.as_uri())
+    page.wait_for_function("window.attnlab && window.attnlab.ready", timeout=15000)
+    return page, errors
+
+
+def test_compare_matches_steps_by_timestep_layers_by_name_and_the_chosen_sample(
+    derived_page, browser
+):
+    path, two = derived_page
+    page, errors = _open(browser, path)
+
+    def compared() -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        c = page.evaluate("window.attnlab.compared()")
+        a, b, d = (
+            np.asarray(c[k]["values"], dtype=np.float64).reshape(c[k]["shape"])
+            for k in ("image_a", "image_b", "image_diff")
+        )
+        return c, a, b, d
+
+    def stored(run: str, step: int, layer: str, sample: int) -> np.ndarray:
+        cell = two[D.PROBS].sel(run=run, step=step, layer=layer, cfg="cond", sample=sample)
+        return cell.values.astype(np.float64)
+
+    t = [float(v) for v in two[D.TIMESTEP].sel(run="tar-f8").values]
+    # the means over steps: A's over 3 steps, B's over 2 (other steps): shown, not subtracted
+    c, _, _, _ = compared()
+    assert (c["a"], c["b"], c["difference"]) == ("synthetic-f8", "tar-later", False)
+    assert "different steps" in c["caption"]
+    # step by step: A's step 1 is B's step 0 (the same timestep), on a layer both recorded
+    layer = str(two[D.LAYER].values[0])
+    page.select_option("#cmp-layer", label=layer)
+    page.fill("#cmp-step", "0")
+    c, a, b, d = compared()
+    assert c["steps"] == [1, 0] and c["difference"]
+    np.testing.assert_allclose(a, stored("synthetic-f8", 1, layer, 0), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(b, stored("tar-f8", 1, layer, 0), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(d, a - b, atol=1e-7)
+    assert f"recorded step 2 of 3 · denoising step 2 of 3 · t = {t[1]:g}" in c["step_label"]
+    assert f"recorded step 1 of 2 · denoising step 1 of 3 · t = {t[1]:g}" in c["step_label"]
+    # the mean over all layers: B recorded two layers fewer, so no difference
+    page.select_option("#cmp-layer", label=f"all {two.sizes[D.LAYER]} layers (mean)")
+    c, _, _, _ = compared()
+    assert not c["difference"] and "mean over different layers" in c["caption"]
+    # the chosen sample: sample 1 holds the other run's maps
+    page.select_option("#cmp-layer", label=layer)
+    page.select_option("#cmp-sample", "1")
+    c, a, b, d = compared()
+    assert c["sample"] == 1 and c["difference"] and "sample 1" in c["caption"]
+    np.testing.assert_allclose(a, stored("synthetic-f8", 1, layer, 1), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(b, stored("tar-f8", 1, layer, 1), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(a, stored("tar-f8", 1, layer, 0), rtol=0, atol=1e-7)  # swapped
+    assert not errors, errors
+    page.close()
+
+
+def test_a_windowed_run_marks_the_frames_row_in_each_window(derived_page, browser):
+    path, _ = derived_page
+    page, errors = _open(browser, path)
+    page.select_option("#run-select", "windowed")
+    page.fill("#frame", "4")  # video frame 4: row 4 of the window from 0, row 2 of that from 2
+    assert page.evaluate("window.attnlab.displayed()")["rows"] == [4, 2]
+    assert "row 4 of the window from frame 0, row 2 of the window from frame 2" in page.inner_text(
+        "#row-note"
+    )
+    page.fill("#frame", "7")  # only in the window from 2 (frames 2 to 7)
+    assert page.evaluate("window.attnlab.displayed()")["rows"] == [5]
+    assert page.inner_text("#frame-label") == "frame 8 / 8"
+    assert not errors, errors
+    page.close()

@@ -8,6 +8,8 @@ provenance; and two runs side by side with their difference.
 
 - :mod:`.content`  reading the stores: :func:`~.content.collect`, the size budget
   (:func:`~.content.detail_ladder`, :func:`~.content.fit`), :class:`~.content.ReportError`
+- :mod:`.labels`   what the page says in words: step labels, a FreeNoise run's rows of each
+  video frame, why a run has no video
 - :mod:`.page`     the page: Bokeh plots (BokehJS inline), the data, ``template.html``,
   ``report.js``, ``report.css``
 
@@ -72,7 +74,8 @@ class Report:
 
     @property
     def left_out(self) -> list[str]:
-        """What the size limit left out (empty: everything is in the page)."""
+        """What the page does not show: what the size limit left out (``content.limited``)
+        and variables it does not draw (logits, text mass); empty: everything is in the page."""
         return list(self.content.left_out)
 
     @property
@@ -207,7 +210,7 @@ def report(
         # the budget is an estimate of the page's bytes: render, and while the page is over
         # the limit take the overshoot off the budget; when that no longer shrinks it, leave
         # out the videos; if it still does not fit, say what these runs need
-        content = collect(sources, budget, videos=videos, strips=strips)
+        content = collect(sources, budget, videos=videos, strips=strips, max_mb=max_mb)
         page = render(
             content,
             title=title or f"attnlab report: {', '.join(names)}",

@@ -28,6 +28,7 @@ import xarray as xr
 
 from attnlab.core import dims as D
 from attnlab.core.store import StoreError
+from attnlab.lab.report.labels import step_label, video_note, window_rows
 
 
 class ReportError(ValueError):
@@ -206,6 +207,10 @@ class RunShape:
     heads: int  # 0: no head dimension
     samples: int
     spatial: bool
+    #: the first frames of the run's own FreeNoise windows (empty: not windowed)
+    windows: list[int] = field(default_factory=list)
+    #: the spatial grid's (y, x) sizes (stores reduced with ``spatial``)
+    grid: tuple[int, int] | None = None
 
 
 @dataclass
@@ -217,14 +222,18 @@ class RunContent:
     layer entries are the mean over all layers, the mean over each level (with more than one
     level), then the kept layers; head entry 0 is the mean over heads, then each head (one
     entry without a head dimension). ``profiles`` (offset) and ``metrics`` (diagonalness,
-    band mass ``|i - j| <= 1``, mean normalised row entropy) are of each map."""
+    band mass ``|i - j| <= 1``, mean normalised row entropy) are of each map.
+
+    ``recorded`` lists every recorded step (index, timestep), kept or not; ``layer_names`` and
+    ``layer_levels`` every recorded layer (the means are over them); ``windows`` a FreeNoise
+    run's windows and, per video frame, the rows of the shown map that hold it."""
 
     key: str
     source: str
     run_id: str
     attrs: dict[str, Any]
     frames: int
-    steps: list[dict[str, Any]]  # kept steps: index, timestep, expert
+    steps: list[dict[str, Any]]  # kept steps: index, position, timestep, expert, label
     total_steps: int
     layers: list[dict[str, Any]]  # entries: key, label, level, kind ("all", "level", "layer")
     total_layers: int
@@ -238,6 +247,12 @@ class RunContent:
     evaluation: dict[str, float] = field(default_factory=dict)
     video: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    recorded: list[dict[str, Any]] = field(default_factory=list)
+    layer_names: list[str] = field(default_factory=list)
+    layer_levels: list[int] = field(default_factory=list)
+    windows: dict[str, Any] | None = None
+    #: why the run has no video in the page (None: it has one)
+    video_note: str | None = None
 
 
 METRICS = ("diagonalness", "band_mass", "entropy")
@@ -269,6 +284,12 @@ def run_shape(ds: xr.Dataset, run_id: str) -> RunShape:
     if D.HEAD in probs.dims:
         counts = sub[D.HEADS].values if D.HEADS in sub.coords else [probs.sizes[D.HEAD]]
         heads = int(np.nanmax(np.asarray(counts, dtype=float)))
+    windows: list[int] = []
+    if D.WINDOW in probs.dims:  # the run's own windows (a Dataset pads to every run's)
+        held = probs.notnull().any([d for d in probs.dims if d != D.WINDOW]).values
+        windows = [int(w) for w, h in zip(probs[D.WINDOW].values, held) if h]
+        windows = [] if windows == [0] else windows  # one window at 0: not windowed
+    spatial = D.Y in probs.dims
     return RunShape(
         steps=steps,
         layers=layers,
@@ -276,7 +297,9 @@ def run_shape(ds: xr.Dataset, run_id: str) -> RunShape:
         halves=halves,
         heads=heads,
         samples=int(probs.sizes[D.SAMPLE]),
-        spatial=D.Y in probs.dims,
+        spatial=spatial,
+        windows=windows,
+        grid=(int(probs.sizes[D.Y]), int(probs.sizes[D.X])) if spatial else None,
     )
 
 
@@ -311,7 +334,16 @@ def _meta_bytes(source: Source, run_id: str, shape: RunShape) -> int:
     entries), beside its arrays."""
     attrs = json.dumps(_provenance(source.ds.sel({D.RUN: run_id})), default=str)
     names = source.ds[D.LAYER].values[shape.layers]
-    return 2 * len(attrs) + sum(len(str(n)) + 80 for n in names) + 80 * len(shape.steps) + 1000
+    windows = 0
+    if shape.windows:  # the rows of each video frame
+        windows = 12 * len(shape.windows) * (max(shape.windows) + shape.frames)
+    return (
+        2 * len(attrs)
+        + sum(2 * len(str(n)) + 90 for n in names)
+        + 200 * len(shape.steps)
+        + windows
+        + 1500
+    )
 
 
 def _kept_steps(n: int, most: int | None) -> np.ndarray:
@@ -344,14 +376,23 @@ def build_run(key: str, source: Source, run_id: str, shape: RunShape, detail: De
     notes = []
     if shape.spatial:
         probs = probs.mean([D.Y, D.X], skipna=True)
-        notes.append("the maps of each position of the spatial grid (the maps are their mean)")
-    if D.WINDOW in probs.dims:  # FreeNoise: one map per window of frames, counted within it
-        starts = ", ".join(str(int(w)) for w in probs[D.WINDOW].values)
-        probs = probs.mean(D.WINDOW, skipna=True)
+        grid = " x ".join(map(str, shape.grid)) + " " if shape.grid else ""
+        notes.append(
+            f"the maps of each position of the {grid}spatial grid (the maps are their mean)"
+        )
+    windows = None
+    if shape.windows:  # FreeNoise: one map per window of frames, counted within it
+        probs = probs.sel({D.WINDOW: shape.windows}).mean(D.WINDOW, skipna=True)
+        starts = ", ".join(map(str, shape.windows))
         notes.append(
             f"the maps of each window of frames (FreeNoise windows starting at frames {starts}; "
             "the maps are their mean, frames counted within the window)"
         )
+        windows = window_rows(
+            shape.windows, n, _num(sub[D.FRAMES].values) if D.FRAMES in sub.coords else None
+        )
+    elif D.WINDOW in probs.dims:  # not windowed, in a Dataset with windowed runs: window 0
+        probs = probs.mean(D.WINDOW, skipna=True)
     order = [D.STEP, D.LAYER, D.CFG, D.HEAD, D.SAMPLE, D.QUERY, D.KEY]
     if D.HEAD not in probs.dims:
         probs = probs.expand_dims(D.HEAD, axis=probs.dims.index(D.QUERY))
@@ -404,14 +445,20 @@ def build_run(key: str, source: Source, run_id: str, shape: RunShape, detail: De
     count = len(shape.steps)
     timesteps = sub[D.TIMESTEP].values if D.TIMESTEP in sub.coords else [math.nan] * count
     experts = sub[D.EXPERT].values if D.EXPERT in sub.coords else [""] * count
-    steps = [
-        {
-            "index": int(sub[D.STEP].values[i]),
-            "timestep": _num(timesteps[i]),
-            "expert": str(experts[i]),
-        }
-        for i in kept
+    attrs = _provenance(sub)
+    recorded = [
+        {"index": int(sub[D.STEP].values[i]), "timestep": _num(timesteps[i])} for i in range(count)
     ]
+    denoising = _num(attrs.get("num_steps"))
+    real = str(attrs.get("source", "")) == "real"  # a clip's steps are only timesteps
+    # the expert (Wan 2.2's two denoisers), where a run has more than one
+    named = len({str(e) for e in experts}) > 1 or len(attrs.get("experts") or []) > 1
+    steps = []
+    for i in kept:
+        at = recorded[i]
+        expert = str(experts[i]) if named else ""
+        label = step_label(i, count, at["index"], denoising, at["timestep"], expert, real=real)
+        steps.append({**at, "position": int(i), "expert": str(experts[i]), "label": label})
     maps = xr.DataArray(arr, dims=["s", "l", "c", "h", "k", D.QUERY, D.KEY])
     metrics = np.stack(
         [
@@ -425,7 +472,6 @@ def build_run(key: str, source: Source, run_id: str, shape: RunShape, detail: De
     summary_map = arr[0, 0, [halves.index(D.COND)] if D.COND in halves else [0], 0].mean(
         axis=(0, 1)
     )
-    attrs = _provenance(sub)
     return RunContent(
         key=key,
         source=source.label,
@@ -448,6 +494,10 @@ def build_run(key: str, source: Source, run_id: str, shape: RunShape, detail: De
             "entropy": float(row_entropy(summary_map).mean()),
         },
         notes=notes,
+        recorded=recorded,
+        layer_names=names,
+        layer_levels=levels,
+        windows=windows,
     )
 
 
@@ -566,6 +616,9 @@ class Content:
     incomplete: dict[str, list[str]]
     #: whether the size limit left anything out
     limited: bool = False
+    #: what the page shows as a mean of what was recorded (spatial grids, FreeNoise windows),
+    #: one line each with the count of runs
+    reduced: list[str] = field(default_factory=list)
 
 
 def _run_strip(src: Source, rid: str) -> dict[str, Any] | None:
@@ -593,11 +646,13 @@ def collect(
     *,
     videos: bool = True,
     strips: dict[str, dict[str, Any] | None] | None = None,
+    max_mb: float | None = None,
 ) -> Content:
     """Every run of ``sources`` with as much detail as fits in ``budget`` bytes with the
-    videos (:func:`fit`); ``videos=False``: without them (the page says so). ``strips``: the
-    runs' video strips by page key, filled here where missing (a caller fitting several budgets
-    decodes each video once)."""
+    videos (:func:`fit`); ``videos=False``: without them (the page says so, and each run
+    whose video was left out says how to include it; ``max_mb``: the limit it names).
+    ``strips``: the runs' video strips by page key, filled here where missing (a caller
+    fitting several budgets decodes each video once)."""
     shapes: list[tuple[str, Source, str, RunShape, int]] = []
     for key, (i, rid) in run_keys(sources).items():
         src = sources[i]
@@ -621,12 +676,17 @@ def collect(
     rungs = fit(detail_ladder(most), [(s, lv) for _, _, _, s, lv in shapes], left)
     ladder = detail_ladder(most)
     evals = {src.label: evaluations(src) for src in sources}
+    all_video_mb = sum(len(v["data"]) * 4 / 3 for v in every.values() if v is not None) / 1e6
     runs = []
     for (key, src, rid, shape, _), rung in zip(shapes, rungs):
         content = build_run(key, src, rid, shape, ladder[rung])
         content.notes = ladder[rung].describe(shape) + content.notes
         content.evaluation = evals[src.label].get(rid, {})
         content.video = shown.get(key)
+        if content.video is None:
+            content.video_note = video_note(
+                every[key] is not None, src.path is not None, all_video_mb, max_mb
+            )
         runs.append(content)
     incomplete = {}
     for src in sources:
@@ -651,7 +711,22 @@ def collect(
         if other:
             left_out.append(f"{' and '.join(other)} of {src.label} (the page shows probs)")
     limited = bool(lost) or (with_video > 0 and not videos)
-    return Content(list(sources), runs, left_out, incomplete, limited=limited)
+    reduced = []
+    for what, count in (
+        (
+            "the maps of each position of the spatial grid (stores recorded with "
+            "reduce='spatial'; the page shows their mean over the grid)",
+            sum(s.spatial for _, _, _, s, _ in shapes),
+        ),
+        (
+            "the maps of each window of frames of FreeNoise runs (the page shows their mean "
+            "over the windows, frames counted within the window; each run names its windows)",
+            sum(bool(s.windows) for _, _, _, s, _ in shapes),
+        ),
+    ):
+        if count:
+            reduced.append(f"{what}: in {count} of {len(shapes)} runs")
+    return Content(list(sources), runs, left_out, incomplete, limited=limited, reduced=reduced)
 
 
 def fit(ladder: list[Detail], shapes: list[tuple[RunShape, int]], budget: int) -> list[int]:

@@ -93,8 +93,13 @@ def _run_data(run: RunContent) -> dict[str, Any]:
         "summary": run.summary,
         "evaluation": run.evaluation,
         "video": video,
+        "video_note": run.video_note,
         "notes": run.notes,
         "provenance": attrs,
+        "recorded": run.recorded,
+        "layer_names": run.layer_names,
+        "layer_levels": run.layer_levels,
+        "windows": run.windows,
     }
 
 
@@ -108,6 +113,7 @@ def page_data(
         "metrics": list(METRICS),
         "sources": [s.label for s in content.sources],
         "left_out": content.left_out,
+        "reduced": content.reduced,
         "links": [{"label": a, "href": b} for a, b in links],
     }
 
@@ -295,6 +301,7 @@ def render(
         stores=stores or [s.label for s in content.sources],
         n_runs=len(runs),
         left_out=content.left_out,
+        reduced=content.reduced,
         incomplete=content.incomplete,
         limited=content.limited,
         links=links or [],

@@ -119,12 +119,15 @@
     );
   }
   function stepText(run, pos) {
+    // which recorded step of how many, the denoising step and its timestep (made with the data)
     const s = run.steps[pos];
-    if (!s) return "";
-    let text = `step ${s.index + 1} of ${run.total_steps}`;
-    if (s.timestep !== null) text += ` · t = ${Math.round(s.timestep)}`;
-    if (s.expert) text += ` · ${s.expert}`;
-    return text;
+    return s ? s.label : "";
+  }
+  function framesText(run) {
+    // a FreeNoise run: its frames and the windows its maps are of
+    return run.windows
+      ? `${run.windows.video_frames} frames in windows of ${run.windows.frames}`
+      : `${run.frames} frames`;
   }
   function layerOptions(run, only) {
     return run.layers
@@ -175,7 +178,7 @@
         ...(many ? [el("td", { text: r.source })] : []),
         el("td", { text: r.kind }),
         el("td", { text: r.model, title: r.model }),
-        el("td", { class: "num", text: String(r.frames) }),
+        el("td", { class: "num", text: r.windows ? framesText(r) : String(r.frames) }),
         el("td", { class: "num", text: String(r.total_steps) }),
         el("td", { class: "num", text: String(r.total_layers) }),
         el("td", { text: r.edits, title: r.edits }),
@@ -224,7 +227,7 @@
     $("sample-box").style.display = run.samples > 1 ? "" : "none";
     const line = [run.kind, run.model, run.prompt ? `“${run.prompt}”` : "",
       run.seed === null || run.seed === undefined || run.seed < 0 ? "unseeded" : `seed ${run.seed}`,
-      `${run.frames} frames`, `edits: ${run.edits}`];
+      framesText(run), `edits: ${run.edits}`];
     $("run-line").textContent = line.filter((x) => x).join(" · ");
     setupVideo(run);
     describeRun(run);
@@ -304,7 +307,7 @@
   function setupVideo(run) {
     stop();
     const canvas = $("video");
-    const frames = run.video ? run.video.frames : run.frames;
+    const frames = run.video ? run.video.frames : run.windows ? run.windows.video_frames : run.frames;
     const slider = $("frame");
     slider.max = String(Math.max(0, frames - 1));
     view.frame = Math.min(view.frame, frames - 1);
@@ -325,9 +328,8 @@
     } else {
       canvas.style.display = "none";
       view.img = null;
-      $("no-video").textContent =
-        "No video of this run is stored (attnlab record --video, probe, the demo and the " +
-        "analyses store it beside the maps); the slider still marks a query frame.";
+      $("no-video").textContent = `${run.video_note || "No video of this run is stored."} ` +
+        "The slider still marks a frame's row in the map.";
       $("video-origin").textContent = "";
       $("play").disabled = true;
     }
@@ -336,6 +338,16 @@
   function drawFrame() {
     const run = view.run;
     $("frame-label").textContent = `frame ${view.frame + 1} / ${Number($("frame").max) + 1}`;
+    if (run.windows) {
+      // a FreeNoise run's map is the mean of its windows, rows counted within a window
+      const rows = frameRows(run, view.frame);
+      $("row-note").textContent = rows.length
+        ? `In the map (the mean of the FreeNoise windows, rows counted within a window from 0), ` +
+          `this frame is ${rows.map(([s, r]) => `row ${r} of the window from frame ${s}`).join(", ")}.`
+        : "This frame is in no window of the map.";
+    } else {
+      $("row-note").textContent = "";
+    }
     if (view.img && view.img.complete && run.video) {
       const v = run.video;
       const canvas = $("video");
@@ -345,12 +357,22 @@
     }
     markRow();
   }
+  function frameRows(run, f) {
+    // the rows of the map that hold video frame f: [window start, row] for each FreeNoise
+    // window holding it (its map is the windows' mean, rows counted within the window), else
+    // the frame's own row
+    if (run.windows) return run.windows.rows[f] || [];
+    return f < run.frames ? [[0, f]] : [];
+  }
   function markRow() {
     const B = window.attnlabBokeh;
     const run = view.run;
     const n = run.frames;
-    const on = $("show-row").checked && view.frame < n;
-    B.row_src.data = { x: [(n - 1) / 2], y: [view.frame], w: [n], alpha: [on ? 1 : 0] };
+    const rows = $("show-row").checked ? frameRows(run, view.frame) : [];
+    B.row_src.data = {
+      x: rows.map(() => (n - 1) / 2), y: rows.map((r) => r[1]), w: rows.map(() => n),
+      alpha: rows.map(() => 1),
+    };
   }
   function stop() {
     if (view.timer !== null) clearInterval(view.timer);
@@ -369,8 +391,33 @@
   }
 
   // ---- comparison ------------------------------------------------------------------------
+  // Steps are matched by timestep (the noise level the denoiser saw; by index only where
+  // neither run recorded timesteps), layers by name; a mean over steps or layers is compared
+  // only with a mean over the same steps or layers. What does not correspond is shown side
+  // by side, not subtracted, and the caption says why.
+  const cmp = { pairs: [] };
   function common(a, b, key) {
     return new Set(a.filter((x) => b.map(key).includes(key(x))).map(key));
+  }
+  function sameStep(s, t) {
+    if (s.timestep !== null && t.timestep !== null) {
+      return Math.abs(s.timestep - t.timestep) <= 1e-3 * Math.max(1, Math.abs(s.timestep));
+    }
+    return s.timestep === null && t.timestep === null && s.index === t.index;
+  }
+  function sameSteps(a, b) {
+    return a.length === b.length && a.every((s) => b.some((t) => sameStep(s, t)));
+  }
+  function timesteps(run) {
+    return run.recorded.map((s) => (s.timestep === null ? `step ${s.index + 1}` : `${+s.timestep.toPrecision(6)}`)).join(", ");
+  }
+  function members(run, key) {
+    // the recorded layers a layer entry is: itself, or those its mean is over
+    const entry = run.layers.find((e) => e.key === key);
+    if (!entry) return [];
+    if (entry.kind === "all") return run.layer_names;
+    if (entry.kind === "level") return run.layer_names.filter((_, i) => run.layer_levels[i] === entry.level);
+    return [entry.key];
   }
   function setupCompare() {
     const A = decoded(BY_KEY.get($("cmp-a").value));
@@ -381,35 +428,51 @@
     fill($("cmp-cfg"), halves.map((h) => ({ value: h, label: h })), halves.includes("cond") ? "cond" : undefined);
     const heads = A.heads.filter((h) => Bn.heads.includes(h));
     fill($("cmp-head"), heads.map((h) => ({ value: h, label: h === "mean" ? "mean over heads" : h })));
+    const samples = Math.min(A.samples, Bn.samples);
+    fill($("cmp-sample"), Array.from({ length: samples }, (_, i) => ({ value: i, label: String(i) })));
+    $("cmp-sample-box").style.display = Math.max(A.samples, Bn.samples) > 1 ? "" : "none";
+    // the steps both runs hold in the page, A's position and B's
+    cmp.pairs = [];
+    A.steps.forEach((s, i) => {
+      const j = Bn.steps.findIndex((t) => sameStep(s, t));
+      if (j >= 0) cmp.pairs.push([i, j]);
+    });
     const step = $("cmp-step");
-    step.max = String(Math.max(0, A.steps.length - 1));
-    if (Number(step.value) > A.steps.length - 1) step.value = "0";
+    step.max = String(Math.max(0, cmp.pairs.length - 1));
+    if (Number(step.value) > cmp.pairs.length - 1) step.value = "0";
+    step.disabled = cmp.pairs.length === 0;
+    if (cmp.pairs.length === 0) $("cmp-step-mean").checked = true;
+    $("cmp-step-mean").disabled = cmp.pairs.length === 0;
     drawCompare();
     markTable();
   }
   function compareCells() {
     const A = BY_KEY.get($("cmp-a").value);
     const Bn = BY_KEY.get($("cmp-b").value);
-    const mean = $("cmp-step-mean").checked || A.steps.length === 0;
-    const pos = Number($("cmp-step").value);
+    const mean = $("cmp-step-mean").checked || cmp.pairs.length === 0;
+    const pair = mean ? null : cmp.pairs[Number($("cmp-step").value)];
     const layerA = Number($("cmp-layer").value);
     const layerKey = A.layers[layerA] ? A.layers[layerA].key : null;
     const half = $("cmp-cfg").value;
     const head = $("cmp-head").value;
-    const find = (run) => {
-      let s = 0;
-      if (!mean) {
-        const index = A.steps[pos] ? A.steps[pos].index : -1;
-        s = run.steps.findIndex((x) => x.index === index) + 1;
-        if (s === 0) return null;
-      }
+    const sample = Number($("cmp-sample").value || 0);
+    const find = (run, pos) => {
       const l = run.layers.findIndex((e) => e.key === layerKey);
       const c = run.halves.indexOf(half);
       const h = run.heads.indexOf(head);
-      if (l < 0 || c < 0 || h < 0) return null;
-      return cellIndex(run, s, l, c, h, 0);
+      if (l < 0 || c < 0 || h < 0 || sample >= run.samples) return null;
+      return cellIndex(run, pos === null ? 0 : pos + 1, l, c, h, sample);
     };
-    return { A, B: Bn, a: find(A), b: find(Bn), mean, pos, layerKey, half };
+    const la = members(A, layerKey);
+    const lb = members(Bn, layerKey);
+    return {
+      A, B: Bn, mean, pair, layerKey, half, sample,
+      a: find(A, pair ? pair[0] : null),
+      b: find(Bn, pair ? pair[1] : null),
+      sameSteps: !mean || sameSteps(A.recorded, Bn.recorded),
+      sameLayers: la.length === lb.length && la.every((x) => lb.includes(x)),
+      layersA: la, layersB: lb,
+    };
   }
   function drawCompare() {
     const Bk = window.attnlabBokeh;
@@ -427,10 +490,36 @@
     Bk.a_fig.title.text = `A: ${A.key}`;
     Bk.b_fig.title.text = `B: ${B.key}`;
     setRange(Bk.a_fig, Math.max(A.frames, B.frames));
-    $("cmp-step-label").textContent = c.mean ? "mean over all steps" : stepText(A, c.pos);
+    $("cmp-step-label").textContent = c.mean
+      ? "mean over all recorded steps"
+      : `A: ${stepText(A, c.pair[0])} | B: ${stepText(B, c.pair[1])}`;
     const parts = [];
+    const many = Math.max(A.samples, B.samples) > 1;
+    if (many) {
+      parts.push(`sample ${c.sample}` + (A.samples !== B.samples
+        ? ` (A has ${A.samples} samples, B ${B.samples}; the samples both have are offered)` : ""));
+    }
+    if (c.mean) {
+      parts.push(c.sameSteps
+        ? `mean over the same ${A.recorded.length} recorded steps (t = ${timesteps(A)})`
+        : `the means over steps are of different steps, so they are not subtracted: A recorded t = ${timesteps(A)}, ` +
+          `B t = ${timesteps(B)}` + (cmp.pairs.length
+            ? "; untick “mean over steps” to compare the steps both have"
+            : "; the page holds no step of the same timestep in both"));
+    } else {
+      const [s, t] = [A.steps[c.pair[0]], B.steps[c.pair[1]]];
+      parts.push(s.timestep === null
+        ? `steps matched by index (neither run recorded timesteps): denoising step ${s.index + 1}`
+        : `steps matched by timestep: t = ${+s.timestep.toPrecision(6)}` +
+          (s.index !== t.index ? ` (A's denoising step ${s.index + 1}, B's ${t.index + 1})` : ""));
+    }
+    if (!c.sameLayers && ma && mb) {
+      const both = c.layersA.filter((x) => c.layersB.includes(x)).length;
+      parts.push(`“${c.layerKey === "all" ? "all layers" : c.layerKey}” is a mean over different layers, so they are not subtracted: ` +
+        `A ${c.layersA.length}, B ${c.layersB.length}, ${both} in both (choose a layer both recorded)`);
+    }
     let limit = high;
-    if (ma && mb && A.frames === B.frames) {
+    if (ma && mb && A.frames === B.frames && c.sameSteps && c.sameLayers) {
       const d = nd(Float64Array.from(ma, (v, i) => v - mb[i]), A.frames);
       const flat = Array.from(d).filter((v) => !Number.isNaN(v));
       const maxAbs = flat.length ? Math.max(...flat.map(Math.abs)) : 0;
@@ -448,10 +537,15 @@
     Bk.diff_mapper.high = limit;
     if (!ma) parts.push("A has no map for this choice");
     if (!mb) parts.push("B has no map for this choice (another step, layer, half or head)");
+    [[A, "A"], [B, "B"]].forEach(([run, side]) => {
+      if (run.windows) parts.push(`${side}'s maps are the mean of its FreeNoise windows (frames counted within a window)`);
+    });
+    cmp.difference = Boolean(ma && mb && A.frames === B.frames && c.sameSteps && c.sameLayers);
     parts.push(`A and B on one colour scale, 0 to ${fmt(high, 3)} (the largest value of this layer in either run, ` +
-      `over all steps); the difference from −${fmt(limit, 3)} to ${fmt(limit, 3)}` +
-      (limit === high ? " (the maps' scale, signed)" : " (its own largest |A − B|)"));
+      "over all steps)" + (cmp.difference ? `; the difference from −${fmt(limit, 3)} to ${fmt(limit, 3)}` +
+      (limit === high ? " (the maps' scale, signed)" : " (its own largest |A − B|)") : ""));
     $("cmp-caption").textContent = parts.join(" · ");
+    cmp.steps = c.pair ? [A.steps[c.pair[0]].index, B.steps[c.pair[1]].index] : null;
   }
 
   // ---- start -----------------------------------------------------------------------------
@@ -481,7 +575,7 @@
     $("play").addEventListener("click", play);
     $("cmp-a").addEventListener("change", setupCompare);
     $("cmp-b").addEventListener("change", setupCompare);
-    ["cmp-layer", "cmp-cfg", "cmp-head"].forEach((id) => $(id).addEventListener("input", drawCompare));
+    ["cmp-layer", "cmp-cfg", "cmp-head", "cmp-sample"].forEach((id) => $(id).addEventListener("input", drawCompare));
     ["cmp-step-mean", "cmp-same"].forEach((id) => $(id).addEventListener("change", drawCompare));
     $("cmp-step").addEventListener("input", () => { $("cmp-step-mean").checked = false; drawCompare(); });
     setupRun();
@@ -503,6 +597,7 @@
         cfg: run.halves[Number($("cfg").value)],
         head: run.heads[Number($("head").value)],
         image: plain(window.attnlabBokeh.run_src.data.image[0]),
+        rows: Array.from(window.attnlabBokeh.row_src.data.y),
       };
     },
     compared: () => {
@@ -513,6 +608,11 @@
         image_a: plain(B.a_src.data.image[0]),
         image_b: plain(B.b_src.data.image[0]),
         image_diff: plain(B.d_src.data.image[0]),
+        difference: cmp.difference,
+        steps: cmp.steps,
+        sample: Number($("cmp-sample").value || 0),
+        step_label: $("cmp-step-label").textContent,
+        caption: $("cmp-caption").textContent,
       };
     },
   };
