@@ -282,6 +282,28 @@ def test_a_free_noise_run_shows_the_mean_of_its_windows_and_says_so(tmp_path):
     )
 
 
+def test_a_video_over_latent_frames_marks_each_frame_at_its_latent_frame(stores, tmp_path):
+    """A 3D transformer's map is over latent frames, fewer than its video's: each video frame
+    is marked at the latent frame the causal VAE put it in, not at its own index."""
+    from attnlab.core.store import save_video
+    from attnlab.lab.experiments import GenerationSettings, generate_recorded
+    from attnlab.models.tiny_dit import cogvideox_pipeline
+
+    store = tmp_path / "dit.zarr"
+    settings = GenerationSettings(prompt="a cat", frames=9, steps=2, seed=0, height=32, width=32)
+    video, run_id = generate_recorded(cogvideox_pipeline(), settings, store=store, name="dit")
+    save_video(store, run_id, video)
+    run = page_data(report(store).html)["runs"][0]
+    c = 4  # CogVideoX's VAE: frame 0 alone, then 4 video frames per latent frame
+    assert run["video"]["frames"] == len(video) == 9 and run["frames"] == 3
+    # latent frame k holds video frames c (k - 1) + 1 .. c k: its members, listed per frame
+    members = {0: [0], **{k: list(range(c * (k - 1) + 1, c * k + 1)) for k in (1, 2)}}
+    expected = [next(k for k, fs in members.items() if f in fs) for f in range(9)]
+    assert run["latent"] == {"rows": expected, "frames": 3, "factor": c, "exact": True}
+    # a UNet's runs (map frames = video frames) have no such mapping
+    assert all(r["latent"] is None for r in page_data(report(stores["runs"]).html)["runs"])
+
+
 def test_a_dataset_reports_like_its_store(stores):
     from_path = page_data(report(stores["runs"]).html)["runs"]
     from_ds = page_data(report(attnlab.load(stores["runs"])).html)["runs"]

@@ -28,7 +28,7 @@ import xarray as xr
 
 from attnlab.core import dims as D
 from attnlab.core.store import StoreError
-from attnlab.lab.report.labels import step_label, video_note, window_rows
+from attnlab.lab.report.labels import latent_rows, step_label, video_note, window_rows
 
 
 class ReportError(ValueError):
@@ -253,6 +253,8 @@ class RunContent:
     windows: dict[str, Any] | None = None
     #: why the run has no video in the page (None: it has one)
     video_note: str | None = None
+    #: the map row of each video frame where the map is over fewer (latent) frames
+    latent: dict[str, Any] | None = None
 
 
 METRICS = ("diagonalness", "band_mass", "entropy")
@@ -687,6 +689,8 @@ def collect(
             content.video_note = video_note(
                 every[key] is not None, src.path is not None, all_video_mb, max_mb
             )
+        elif content.video["frames"] > shape.frames and not shape.windows:
+            content.latent = latent_rows(content.video["frames"], shape.frames)
         runs.append(content)
     incomplete = {}
     for src in sources:

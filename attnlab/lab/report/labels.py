@@ -1,5 +1,6 @@
 """What the page says about a run in words: its steps' labels, a FreeNoise run's rows of
-each video frame, why it has no video. Plain functions of numbers (no stores read here)."""
+each video frame, the latent frame of each video frame where the VAE compresses time, why it
+has no video. Plain functions of numbers (no stores read here)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ def window_rows(starts: list[int], frames: int, video: float | None = None) -> d
     total = max(max(starts) + frames, int(video or 0))
     rows = [[[s, f - s] for s in starts if s <= f < s + frames] for f in range(total)]
     return {"starts": list(starts), "frames": frames, "video_frames": total, "rows": rows}
+
+
+def latent_rows(video: int, frames: int) -> dict[str, Any]:
+    """The map row of each of ``video`` frames when the map is over ``frames`` latent (token)
+    frames, fewer than the video's (the VAEs of the 3D transformers compress time): with
+    ``video = c (frames - 1) + 1`` the causal VAEs' layout (CogVideoX, Wan, HunyuanVideo,
+    LTX-Video), latent frame 0 is video frame 0 and latent frame ``k`` covers video frames
+    ``c (k - 1) + 1 .. c k``; any other ratio (a temporal patch over latent frames) is mapped
+    in proportion and marked ``exact: False``."""
+    c = (video - 1) / (frames - 1) if frames > 1 else 0.0
+    exact = frames > 1 and c.is_integer() and c >= 1
+    if exact:
+        rows = [-(-f // int(c)) for f in range(video)]  # ceil(f / c): frame 0 alone
+    else:
+        rows = [min(frames - 1, f * frames // video) for f in range(video)]
+    return {"rows": rows, "frames": frames, "factor": int(c) if exact else None, "exact": exact}
 
 
 def video_note(stored: bool, from_store: bool, video_mb: float, max_mb: float | None) -> str:

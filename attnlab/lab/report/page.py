@@ -100,6 +100,7 @@ def _run_data(run: RunContent) -> dict[str, Any]:
         "layer_names": run.layer_names,
         "layer_levels": run.layer_levels,
         "windows": run.windows,
+        "latent": run.latent,
     }
 
 

@@ -127,6 +127,8 @@
     // a FreeNoise run: its frames and the windows its maps are of
     return run.windows
       ? `${run.windows.video_frames} frames in windows of ${run.windows.frames}`
+      : run.latent
+      ? `${run.frames} latent frames (${run.latent.rows.length} video frames)`
       : `${run.frames} frames`;
   }
   function layerOptions(run, only) {
@@ -345,6 +347,15 @@
         ? `In the map (the mean of the FreeNoise windows, rows counted within a window from 0), ` +
           `this frame is ${rows.map(([s, r]) => `row ${r} of the window from frame ${s}`).join(", ")}.`
         : "This frame is in no window of the map.";
+    } else if (run.latent) {
+      // the map is over latent frames, fewer than the video's (the VAE compresses time)
+      const L = run.latent;
+      const k = L.rows[view.frame];
+      $("row-note").textContent = L.exact
+        ? `The map is over ${L.frames} latent frames (the VAE compresses ${L.factor} video frames ` +
+          `into one, the first frame alone): this frame is in latent frame ${k}.`
+        : `The map is over ${L.frames} latent frames of the video's ${L.rows.length}: this frame ` +
+          `is about latent frame ${k} (in proportion).`;
     } else {
       $("row-note").textContent = "";
     }
@@ -362,6 +373,7 @@
     // window holding it (its map is the windows' mean, rows counted within the window), else
     // the frame's own row
     if (run.windows) return run.windows.rows[f] || [];
+    if (run.latent) return f < run.latent.rows.length ? [[0, run.latent.rows[f]]] : [];
     return f < run.frames ? [[0, f]] : [];
   }
   function markRow() {
