@@ -8,7 +8,9 @@ their calls are the steps of one run, each labelled with its ``expert``. It swap
 the temporal sites only (joint-attention models: :class:`~attnlab.core.joint.JointAttnProcessor`),
 attaches the ``hook_logits`` / ``hook_probs`` hook points, tracks runs and calls (its base,
 :class:`~attnlab.core.runs.RunTracker`) and says which clients act on each site in each call.
-Everything is undone when the last client leaves, also after an exception.
+Everything is undone when the last client leaves, also after an exception. A denoiser compiled
+with ``torch.compile`` (its wrapper) or in place (``Module.compile``) runs eagerly meanwhile:
+its compiled graph was traced through the model's own processors.
 
 * :class:`Controller` - ``of``, ``attached``, ``run``, ``plan``, ``check_rows``;
 * :func:`active_patches` - attnlab's patches in place now, each with a description;
@@ -27,6 +29,7 @@ import torch
 
 from attnlab.core.joint import JOINT_HOOK_NAMES, JointAttnProcessor
 from attnlab.core.patch import (
+    AttributePatch,
     CallbackPatch,
     ChildModulePatch,
     Patch,
@@ -35,9 +38,13 @@ from attnlab.core.patch import (
 )
 from attnlab.core.processor import HOOK_NAMES, HookPoint, TemporalAttnProcessor
 from attnlab.core.protocol import CallContext, Client, Plan, Stage
-from attnlab.core.refusals import UnsupportedConfigurationError, check_recordable
+from attnlab.core.refusals import (
+    UnsupportedConfigurationError,
+    check_hidden_layers,
+    check_recordable,
+)
 from attnlab.core.runs import RunTracker
-from attnlab.core.sites import Site, denoiser_of, denoisers_of, sites
+from attnlab.core.sites import Site, compiled_wrappers, denoiser_of, denoisers_of, sites
 
 # the controller of each instrumented denoiser (only while clients are attached)
 _controllers: weakref.WeakKeyDictionary[torch.nn.Module, Controller] = weakref.WeakKeyDictionary()
@@ -130,6 +137,8 @@ class Controller(RunTracker):
         self._processors: list[tuple[Any, Any, str]] = []
         # sites that AnimateDiff's FreeNoise runs on windows of frames (while installed)
         self._windows: dict[str, _WindowWatch] = {}
+        # torch.compile wrappers (OptimizedModule) around the denoisers, seen in ``of``
+        self._compiled: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
     # ---- attaching -----------------------------------------------------------------------
     @classmethod
@@ -144,16 +153,43 @@ class Controller(RunTracker):
                 f"an expert of the pipeline of {type(owner.model).__name__}: record the pipeline "
                 "(each step says its expert) or this denoiser outside that block, not both at once"
             )
+        check_hidden_layers(obj)  # before the site table, which would miss those layers
         ctrl = _controllers.get(model)
         if ctrl is None:
             ctrl = _controllers[model] = cls(model)
         check_recordable(obj, model, joint=ctrl.table.joint)
-        if obj is not model:
+        if not isinstance(obj, torch.nn.Module):  # a pipeline
             for key, other in denoisers_of(obj).items():
                 if other is not model:
                     ctrl.add_denoiser(other, key)
             ctrl.add_pipeline(obj)
+        for wrapper in compiled_wrappers(obj):
+            ctrl.add_compiled(wrapper)
         return ctrl
+
+    def add_compiled(self, wrapper: torch.nn.Module) -> None:
+        """``wrapper``: a ``torch.compile`` wrapper (``OptimizedModule``) around a denoiser of
+        this controller; while installed it runs its module eagerly (now, if installed)."""
+        if wrapper in self._compiled:
+            return
+        self._compiled.add(wrapper)
+        if self.clients:
+            self._run_eagerly(wrapper)
+
+    def _run_eagerly(self, wrapper: Any) -> None:
+        """The compiled graph of a ``torch.compile`` wrapper was traced through the model's
+        own processors: while attnlab's stand in for them, the wrapper calls its module
+        eagerly (attnlab's processors and hooks run as Python, the maps are the module's own
+        computation); its compiled ``forward`` is restored with every other patch."""
+        inner = wrapper._orig_mod
+        self.patches.apply(
+            AttributePatch(
+                wrapper,
+                "forward",
+                inner.__call__,
+                f"torch.compile wrapper of {type(inner).__name__}: forward runs it eagerly",
+            )
+        )
 
     def add_denoiser(self, model: torch.nn.Module, component: str) -> None:
         """Instrument ``model``, another denoiser of a pipeline of this one (an expert with the
@@ -243,6 +279,8 @@ class Controller(RunTracker):
             self.patches.apply(SkipRegistryPatch(processor))
             for model in self.denoisers:
                 self._install_denoiser(model)
+            for wrapper in list(self._compiled):
+                self._run_eagerly(wrapper)
             self._track_runs()
         except BaseException:
             self._uninstall()
@@ -258,6 +296,19 @@ class Controller(RunTracker):
         joint = self.table.joint
         family = self.table.family
         windowed = free_noise_blocks(model, self.table.names)
+        for name, module in modules.items():
+            if vars(module).get("_compiled_call_impl") is not None:
+                # compiled in place (Module.compile, diffusers' regional compilation): its graph
+                # was traced through the model's own processors; eager while attnlab's stand in
+                where = f"{of}{name or type(model).__name__}"
+                patches.apply(
+                    AttributePatch(
+                        module,
+                        "_compiled_call_impl",
+                        None,
+                        f"{where} compiled in place (Module.compile): runs eagerly",
+                    )
+                )
         for site in self.table:
             attn = modules[site.name]
             proc: TemporalAttnProcessor | JointAttnProcessor

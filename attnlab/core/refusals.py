@@ -15,12 +15,20 @@ What is refused (each case has a test in ``tests/core/test_refusals.py``):
   step with its ``expert``);
 * joint-attention models set to an attention backend whose kernel is not PyTorch's
   ``scaled_dot_product_attention`` (flash, sage, xformers, flex, npu, xla...): the frame maps
-  are read from that call.
+  are read from that call;
+* AnimateDiff's FreeNoise split inference (``enable_free_noise_split_inference``) and a
+  ``torch.compile`` wrapper on a block inside the denoiser (:func:`check_hidden_layers`;
+  tested in ``tests/core/test_freenoise.py`` and ``tests/core/test_compiled.py``): the layers
+  they wrap are not where the site table maps them, and split inference runs each layer once
+  per chunk of its rows, so no call holds its whole map.
 
 Recorded, not refused: diffusers' caching hooks (``CACHE_HOOKS``: what the cache answered is a
 marked gap, ``tests/core/test_caching_hooks.py``), layer skip / skip-layer guidance / PAG and
 smoothed energy guidance (``docs/reliability.md``), AnimateDiff's FreeNoise (windows, edits
-under it refused by the controller, ``tests/core/test_freenoise.py``).
+under it refused by the controller, ``tests/core/test_freenoise.py``), a denoiser compiled as
+a whole or blocks compiled in place (run eagerly while attnlab is attached,
+``tests/core/test_compiled.py``), guidance turned off mid-run
+(``tests/core/test_guidance_cutoff.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +38,13 @@ from typing import Any
 
 import torch
 
-from attnlab.core.sites import SiteTable, UnsupportedModelError, denoisers_of, sites
+from attnlab.core.sites import (
+    SiteTable,
+    UnsupportedModelError,
+    denoisers_of,
+    hidden_layers,
+    sites,
+)
 
 # diffusers' caching hooks (diffusers/hooks/*.py), by hook name -> the technique users know it
 # as. attnlab records under them: each decides per call whether a block, an attention module or
@@ -142,6 +156,22 @@ def check_recordable(obj: Any, model: torch.nn.Module, *, joint: bool) -> None:
     if joint:
         for key, module in every.items():
             _check_backend(module, key if len(every) > 1 else None)
+
+
+def check_hidden_layers(obj: Any) -> None:
+    """Raise :class:`UnsupportedConfigurationError` where a wrapper module inside a denoiser
+    moves temporal attention layers away from the paths its family maps
+    (:func:`~attnlab.core.sites.hidden_layers`): diffusers' ``SplitInferenceModule``
+    (AnimateDiff's FreeNoise split inference runs each layer once per chunk of its rows: no
+    call holds its whole map) or a ``torch.compile`` wrapper on a block. Checked before the
+    denoiser's site table is built, which would silently leave those layers out. ``obj``: the
+    pipeline or the denoiser the user passed."""
+    every = denoisers_of(obj)
+    for key, model in every.items():
+        why = hidden_layers(model)
+        if why is not None:
+            of = f" (component {key!r})" if len(every) > 1 else ""
+            raise UnsupportedConfigurationError(f"{type(model).__name__}{of}: {why}")
 
 
 def _check_hooks(model: torch.nn.Module, component: str | None) -> None:

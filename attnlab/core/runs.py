@@ -15,7 +15,10 @@ installed, it
   the denoiser once per half without it (``WanVideoToVideoPipeline``) has each call's half
   told by its text conditioning (the prompt's or the negative prompt's embeddings, as the
   pipeline's ``encode_prompt`` returned them), and the calls of one step paired by their
-  timestep; where that cannot be told, one error says how to label the calls.
+  timestep; where that cannot be told, one error says how to label the calls;
+* follows guidance turned off mid-run (diffusers' ``callback_on_step_end`` that sets
+  ``_guidance_scale = 0`` and keeps ``prompt_embeds.chunk(2)[-1]``): a call on half the batch
+  of the run's earlier ``[uncond, cond]`` calls is the half whose text conditioning it carries.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ class RunTracker:
         # of the current step (the calls of one step share it)
         self._texts: tuple[Any, Any] | None = None
         self._step_timestep: float | None = None
+        # the batch and text conditioning of this run's last call on the whole [uncond, cond]
+        # batch: a later call on half of it (guidance turned off mid-run) is told by its text
+        self._guided: tuple[int, Any] | None = None
         # the arguments of the current denoiser call as the pipeline passed them (before any
         # diffusers hook on the denoiser changed them)
         self._outer_args: dict[str, Any] | None = None
@@ -205,6 +211,7 @@ class RunTracker:
         self._cache_name = None
         self._texts = None
         self._step_timestep = None
+        self._guided = None
         self._outer_args = None
         self.run_info = None
         self.ctx = None
@@ -430,6 +437,7 @@ class RunTracker:
         info = RunInfo(index=self._runs, cfg=cfg, source=source, meta=dict(meta or {}))
         self._texts = None
         self._step_timestep = None
+        self._guided = None
         self._expert_names = {id(m): self.expert_name(m) for m in self.denoisers}
         info.experts = self.expert_names()
         caches = {
@@ -464,6 +472,7 @@ class RunTracker:
     def end_run(self, ok: bool) -> None:
         info, self.run_info, self.ctx = self.run_info, None, None
         self._outer_args = None
+        self._guided = None
         if info is None:
             return
         first_error = None
@@ -496,10 +505,16 @@ class RunTracker:
         if run.calls == 0 and timestep is not None and run.timesteps:
             self._skip_to(run.timesteps, timestep)
         half = self._cache_name if self._cache_name in ("cond", "uncond") else None
-        if run.cfg and half is None and (dims["B"] % 2 or self._carries_one_half(bound)):
+        batch = int(dims["B"])
+        if run.cfg and half is None:
+            # guidance turned off mid-run (a callback_on_step_end keeping one half)
+            half = self._half_after_guidance(bound, batch)
+        if run.cfg and half is None and (batch % 2 or self._carries_one_half(bound)):
             # one guidance half per call, told by its text (an even batch too: several
             # videos per prompt)
-            half = self._half_by_text(bound, int(dims["B"]))
+            half = self._half_by_text(bound, batch)
+        if run.cfg and half is None:  # the whole [uncond, cond] batch
+            self._guided = (batch, bound.get("encoder_hidden_states"))
         if half is None:
             run.halves_seen = None
             step = run.calls
@@ -544,6 +559,40 @@ class RunTracker:
             if math.isclose(first, t, rel_tol=1e-6, abs_tol=1e-6):
                 self.steps_known(timesteps[k:])
                 return
+
+    def _half_after_guidance(self, bound: dict[str, Any], batch: int) -> str | None:
+        """The guidance half of a call on half the batch of this run's earlier calls on the
+        whole ``[uncond, cond]`` batch: guidance turned off mid-run, as diffusers documents it
+        (a ``callback_on_step_end`` that sets ``pipe._guidance_scale = 0`` and keeps
+        ``prompt_embeds.chunk(2)[-1]``). The half is the one whose text conditioning (a half
+        of the earlier calls' ``encoder_hidden_states``) the call carries; None: not such a
+        call. Raises when the half cannot be told."""
+        if self._guided is None or 2 * batch != self._guided[0]:
+            return None
+        whole, text = self._guided[1], bound.get("encoder_hidden_states")
+        found = []
+        if torch.is_tensor(whole) and torch.is_tensor(text) and whole.shape[0] % 2 == 0:
+            found = [h for h, part in zip(("uncond", "cond"), whole.chunk(2)) if _same(text, part)]
+        if len(found) == 1:
+            return found[0]
+        if found:  # both halves
+            why = "the prompt and the negative prompt have the same embeddings"
+            instead = "use a negative prompt whose embeddings differ from the prompt's"
+        else:
+            why = (
+                "its encoder_hidden_states are neither half of the earlier calls' text conditioning"
+            )
+            instead = (
+                "keep one half of prompt_embeds unchanged (prompt_embeds.chunk(2)[-1] is the "
+                "conditional half)"
+            )
+        raise RuntimeError(
+            f"classifier-free guidance stopped mid-run: the denoiser ran on batch {batch} after "
+            f"calls on the [uncond, cond] batch of {2 * batch} (guidance turned off during the "
+            "run, e.g. by a callback_on_step_end that sets pipe._guidance_scale = 0), and "
+            f"attnlab cannot tell which half runs now ({why}); {instead}, or record with "
+            "guidance_scale <= 1"
+        )
 
     def _carries_one_half(self, bound: dict[str, Any]) -> bool:
         """The call's text conditioning is the prompt's or the negative prompt's embeddings

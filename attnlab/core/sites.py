@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -546,31 +547,54 @@ DENOISER_PREFIXES = ("unet", "transformer")
 BARE_DENOISER = "denoiser"
 
 
+def _compiled_inner(module: Any) -> Any:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) wraps, or None."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # no wrapper before it is imported
+    optimized = getattr(eval_frame, "OptimizedModule", None)
+    if optimized is not None and isinstance(module, optimized):
+        return module._orig_mod
+    return None
+
+
+def uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` without its ``torch.compile`` wrappers: ``torch.compile(unet)`` returns an
+    ``OptimizedModule`` around ``unet``; attnlab maps and instruments ``unet`` itself."""
+    while (inner := _compiled_inner(module)) is not None:
+        module = inner
+    return module
+
+
+def compiled_wrappers(obj: Any) -> list[torch.nn.Module]:
+    """The ``torch.compile`` wrappers (``OptimizedModule``) around the denoisers of ``obj`` (a
+    pipeline's components, or ``obj`` itself), outermost first: while attnlab is attached they
+    run their module eagerly (the controller's patches)."""
+    found: list[torch.nn.Module] = []
+    for module in _denoiser_components(obj).values():
+        while (inner := _compiled_inner(module)) is not None:
+            if all(module is not w for w in found):
+                found.append(module)
+            module = inner
+    return found
+
+
 def denoiser_of(obj: Any) -> torch.nn.Module:
     """The denoiser module of a pipeline (``unet`` or ``transformer``; every denoiser of a
-    pipeline: :func:`denoisers_of`), or ``obj`` itself."""
+    pipeline: :func:`denoisers_of`), or ``obj`` itself; without ``torch.compile``'s wrapper
+    (:func:`uncompiled`)."""
     if isinstance(obj, torch.nn.Module):
-        return obj
+        return uncompiled(obj)
     for attr in ("unet", "transformer"):
         model = getattr(obj, attr, None)
         if isinstance(model, torch.nn.Module):
-            return model
+            return uncompiled(model)
     raise TypeError(
         f"expected a diffusers pipeline (with .unet or .transformer) or a denoiser module, "
         f"got {type(obj).__name__}"
     )
 
 
-def denoisers_of(obj: Any) -> dict[str, torch.nn.Module]:
-    """Every denoiser of a pipeline, by component name, in the pipeline's component order
-    (Wan 2.2 A14B: ``{"transformer": ..., "transformer_2": ...}``): the components whose name
-    starts with ``unet`` or ``transformer`` and that are modules; a module held under two names
-    is listed once. A bare denoiser module: ``{"denoiser": obj}``.
-
-    Example::
-
-        list(attnlab.core.sites.denoisers_of(pipe))   # ['transformer', 'transformer_2']
-    """
+def _denoiser_components(obj: Any) -> dict[str, torch.nn.Module]:
+    """A pipeline's denoiser components as it holds them (a compiled one as its wrapper)."""
     if isinstance(obj, torch.nn.Module):
         return {BARE_DENOISER: obj}
     try:  # diffusers' `components` raises on a pipeline whose modules and config disagree
@@ -579,15 +603,92 @@ def denoisers_of(obj: Any) -> dict[str, torch.nn.Module]:
         components = None
     if not isinstance(components, dict):
         components = vars(obj)
+    return {
+        key: value
+        for key, value in components.items()
+        if isinstance(value, torch.nn.Module) and key.startswith(DENOISER_PREFIXES)
+    }
+
+
+def denoisers_of(obj: Any) -> dict[str, torch.nn.Module]:
+    """Every denoiser of a pipeline, by component name, in the pipeline's component order
+    (Wan 2.2 A14B: ``{"transformer": ..., "transformer_2": ...}``): the components whose name
+    starts with ``unet`` or ``transformer`` and that are modules (without ``torch.compile``'s
+    wrapper); a module held under two names is listed once. A bare denoiser module:
+    ``{"denoiser": obj}``.
+
+    Example::
+
+        list(attnlab.core.sites.denoisers_of(pipe))   # ['transformer', 'transformer_2']
+    """
     out: dict[str, torch.nn.Module] = {}
-    for key, value in components.items():
-        if (
-            isinstance(value, torch.nn.Module)
-            and key.startswith(DENOISER_PREFIXES)
-            and all(value is not m for m in out.values())
-        ):
+    for key, value in _denoiser_components(obj).items():
+        value = uncompiled(value)
+        if all(value is not m for m in out.values()):
             out[key] = value
     return out
+
+
+def _wrapping(model: torch.nn.Module, pattern: re.Pattern, inner_of: Callable) -> list[str]:
+    """Paths of the modules of ``model`` that wrap (``inner_of(module)``: the wrapped module,
+    else None) a module holding attention at a path ``pattern`` maps once the wrapper's own
+    path segment is left out."""
+    found = []
+    for name, module in model.named_modules():
+        inner = inner_of(module)
+        if inner is not None and any(
+            pattern.match(f"{name}.{sub}" if sub else name) for sub, _ in inner.named_modules()
+        ):
+            found.append(name)
+    return found
+
+
+def _split_inner(module: Any) -> Any:
+    """The module diffusers' ``SplitInferenceModule`` wraps, or None."""
+    return module.module if type(module).__name__ == "SplitInferenceModule" else None
+
+
+def hidden_layers(model: torch.nn.Module) -> str | None:
+    """Why temporal attention layers of ``model`` are not where its family maps them, in
+    words; None where none is hidden. A wrapper module inside the denoiser moves them:
+
+    * diffusers' ``SplitInferenceModule`` (AnimateDiff's FreeNoise split inference,
+      ``pipe.enable_free_noise_split_inference``) runs each wrapped block, and so each of its
+      attention layers, once per chunk of its rows;
+    * a ``torch.compile`` wrapper (``OptimizedModule``) on a block was traced through the
+      model's own processors (the denoiser compiled as a whole, or blocks compiled in place,
+      are recorded: the controller runs them eagerly)."""
+    try:
+        pattern = re.compile(family_of(model).path)
+    except UnsupportedModelError:
+        return None
+    split = _wrapping(model, pattern, _split_inner)
+    if split:
+        size = model.get_submodule(split[0]).split_size
+        return (
+            f"diffusers' SplitInferenceModule wraps {len(split)} block"
+            f"{'s' if len(split) > 1 else ''} holding its temporal attention (AnimateDiff's "
+            "FreeNoise split inference, pipe.enable_free_noise_split_inference; the first: "
+            f"{split[0]}, {size} rows per chunk), which calls each temporal attention layer "
+            "once per chunk of its batch x positions rows: no call holds a layer's whole map, "
+            "and the layers are not at the module paths attnlab maps. attnlab records and "
+            "edits whole layer calls: use a pipeline without split inference (diffusers "
+            "cannot undo it: load the pipeline again and call only pipe.enable_free_noise(...), "
+            "which attnlab records window by window; the attention is the same, split "
+            "inference only lowers the peak memory)"
+        )
+    compiled = _wrapping(model, pattern, _compiled_inner)
+    if compiled:
+        return (
+            f"torch.compile wraps {compiled[0]} inside it (an OptimizedModule; "
+            f"{len(compiled)} in all), so the temporal attention layers there are not at the "
+            "module paths attnlab maps (they gain '_orig_mod') and their compiled graph was "
+            "traced through the model's own attention processors; compile the denoiser as a "
+            "whole (pipe.unet = torch.compile(pipe.unet), or pipe.unet.compile()) or its "
+            "blocks in place (block.compile(), as diffusers' compile_repeated_blocks does): "
+            "attnlab records those, running them eagerly while it is attached"
+        )
+    return None
 
 
 def sites(
@@ -661,6 +762,9 @@ def sites(
             or 8
         )
         latent = (-(-height // scale), -(-width // scale))
+    hidden = hidden_layers(model)
+    if hidden is not None:
+        raise UnsupportedModelError(f"{type(model).__name__}: {hidden}")
     table = fam.build_table(model, latent, frames, _temporal_compression(pipe))
     if not table.sites:
         raise UnsupportedModelError(

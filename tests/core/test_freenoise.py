@@ -23,7 +23,7 @@ import torch
 import attnlab
 from attnlab.core import dims as D
 from attnlab.core.refusals import UnsupportedConfigurationError
-from attnlab.core.sites import FrameLimitError
+from attnlab.core.sites import FrameLimitError, UnsupportedModelError
 from attnlab.core.store import WINDOW
 
 LAYER = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1"
@@ -125,6 +125,32 @@ def test_edits_under_free_noise_are_refused(pipe):
     ):
         pass
     assert not attnlab.is_instrumented(pipe)
+
+
+def test_split_inference_is_refused_naming_it(pipe):
+    """FreeNoise split inference (``enable_free_noise_split_inference``) runs each temporal
+    attention layer once per chunk of its rows (diffusers' ``SplitInferenceModule`` around the
+    motion modules' transformer blocks): refused at entry, naming it and what to do. Fails
+    without the check: refused as a model without temporal attention ("no temporal
+    self-attention module found"), the wrapped layers not being at the paths attnlab maps."""
+    pipe.enable_free_noise(context_length=16, context_stride=4)
+    pipe.enable_free_noise_split_inference(spatial_split_size=16, temporal_split_size=8)
+    why = (
+        r"SplitInferenceModule wraps 13 blocks holding its temporal attention \(AnimateDiff's "
+        r"FreeNoise split inference, pipe.enable_free_noise_split_inference; the first: "
+        r"down_blocks.0.motion_modules.0.transformer_blocks.0, 16 rows per chunk\).*"
+        r"load the pipeline again and call only pipe.enable_free_noise"
+    )
+    for enter in (
+        lambda: attnlab.record(pipe),
+        lambda: attnlab.edit(pipe, attnlab.Replace("identity")),
+        lambda: attnlab.hooks(pipe),
+    ):
+        with pytest.raises(UnsupportedConfigurationError, match=why), enter():
+            pass
+        assert not attnlab.is_instrumented(pipe)
+    with pytest.raises(UnsupportedModelError, match=why):
+        attnlab.sites(pipe)
 
 
 def test_windowed_and_whole_runs_load_together(pipe, tmp_path):
