@@ -591,6 +591,7 @@ def test_fig_similarity_by_interval(kind, tmp_path):
         assert len(fig2.axes[0].get_xticklabels()) == 3
     else:
         assert len(fig2.axes) == 3
+        assert [ax.get_ylabel() for ax in fig2.axes] == ["density", "", ""]
     # a figure that leaves intervals out says so; one that draws them all, or the user's, does not
     assert "3 of 15 intervals" in all_text(fig2)
     assert "intervals" not in all_text(fig)

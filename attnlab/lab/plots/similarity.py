@@ -212,9 +212,9 @@ def fig_similarity_by_interval(
                     ax=ax,
                 )
                 ax.set_title(f"d = {off}")
+                ax.set_ylabel("density" if ax is axes[0] else "")
             if shown:
                 fig.supxlabel(f"similarity at {len(offsets)} of {len(avail)} intervals", fontsize=8)
-                ax.set_ylabel("density" if ax is axes[0] else "")
             sns.despine(fig=fig)
         else:
             raise ValueError("kind must be 'violin' or 'kde'")
