@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from attnlab.core.denoisers import compiled_wrappers, denoiser_of, denoisers_of
 from attnlab.core.joint import JOINT_HOOK_NAMES, JointAttnProcessor
 from attnlab.core.patch import (
     AttributePatch,
@@ -44,7 +45,7 @@ from attnlab.core.refusals import (
     check_recordable,
 )
 from attnlab.core.runs import RunTracker
-from attnlab.core.sites import Site, compiled_wrappers, denoiser_of, denoisers_of, sites
+from attnlab.core.sites import Site, sites
 
 # the controller of each instrumented denoiser (only while clients are attached)
 _controllers: weakref.WeakKeyDictionary[torch.nn.Module, Controller] = weakref.WeakKeyDictionary()

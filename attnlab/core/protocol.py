@@ -28,7 +28,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from attnlab.core.sites import BARE_DENOISER, Site, SiteTable
+from attnlab.core.denoisers import BARE_DENOISER
+from attnlab.core.sites import Site, SiteTable
 
 
 class Stage(str, enum.Enum):

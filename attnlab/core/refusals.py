@@ -38,13 +38,8 @@ from typing import Any
 
 import torch
 
-from attnlab.core.sites import (
-    SiteTable,
-    UnsupportedModelError,
-    denoisers_of,
-    hidden_layers,
-    sites,
-)
+from attnlab.core.denoisers import denoisers_of
+from attnlab.core.sites import SiteTable, UnsupportedModelError, hidden_layers, sites
 
 # diffusers' caching hooks (diffusers/hooks/*.py), by hook name -> the technique users know it
 # as. attnlab records under them: each decides per call whether a block, an attention module or

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from attnlab.core.denoisers import BARE_DENOISER, denoisers_of
 from attnlab.core.patch import (
     AttributePatch,
     CallbackPatch,
@@ -43,7 +44,7 @@ from attnlab.core.patch import (
 )
 from attnlab.core.protocol import CallContext, Client, RunInfo
 from attnlab.core.refusals import cache_techniques
-from attnlab.core.sites import BARE_DENOISER, SiteTable, denoisers_of
+from attnlab.core.sites import SiteTable
 from attnlab.util.provenance import model_name
 
 # call arguments kept as provenance when a pipeline call is captured

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from attnlab.core.api import record
 from attnlab.core.control import Controller
-from attnlab.core.sites import denoiser_of, family_of
+from attnlab.core.denoisers import denoiser_of
+from attnlab.core.sites import family_of
 
 REAL_FAMILIES = ("unet3d", "organism", "motion", "videocrafter2", "lavie")
 

@@ -342,7 +342,8 @@ def generate(
     """
     import torch
 
-    from attnlab.core.sites import denoiser_of, family_of
+    from attnlab.core.denoisers import denoiser_of
+    from attnlab.core.sites import family_of
     from attnlab.core.sites import sites as sites_of
 
     check_generation(frames=frames, steps=steps, guidance=guidance, height=height, width=width)

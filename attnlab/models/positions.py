@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnlab.core.sites import denoiser_of, family_of
+from attnlab.core.denoisers import denoiser_of
+from attnlab.core.sites import family_of
 from attnlab.edits.positions import (
     PositionHandler,
     Retune,

@@ -49,8 +49,8 @@ _CELL_LOCK = threading.Lock()  # one cell at a time per process: pipelines are n
 def pipe_is_clean(pipe: Any) -> bool:
     """Whether no attnlab processor, hook point, client or pipeline wrapper is left on ``pipe``."""
     from attnlab.core.control import is_instrumented
+    from attnlab.core.denoisers import denoiser_of
     from attnlab.core.processor import TemporalAttnProcessor
-    from attnlab.core.sites import denoiser_of
 
     if is_instrumented(pipe):
         return False
