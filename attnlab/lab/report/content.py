@@ -670,8 +670,10 @@ def collect(
         if key not in every:
             every[key] = _run_strip(src, rid)
     with_video = sum(every[key] is not None for key, *_ in shapes)
-    shown = {key: every[key] for key, *_ in shapes if videos and every[key] is not None}
-    video_bytes = sum(math.ceil(len(v["data"]) * 4 / 3) for v in shown.values())
+    shown: dict[str, dict[str, Any]] = {
+        key: strip for key, *_ in shapes if videos and (strip := every[key]) is not None
+    }
+    video_bytes: int = sum(math.ceil(len(v["data"]) * 4 / 3) for v in shown.values())
     video_bytes += sum(_meta_bytes(src, rid, shape) for _, src, rid, shape, _ in shapes)
     left = budget - video_bytes
     most = max((len(s.steps) for _, _, _, s, _ in shapes), default=1)
