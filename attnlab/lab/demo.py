@@ -126,8 +126,8 @@ def run_demo(
 
     ``frames`` (short, long), ``steps``, ``size`` (height = width) and ``models`` (those of the
     cross-model experiment; default the three organisms) override the demo's settings (default:
-    (16, 32) frames and 6 steps, (8, 16) and 3 with ``quick``; 32 px for organisms, else 64);
-    ``story`` picks experiments of :data:`STORY`. With an organism, the figures of what the
+    (16, 32) frames and 6 steps, (8, 16) and 3 with ``quick``; 32 px for organisms, else 64;
+    each model's own guidance scale); ``story`` picks experiments of :data:`STORY`. With an organism, the figures of what the
     organisms generate and of the probes at every level come first, always at the organisms'
     own settings (16 frames, 25 steps, where their behaviour is measured; ``quick`` shortens
     the experiments only)."""
@@ -149,6 +149,7 @@ def run_demo(
         steps=steps or (3 if quick else 6),
         height=size,
         width=size,
+        guidance=None,  # each model's own (the organisms': 3.0, where their behaviour is measured)
     )
     if models is not None:
         ctx.models = tuple(models)

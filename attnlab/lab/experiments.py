@@ -51,6 +51,10 @@ from attnlab.edits import PRESETS, TAR, Edit, Replace, Transfer, preset_sigma
 from attnlab.models.loading import DEFAULT_MODEL, generate
 from attnlab.models.organisms import TRAIN_FRAMES
 
+#: the guidance scale of experiment runs unless told (the runs of analyses/data were made at it;
+#: a run stored before guidance was part of its settings was made at it too)
+GUIDANCE = 7.5
+
 
 @dataclass
 class GenerationSettings:
@@ -62,7 +66,7 @@ class GenerationSettings:
     seed: int = 0
     height: int | None = None
     width: int | None = None
-    guidance: float | None = 7.5  # None: the pipeline's own default
+    guidance: float | None = GUIDANCE  # None: the pipeline's own default
     negative_prompt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -193,6 +197,7 @@ class Context:
     width: int = 64
     prompt: str | None = None  # None: a caption the organisms know, else the paper's example
     seed: int = 0
+    guidance: float | None = GUIDANCE  # None: each model's own (its pipeline's default)
     device: str | None = None
     models: tuple[str, ...] = ("organism-none", "organism-sinusoidal", "organism-rope")
     # the real clip of the maps, similarity and transfer runs (None: default_reference)
@@ -231,6 +236,7 @@ class Context:
             frames=frames,
             steps=self.steps,
             seed=self.seed,
+            guidance=self.guidance,
             height=self.height,
             width=self.width,
             **kw,
@@ -287,6 +293,25 @@ def _fingerprint(ctx: Context, model: str | None, **what: Any) -> str:
     return json.dumps({**base, **what}, sort_keys=True, default=str)
 
 
+def _generation_fingerprint(ctx: Context, model: str | None, **what: Any) -> str:
+    """The fingerprint of a generated run: :func:`_fingerprint` with its guidance."""
+    guidance = ctx.guidance if ctx.guidance is not None else "the model's default"
+    return _fingerprint(ctx, model, guidance=guidance, **what)
+
+
+def _setting_differences(have: str, settings: str) -> str:
+    """What differs between a stored run's settings and these, in words ("" if nothing); a
+    generated run stored before guidance was part of its settings was made at :data:`GUIDANCE`."""
+    old, new = json.loads(have), json.loads(settings)
+    if "guidance" in new and ("edits" in old or "length" in old):
+        old.setdefault("guidance", GUIDANCE)
+    return ", ".join(
+        f"{k} {old.get(k)!r} (now {new.get(k)!r})"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    )
+
+
 def _reuse(ctx: Context, stores: Sequence[Path], name: str, settings: str) -> bool:
     """Whether run ``name`` is stored already with ``settings`` (then it is reused). Stored
     with other settings is an error: a re-run into the same folder with other settings would
@@ -300,13 +325,8 @@ def _reuse(ctx: Context, stores: Sequence[Path], name: str, settings: str) -> bo
         if have is None:
             ctx.log(f"  {name}: stored (its settings were not kept then: not checked), skipped")
             return True
-        if have != settings:
-            old, new = json.loads(have), json.loads(settings)
-            diff = ", ".join(
-                f"{k} {old.get(k)!r} (now {new.get(k)!r})"
-                for k in sorted(set(old) | set(new))
-                if old.get(k) != new.get(k)
-            )
+        diff = _setting_differences(have, settings)
+        if diff:
             raise ValueError(
                 f"{store} holds run {name!r} made with other settings: {diff}; write to "
                 f"another folder, or remove {store} to make it anew"
@@ -327,7 +347,7 @@ def _synthetic(
 ) -> None:
     """``settings``: the run's fingerprint (default: these frames and edits)."""
     specs = [e.spec() for e in edits]
-    settings = settings or _fingerprint(ctx, model, frames=frames, edits=specs)
+    settings = settings or _generation_fingerprint(ctx, model, frames=frames, edits=specs)
     if _reuse(ctx, [store], name, settings):
         return
     t0 = time.time()
@@ -590,7 +610,7 @@ def run_models(ctx: Context) -> None:
     for model in ctx.models:
         for n in (ctx.frames[0], 2 * ctx.frames[0], 3 * ctx.frames[0]):
             name = f"{ctx.slug(model)}-f{n}"
-            settings = _fingerprint(ctx, model, length=n)  # (known before loading the model)
+            settings = _generation_fingerprint(ctx, model, length=n)  # (before loading it)
             if _reuse(ctx, _model_stores(ctx), name, settings):
                 continue
             table = sites(ctx.pipe(model))

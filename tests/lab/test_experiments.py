@@ -67,6 +67,27 @@ def test_maps_experiment_runs_once_then_skips_everything(tmp_path, tiny_dirs, sa
     with pytest.raises(ValueError, match=r"holds run 'real-f6' made with other settings: steps 2"):
         run_experiment("maps", other, draw=False)
     assert other._pipes == {}
+    # guidance is one of a generated run's settings (a clip's runs have none)
+    own = Context(**{**ctx.__dict__, "_pipes": {}, "guidance": None})
+    with pytest.raises(
+        ValueError,
+        match=r"'synthetic-f6' made with other settings: guidance 7.5 \(now \"the model's",
+    ):
+        run_experiment("maps", own, draw=False)
+
+
+def test_a_run_stored_before_guidance_was_a_setting_was_made_at_the_default():
+    from attnlab.lab.experiments import GUIDANCE, _generation_fingerprint, _setting_differences
+
+    now = json.loads(_generation_fingerprint(Context(model="m"), "m", frames=8, edits=[]))
+    assert now["guidance"] == GUIDANCE == 7.5
+    before = json.dumps({k: v for k, v in now.items() if k != "guidance"})
+    assert _setting_differences(before, json.dumps(now)) == ""  # made at 7.5: reused
+    other = json.dumps({**now, "guidance": "the model's default"})
+    assert _setting_differences(before, other) == 'guidance 7.5 (now "the model\'s default")'
+    # a real clip's runs have no guidance: their fingerprints are as before
+    real = json.dumps({"model": "m", "clip": "cup", "timesteps": [600]})
+    assert _setting_differences(real, real) == ""
 
 
 @pytest.mark.slow
