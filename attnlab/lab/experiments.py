@@ -51,8 +51,7 @@ from attnlab.edits import PRESETS, TAR, Edit, Replace, Transfer, preset_sigma
 from attnlab.models.loading import DEFAULT_MODEL, generate
 from attnlab.models.organisms import TRAIN_FRAMES
 
-#: the guidance scale of experiment runs unless told (the runs of analyses/data were made at it;
-#: a run stored before guidance was part of its settings was made at it too)
+#: experiment runs' guidance unless told (analyses/data's runs, and all stored before it was kept)
 GUIDANCE = 7.5
 
 
@@ -71,16 +70,9 @@ class GenerationSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
-        return dict(
-            frames=self.frames,
-            steps=self.steps,
-            seed=self.seed,
-            height=self.height,
-            width=self.width,
-            guidance=self.guidance,
-            negative_prompt=self.negative_prompt,
-            **self.extra,
-        )
+        """The keyword arguments of :func:`~attnlab.models.loading.generate` (all but the prompt)."""
+        names = ("frames", "steps", "seed", "height", "width", "guidance", "negative_prompt")
+        return {**{k: getattr(self, k) for k in names}, **self.extra}
 
 
 def generate_recorded(
