@@ -295,7 +295,7 @@ def _setting_differences(have: str, settings: str) -> str:
     """What differs between a stored run's settings and these, in words ("" if nothing); a
     generated run stored before guidance was part of its settings was made at :data:`GUIDANCE`."""
     old, new = json.loads(have), json.loads(settings)
-    if "guidance" in new and ("edits" in old or "length" in old):
+    if "guidance" in new:  # (only a generated run's settings name it)
         old.setdefault("guidance", GUIDANCE)
     return ", ".join(
         f"{k} {old.get(k)!r} (now {new.get(k)!r})"

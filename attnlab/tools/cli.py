@@ -117,16 +117,18 @@ def _step_selection(text: str) -> object:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _add_generation_args(p: argparse.ArgumentParser, *, frames: int = 16, steps: int = 25) -> None:
+def _add_generation_args(
+    p: argparse.ArgumentParser,
+    *,
+    frames: int = 16,
+    steps: int = 25,
+    prompt_help: str = "text prompt (default: a caption of their world for the organisms, else "
+    "the paper's 'a polar bear playing drums in Times Square')",
+) -> None:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help="embedded name, local pipeline folder or hub id"
     )
-    p.add_argument(
-        "--prompt",
-        default=None,
-        help="text prompt (default: a caption of their world for the organisms, else the "
-        "paper's 'a polar bear playing drums in Times Square')",
-    )
+    p.add_argument("--prompt", default=None, help=prompt_help)
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
     p.add_argument(
         "--frames", type=_setting("frames", int), default=frames, help="frames to generate"
@@ -698,12 +700,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _configure_record_real(p: argparse.ArgumentParser) -> None:
-    _add_generation_args(p)
+    _add_generation_args(p, prompt_help="text prompt the clip is noised under (default: empty)")
     _add_record_args(p)
     p.set_defaults(prompt="", guidance=1.0)
-    for action in p._actions:
-        if action.dest == "prompt":
-            action.help = "text prompt the clip is noised under (default: empty)"
     p.add_argument(
         "--video",
         required=True,

@@ -642,6 +642,11 @@ def _run_strip(src: Source, rid: str) -> dict[str, Any] | None:
     }
 
 
+def _strip_bytes(strip: dict[str, Any]) -> int:
+    """Bytes of a video strip in the page (base64)."""
+    return math.ceil(len(strip["data"]) * 4 / 3)
+
+
 def collect(
     sources: Sequence[Source],
     budget: int,
@@ -673,14 +678,14 @@ def collect(
     shown: dict[str, dict[str, Any]] = {
         key: strip for key, *_ in shapes if videos and (strip := every[key]) is not None
     }
-    video_bytes: int = sum(math.ceil(len(v["data"]) * 4 / 3) for v in shown.values())
+    video_bytes = sum(_strip_bytes(v) for v in shown.values())
     video_bytes += sum(_meta_bytes(src, rid, shape) for _, src, rid, shape, _ in shapes)
     left = budget - video_bytes
     most = max((len(s.steps) for _, _, _, s, _ in shapes), default=1)
     rungs = fit(detail_ladder(most), [(s, lv) for _, _, _, s, lv in shapes], left)
     ladder = detail_ladder(most)
     evals = {src.label: evaluations(src) for src in sources}
-    all_video_mb = sum(len(v["data"]) * 4 / 3 for v in every.values() if v is not None) / 1e6
+    all_video_mb = sum(_strip_bytes(v) for key, *_ in shapes if (v := every[key])) / 1e6
     runs = []
     for (key, src, rid, shape, _), rung in zip(shapes, rungs):
         content = build_run(key, src, rid, shape, ladder[rung])
